@@ -1,0 +1,327 @@
+//! The auth decision: which credential a request carries, and whether the
+//! token behind it may make this request.
+//!
+//! Everything here is pure and in memory, so it runs on every request, on a
+//! cache hit as much as on a miss: revocation, expiry (against the clock,
+//! never the cache TTL), blocked tenant or account, token kind, abilities.
+
+use std::fmt;
+
+use http::header::{HeaderMap, AUTHORIZATION};
+use http::HeaderName;
+
+use crate::error::Denial;
+use crate::store::{AuthRecord, Status};
+use crate::token::TokenKind;
+
+/// The `token:` credential header of the seed APIs.
+pub static TOKEN_HEADER: HeaderName = HeaderName::from_static("token");
+
+/// Longest ability string accepted.
+pub const MAX_ABILITY_LEN: usize = 128;
+
+/// A permission string: `calls:read`, a namespace wildcard `calls:*`, or `*`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Ability(String);
+
+/// Why an ability string is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AbilityError {
+    /// Empty or longer than [`MAX_ABILITY_LEN`].
+    #[error("ability must be 1 to 128 characters")]
+    Length,
+    /// A character outside `A-Z a-z 0-9 _ - . : *`.
+    #[error("ability may hold only letters, digits and _ - . : *")]
+    Charset,
+    /// `*` anywhere but alone or as the whole last segment (`ns:*`).
+    #[error("* may only stand alone or as the last segment (\"ns:*\")")]
+    Wildcard,
+}
+
+impl Ability {
+    /// Validates an ability string.
+    pub fn parse(s: &str) -> Result<Self, AbilityError> {
+        if s.is_empty() || s.len() > MAX_ABILITY_LEN {
+            return Err(AbilityError::Length);
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'*'))
+        {
+            return Err(AbilityError::Charset);
+        }
+        if let Some(star) = s.find('*') {
+            let ok = star == s.len() - 1 && (s.len() == 1 || s[..star].ends_with(':'));
+            if !ok {
+                return Err(AbilityError::Wildcard);
+            }
+        }
+        if s.starts_with(':') || s.contains("::") {
+            return Err(AbilityError::Charset);
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    /// The ability as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether holding `self` grants `needed`: `*` grants everything,
+    /// `calls:*` grants `calls:read` and `calls:read:own` (and `calls:*`),
+    /// anything else grants only itself.
+    pub fn grants(&self, needed: &str) -> bool {
+        grants(&self.0, needed)
+    }
+}
+
+/// [`Ability::grants`] on plain strings (abilities in the store are validated
+/// on the way in).
+pub fn grants(held: &str, needed: &str) -> bool {
+    if held == "*" || held == needed {
+        return true;
+    }
+    match held.strip_suffix('*') {
+        Some(ns) if ns.ends_with(':') => needed.starts_with(ns) && needed.len() > ns.len(),
+        _ => false,
+    }
+}
+
+/// Whether a set of held abilities grants every needed one.
+pub fn grants_all<'a>(held: &[impl AsRef<str>], needed: impl IntoIterator<Item = &'a str>) -> bool {
+    needed
+        .into_iter()
+        .all(|n| held.iter().any(|h| grants(h.as_ref(), n)))
+}
+
+impl fmt::Debug for Ability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Display for Ability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Extracts the credential from `Authorization: Bearer <t>` (scheme in any
+/// case) or `token: <t>`.
+///
+/// `Ok(None)`: no credential at all. Errors: two different credentials
+/// (400), several `Authorization` or `token` headers that disagree (400), or
+/// an `Authorization` header in another scheme or with no token (401).
+pub fn extract_credential(headers: &HeaderMap) -> Result<Option<&str>, Denial> {
+    let bearer = single(headers, &AUTHORIZATION)?
+        .map(|v| {
+            let (scheme, rest) = v.split_once(' ').ok_or(Denial::MalformedToken)?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(Denial::MalformedToken);
+            }
+            let t = rest.trim_matches(' ');
+            if t.is_empty() {
+                Err(Denial::MalformedToken)
+            } else {
+                Ok(t)
+            }
+        })
+        .transpose()?;
+    let token = single(headers, &TOKEN_HEADER)?
+        .map(|v| v.trim_matches(' '))
+        .filter(|t| !t.is_empty());
+    match (bearer, token) {
+        (Some(a), Some(b)) if a != b => Err(Denial::ConflictingCredentials),
+        (Some(a), _) => Ok(Some(a)),
+        (None, b) => Ok(b),
+    }
+}
+
+/// The one value of a header; repeated identical values count as one.
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, Denial> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.any(|v| v != first) {
+        return Err(Denial::ConflictingCredentials);
+    }
+    // Non-ASCII can never be one of our tokens.
+    first.to_str().map(Some).map_err(|_| Denial::MalformedToken)
+}
+
+/// Token kinds that may call upstream APIs through the proxy. Root and
+/// tenant-admin tokens are for the control plane only: they carry no
+/// account to tell the upstream about.
+pub fn kind_may_proxy(kind: TokenKind) -> bool {
+    matches!(kind, TokenKind::Api | TokenKind::Session)
+}
+
+/// Decides whether `record` may be used now for a request needing `needed`.
+/// Order matters for the answer a client gets: a revoked or expired token is
+/// told so before anything about its abilities.
+pub fn decide<'a>(
+    record: &AuthRecord,
+    now: i64,
+    needed: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Denial> {
+    if record.revoked_at.is_some() {
+        return Err(Denial::TokenRevoked);
+    }
+    if record.expires_at.is_some_and(|exp| now >= exp) {
+        return Err(Denial::TokenExpired);
+    }
+    if record.tenant_status == Some(Status::Blocked) {
+        return Err(Denial::TenantBlocked);
+    }
+    if record.account_status == Some(Status::Blocked) {
+        return Err(Denial::AccountBlocked);
+    }
+    if !grants_all(&record.abilities, needed) {
+        return Err(Denial::AbilityMissing);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(grants("*", "calls:read"));
+        assert!(grants("*", "*"));
+        assert!(grants("calls:*", "calls:read"));
+        assert!(grants("calls:*", "calls:read:own"));
+        assert!(grants("calls:*", "calls:*"));
+        assert!(!grants("calls:*", "calls"));
+        assert!(!grants("calls:*", "callsx:read"));
+        assert!(!grants("calls:*", "*"));
+        assert!(!grants("calls:read", "calls:*"));
+        assert!(!grants("calls:read", "calls:write"));
+        assert!(grants("calls:read", "calls:read"));
+    }
+
+    #[test]
+    fn ability_syntax() {
+        for ok in ["*", "calls:*", "calls:read", "a.b-c_d:e", "a:b:*"] {
+            assert!(Ability::parse(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(Ability::parse(""), Err(AbilityError::Length));
+        assert_eq!(Ability::parse("a b"), Err(AbilityError::Charset));
+        assert_eq!(Ability::parse("ca*lls"), Err(AbilityError::Wildcard));
+        assert_eq!(Ability::parse("calls*"), Err(AbilityError::Wildcard));
+        assert_eq!(Ability::parse("*:read"), Err(AbilityError::Wildcard));
+        assert_eq!(Ability::parse(":x"), Err(AbilityError::Charset));
+        assert_eq!(Ability::parse(&"a".repeat(129)), Err(AbilityError::Length));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn credential_sources() {
+        assert_eq!(extract_credential(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            extract_credential(&headers(&[("authorization", "Bearer abc")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            extract_credential(&headers(&[("authorization", "bEaReR  abc ")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            extract_credential(&headers(&[("token", "abc")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            extract_credential(&headers(&[
+                ("authorization", "Bearer abc"),
+                ("token", "abc")
+            ]))
+            .unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            extract_credential(&headers(&[
+                ("authorization", "Bearer abc"),
+                ("token", "xyz")
+            ])),
+            Err(Denial::ConflictingCredentials)
+        );
+        assert_eq!(
+            extract_credential(&headers(&[("token", "abc"), ("token", "xyz")])),
+            Err(Denial::ConflictingCredentials)
+        );
+        assert_eq!(
+            extract_credential(&headers(&[("authorization", "Basic dXNlcg==")])),
+            Err(Denial::MalformedToken)
+        );
+        assert_eq!(
+            extract_credential(&headers(&[("authorization", "Bearer ")])),
+            Err(Denial::MalformedToken)
+        );
+    }
+
+    fn ability() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("*".to_string()),
+            "[a-c]{1,2}",
+            "[a-c]{1,2}:[a-c]{1,2}",
+            "[a-c]{1,2}:\\*",
+            "[a-c]{1,2}:[a-c]{1,2}:\\*",
+        ]
+    }
+
+    proptest! {
+        /// `*` grants anything; every ability grants itself.
+        #[test]
+        fn star_and_identity(a in ability()) {
+            prop_assert!(grants("*", &a));
+            prop_assert!(grants(&a, &a));
+        }
+
+        /// Granting is transitive: if a grants b and b grants c, a grants c.
+        /// So holding a wildcard never grants less than what it grants.
+        #[test]
+        fn transitive(a in ability(), b in ability(), c in ability()) {
+            if grants(&a, &b) && grants(&b, &c) {
+                prop_assert!(grants(&a, &c));
+            }
+        }
+
+        /// A namespace wildcard grants exactly the abilities inside its
+        /// namespace: never a sibling namespace that shares a prefix.
+        #[test]
+        fn namespace_is_bounded(ns in "[a-c]{1,3}", needed in ability()) {
+            let held = format!("{ns}:*");
+            prop_assert_eq!(
+                grants(&held, &needed),
+                needed.starts_with(&format!("{ns}:"))
+            );
+        }
+
+        /// Only `*` grants `*`.
+        #[test]
+        fn only_star_grants_star(a in ability()) {
+            prop_assert_eq!(grants(&a, "*"), a == "*");
+        }
+
+        /// Every generated ability is valid syntax.
+        #[test]
+        fn generated_abilities_parse(a in ability()) {
+            prop_assert!(Ability::parse(&a).is_ok());
+        }
+    }
+}

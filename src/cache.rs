@@ -1,0 +1,308 @@
+//! The cache of token records, keyed by SHA-256 of the token.
+//!
+//! - moka holds found records for `cache.ttl_seconds` and unknown hashes for
+//!   `cache.negative_ttl_seconds` (per-entry expiry).
+//! - A miss loads through `try_get_with`, which is single-flight: a thousand
+//!   concurrent requests for one cold token cause one store query.
+//! - The cache never decides anything: the caller runs [`crate::auth::decide`]
+//!   on every hit, so expiry is judged by the clock, not by the TTL.
+//!
+//! # Revocation races
+//!
+//! moka cannot tell that a value being loaded went stale while the query
+//! was in flight: a revocation that commits after the load read the row, and
+//! evicts before the load inserts, would leave the old record cached for a
+//! whole TTL. So every invalidation (token revoked or minted, account or
+//! tenant blocked, everything cleared) first takes a new number from a
+//! global `epoch` and leaves a *tombstone* with it, then evicts. Every entry
+//! remembers the epoch read before its query began. An entry is stale when a
+//! tombstone for its token, account or tenant is newer than it; such an entry
+//! is dropped and loaded again, even one that was only just loaded. When no
+//! invalidation happened since an entry was loaded (the common case) the
+//! check is a single atomic load.
+//!
+//! Tombstones live for the cache TTL plus the store timeout, longer than any
+//! entry that could predate them. If capacity evicts a tombstone early, the
+//! eviction raises `cleared_before`, which treats every older entry as stale:
+//! correctness is kept at the price of some reloads.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use moka::notification::RemovalCause;
+
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+use crate::store::{AuthRecord, StoreError, TokenStore};
+use crate::token::TokenHash;
+
+/// Most tombstones kept per kind. A revocation storm past this only costs
+/// reloads (see the module doc).
+const MAX_TOMBSTONES: u64 = 100_000;
+
+/// Times a stale entry is reloaded within one request before the request
+/// is answered from a direct, uncached load.
+const MAX_RELOADS: usize = 3;
+
+/// A found token, with the header values the proxy sends upstream already
+/// encoded (done once per load, not once per request).
+#[derive(Debug)]
+pub struct AuthEntry {
+    /// The record the decision is made on.
+    pub record: AuthRecord,
+    /// Token id as a header value.
+    pub token_id: HeaderValue,
+    /// Token name, percent-encoded where not visible ASCII.
+    pub token_name: HeaderValue,
+    /// Abilities, comma-separated.
+    pub abilities: HeaderValue,
+    /// Tenant id, if any.
+    pub tenant_id: Option<HeaderValue>,
+    /// Account id, if any.
+    pub account_id: Option<HeaderValue>,
+    /// Workspace id, if any.
+    pub workspace_id: Option<HeaderValue>,
+    /// Key for last-used batching.
+    pub last_used_key: Arc<str>,
+}
+
+impl AuthEntry {
+    /// Builds the entry for a record.
+    pub fn new(record: AuthRecord) -> Self {
+        let int = |v: Option<i64>| v.map(HeaderValue::from);
+        Self {
+            token_id: header_text(&record.token_id),
+            token_name: header_text(&record.name),
+            abilities: header_text(&record.abilities.join(",")),
+            tenant_id: int(record.tenant_id),
+            account_id: int(record.account_id),
+            workspace_id: int(record.workspace_id),
+            last_used_key: Arc::from(record.token_id.as_str()),
+            record,
+        }
+    }
+}
+
+/// A header value from arbitrary text: visible ASCII and spaces as they are,
+/// everything else percent-encoded (so `Zoë` becomes `Zo%C3%AB`).
+pub fn header_text(s: &str) -> HeaderValue {
+    if let Ok(v) = HeaderValue::from_str(s) {
+        if s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+            return v;
+        }
+    }
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if (b == b' ' || b.is_ascii_graphic()) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// What the cache holds for a hash: the record or "unknown", and the epoch
+/// read before the query that produced it.
+#[derive(Debug)]
+struct Cached {
+    loaded_at: u64,
+    entry: Option<Arc<AuthEntry>>,
+}
+
+struct Expiry {
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl moka::Expiry<TokenHash, Arc<Cached>> for Expiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<Cached>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(if value.entry.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        })
+    }
+}
+
+/// The token-record cache. Cheap to share behind an `Arc`.
+pub struct TokenCache {
+    records: moka::future::Cache<TokenHash, Arc<Cached>>,
+    epoch: AtomicU64,
+    cleared_before: Arc<AtomicU64>,
+    dead_tokens: moka::sync::Cache<TokenHash, u64>,
+    dead_accounts: moka::sync::Cache<i64, u64>,
+    dead_tenants: moka::sync::Cache<i64, u64>,
+    store_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.records.entry_count())
+            .field("epoch", &self.epoch.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn tombstones<K>(ttl: Duration, cleared_before: &Arc<AtomicU64>) -> moka::sync::Cache<K, u64>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    let cleared = Arc::clone(cleared_before);
+    moka::sync::Cache::builder()
+        .max_capacity(MAX_TOMBSTONES)
+        .time_to_live(ttl)
+        .eviction_listener(move |_k, epoch: u64, cause| {
+            // A tombstone pushed out by capacity (not by its TTL) may still be
+            // needed: make every entry older than it stale instead.
+            if cause == RemovalCause::Size {
+                cleared.fetch_max(epoch, Ordering::AcqRel);
+            }
+        })
+        .build()
+}
+
+impl TokenCache {
+    /// A cache sized and timed by `[cache]`; `store_timeout` bounds a load.
+    pub fn new(cfg: &CacheConfig, store_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        let cleared_before = Arc::new(AtomicU64::new(0));
+        let tomb_ttl = cfg.ttl + store_timeout + Duration::from_secs(1);
+        Self {
+            records: moka::future::Cache::builder()
+                .max_capacity(cfg.max_entries)
+                .expire_after(Expiry {
+                    ttl: cfg.ttl,
+                    negative_ttl: cfg.negative_ttl,
+                })
+                .build(),
+            epoch: AtomicU64::new(0),
+            dead_tokens: tombstones(tomb_ttl, &cleared_before),
+            dead_accounts: tombstones(tomb_ttl, &cleared_before),
+            dead_tenants: tombstones(tomb_ttl, &cleared_before),
+            cleared_before,
+            store_timeout,
+            metrics,
+        }
+    }
+
+    /// The record for a hash: from the cache, or loaded (single-flight) from
+    /// the store. `Ok(None)`: no such token. `Err`: the store could not be
+    /// asked, and the caller must fail closed.
+    pub async fn get(
+        &self,
+        hash: TokenHash,
+        store: &dyn TokenStore,
+    ) -> Result<Option<Arc<AuthEntry>>, StoreError> {
+        for _ in 0..MAX_RELOADS {
+            let cached = self
+                .records
+                .try_get_with(hash, self.load(hash, store))
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            if !self.is_stale(&hash, &cached) {
+                return Ok(cached.entry.clone());
+            }
+            self.records.invalidate(&hash).await;
+        }
+        // Invalidations keep landing on this token: answer from the store
+        // directly rather than loop.
+        Ok(self.load(hash, store).await?.entry.clone())
+    }
+
+    async fn load(
+        &self,
+        hash: TokenHash,
+        store: &dyn TokenStore,
+    ) -> Result<Arc<Cached>, StoreError> {
+        let loaded_at = self.epoch.load(Ordering::Acquire);
+        self.metrics.store_lookups.inc();
+        let found = tokio::time::timeout(self.store_timeout, store.lookup(&hash))
+            .await
+            .map_err(|_| StoreError::Unavailable("lookup timed out".into()))??;
+        Ok(Arc::new(Cached {
+            loaded_at,
+            entry: found.map(|r| Arc::new(AuthEntry::new(r))),
+        }))
+    }
+
+    fn is_stale(&self, hash: &TokenHash, c: &Cached) -> bool {
+        if c.loaded_at == self.epoch.load(Ordering::Acquire) {
+            return false;
+        }
+        if c.loaded_at < self.cleared_before.load(Ordering::Acquire) {
+            return true;
+        }
+        let newer = |e: Option<u64>| e.is_some_and(|e| e > c.loaded_at);
+        if newer(self.dead_tokens.get(hash)) {
+            return true;
+        }
+        let Some(entry) = &c.entry else { return false };
+        entry
+            .record
+            .account_id
+            .is_some_and(|a| newer(self.dead_accounts.get(&a)))
+            || entry
+                .record
+                .tenant_id
+                .is_some_and(|t| newer(self.dead_tenants.get(&t)))
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Forgets a token: after a revocation, or after a mint (so that a
+    /// negative entry for its hash cannot outlive it).
+    pub async fn invalidate_token(&self, hash: TokenHash) {
+        let e = self.next_epoch();
+        self.dead_tokens.insert(hash, e);
+        self.records.invalidate(&hash).await;
+    }
+
+    /// Forgets every token of an account (blocked or unblocked).
+    pub fn invalidate_account(&self, account_id: i64) {
+        let e = self.next_epoch();
+        self.dead_accounts.insert(account_id, e);
+    }
+
+    /// Forgets every token of a tenant (blocked or unblocked).
+    pub fn invalidate_tenant(&self, tenant_id: i64) {
+        let e = self.next_epoch();
+        self.dead_tenants.insert(tenant_id, e);
+    }
+
+    /// Forgets everything (e.g. after missing invalidation events).
+    pub fn invalidate_all(&self) {
+        let e = self.next_epoch();
+        self.cleared_before.fetch_max(e, Ordering::AcqRel);
+        self.records.invalidate_all();
+    }
+
+    /// Entries currently held (approximate; for metrics).
+    pub fn entry_count(&self) -> u64 {
+        self.records.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn header_text_encodes_what_headers_cannot_carry() {
+        assert_eq!(header_text("CI Pipeline"), "CI Pipeline");
+        assert_eq!(header_text("Zoë"), "Zo%C3%AB");
+        assert_eq!(header_text("a\nb"), "a%0Ab");
+        assert_eq!(header_text("100%\u{1}"), "100%25%01");
+    }
+}

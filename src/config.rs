@@ -1,0 +1,1043 @@
+//! Configuration: `tokengate.toml -> FileConfig -> Config`.
+//!
+//! [`FileConfig`] mirrors the TOML file and refuses unknown keys (serde's
+//! `deny_unknown_fields`, so the error names the key and its line).
+//! [`Config::from_file`] then validates it into the runtime [`Config`]:
+//! addresses parsed, routes normalised and pointed at known upstreams,
+//! abilities and header names checked. Every validation error names the
+//! file and the key, e.g. `config/tokengate.toml: routes[1].upstream: no
+//! upstream named "billing"`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{Method, Uri};
+use serde::Deserialize;
+
+use crate::auth::Ability;
+use crate::route::normalize_path;
+use crate::token::{TokenFormat, MAX_PREFIX_LEN};
+
+/// The default config path, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/tokengate.toml";
+
+/// A config that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or has unknown keys / wrong types.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The config file.
+        file: PathBuf,
+        /// toml's message, which names the key and line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// Dotted path of the offending key, e.g. `routes[2].path`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Stage 1: the file as written.
+// ---------------------------------------------------------------------------
+
+/// The TOML file, before validation. Every table refuses unknown keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[server]`
+    #[serde(default)]
+    pub server: FileServer,
+    /// `[store]`
+    #[serde(default)]
+    pub store: FileStore,
+    /// `[cache]`
+    #[serde(default)]
+    pub cache: FileCache,
+    /// `[tokens]`
+    #[serde(default)]
+    pub tokens: FileTokens,
+    /// `[headers]`
+    #[serde(default)]
+    pub headers: FileHeaders,
+    /// `[[upstreams]]`
+    #[serde(default)]
+    pub upstreams: Vec<FileUpstream>,
+    /// `[[routes]]`
+    #[serde(default)]
+    pub routes: Vec<FileRoute>,
+    /// `[token_api]`
+    #[serde(default)]
+    pub token_api: FileTokenApi,
+}
+
+/// `[server]`: listeners and connection handling.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileServer {
+    /// Public listener: proxy and seed token endpoints. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Operator listener: native API, health, metrics. Default `127.0.0.1:8081`.
+    pub admin_listen: String,
+    /// Seconds in-flight requests get to finish after SIGTERM / ctrl-c. Default 30.
+    pub shutdown_grace_seconds: u64,
+    /// Seconds a client gets to send its request headers (slowloris bound). Default 10.
+    pub header_read_timeout_seconds: u64,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:8081".into(),
+            shutdown_grace_seconds: 30,
+            header_read_timeout_seconds: 10,
+        }
+    }
+}
+
+/// `[store]`: where tokens live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileStore {
+    /// `sqlite://path/to/file.db` (default `sqlite://data/tokengate.db`) or `postgres://...`.
+    pub url: String,
+    /// Pooled store connections. Default 8.
+    pub max_connections: u32,
+    /// Seconds to wait for a store connection or query before failing closed (503). Default 5.
+    pub timeout_seconds: u64,
+    /// Seconds between flushes of batched last-used times. Default 10.
+    pub last_used_flush_seconds: u64,
+}
+
+impl Default for FileStore {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/tokengate.db".into(),
+            max_connections: 8,
+            timeout_seconds: 5,
+            last_used_flush_seconds: 10,
+        }
+    }
+}
+
+/// `[cache]`: the in-memory cache of token records.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileCache {
+    /// Seconds a found token record is kept. Default 30. Bounds how stale a
+    /// record can be when an invalidation is missed.
+    pub ttl_seconds: u64,
+    /// Seconds an unknown hash is remembered as unknown. Default 5.
+    pub negative_ttl_seconds: u64,
+    /// Most records kept (found and unknown together). Default 1,000,000.
+    pub max_entries: u64,
+}
+
+impl Default for FileCache {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: 30,
+            negative_ttl_seconds: 5,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// `[tokens]`: the token format.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileTokens {
+    /// Prefix of root tokens. Default `tgr`.
+    pub root_prefix: String,
+    /// Prefix of tenant-admin tokens. Default `tga`.
+    pub tenant_admin_prefix: String,
+    /// Prefix of session tokens. Default `tgs`.
+    pub session_prefix: String,
+    /// Prefix of api tokens. Default `tgk`.
+    pub api_prefix: String,
+    /// Accept tokens in no format of ours, imported by their SHA-256 with
+    /// `tokengate token import`. Default false: such tokens are refused
+    /// without a lookup. When true, garbage reaches the cache (and, once per
+    /// negative TTL, the store).
+    pub accept_legacy: bool,
+}
+
+impl Default for FileTokens {
+    fn default() -> Self {
+        Self {
+            root_prefix: "tgr".into(),
+            tenant_admin_prefix: "tga".into(),
+            session_prefix: "tgs".into(),
+            api_prefix: "tgk".into(),
+            accept_legacy: false,
+        }
+    }
+}
+
+/// `[headers]`: names of the headers the gateway sends upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileHeaders {
+    /// Default `X-Tenant-Id`.
+    pub tenant_id: String,
+    /// Default `X-Account-Id`.
+    pub account_id: String,
+    /// Default `X-Workspace-Id`.
+    pub workspace_id: String,
+    /// Default `X-Token-Id`.
+    pub token_id: String,
+    /// Default `X-Token-Name`.
+    pub token_name: String,
+    /// Default `X-Token-Abilities` (comma-separated).
+    pub token_abilities: String,
+    /// Default `X-Request-Id`.
+    pub request_id: String,
+    /// Default `X-Forwarded-For`.
+    pub forwarded_for: String,
+    /// Default `X-Forwarded-Proto`.
+    pub forwarded_proto: String,
+    /// Default `X-Forwarded-Host`.
+    pub forwarded_host: String,
+}
+
+impl Default for FileHeaders {
+    fn default() -> Self {
+        Self {
+            tenant_id: "X-Tenant-Id".into(),
+            account_id: "X-Account-Id".into(),
+            workspace_id: "X-Workspace-Id".into(),
+            token_id: "X-Token-Id".into(),
+            token_name: "X-Token-Name".into(),
+            token_abilities: "X-Token-Abilities".into(),
+            request_id: "X-Request-Id".into(),
+            forwarded_for: "X-Forwarded-For".into(),
+            forwarded_proto: "X-Forwarded-Proto".into(),
+            forwarded_host: "X-Forwarded-Host".into(),
+        }
+    }
+}
+
+/// `[[upstreams]]`: a service requests are forwarded to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    /// Referenced by `routes[].upstream`.
+    pub name: String,
+    /// `http://host:port` or `https://host:port`, optionally with a base path
+    /// that is put in front of every forwarded path.
+    pub url: String,
+    /// `http1` (default) or `h2` (prior knowledge on http, ALPN on https).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Milliseconds to establish a connection before answering 502. Default 3000.
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Milliseconds to wait for response headers before answering 504. Default 30000.
+    #[serde(default)]
+    pub response_timeout_ms: Option<u64>,
+    /// Seconds an idle pooled connection is kept. Default 60.
+    #[serde(default)]
+    pub pool_idle_timeout_seconds: Option<u64>,
+    /// Idle pooled connections kept per host. Default 256.
+    #[serde(default)]
+    pub pool_max_idle: Option<usize>,
+}
+
+/// `[[routes]]`: which requests go where, and what they need.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    /// Path prefix, matched on segment boundaries against the normalised path.
+    pub path: String,
+    /// Upstream name.
+    pub upstream: String,
+    /// Allowed methods; empty or absent means every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// `required` (default), `optional` or `none`.
+    #[serde(default)]
+    pub auth: Option<String>,
+    /// Abilities a token needs, all of them; empty means any valid token.
+    #[serde(default)]
+    pub abilities: Vec<String>,
+}
+
+/// `[token_api]`: public paths of the five documented token flows. An empty
+/// string turns a flow off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileTokenApi {
+    /// Default `/api/white-label/token`.
+    pub white_label_token: String,
+    /// Default `/api/white-label/users`.
+    pub white_label_users: String,
+    /// Default `/api/v1/global/users/gettokenbycustomerid`.
+    pub customer_id_token: String,
+    /// Default `/api/v1/apiClient/token`.
+    pub sub_account_token: String,
+    /// Default `/api/v1/global/generate-token`.
+    pub session_exchange: String,
+    /// Default `/api/v1/global/verify`.
+    pub session_verify: String,
+    /// Default `/api/v1/user/api-tokens`.
+    pub personal_access_token: String,
+}
+
+impl Default for FileTokenApi {
+    fn default() -> Self {
+        Self {
+            white_label_token: "/api/white-label/token".into(),
+            white_label_users: "/api/white-label/users".into(),
+            customer_id_token: "/api/v1/global/users/gettokenbycustomerid".into(),
+            sub_account_token: "/api/v1/apiClient/token".into(),
+            session_exchange: "/api/v1/global/generate-token".into(),
+            session_verify: "/api/v1/global/verify".into(),
+            personal_access_token: "/api/v1/user/api-tokens".into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stage 2: the validated runtime config.
+// ---------------------------------------------------------------------------
+
+/// A database URL. `Debug` and `Display` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        let (authority, tail) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                if userinfo.contains(':') {
+                    format!("{scheme}://{user}:***@{host}{}", strip_query(tail))
+                } else {
+                    format!("{scheme}://{user}@{host}{}", strip_query(tail))
+                }
+            }
+            None => format!("{scheme}://{authority}{}", strip_query(tail)),
+        }
+    }
+}
+
+/// Query strings can carry `password=`; logs never show them.
+fn strip_query(tail: &str) -> &str {
+    tail.split('?').next().unwrap_or(tail)
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listeners and connection handling.
+    pub server: ServerConfig,
+    /// The token store.
+    pub store: StoreConfig,
+    /// The token-record cache.
+    pub cache: CacheConfig,
+    /// Token prefixes and legacy acceptance.
+    pub tokens: TokenFormat,
+    /// Names of the headers sent upstream.
+    pub headers: HeaderNames,
+    /// Upstreams, in file order.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes, in file order (the route table sorts them).
+    pub routes: Vec<RouteConfig>,
+    /// Paths of the seed token flows; `None` = turned off.
+    pub token_api: TokenApiPaths,
+}
+
+/// Validated `[server]`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// Operator listener.
+    pub admin_listen: SocketAddr,
+    /// Bound on finishing in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Bound on receiving request headers.
+    pub header_read_timeout: Duration,
+}
+
+/// Validated `[store]`.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Where the store is.
+    pub url: DatabaseUrl,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Connection acquire / query bound.
+    pub timeout: Duration,
+    /// Period of last-used flushes.
+    pub last_used_flush: Duration,
+}
+
+/// Validated `[cache]`.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Lifetime of a found record.
+    pub ttl: Duration,
+    /// Lifetime of an unknown-hash entry.
+    pub negative_ttl: Duration,
+    /// Capacity in entries.
+    pub max_entries: u64,
+}
+
+/// How an upstream is spoken to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 (h2c prior knowledge on http, ALPN h2 on https).
+    H2,
+}
+
+/// Validated `[[upstreams]]` entry.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// Name routes refer to.
+    pub name: String,
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// `host:port`.
+    pub authority: http::uri::Authority,
+    /// Base path without trailing slash (`""` for none).
+    pub base_path: String,
+    /// Wire protocol.
+    pub protocol: UpstreamProtocol,
+    /// Connect bound (502 after it).
+    pub connect_timeout: Duration,
+    /// Response-headers bound (504 after it).
+    pub response_timeout: Duration,
+    /// Idle pooled connection lifetime.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections per host.
+    pub pool_max_idle: usize,
+}
+
+/// Whether a route needs a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A valid token with the route's abilities is needed.
+    Required,
+    /// No token: forwarded anonymously. A token: it must be valid.
+    Optional,
+    /// Never checked; credential and tenant headers are still stripped.
+    None,
+}
+
+/// Validated `[[routes]]` entry.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// Normalised prefix, no trailing slash except `/` itself.
+    pub path: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Allowed methods; empty = all.
+    pub methods: Vec<Method>,
+    /// Token requirement.
+    pub auth: AuthMode,
+    /// Abilities needed, all of them.
+    pub abilities: Vec<Ability>,
+}
+
+/// Header names sent upstream (all lower-case, as `http` stores them).
+#[derive(Clone, Debug)]
+pub struct HeaderNames {
+    /// Tenant id.
+    pub tenant_id: HeaderName,
+    /// Account id.
+    pub account_id: HeaderName,
+    /// Workspace id.
+    pub workspace_id: HeaderName,
+    /// Token id.
+    pub token_id: HeaderName,
+    /// Token name.
+    pub token_name: HeaderName,
+    /// Token abilities, comma-separated.
+    pub token_abilities: HeaderName,
+    /// Request id.
+    pub request_id: HeaderName,
+    /// Client address.
+    pub forwarded_for: HeaderName,
+    /// `http` / `https` as the client spoke.
+    pub forwarded_proto: HeaderName,
+    /// Host the client asked for.
+    pub forwarded_host: HeaderName,
+}
+
+impl HeaderNames {
+    /// Every header the gateway itself sets upstream. Client-sent copies of
+    /// these are always removed.
+    pub fn all(&self) -> [&HeaderName; 10] {
+        [
+            &self.tenant_id,
+            &self.account_id,
+            &self.workspace_id,
+            &self.token_id,
+            &self.token_name,
+            &self.token_abilities,
+            &self.request_id,
+            &self.forwarded_for,
+            &self.forwarded_proto,
+            &self.forwarded_host,
+        ]
+    }
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        let h = HeaderName::from_static;
+        HeaderNames {
+            tenant_id: h("x-tenant-id"),
+            account_id: h("x-account-id"),
+            workspace_id: h("x-workspace-id"),
+            token_id: h("x-token-id"),
+            token_name: h("x-token-name"),
+            token_abilities: h("x-token-abilities"),
+            request_id: h("x-request-id"),
+            forwarded_for: h("x-forwarded-for"),
+            forwarded_proto: h("x-forwarded-proto"),
+            forwarded_host: h("x-forwarded-host"),
+        }
+    }
+}
+
+/// Paths of the seed token flows (`None` = off).
+#[derive(Clone, Debug, Default)]
+pub struct TokenApiPaths {
+    /// White-label mint.
+    pub white_label_token: Option<String>,
+    /// White-label user list.
+    pub white_label_users: Option<String>,
+    /// Token by customer id.
+    pub customer_id_token: Option<String>,
+    /// Sub-account token.
+    pub sub_account_token: Option<String>,
+    /// Session exchange.
+    pub session_exchange: Option<String>,
+    /// Session-exchange verify step.
+    pub session_verify: Option<String>,
+    /// Personal access token.
+    pub personal_access_token: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses and validates TOML text; `path` only names the source in errors.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        Self::validate(path, file)
+    }
+
+    /// Validates a parsed file.
+    pub fn validate(path: &Path, f: FileConfig) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let addr = |key: &str, s: &str| {
+            s.parse::<SocketAddr>()
+                .map_err(|e| invalid(key, format!("{s:?} is not a socket address: {e}")))
+        };
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be at least 1".into()))
+            } else {
+                Ok(v)
+            }
+        };
+
+        let server = ServerConfig {
+            listen: addr("server.listen", &f.server.listen)?,
+            admin_listen: addr("server.admin_listen", &f.server.admin_listen)?,
+            shutdown_grace: Duration::from_secs(f.server.shutdown_grace_seconds),
+            header_read_timeout: Duration::from_secs(positive(
+                "server.header_read_timeout_seconds",
+                f.server.header_read_timeout_seconds,
+            )?),
+        };
+        if server.listen == server.admin_listen && server.listen.port() != 0 {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen".into(),
+            ));
+        }
+
+        let url = f.store.url.trim();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                "must start with sqlite:, postgres:// or postgresql://".into(),
+            ));
+        }
+        let store = StoreConfig {
+            url: DatabaseUrl::new(url),
+            max_connections: u32::try_from(positive(
+                "store.max_connections",
+                u64::from(f.store.max_connections),
+            )?)
+            .unwrap_or(8),
+            timeout: Duration::from_secs(positive(
+                "store.timeout_seconds",
+                f.store.timeout_seconds,
+            )?),
+            last_used_flush: Duration::from_secs(positive(
+                "store.last_used_flush_seconds",
+                f.store.last_used_flush_seconds,
+            )?),
+        };
+
+        let cache = CacheConfig {
+            ttl: Duration::from_secs(positive("cache.ttl_seconds", f.cache.ttl_seconds)?),
+            negative_ttl: Duration::from_secs(positive(
+                "cache.negative_ttl_seconds",
+                f.cache.negative_ttl_seconds,
+            )?),
+            max_entries: positive("cache.max_entries", f.cache.max_entries)?,
+        };
+
+        let prefixes = [
+            ("tokens.root_prefix", f.tokens.root_prefix),
+            ("tokens.tenant_admin_prefix", f.tokens.tenant_admin_prefix),
+            ("tokens.session_prefix", f.tokens.session_prefix),
+            ("tokens.api_prefix", f.tokens.api_prefix),
+        ];
+        let mut seen = HashSet::new();
+        for (key, p) in &prefixes {
+            if p.is_empty()
+                || p.len() > MAX_PREFIX_LEN
+                || !p.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return Err(invalid(
+                    key,
+                    format!("{p:?} must be 1 to {MAX_PREFIX_LEN} ASCII letters or digits"),
+                ));
+            }
+            if !seen.insert(p.clone()) {
+                return Err(invalid(key, format!("prefix {p:?} is used twice")));
+            }
+        }
+        let tokens = TokenFormat::new(prefixes.map(|(_, p)| p), f.tokens.accept_legacy);
+
+        let headers = validate_headers(path, &f.headers)?;
+
+        let mut upstreams = Vec::with_capacity(f.upstreams.len());
+        for (i, u) in f.upstreams.iter().enumerate() {
+            let key = |k: &str| format!("upstreams[{i}].{k}");
+            if u.name.is_empty() {
+                return Err(invalid(&key("name"), "must not be empty".into()));
+            }
+            if upstreams.iter().any(|x: &UpstreamConfig| x.name == u.name) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is defined twice", u.name),
+                ));
+            }
+            let uri: Uri = u
+                .url
+                .parse()
+                .map_err(|e| invalid(&key("url"), format!("{:?} is not a URL: {e}", u.url)))?;
+            let scheme = match uri.scheme_str() {
+                Some("http") => http::uri::Scheme::HTTP,
+                Some("https") => http::uri::Scheme::HTTPS,
+                _ => return Err(invalid(&key("url"), "scheme must be http or https".into())),
+            };
+            let authority = uri
+                .authority()
+                .cloned()
+                .ok_or_else(|| invalid(&key("url"), "needs a host".into()))?;
+            if uri.query().is_some() {
+                return Err(invalid(&key("url"), "must not have a query string".into()));
+            }
+            let base_path = uri.path().trim_end_matches('/').to_string();
+            let protocol = match u.protocol.as_deref() {
+                None | Some("http1") => UpstreamProtocol::Http1,
+                Some("h2") => UpstreamProtocol::H2,
+                Some(other) => {
+                    return Err(invalid(
+                        &key("protocol"),
+                        format!("{other:?} is not one of \"http1\", \"h2\""),
+                    ))
+                }
+            };
+            upstreams.push(UpstreamConfig {
+                name: u.name.clone(),
+                scheme,
+                authority,
+                base_path,
+                protocol,
+                connect_timeout: Duration::from_millis(positive(
+                    &key("connect_timeout_ms"),
+                    u.connect_timeout_ms.unwrap_or(3_000),
+                )?),
+                response_timeout: Duration::from_millis(positive(
+                    &key("response_timeout_ms"),
+                    u.response_timeout_ms.unwrap_or(30_000),
+                )?),
+                pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_seconds.unwrap_or(60)),
+                pool_max_idle: u.pool_max_idle.unwrap_or(256),
+            });
+        }
+
+        let mut routes = Vec::with_capacity(f.routes.len());
+        for (i, r) in f.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            if !r.path.starts_with('/') {
+                return Err(invalid(
+                    &key("path"),
+                    format!("{:?} must start with /", r.path),
+                ));
+            }
+            let mut path = normalize_path(&r.path)
+                .map_err(|e| invalid(&key("path"), format!("{:?}: {e}", r.path)))?;
+            if path != r.path.trim_end_matches('/') && path != r.path {
+                return Err(invalid(
+                    &key("path"),
+                    format!("{:?} is not normalised; write {path:?}", r.path),
+                ));
+            }
+            if path.len() > 1 && path.ends_with('/') {
+                path.pop();
+            }
+            let upstream = upstreams
+                .iter()
+                .position(|u| u.name == r.upstream)
+                .ok_or_else(|| {
+                    invalid(
+                        &key("upstream"),
+                        format!("no upstream named {:?}", r.upstream),
+                    )
+                })?;
+            let mut methods = Vec::with_capacity(r.methods.len());
+            for m in &r.methods {
+                let m = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| invalid(&key("methods"), format!("{m:?} is not a method")))?;
+                methods.push(m);
+            }
+            let auth = match r.auth.as_deref() {
+                None | Some("required") => AuthMode::Required,
+                Some("optional") => AuthMode::Optional,
+                Some("none") => AuthMode::None,
+                Some(other) => {
+                    return Err(invalid(
+                        &key("auth"),
+                        format!("{other:?} is not one of \"required\", \"optional\", \"none\""),
+                    ))
+                }
+            };
+            let mut abilities = Vec::with_capacity(r.abilities.len());
+            for a in &r.abilities {
+                abilities.push(
+                    Ability::parse(a)
+                        .map_err(|e| invalid(&key("abilities"), format!("{a:?}: {e}")))?,
+                );
+            }
+            if auth == AuthMode::None && !abilities.is_empty() {
+                return Err(invalid(
+                    &key("abilities"),
+                    "a route with auth = \"none\" cannot require abilities".into(),
+                ));
+            }
+            if routes.iter().any(|x: &RouteConfig| {
+                x.path == path
+                    && (x.methods.is_empty()
+                        || methods.is_empty()
+                        || x.methods.iter().any(|m| methods.contains(m)))
+            }) {
+                return Err(invalid(
+                    &key("path"),
+                    format!("{path:?} overlaps an earlier route with the same path and methods"),
+                ));
+            }
+            routes.push(RouteConfig {
+                path,
+                upstream,
+                methods,
+                auth,
+                abilities,
+            });
+        }
+
+        let token_api = validate_token_api(path, &f.token_api)?;
+
+        Ok(Config {
+            server,
+            store,
+            cache,
+            tokens,
+            headers,
+            upstreams,
+            routes,
+            token_api,
+        })
+    }
+}
+
+fn validate_headers(path: &Path, h: &FileHeaders) -> Result<HeaderNames, ConfigError> {
+    let name = |key: &str, v: &str| {
+        HeaderName::from_bytes(v.as_bytes()).map_err(|_| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key: format!("headers.{key}"),
+            message: format!("{v:?} is not a header name"),
+        })
+    };
+    let names = HeaderNames {
+        tenant_id: name("tenant_id", &h.tenant_id)?,
+        account_id: name("account_id", &h.account_id)?,
+        workspace_id: name("workspace_id", &h.workspace_id)?,
+        token_id: name("token_id", &h.token_id)?,
+        token_name: name("token_name", &h.token_name)?,
+        token_abilities: name("token_abilities", &h.token_abilities)?,
+        request_id: name("request_id", &h.request_id)?,
+        forwarded_for: name("forwarded_for", &h.forwarded_for)?,
+        forwarded_proto: name("forwarded_proto", &h.forwarded_proto)?,
+        forwarded_host: name("forwarded_host", &h.forwarded_host)?,
+    };
+    let mut seen = HashSet::new();
+    for n in names.all() {
+        if !seen.insert(n.as_str()) {
+            return Err(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key: "headers".into(),
+                message: format!("{n} is used for two headers"),
+            });
+        }
+        if crate::proxy::is_reserved_header(n) {
+            return Err(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key: "headers".into(),
+                message: format!("{n} is a hop-by-hop or credential header"),
+            });
+        }
+    }
+    Ok(names)
+}
+
+fn validate_token_api(path: &Path, t: &FileTokenApi) -> Result<TokenApiPaths, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut check = |key: &str, v: &str| -> Result<Option<String>, ConfigError> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let invalid = |message: String| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key: format!("token_api.{key}"),
+            message,
+        };
+        let n = normalize_path(v).map_err(|e| invalid(format!("{v:?}: {e}")))?;
+        if n != v {
+            return Err(invalid(format!("{v:?} is not normalised; write {n:?}")));
+        }
+        if !seen.insert(n.clone()) {
+            return Err(invalid(format!("{v:?} is used by two flows")));
+        }
+        Ok(Some(n))
+    };
+    Ok(TokenApiPaths {
+        white_label_token: check("white_label_token", &t.white_label_token)?,
+        white_label_users: check("white_label_users", &t.white_label_users)?,
+        customer_id_token: check("customer_id_token", &t.customer_id_token)?,
+        sub_account_token: check("sub_account_token", &t.sub_account_token)?,
+        session_exchange: check("session_exchange", &t.session_exchange)?,
+        session_verify: check("session_verify", &t.session_verify)?,
+        personal_access_token: check("personal_access_token", &t.personal_access_token)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("t.toml"), text)
+    }
+
+    const MINIMAL: &str = r#"
+        [[upstreams]]
+        name = "api"
+        url = "http://127.0.0.1:3000"
+        [[routes]]
+        path = "/"
+        upstream = "api"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.cache.ttl, Duration::from_secs(30));
+        assert_eq!(c.cache.negative_ttl, Duration::from_secs(5));
+        assert_eq!(c.routes[0].auth, AuthMode::Required);
+        assert_eq!(c.headers.tenant_id.as_str(), "x-tenant-id");
+        assert_eq!(
+            c.token_api.white_label_token.as_deref(),
+            Some("/api/white-label/token")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = parse("[cache]\nttl_secs = 3\n").unwrap_err().to_string();
+        assert!(err.contains("ttl_secs"), "{err}");
+        let err = parse("[[routes]]\npath = \"/\"\nupstream = \"a\"\nability = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ability"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let cases = [
+            (
+                "[[routes]]\npath = \"/\"\nupstream = \"nope\"\n",
+                "routes[0].upstream",
+            ),
+            ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+            ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+            ("[cache]\nttl_seconds = 0\n", "cache.ttl_seconds"),
+            ("[tokens]\napi_prefix = \"tg_k\"\n", "tokens.api_prefix"),
+            ("[tokens]\napi_prefix = \"tgr\"\n", "tokens.api_prefix"),
+            ("[headers]\ntenant_id = \"bad header\"\n", "headers.tenant_id"),
+            ("[headers]\ntenant_id = \"Authorization\"\n", "headers"),
+            (
+                "[[upstreams]]\nname = \"a\"\nurl = \"ftp://x\"\n",
+                "upstreams[0].url",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\nprotocol = \"h3\"\n",
+                "upstreams[0].protocol",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\n[[routes]]\npath = \"/a/../b\"\nupstream = \"a\"\n",
+                "routes[0].path",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\n[[routes]]\npath = \"/\"\nupstream = \"a\"\nauth = \"maybe\"\n",
+                "routes[0].auth",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\n[[routes]]\npath = \"/\"\nupstream = \"a\"\nabilities = [\"a b\"]\n",
+                "routes[0].abilities",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\n[[routes]]\npath = \"/\"\nupstream = \"a\"\n[[routes]]\npath = \"/\"\nupstream = \"a\"\n",
+                "routes[1].path",
+            ),
+            ("[token_api]\nwhite_label_token = \"no-slash\"\n", "token_api.white_label_token"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with("t.toml: "), "{err}");
+            assert!(err.contains(key), "expected {key} in: {err}");
+        }
+    }
+
+    #[test]
+    fn routes_are_normalised_and_methods_parsed() {
+        let c = parse(
+            r#"
+            [[upstreams]]
+            name = "api"
+            url = "http://127.0.0.1:3000/base/"
+            protocol = "h2"
+            [[routes]]
+            path = "/api/calls/"
+            methods = ["get", "POST"]
+            upstream = "api"
+            abilities = ["calls:read"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].path, "/api/calls");
+        assert_eq!(c.routes[0].methods, vec![Method::GET, Method::POST]);
+        assert_eq!(c.upstreams[0].base_path, "/base");
+        assert_eq!(c.upstreams[0].protocol, UpstreamProtocol::H2);
+    }
+
+    #[test]
+    fn database_url_hides_password() {
+        let u = DatabaseUrl::new("postgres://app:hunter2@db:5432/tg?password=hunter2");
+        let shown = format!("{u} {u:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres://app:***@db:5432/tg"), "{shown}");
+        assert_eq!(
+            DatabaseUrl::new("sqlite://data/x.db").to_string(),
+            "sqlite://data/x.db"
+        );
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        Config::from_file(&path).unwrap();
+    }
+}

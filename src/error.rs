@@ -1,0 +1,228 @@
+//! Errors of the request path, mapped to responses in one place.
+//!
+//! Every way the gateway can refuse or fail a proxied request is a
+//! [`Denial`]; [`Denial::status`] and [`Denial::code`] are the only mapping
+//! to the wire, pinned by a test below. Responses are always JSON
+//! (`{"error": true, "code": ..., "message": ...}`), never HTML, and never
+//! carry internal detail: that goes to the log at the point of failure.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::proxy::{full, Body};
+use crate::route::PathError;
+
+/// Why a request was not forwarded (or its forwarding failed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    /// Both `Authorization` and `token` present and different, or a
+    /// credential header repeated with different values.
+    #[error("conflicting credentials")]
+    ConflictingCredentials,
+    /// The request path cannot be normalised safely.
+    #[error("bad path: {0}")]
+    BadPath(PathError),
+    /// A header name with `_` that normalises to one of the gateway's own.
+    #[error("forbidden header")]
+    ForbiddenHeader,
+    /// No route for this path.
+    #[error("no route")]
+    RouteNotFound,
+    /// A route for this path, not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The route needs a token and none was sent.
+    #[error("missing token")]
+    MissingToken,
+    /// The token failed the format / checksum check or the header is unusable.
+    #[error("malformed token")]
+    MalformedToken,
+    /// Well formed, but not in the store.
+    #[error("unknown token")]
+    UnknownToken,
+    /// Revoked.
+    #[error("revoked token")]
+    TokenRevoked,
+    /// Past its `expires_at`.
+    #[error("expired token")]
+    TokenExpired,
+    /// The token lacks an ability the route needs.
+    #[error("ability missing")]
+    AbilityMissing,
+    /// The token's account is blocked.
+    #[error("account blocked")]
+    AccountBlocked,
+    /// The token's tenant is blocked.
+    #[error("tenant blocked")]
+    TenantBlocked,
+    /// A root or tenant-admin token on the proxy path.
+    #[error("token kind not allowed")]
+    TokenKindNotAllowed,
+    /// The token is not cached and the store cannot be reached: fail closed.
+    #[error("store unavailable")]
+    StoreUnavailable,
+    /// The upstream refused the connection or broke it.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+}
+
+impl Denial {
+    /// The HTTP status for this denial.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Denial::ConflictingCredentials | Denial::BadPath(_) | Denial::ForbiddenHeader => {
+                StatusCode::BAD_REQUEST
+            }
+            Denial::MissingToken
+            | Denial::MalformedToken
+            | Denial::UnknownToken
+            | Denial::TokenRevoked
+            | Denial::TokenExpired => StatusCode::UNAUTHORIZED,
+            Denial::AbilityMissing
+            | Denial::AccountBlocked
+            | Denial::TenantBlocked
+            | Denial::TokenKindNotAllowed => StatusCode::FORBIDDEN,
+            Denial::RouteNotFound => StatusCode::NOT_FOUND,
+            Denial::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Denial::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Denial::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Denial::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Denial::ConflictingCredentials => "CONFLICTING_CREDENTIALS",
+            Denial::BadPath(_) => "BAD_PATH",
+            Denial::ForbiddenHeader => "FORBIDDEN_HEADER",
+            Denial::RouteNotFound => "ROUTE_NOT_FOUND",
+            Denial::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Denial::MissingToken => "TOKEN_MISSING",
+            Denial::MalformedToken => "TOKEN_MALFORMED",
+            Denial::UnknownToken => "TOKEN_INVALID",
+            Denial::TokenRevoked => "TOKEN_REVOKED",
+            Denial::TokenExpired => "TOKEN_EXPIRED",
+            Denial::AbilityMissing => "ABILITY_MISSING",
+            Denial::AccountBlocked => "ACCOUNT_BLOCKED",
+            Denial::TenantBlocked => "TENANT_BLOCKED",
+            Denial::TokenKindNotAllowed => "TOKEN_KIND_NOT_ALLOWED",
+            Denial::StoreUnavailable => "STORE_UNAVAILABLE",
+            Denial::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Denial::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+        }
+    }
+
+    /// A human-readable message; never internal detail.
+    pub fn message(self) -> &'static str {
+        match self {
+            Denial::ConflictingCredentials => {
+                "Authorization and token headers carry different credentials"
+            }
+            Denial::BadPath(PathError::EncodedSeparator) => {
+                "encoded slash or backslash in the path is not allowed"
+            }
+            Denial::BadPath(_) => "the request path is malformed",
+            Denial::ForbiddenHeader => "a header name collides with a gateway header",
+            Denial::RouteNotFound => "no route matches this path",
+            Denial::MethodNotAllowed => "this method is not allowed on this path",
+            Denial::MissingToken => "an API token is required",
+            Denial::MalformedToken => "the API token is malformed",
+            Denial::UnknownToken => "the API token is not valid",
+            Denial::TokenRevoked => "the API token has been revoked",
+            Denial::TokenExpired => "the API token has expired",
+            Denial::AbilityMissing => "the API token lacks an ability this route requires",
+            Denial::AccountBlocked => "the account is blocked",
+            Denial::TenantBlocked => "the tenant is blocked",
+            Denial::TokenKindNotAllowed => "this kind of token cannot call the API",
+            Denial::StoreUnavailable => "the token store is unavailable; retry shortly",
+            Denial::UpstreamUnavailable => "the upstream service is unavailable",
+            Denial::UpstreamTimeout => "the upstream service did not answer in time",
+        }
+    }
+
+    /// The JSON response, with `WWW-Authenticate` on 401 and `Retry-After`
+    /// on 503.
+    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": true,
+            "code": self.code(),
+            "message": self.message(),
+        });
+        let mut resp = Response::new(full(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(id) = request_id {
+            h.insert(crate::proxy::X_REQUEST_ID.clone(), id.clone());
+        }
+        match self.status() {
+            StatusCode::UNAUTHORIZED => {
+                let v = match self {
+                    Denial::MissingToken => HeaderValue::from_static("Bearer"),
+                    _ => HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                };
+                h.insert(WWW_AUTHENTICATE, v);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the wire contract: a change here is a breaking change.
+    #[test]
+    fn mapping_is_pinned() {
+        let table = [
+            (
+                Denial::ConflictingCredentials,
+                400,
+                "CONFLICTING_CREDENTIALS",
+            ),
+            (
+                Denial::BadPath(PathError::EncodedSeparator),
+                400,
+                "BAD_PATH",
+            ),
+            (Denial::ForbiddenHeader, 400, "FORBIDDEN_HEADER"),
+            (Denial::RouteNotFound, 404, "ROUTE_NOT_FOUND"),
+            (Denial::MethodNotAllowed, 405, "METHOD_NOT_ALLOWED"),
+            (Denial::MissingToken, 401, "TOKEN_MISSING"),
+            (Denial::MalformedToken, 401, "TOKEN_MALFORMED"),
+            (Denial::UnknownToken, 401, "TOKEN_INVALID"),
+            (Denial::TokenRevoked, 401, "TOKEN_REVOKED"),
+            (Denial::TokenExpired, 401, "TOKEN_EXPIRED"),
+            (Denial::AbilityMissing, 403, "ABILITY_MISSING"),
+            (Denial::AccountBlocked, 403, "ACCOUNT_BLOCKED"),
+            (Denial::TenantBlocked, 403, "TENANT_BLOCKED"),
+            (Denial::TokenKindNotAllowed, 403, "TOKEN_KIND_NOT_ALLOWED"),
+            (Denial::StoreUnavailable, 503, "STORE_UNAVAILABLE"),
+            (Denial::UpstreamUnavailable, 502, "UPSTREAM_UNAVAILABLE"),
+            (Denial::UpstreamTimeout, 504, "UPSTREAM_TIMEOUT"),
+        ];
+        for (d, status, code) in table {
+            assert_eq!(d.status().as_u16(), status, "{d:?}");
+            assert_eq!(d.code(), code, "{d:?}");
+            let r = d.into_response(None);
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+            assert_eq!(
+                r.headers().contains_key(WWW_AUTHENTICATE),
+                status == 401,
+                "{d:?}"
+            );
+            assert_eq!(r.headers().contains_key(RETRY_AFTER), status == 503);
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The request path: what happens to every request on the public listener.
+//!
+//! ```text
+//!  request ─▶ normalise path ─▶ route ─▶ credential ─▶ cheap checks ─▶ cache/store ─▶ decide ─▶ forward
+//!             (400 BAD_PATH)   (404/405)  (400 conflict) (401, no I/O)  (503 fail closed) (401/403) (502/504)
+//! ```
+//!
+//! Each step can only refuse; nothing after a refusal runs. The cheap checks
+//! (length, alphabet, prefix, CRC32) sit before the cache so that garbage and
+//! typos never cost a cache slot or a store query. The decision runs on every
+//! request, cached or not, against the clock. Denials become responses in one
+//! place ([`crate::error::Denial::into_response`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+
+use crate::auth::{decide, extract_credential, kind_may_proxy};
+use crate::cache::{AuthEntry, TokenCache};
+use crate::clock::Clock;
+use crate::config::{AuthMode, Config, RouteConfig};
+use crate::error::Denial;
+use crate::issuer::Issuer;
+use crate::metrics::Metrics;
+use crate::proxy::{check_underscore_headers, forward, Body, ForwardContext, Upstream};
+use crate::route::{normalize_path, RouteMatch, RouteTable};
+use crate::store::TokenStore;
+use crate::token::{Checked, TokenHash};
+use crate::usage::LastUsed;
+
+/// Everything the request path and the control plane share.
+pub struct Gateway {
+    /// The validated configuration.
+    pub config: Config,
+    /// The token store.
+    pub store: Arc<dyn TokenStore>,
+    /// The token-record cache.
+    pub cache: Arc<TokenCache>,
+    /// The issuing service (evicts from `cache` on every change).
+    pub issuer: Issuer,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Batched last-used times.
+    pub last_used: LastUsed,
+    clock: Clock,
+    routes: RouteTable,
+    upstreams: Vec<Upstream>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("routes", &self.routes)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// Assembles a gateway over an open store.
+    pub fn new(config: Config, store: Arc<dyn TokenStore>, clock: Clock) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let cache = Arc::new(TokenCache::new(
+            &config.cache,
+            config.store.timeout,
+            Arc::clone(&metrics),
+        ));
+        let issuer = Issuer::new(
+            Arc::clone(&store),
+            config.tokens.clone(),
+            clock.clone(),
+            Some(Arc::clone(&cache)),
+        );
+        let upstreams = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(Upstream::new)
+            .collect();
+        let routes = RouteTable::new(config.routes.clone());
+        Arc::new(Self {
+            config,
+            store,
+            cache,
+            issuer,
+            metrics,
+            last_used: LastUsed::default(),
+            clock,
+            routes,
+            upstreams,
+        })
+    }
+
+    /// The clock decisions are made against.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Handles one request on the public listener. Never fails: every error
+    /// is a JSON response.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let request_id = new_request_id();
+        match self.process(req, peer, &request_id).await {
+            Ok(resp) => {
+                self.metrics.forwarded.inc();
+                resp
+            }
+            Err(denial) => {
+                self.metrics.deny(denial.code());
+                tracing::debug!(
+                    request_id = ?request_id,
+                    code = denial.code(),
+                    status = denial.status().as_u16(),
+                    "request refused"
+                );
+                denial.into_response(Some(&request_id))
+            }
+        }
+    }
+
+    async fn process(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Body>, Denial> {
+        let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
+        check_underscore_headers(req.headers(), &self.config.headers)?;
+        let route = match self.routes.find(&path, req.method()) {
+            RouteMatch::Found(r) => r,
+            RouteMatch::MethodNotAllowed => return Err(Denial::MethodNotAllowed),
+            RouteMatch::NotFound => return Err(Denial::RouteNotFound),
+        };
+        let entry = match route.auth {
+            AuthMode::None => None,
+            AuthMode::Required | AuthMode::Optional => self.authenticate(&req, route).await?,
+        };
+        if let Some(e) = &entry {
+            self.last_used.record(&e.last_used_key, self.clock.now());
+        }
+        let upstream = self
+            .upstreams
+            .get(route.upstream)
+            .ok_or(Denial::RouteNotFound)?;
+        let ctx = ForwardContext {
+            auth: entry.as_deref(),
+            request_id,
+            peer,
+            path: &path,
+            tls: false,
+        };
+        forward(upstream, &self.config.headers, &self.metrics, req, ctx).await
+    }
+
+    /// Finds and judges the request's token for a route. `Ok(None)`: no
+    /// credential on an `optional` route.
+    async fn authenticate(
+        &self,
+        req: &Request<Incoming>,
+        route: &RouteConfig,
+    ) -> Result<Option<Arc<AuthEntry>>, Denial> {
+        let Some(token) = extract_credential(req.headers())? else {
+            return match route.auth {
+                AuthMode::Optional => Ok(None),
+                _ => Err(Denial::MissingToken),
+            };
+        };
+        let entry = self.lookup(token).await?;
+        decide(
+            &entry.record,
+            self.clock.now(),
+            route.abilities.iter().map(|a| a.as_str()),
+        )?;
+        if !kind_may_proxy(entry.record.kind) {
+            return Err(Denial::TokenKindNotAllowed);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Cheap checks, then cache (then store). Used by the proxy path and the
+    /// token endpoints alike.
+    pub async fn lookup(&self, token: &str) -> Result<Arc<AuthEntry>, Denial> {
+        let checked = self
+            .config
+            .tokens
+            .check(token)
+            .map_err(|_| Denial::MalformedToken)?;
+        self.metrics.cache_lookups.inc();
+        let entry = self
+            .cache
+            .get(TokenHash::of(token), self.store.as_ref())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "token store unavailable; failing closed");
+                Denial::StoreUnavailable
+            })?
+            .ok_or(Denial::UnknownToken)?;
+        // A token whose prefix claims another kind than its row is not ours.
+        if let Checked::Native(kind) = checked {
+            if kind != entry.record.kind {
+                return Err(Denial::UnknownToken);
+            }
+        }
+        Ok(entry)
+    }
+}
+
+/// A fresh request id (UUIDv7: sortable by time, unique without coordination).
+fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
+}

@@ -1,0 +1,481 @@
+//! The issuing service: the one place tokens are minted and revoked, and
+//! tenants and accounts blocked.
+//!
+//! The CLI, the native API and the seed flows are thin adapters over this.
+//! It keeps three promises for all of them: a token's row (and its audit
+//! event) is committed before its secret is handed back; the secret is
+//! returned once, here, and never stored; and every change that can make a
+//! cached record wrong evicts it from this instance's cache before the call
+//! returns.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::auth::Ability;
+use crate::cache::TokenCache;
+use crate::clock::Clock;
+use crate::store::{
+    Account, NewAccount, NewAuditEvent, NewToken, Status, StoreError, Tenant, TokenRow, TokenStore,
+    Workspace,
+};
+use crate::token::{Secret, TokenFormat, TokenHash, TokenKind};
+
+/// Longest token, tenant, account or workspace name.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Why an issuing operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The request is not valid; the message is safe to show.
+    #[error("{0}")]
+    Invalid(String),
+    /// A referenced object does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule would be broken; the message is safe to show.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who asks: the token id recorded as `created_by` and audit actor (none
+/// for the operator's CLI).
+#[derive(Clone, Debug, Default)]
+pub struct Actor {
+    /// Acting token's id.
+    pub token_id: Option<String>,
+}
+
+/// A token to mint.
+#[derive(Clone, Debug)]
+pub struct MintRequest {
+    /// Kind.
+    pub kind: TokenKind,
+    /// Tenant (required for all but root).
+    pub tenant_id: Option<i64>,
+    /// Account (required for session and api).
+    pub account_id: Option<i64>,
+    /// Workspace of that account, if bound.
+    pub workspace_id: Option<i64>,
+    /// Display name.
+    pub name: String,
+    /// Abilities.
+    pub abilities: Vec<Ability>,
+    /// Expiry (Unix seconds), none = never.
+    pub expires_at: Option<i64>,
+}
+
+/// A minted token: its row, and the secret to hand out exactly once.
+#[derive(Debug)]
+pub struct Minted {
+    /// The committed row.
+    pub row: TokenRow,
+    /// The token itself.
+    pub secret: Secret,
+}
+
+/// The issuing service.
+#[derive(Clone)]
+pub struct Issuer {
+    store: Arc<dyn TokenStore>,
+    format: TokenFormat,
+    clock: Clock,
+    cache: Option<Arc<TokenCache>>,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+/// Checks a display name: 1 to 255 characters, no control characters.
+pub fn validate_name(what: &str, name: &str) -> Result<(), IssueError> {
+    let n = name.chars().count();
+    if n == 0 || name.trim().is_empty() {
+        return Err(IssueError::Invalid(format!("{what} is required")));
+    }
+    if n > MAX_NAME_LEN {
+        return Err(IssueError::Invalid(format!(
+            "{what} must be at most {MAX_NAME_LEN} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(IssueError::Invalid(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Issuer {
+    /// An issuer over a store; `cache` is this instance's request-path cache,
+    /// if there is one running in this process.
+    pub fn new(
+        store: Arc<dyn TokenStore>,
+        format: TokenFormat,
+        clock: Clock,
+        cache: Option<Arc<TokenCache>>,
+    ) -> Self {
+        Self {
+            store,
+            format,
+            clock,
+            cache,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn TokenStore> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Creates a tenant.
+    pub async fn create_tenant(&self, name: &str, actor: &Actor) -> Result<Tenant, IssueError> {
+        validate_name("name", name)?;
+        let now = self.clock.now();
+        let t = self.store.create_tenant(name, now).await?;
+        self.audit(actor, "tenant.created", Some(t.id), None, None)
+            .await?;
+        Ok(t)
+    }
+
+    /// Creates an account (and its workspace, if named).
+    pub async fn create_account(
+        &self,
+        new: &NewAccount,
+        actor: &Actor,
+    ) -> Result<(Account, Option<Workspace>), IssueError> {
+        validate_name("name", &new.name)?;
+        validate_email(&new.email)?;
+        if let Some(ws) = &new.workspace {
+            validate_name("workspace", ws)?;
+        }
+        self.store
+            .get_tenant(new.tenant_id)
+            .await?
+            .ok_or(IssueError::NotFound("tenant"))?;
+        let created = match self.store.create_account(new, self.clock.now()).await {
+            Err(StoreError::Conflict(_)) => {
+                return Err(IssueError::Conflict(format!(
+                    "an account with email {:?} already exists in this tenant",
+                    new.email
+                )))
+            }
+            Err(StoreError::NotFound(_)) => return Err(IssueError::NotFound("parent account")),
+            other => other?,
+        };
+        self.audit(
+            actor,
+            "account.created",
+            Some(new.tenant_id),
+            None,
+            Some(format!("account {}", created.0.id)),
+        )
+        .await?;
+        Ok(created)
+    }
+
+    /// Mints a token. The row and its audit event are committed before this
+    /// returns; the secret exists only in the returned value.
+    pub async fn mint(&self, req: MintRequest, actor: &Actor) -> Result<Minted, IssueError> {
+        validate_name("name", &req.name)?;
+        let now = self.clock.now();
+        if let Some(exp) = req.expires_at {
+            if exp <= now {
+                return Err(IssueError::Invalid("expiry must be in the future".into()));
+            }
+        }
+        self.check_owner(&req).await?;
+        let secret = self.format.generate(req.kind);
+        let hash = secret.hash();
+        let id = Uuid::now_v7().to_string();
+        let token = NewToken {
+            id: id.clone(),
+            kind: req.kind,
+            tenant_id: req.tenant_id,
+            account_id: req.account_id,
+            workspace_id: req.workspace_id,
+            name: req.name,
+            abilities: req
+                .abilities
+                .iter()
+                .map(|a| a.as_str().to_string())
+                .collect(),
+            display_prefix: secret.display_prefix().to_string(),
+            hash,
+            created_at: now,
+            expires_at: req.expires_at,
+            created_by: actor.token_id.clone(),
+        };
+        let audit = NewAuditEvent {
+            at: now,
+            action: "token.issued".into(),
+            actor_token_id: actor.token_id.clone(),
+            tenant_id: req.tenant_id,
+            target_token_id: Some(id),
+            outcome: "ok".into(),
+            detail: Some(format!("kind {}", req.kind)),
+        };
+        let row = self.store.insert_token(&token, &audit).await?;
+        // A negative entry for this hash (someone guessed it?) must not
+        // outlive the mint.
+        if let Some(cache) = &self.cache {
+            cache.invalidate_token(hash).await;
+        }
+        Ok(Minted { row, secret })
+    }
+
+    /// Registers a token from a legacy system by its SHA-256. The token
+    /// works only while `tokens.accept_legacy` is on.
+    pub async fn import_legacy(
+        &self,
+        hash: TokenHash,
+        mut req: MintRequest,
+        actor: &Actor,
+    ) -> Result<TokenRow, IssueError> {
+        validate_name("name", &req.name)?;
+        req.kind = TokenKind::Api;
+        self.check_owner(&req).await?;
+        let now = self.clock.now();
+        let id = Uuid::now_v7().to_string();
+        let token = NewToken {
+            id: id.clone(),
+            kind: req.kind,
+            tenant_id: req.tenant_id,
+            account_id: req.account_id,
+            workspace_id: req.workspace_id,
+            name: req.name,
+            abilities: req
+                .abilities
+                .iter()
+                .map(|a| a.as_str().to_string())
+                .collect(),
+            display_prefix: "legacy".into(),
+            hash,
+            created_at: now,
+            expires_at: req.expires_at,
+            created_by: actor.token_id.clone(),
+        };
+        let audit = NewAuditEvent {
+            at: now,
+            action: "token.imported".into(),
+            actor_token_id: actor.token_id.clone(),
+            tenant_id: req.tenant_id,
+            target_token_id: Some(id),
+            outcome: "ok".into(),
+            detail: None,
+        };
+        let row = match self.store.insert_token(&token, &audit).await {
+            Err(StoreError::Conflict(_)) => {
+                return Err(IssueError::Conflict("a token with this hash exists".into()))
+            }
+            other => other?,
+        };
+        if let Some(cache) = &self.cache {
+            cache.invalidate_token(hash).await;
+        }
+        Ok(row)
+    }
+
+    /// Checks that the owner fields fit the kind and exist together.
+    async fn check_owner(&self, req: &MintRequest) -> Result<(), IssueError> {
+        match req.kind {
+            TokenKind::Root => {
+                if req.tenant_id.is_some() || req.account_id.is_some() || req.workspace_id.is_some()
+                {
+                    return Err(IssueError::Invalid(
+                        "a root token belongs to no tenant or account".into(),
+                    ));
+                }
+            }
+            TokenKind::TenantAdmin => {
+                let t = req
+                    .tenant_id
+                    .ok_or_else(|| IssueError::Invalid("a tenant is required".into()))?;
+                if req.account_id.is_some() || req.workspace_id.is_some() {
+                    return Err(IssueError::Invalid(
+                        "a tenant-admin token belongs to no account".into(),
+                    ));
+                }
+                self.store
+                    .get_tenant(t)
+                    .await?
+                    .ok_or(IssueError::NotFound("tenant"))?;
+            }
+            TokenKind::Session | TokenKind::Api => {
+                let a = req
+                    .account_id
+                    .ok_or_else(|| IssueError::Invalid("an account is required".into()))?;
+                let acc = self
+                    .store
+                    .get_account(a)
+                    .await?
+                    .filter(|acc| req.tenant_id.is_none_or(|t| t == acc.tenant_id))
+                    .ok_or(IssueError::NotFound("account"))?;
+                if req.tenant_id.is_none() {
+                    return Err(IssueError::Invalid("a tenant is required".into()));
+                }
+                if let Some(w) = req.workspace_id {
+                    let found = self
+                        .store
+                        .list_workspaces(acc.id)
+                        .await?
+                        .into_iter()
+                        .any(|ws| ws.id == w);
+                    if !found {
+                        return Err(IssueError::NotFound("workspace"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Revokes a token; from the moment this returns, this instance refuses it.
+    pub async fn revoke(&self, token_id: &str, actor: &Actor) -> Result<TokenRow, IssueError> {
+        let now = self.clock.now();
+        let existing = self
+            .store
+            .get_token(token_id)
+            .await?
+            .ok_or(IssueError::NotFound("token"))?;
+        let audit = NewAuditEvent {
+            at: now,
+            action: "token.revoked".into(),
+            actor_token_id: actor.token_id.clone(),
+            tenant_id: existing.tenant_id,
+            target_token_id: Some(token_id.to_string()),
+            outcome: "ok".into(),
+            detail: None,
+        };
+        let revoked = self
+            .store
+            .revoke_token(token_id, now, &audit)
+            .await?
+            .ok_or(IssueError::NotFound("token"))?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate_token(revoked.hash).await;
+        }
+        Ok(revoked.row)
+    }
+
+    /// Blocks or unblocks a tenant, effective at once on this instance.
+    pub async fn set_tenant_status(
+        &self,
+        id: i64,
+        status: Status,
+        actor: &Actor,
+    ) -> Result<Tenant, IssueError> {
+        let audit = self.event(
+            actor,
+            &format!("tenant.{}", status_verb(status)),
+            Some(id),
+            None,
+        );
+        let t = self
+            .store
+            .set_tenant_status(id, status, &audit)
+            .await?
+            .ok_or(IssueError::NotFound("tenant"))?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate_tenant(id);
+        }
+        Ok(t)
+    }
+
+    /// Blocks or unblocks an account, effective at once on this instance.
+    pub async fn set_account_status(
+        &self,
+        id: i64,
+        status: Status,
+        actor: &Actor,
+    ) -> Result<Account, IssueError> {
+        let tenant = self
+            .store
+            .get_account(id)
+            .await?
+            .ok_or(IssueError::NotFound("account"))?
+            .tenant_id;
+        let mut audit = self.event(
+            actor,
+            &format!("account.{}", status_verb(status)),
+            Some(tenant),
+            None,
+        );
+        audit.detail = Some(format!("account {id}"));
+        let a = self
+            .store
+            .set_account_status(id, status, &audit)
+            .await?
+            .ok_or(IssueError::NotFound("account"))?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate_account(id);
+        }
+        Ok(a)
+    }
+
+    fn event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        tenant_id: Option<i64>,
+        target: Option<String>,
+    ) -> NewAuditEvent {
+        NewAuditEvent {
+            at: self.clock.now(),
+            action: action.into(),
+            actor_token_id: actor.token_id.clone(),
+            tenant_id,
+            target_token_id: target,
+            outcome: "ok".into(),
+            detail: None,
+        }
+    }
+
+    async fn audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        tenant_id: Option<i64>,
+        target: Option<String>,
+        detail: Option<String>,
+    ) -> Result<(), IssueError> {
+        let mut e = self.event(actor, action, tenant_id, target);
+        e.detail = detail;
+        self.store.append_audit(&e).await?;
+        Ok(())
+    }
+}
+
+fn status_verb(s: Status) -> &'static str {
+    match s {
+        Status::Active => "unblocked",
+        Status::Blocked => "blocked",
+    }
+}
+
+/// A plausible email: one `@`, something on both sides, no spaces, at most
+/// 254 characters. Deliverability is the login system's business.
+pub fn validate_email(email: &str) -> Result<(), IssueError> {
+    let ok = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && matches!(email.split_once('@'), Some((l, d)) if !l.is_empty() && !d.is_empty() && !d.contains('@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IssueError::Invalid(format!(
+            "{email:?} is not an email address"
+        )))
+    }
+}

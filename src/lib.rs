@@ -1,0 +1,49 @@
+//! tokengate: an authenticating reverse-proxy gateway.
+//!
+//! tokengate stands in front of existing HTTP APIs, issues API tokens, checks
+//! every request's token against a hashed store behind an in-memory cache,
+//! enforces the token's abilities and expiry, and forwards allowed requests
+//! upstream with headers naming the calling tenant, account and workspace.
+//!
+//! # Layout
+//!
+//! One module per job, in the order a request meets them:
+//!
+//! | module | job |
+//! |---|---|
+//! | [`config`] | `tokengate.toml -> FileConfig -> Config`, errors that name the key |
+//! | [`server`] | listeners, connections, graceful shutdown, the last-used flusher |
+//! | [`gateway`] | the request path: normalise, route, authenticate, decide, forward |
+//! | [`route`] | path normalisation and the longest-prefix route table |
+//! | [`auth`] | credential extraction, abilities, the in-memory decision |
+//! | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
+//! | [`cache`] | moka cache of token records, single-flight loads, revocation races |
+//! | [`store`] | the `TokenStore` trait and its SQLite implementation |
+//! | [`proxy`] | pooled upstream clients, header rewriting, streaming, upgrades |
+//! | [`error`] | every request-path denial mapped to its JSON response, in one place |
+//! | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
+//! | [`admin`] | the admin listener: health, readiness, metrics |
+//! | [`usage`] | last-used times batched in memory, flushed periodically |
+//! | [`metrics`] | counters, Prometheus text |
+//! | [`clock`] | the clock expiry is judged by, injectable for tests |
+//! | [`cli`] | the command line |
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod auth;
+pub mod cache;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod issuer;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod store;
+pub mod token;
+pub mod usage;

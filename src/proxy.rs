@@ -1,0 +1,385 @@
+//! Forwarding to upstreams.
+//!
+//! One pooled hyper-util client per upstream (HTTP/1.1 keep-alive, or h2
+//! when configured), bodies streamed both ways as `Incoming` (never
+//! collected), upgrades (WebSocket) tunnelled once the upstream answers 101.
+//!
+//! # What the upstream sees
+//!
+//! Removed from the request: hop-by-hop headers and every header named in
+//! `Connection`, the credential headers (`Authorization`, `token`), and every
+//! client-sent copy of a header the gateway sets (tenant context, request
+//! id, `X-Forwarded-*`), whatever its letter case (`http` lower-cases names)
+//! or count. A header whose name uses `_` and reads as one of ours with `-`
+//! is refused (400): some servers fold `_` into `-`, and would otherwise see
+//! a forged tenant header. Then the gateway adds its own.
+//!
+//! # Retries
+//!
+//! None of ours. hyper-util's `retry_canceled_requests` (on) only re-sends a
+//! request that was *never written* to a pooled connection found dead, so no
+//! request, idempotent or not, can reach an upstream twice.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::auth::TOKEN_HEADER;
+use crate::cache::AuthEntry;
+use crate::config::{HeaderNames, UpstreamConfig, UpstreamProtocol};
+use crate::error::Denial;
+use crate::metrics::Metrics;
+
+/// Body of every response the gateway sends: the upstream's, streamed, or
+/// one of its own small JSON bodies.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// A body the gateway writes itself.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Right(Full::new(bytes.into()))
+}
+
+/// `X-Request-Id` on the gateway's own responses.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1),
+/// plus the de-facto `Keep-Alive` and `Proxy-Connection`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+}
+
+/// Hop-by-hop and credential headers: never configurable as gateway headers.
+pub fn is_reserved_header(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || name == header::AUTHORIZATION
+        || name == TOKEN_HEADER
+        || name == header::HOST
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
+/// A configured upstream and its connection pool.
+pub struct Upstream {
+    /// Its configuration.
+    pub config: UpstreamConfig,
+    client: HttpsClient,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Builds the pooled client for an upstream.
+    pub fn new(config: UpstreamConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let connector = match builder.with_provider_and_webpki_roots(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        )) {
+            Ok(b) => b,
+            // ring supports rustls' safe defaults, so this does not happen.
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+        }
+        .https_or_http();
+        let connector = match config.protocol {
+            UpstreamProtocol::Http1 => connector.enable_http1().wrap_connector(http),
+            UpstreamProtocol::H2 => connector.enable_http2().wrap_connector(http),
+        };
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        if config.protocol == UpstreamProtocol::H2 {
+            b.http2_only(true);
+        }
+        Self {
+            client: b.build(connector),
+            config,
+        }
+    }
+}
+
+/// What the gateway knows about the request besides its headers.
+#[derive(Debug)]
+pub struct ForwardContext<'a> {
+    /// The authenticated token, if any.
+    pub auth: Option<&'a AuthEntry>,
+    /// The request id.
+    pub request_id: &'a HeaderValue,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The normalised path to forward.
+    pub path: &'a str,
+    /// Whether the client spoke TLS to us.
+    pub tls: bool,
+}
+
+/// Refuses header names with `_` that read as one of ours (or a credential)
+/// with `-`. Runs before anything is forwarded.
+pub fn check_underscore_headers(headers: &HeaderMap, names: &HeaderNames) -> Result<(), Denial> {
+    for name in headers.keys() {
+        let s = name.as_str();
+        if !s.contains('_') {
+            continue;
+        }
+        let dashed = s.replace('_', "-");
+        if names.all().iter().any(|n| n.as_str() == dashed)
+            || dashed == header::AUTHORIZATION.as_str()
+        {
+            return Err(Denial::ForbiddenHeader);
+        }
+    }
+    Ok(())
+}
+
+/// Whether the request asks for a protocol upgrade (HTTP/1.1 only).
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers and every header listed in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        KEEP_ALIVE.clone(),
+        PROXY_CONNECTION.clone(),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(n);
+    }
+}
+
+/// Rewrites the request headers for the upstream (see the module doc).
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    names: &HeaderNames,
+    ctx: &ForwardContext<'_>,
+    upstream: &UpstreamConfig,
+    upgrade: bool,
+) {
+    let original_host = headers.get(header::HOST).cloned();
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    strip_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(&TOKEN_HEADER);
+    for n in names.all() {
+        headers.remove(n);
+    }
+    if let Some(v) = upgrade_value {
+        headers.insert(header::UPGRADE, v);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers && upstream.protocol == UpstreamProtocol::H2 {
+        // gRPC needs `te: trailers` to reach an h2 upstream.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+
+    match upstream.protocol {
+        UpstreamProtocol::Http1 => {
+            if let Ok(h) = HeaderValue::from_str(upstream.authority.as_str()) {
+                headers.insert(header::HOST, h);
+            }
+        }
+        // h2 carries the authority in the URI; a Host header would conflict.
+        UpstreamProtocol::H2 => {
+            headers.remove(header::HOST);
+        }
+    }
+
+    if let Some(a) = ctx.auth {
+        if let Some(v) = &a.tenant_id {
+            headers.insert(names.tenant_id.clone(), v.clone());
+        }
+        if let Some(v) = &a.account_id {
+            headers.insert(names.account_id.clone(), v.clone());
+        }
+        if let Some(v) = &a.workspace_id {
+            headers.insert(names.workspace_id.clone(), v.clone());
+        }
+        headers.insert(names.token_id.clone(), a.token_id.clone());
+        headers.insert(names.token_name.clone(), a.token_name.clone());
+        headers.insert(names.token_abilities.clone(), a.abilities.clone());
+    }
+    headers.insert(names.request_id.clone(), ctx.request_id.clone());
+    if let Ok(v) = HeaderValue::from_str(&ctx.peer.ip().to_string()) {
+        headers.insert(names.forwarded_for.clone(), v);
+    }
+    headers.insert(
+        names.forwarded_proto.clone(),
+        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+    );
+    if let Some(h) = original_host {
+        headers.insert(names.forwarded_host.clone(), h);
+    }
+}
+
+/// Forwards a request that has passed authentication.
+pub async fn forward(
+    upstream: &Upstream,
+    names: &HeaderNames,
+    metrics: &Metrics,
+    mut req: Request<Incoming>,
+    ctx: ForwardContext<'_>,
+) -> Result<Response<Body>, Denial> {
+    let cfg = &upstream.config;
+    let upgrade = wants_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    // For h2 clients the host comes as the URI authority, not a header.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(a) = req.uri().authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+    }
+
+    let mut pq = String::with_capacity(cfg.base_path.len() + ctx.path.len() + 64);
+    pq.push_str(&cfg.base_path);
+    pq.push_str(ctx.path);
+    if let Some(q) = req.uri().query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq = PathAndQuery::try_from(pq)
+        .map_err(|_| Denial::BadPath(crate::route::PathError::BadEscape))?;
+    let uri = Uri::builder()
+        .scheme(cfg.scheme.clone())
+        .authority(cfg.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| Denial::BadPath(crate::route::PathError::BadEscape))?;
+
+    rewrite_request_headers(req.headers_mut(), names, &ctx, cfg, upgrade);
+    *req.uri_mut() = uri;
+    *req.version_mut() = match cfg.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2 => Version::HTTP_2,
+    };
+
+    let mut resp = match tokio::time::timeout(cfg.response_timeout, upstream.client.request(req))
+        .await
+    {
+        Err(_) => {
+            tracing::warn!(upstream = %cfg.name, "upstream response timed out");
+            return Err(Denial::UpstreamTimeout);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %cfg.name, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+            return Err(Denial::UpstreamUnavailable);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            metrics.upgrades.inc();
+            let name = cfg.name.clone();
+            tokio::spawn(async move {
+                match tokio::join!(client_upgrade, upstream_upgrade) {
+                    (Ok(c), Ok(u)) => {
+                        let mut c = TokioIo::new(c);
+                        let mut u = TokioIo::new(u);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(upstream = %name, error = %e, "upgraded tunnel closed");
+                        }
+                    }
+                    (c, u) => {
+                        tracing::warn!(upstream = %name, client = ?c.err(), upstream_err = ?u.err(), "upgrade failed");
+                    }
+                }
+            });
+            let (mut parts, body) = resp.into_parts();
+            let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(v) = upgrade_to {
+                parts.headers.insert(header::UPGRADE, v);
+            }
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts
+                .headers
+                .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+            return Ok(Response::from_parts(parts, Either::Left(body)));
+        }
+        // An upgrade nobody asked for cannot be tunnelled.
+        tracing::warn!(upstream = %cfg.name, "upstream sent 101 without an upgrade request");
+        return Err(Denial::UpstreamUnavailable);
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}

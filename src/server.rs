@@ -1,0 +1,214 @@
+//! Listeners, connections and shutdown.
+//!
+//! [`start`] binds the public and admin listeners and spawns their accept
+//! loops plus the last-used flusher; it returns a [`Running`] handle with
+//! the bound addresses (tests bind `127.0.0.1:0`). Connections are served by
+//! hyper-util's auto builder (HTTP/1.1 and h2 on the same port, upgrades
+//! allowed), with a header-read timeout against slowloris clients.
+//!
+//! Shutdown ([`Running::shutdown`], or SIGTERM / ctrl-c in `serve`): stop
+//! accepting, let in-flight requests finish for up to
+//! `server.shutdown_grace_seconds` (keep-alive connections are told to
+//! close after their current request), then flush last-used times.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::gateway::Gateway;
+use crate::proxy::Body;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the public listener is bound.
+    pub public_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, waits (bounded) for in-flight requests, flushes.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds both listeners from the config and starts serving.
+pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
+    let public = TcpListener::bind(gateway.config.server.listen).await?;
+    let admin = TcpListener::bind(gateway.config.server.admin_listen).await?;
+    start_on(gateway, public, admin)
+}
+
+/// Starts serving on already-bound listeners.
+pub fn start_on(
+    gateway: Arc<Gateway>,
+    public: TcpListener,
+    admin: TcpListener,
+) -> std::io::Result<Running> {
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let (tx, rx) = watch::channel(false);
+    let grace = gateway.config.server.shutdown_grace;
+    let header_timeout = gateway.config.server.header_read_timeout;
+
+    let g = Arc::clone(&gateway);
+    let public_task = tokio::spawn(accept_loop(
+        public,
+        rx.clone(),
+        grace,
+        header_timeout,
+        move |req, peer| {
+            let g = Arc::clone(&g);
+            async move { g.handle(req, peer).await }
+        },
+    ));
+    let g = Arc::clone(&gateway);
+    let admin_task = tokio::spawn(accept_loop(
+        admin,
+        rx.clone(),
+        grace,
+        header_timeout,
+        move |req, _peer| {
+            let g = Arc::clone(&g);
+            async move { admin::handle(&g, req).await }
+        },
+    ));
+    let flusher = tokio::spawn(flush_loop(Arc::clone(&gateway), rx));
+    tracing::info!(%public_addr, %admin_addr, "tokengate listening");
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        shutdown: tx,
+        tasks: vec![public_task, admin_task, flusher],
+    })
+}
+
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    header_timeout: Duration,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let h = handler.clone();
+                let svc = service_fn(move |req| {
+                    let fut = h(req, peer);
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                });
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::debug!("all connections finished"),
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "shutdown grace expired; closing remaining connections");
+        }
+    }
+}
+
+async fn flush_loop(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(gateway.config.store.last_used_flush);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                gateway.last_used.flush(gateway.store.as_ref(), &gateway.metrics).await;
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Let the listeners drain before the final flush, so uses by requests
+    // finishing during the grace period are written too.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if !gateway
+        .last_used
+        .flush(gateway.store.as_ref(), &gateway.metrics)
+        .await
+    {
+        tracing::warn!(
+            pending = gateway.last_used.pending(),
+            "final last-used flush failed; these times are lost"
+        );
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,551 @@
+//! The embedded default store: one SQLite file in WAL mode.
+//!
+//! WAL lets the request path's lookups read while the control plane
+//! writes. SQLite allows one writer at a time; `busy_timeout` makes a second
+//! writer wait instead of failing. Migrations are embedded in the binary and
+//! run on open.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use super::{
+    Account, AuditEvent, AuthRecord, NewAccount, NewAuditEvent, NewToken, Revoked, Status,
+    StoreError, Tenant, TokenFilter, TokenRow, TokenStore, Workspace,
+};
+use crate::config::DatabaseUrl;
+use crate::token::{TokenHash, TokenKind};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Attempts at drawing an unused random customer id before giving up.
+const CUSTOMER_ID_ATTEMPTS: usize = 8;
+
+/// SQLite-backed [`TokenStore`].
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file a `sqlite:` URL names.
+    pub async fn connect(
+        url: &DatabaseUrl,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url.expose())
+            .map_err(|e| StoreError::Other(format!("bad store.url {url}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(timeout);
+        if let Some(dir) = opts.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Other(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(timeout)
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+}
+
+fn status(s: &str) -> Result<Status, StoreError> {
+    Status::parse(s).ok_or_else(|| StoreError::Other(format!("bad status {s:?} in store")))
+}
+
+fn tenant(r: &SqliteRow) -> Result<Tenant, StoreError> {
+    Ok(Tenant {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        status: status(r.try_get("status")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn account(r: &SqliteRow) -> Result<Account, StoreError> {
+    Ok(Account {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        email: r.try_get("email")?,
+        name: r.try_get("name")?,
+        customer_id: r.try_get("customer_id")?,
+        external_id: r.try_get("external_id")?,
+        parent_account_id: r.try_get("parent_account_id")?,
+        status: status(r.try_get("status")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn workspace(r: &SqliteRow) -> Result<Workspace, StoreError> {
+    Ok(Workspace {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        name: r.try_get("name")?,
+        status: status(r.try_get("status")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn kind(s: &str) -> Result<TokenKind, StoreError> {
+    TokenKind::parse(s).ok_or_else(|| StoreError::Other(format!("bad token kind {s:?} in store")))
+}
+
+fn abilities(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Other(format!("bad abilities in store: {e}")))
+}
+
+fn token_row(r: &SqliteRow) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        id: r.try_get("id")?,
+        kind: kind(r.try_get("kind")?)?,
+        tenant_id: r.try_get("tenant_id")?,
+        account_id: r.try_get("account_id")?,
+        workspace_id: r.try_get("workspace_id")?,
+        name: r.try_get("name")?,
+        abilities: abilities(r.try_get("abilities")?)?,
+        display_prefix: r.try_get("display_prefix")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+        created_by: r.try_get("created_by")?,
+    })
+}
+
+fn audit_event(r: &SqliteRow) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        action: r.try_get("action")?,
+        actor_token_id: r.try_get("actor_token_id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        target_token_id: r.try_get("target_token_id")?,
+        outcome: r.try_get("outcome")?,
+        detail: r.try_get("detail")?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, kind, tenant_id, account_id, workspace_id, name, abilities, \
+     display_prefix, created_at, expires_at, revoked_at, last_used_at, created_by";
+
+async fn insert_audit<'c, E>(exec: E, e: &NewAuditEvent) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO audit_events (at, action, actor_token_id, tenant_id, target_token_id, outcome, detail) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(e.at)
+    .bind(&e.action)
+    .bind(&e.actor_token_id)
+    .bind(e.tenant_id)
+    .bind(&e.target_token_id)
+    .bind(&e.outcome)
+    .bind(&e.detail)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// A random 12-digit customer id (leading zeros allowed, as documented).
+pub(crate) fn random_customer_id() -> String {
+    format!(
+        "{:012}",
+        rand::rngs::OsRng.gen_range(0..1_000_000_000_000u64)
+    )
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn lookup(&self, hash: &TokenHash) -> Result<Option<AuthRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.id, t.kind, t.tenant_id, t.account_id, t.workspace_id, t.name, t.abilities, \
+                    t.expires_at, t.revoked_at, a.status AS account_status, n.status AS tenant_status \
+             FROM tokens t \
+             LEFT JOIN accounts a ON a.id = t.account_id \
+             LEFT JOIN tenants n ON n.id = t.tenant_id \
+             WHERE t.hash = ?",
+        )
+        .bind(&hash.0[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let account_status: Option<String> = r.try_get("account_status")?;
+        let tenant_status: Option<String> = r.try_get("tenant_status")?;
+        Ok(Some(AuthRecord {
+            token_id: r.try_get("id")?,
+            kind: kind(r.try_get("kind")?)?,
+            tenant_id: r.try_get("tenant_id")?,
+            account_id: r.try_get("account_id")?,
+            workspace_id: r.try_get("workspace_id")?,
+            name: r.try_get("name")?,
+            abilities: abilities(r.try_get("abilities")?)?,
+            expires_at: r.try_get("expires_at")?,
+            revoked_at: r.try_get("revoked_at")?,
+            account_status: account_status.as_deref().map(status).transpose()?,
+            tenant_status: tenant_status.as_deref().map(status).transpose()?,
+        }))
+    }
+
+    async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO tenants (name, status, created_at) VALUES (?, 'active', ?) \
+             RETURNING id, name, status, created_at",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        tenant(&r)
+    }
+
+    async fn get_tenant(&self, id: i64) -> Result<Option<Tenant>, StoreError> {
+        sqlx::query("SELECT id, name, status, created_at FROM tenants WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(tenant)
+            .transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        sqlx::query("SELECT id, name, status, created_at FROM tenants ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(tenant)
+            .collect()
+    }
+
+    async fn set_tenant_status(
+        &self,
+        id: i64,
+        new: Status,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Tenant>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE tenants SET status = ? WHERE id = ? RETURNING id, name, status, created_at",
+        )
+        .bind(new.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
+        tenant(&r).map(Some)
+    }
+
+    async fn create_account(
+        &self,
+        new: &NewAccount,
+        now: i64,
+    ) -> Result<(Account, Option<Workspace>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(parent) = new.parent_account_id {
+            let same_tenant: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM accounts WHERE id = ? AND tenant_id = ?")
+                    .bind(parent)
+                    .bind(new.tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if same_tenant.is_none() {
+                return Err(StoreError::NotFound(format!("parent account {parent}")));
+            }
+        }
+        let mut created = None;
+        for _ in 0..CUSTOMER_ID_ATTEMPTS {
+            let customer_id = random_customer_id();
+            let taken: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM accounts WHERE customer_id = ?")
+                    .bind(&customer_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if taken.is_some() {
+                continue;
+            }
+            let r = sqlx::query(
+                "INSERT INTO accounts (tenant_id, email, name, customer_id, external_id, parent_account_id, status, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, 'active', ?) \
+                 RETURNING id, tenant_id, email, name, customer_id, external_id, parent_account_id, status, created_at",
+            )
+            .bind(new.tenant_id)
+            .bind(&new.email)
+            .bind(&new.name)
+            .bind(&customer_id)
+            .bind(&new.external_id)
+            .bind(new.parent_account_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            created = Some(account(&r)?);
+            break;
+        }
+        let acc = created.ok_or_else(|| StoreError::Other("no free customer id".into()))?;
+        let ws = match &new.workspace {
+            Some(name) => {
+                let r = sqlx::query(
+                    "INSERT INTO workspaces (account_id, name, status, created_at) VALUES (?, ?, 'active', ?) \
+                     RETURNING id, account_id, name, status, created_at",
+                )
+                .bind(acc.id)
+                .bind(name)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                Some(workspace(&r)?)
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok((acc, ws))
+    }
+
+    async fn get_account(&self, id: i64) -> Result<Option<Account>, StoreError> {
+        sqlx::query("SELECT * FROM accounts WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(account)
+            .transpose()
+    }
+
+    async fn list_accounts(
+        &self,
+        tenant_id: i64,
+        email: Option<&str>,
+    ) -> Result<Vec<Account>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM accounts WHERE tenant_id = ? AND (? IS NULL OR email = ?) ORDER BY id",
+        )
+        .bind(tenant_id)
+        .bind(email)
+        .bind(email)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(account)
+        .collect()
+    }
+
+    async fn find_account_by_customer_id(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<Account>, StoreError> {
+        sqlx::query("SELECT * FROM accounts WHERE customer_id = ?")
+            .bind(customer_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(account)
+            .transpose()
+    }
+
+    async fn set_account_status(
+        &self,
+        id: i64,
+        new: Status,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Account>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("UPDATE accounts SET status = ? WHERE id = ? RETURNING *")
+            .bind(new.as_str())
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(r) = r else { return Ok(None) };
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
+        account(&r).map(Some)
+    }
+
+    async fn create_workspace(
+        &self,
+        account_id: i64,
+        name: &str,
+        now: i64,
+    ) -> Result<Workspace, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO workspaces (account_id, name, status, created_at) VALUES (?, ?, 'active', ?) \
+             RETURNING id, account_id, name, status, created_at",
+        )
+        .bind(account_id)
+        .bind(name)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        workspace(&r)
+    }
+
+    async fn list_workspaces(&self, account_id: i64) -> Result<Vec<Workspace>, StoreError> {
+        sqlx::query(
+            "SELECT id, account_id, name, status, created_at FROM workspaces WHERE account_id = ? ORDER BY id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(workspace)
+        .collect()
+    }
+
+    async fn insert_token(
+        &self,
+        t: &NewToken,
+        audit: &NewAuditEvent,
+    ) -> Result<TokenRow, StoreError> {
+        let abilities = serde_json::to_string(&t.abilities)
+            .map_err(|e| StoreError::Other(format!("abilities: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(&format!(
+            "INSERT INTO tokens (id, kind, tenant_id, account_id, workspace_id, name, abilities, \
+                                 display_prefix, hash, created_at, expires_at, created_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {TOKEN_COLUMNS}"
+        ))
+        .bind(&t.id)
+        .bind(t.kind.as_str())
+        .bind(t.tenant_id)
+        .bind(t.account_id)
+        .bind(t.workspace_id)
+        .bind(&t.name)
+        .bind(&abilities)
+        .bind(&t.display_prefix)
+        .bind(&t.hash.0[..])
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(&t.created_by)
+        .fetch_one(&mut *tx)
+        .await?;
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
+        token_row(&r)
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(token_row)
+            .transpose()
+    }
+
+    async fn list_tokens(&self, filter: TokenFilter) -> Result<Vec<TokenRow>, StoreError> {
+        let (clause, id) = match filter {
+            TokenFilter::Account(id) => ("WHERE account_id = ?", Some(id)),
+            TokenFilter::Tenant(id) => ("WHERE tenant_id = ?", Some(id)),
+            TokenFilter::All => ("", None),
+        };
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens {clause} ORDER BY created_at DESC, id DESC"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(id) = id {
+            q = q.bind(id);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(token_row)
+            .collect()
+    }
+
+    async fn revoke_token(
+        &self,
+        id: &str,
+        now: i64,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Revoked>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(&format!(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? \
+             RETURNING {TOKEN_COLUMNS}, hash"
+        ))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
+        let hash: Vec<u8> = r.try_get("hash")?;
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| StoreError::Other("bad hash length in store".into()))?;
+        Ok(Some(Revoked {
+            row: token_row(&r)?,
+            hash: TokenHash(hash),
+        }))
+    }
+
+    async fn touch_last_used(&self, batch: &[(String, i64)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // One transaction for the whole batch: one fsync, not one per token.
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in batch {
+            sqlx::query(
+                "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError> {
+        insert_audit(&self.pool, event).await
+    }
+
+    async fn list_audit(
+        &self,
+        tenant_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM audit_events WHERE (? IS NULL OR tenant_id = ?) ORDER BY id DESC LIMIT ?",
+        )
+        .bind(tenant_id)
+        .bind(tenant_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(audit_event)
+        .collect()
+    }
+}

@@ -1,0 +1,71 @@
+//! Last-used times, batched in memory and flushed periodically.
+//!
+//! The request path only records "token X was used at T" in a dashmap (no
+//! I/O, no lock held across an await); a background task writes the batch
+//! in one store transaction every `store.last_used_flush_seconds`. A failed
+//! flush puts its batch back, so a store blip loses nothing; shutdown does a
+//! final flush.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::metrics::Metrics;
+use crate::store::TokenStore;
+
+/// Pending last-used times by token id.
+#[derive(Debug, Default)]
+pub struct LastUsed {
+    pending: DashMap<Arc<str>, i64>,
+}
+
+impl LastUsed {
+    /// Notes a use. Only ever moves a token's time forward.
+    pub fn record(&self, token_id: &Arc<str>, now: i64) {
+        // Fast path: already noted for this second; skip the write lock.
+        if self.pending.get(token_id).is_some_and(|t| *t >= now) {
+            return;
+        }
+        self.pending
+            .entry(Arc::clone(token_id))
+            .and_modify(|t| *t = (*t).max(now))
+            .or_insert(now);
+    }
+
+    /// Tokens waiting to be flushed.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Writes everything pending; on failure the batch is merged back.
+    pub async fn flush(&self, store: &dyn TokenStore, metrics: &Metrics) -> bool {
+        let keys: Vec<Arc<str>> = self.pending.iter().map(|e| Arc::clone(e.key())).collect();
+        let mut batch = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some((k, t)) = self.pending.remove(&k) {
+                batch.push((k, t));
+            }
+        }
+        if batch.is_empty() {
+            return true;
+        }
+        let rows: Vec<(String, i64)> = batch.iter().map(|(k, t)| (k.to_string(), *t)).collect();
+        match store.touch_last_used(&rows).await {
+            Ok(()) => {
+                metrics.last_used_written.add(rows.len() as u64);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, tokens = rows.len(), "last-used flush failed; will retry");
+                metrics.last_used_flush_failures.inc();
+                for (k, t) in batch {
+                    self.pending
+                        .entry(k)
+                        .and_modify(|v| *v = (*v).max(t))
+                        .or_insert(t);
+                }
+                false
+            }
+        }
+    }
+}
