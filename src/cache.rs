@@ -35,7 +35,7 @@ use moka::notification::RemovalCause;
 
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
-use crate::store::{AuthRecord, StoreError, TokenStore};
+use crate::store::{AuthRecord, StoreError, TokenLookup};
 use crate::token::TokenHash;
 
 /// Most tombstones kept per kind. A revocation storm past this only costs
@@ -200,7 +200,7 @@ impl TokenCache {
     pub async fn get(
         &self,
         hash: TokenHash,
-        store: &dyn TokenStore,
+        store: &dyn TokenLookup,
     ) -> Result<Option<Arc<AuthEntry>>, StoreError> {
         for _ in 0..MAX_RELOADS {
             let cached = self
@@ -221,7 +221,7 @@ impl TokenCache {
     async fn load(
         &self,
         hash: TokenHash,
-        store: &dyn TokenStore,
+        store: &dyn TokenLookup,
     ) -> Result<Arc<Cached>, StoreError> {
         let loaded_at = self.epoch.load(Ordering::Acquire);
         self.metrics.store_lookups.inc();
@@ -297,6 +297,124 @@ impl TokenCache {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::store::Status;
+    use crate::token::TokenKind;
+    use async_trait::async_trait;
+    use std::sync::atomic::AtomicBool;
+    use tokio::sync::Notify;
+
+    fn record(revoked: bool) -> AuthRecord {
+        AuthRecord {
+            token_id: "t1".into(),
+            kind: TokenKind::Api,
+            tenant_id: Some(1),
+            account_id: Some(2),
+            workspace_id: None,
+            name: "n".into(),
+            abilities: vec!["*".into()],
+            expires_at: None,
+            revoked_at: revoked.then_some(1),
+            account_status: Some(Status::Active),
+            tenant_status: Some(Status::Active),
+        }
+    }
+
+    /// A store whose lookup reads the row, then (when gated) waits before
+    /// answering: the window in which a revocation can commit and evict.
+    struct GatedStore {
+        revoked: AtomicBool,
+        gate: AtomicBool,
+        reached: Notify,
+        release: Notify,
+    }
+
+    #[async_trait]
+    impl TokenLookup for GatedStore {
+        async fn lookup(&self, _h: &TokenHash) -> Result<Option<AuthRecord>, StoreError> {
+            let seen = record(self.revoked.load(Ordering::SeqCst));
+            if self.gate.swap(false, Ordering::SeqCst) {
+                self.reached.notify_one();
+                self.release.notified().await;
+            }
+            Ok(Some(seen))
+        }
+    }
+
+    fn cache() -> TokenCache {
+        TokenCache::new(
+            &CacheConfig {
+                ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(5),
+                max_entries: 100,
+            },
+            Duration::from_secs(5),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_fill_racing_a_revocation_never_caches_the_revoked_token_as_valid() {
+        let cache = Arc::new(cache());
+        let store = Arc::new(GatedStore {
+            revoked: AtomicBool::new(false),
+            gate: AtomicBool::new(true),
+            reached: Notify::new(),
+            release: Notify::new(),
+        });
+        let hash = TokenHash::of("tok");
+        let (c, s) = (Arc::clone(&cache), Arc::clone(&store));
+        let inflight = tokio::spawn(async move { c.get(hash, s.as_ref()).await });
+
+        // The load has read the still-valid row; now the revocation commits
+        // and evicts, before the load inserts its result.
+        store.reached.notified().await;
+        store.revoked.store(true, Ordering::SeqCst);
+        cache.invalidate_token(hash).await;
+        store.release.notify_one();
+
+        let got = inflight.await.unwrap().unwrap().unwrap();
+        assert!(
+            got.record.revoked_at.is_some(),
+            "in-flight request saw a stale record"
+        );
+        let again = cache.get(hash, store.as_ref()).await.unwrap().unwrap();
+        assert!(
+            again.record.revoked_at.is_some(),
+            "stale record stayed cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn account_block_makes_older_entries_stale() {
+        let cache = cache();
+        let store = GatedStore {
+            revoked: AtomicBool::new(false),
+            gate: AtomicBool::new(false),
+            reached: Notify::new(),
+            release: Notify::new(),
+        };
+        let hash = TokenHash::of("tok");
+        cache.get(hash, &store).await.unwrap();
+        cache.get(hash, &store).await.unwrap();
+        assert_eq!(cache.metrics.store_lookups.get(), 1, "second get is a hit");
+        cache.invalidate_account(2);
+        cache.get(hash, &store).await.unwrap();
+        assert_eq!(
+            cache.metrics.store_lookups.get(),
+            2,
+            "blocked account reloads"
+        );
+        cache.invalidate_account(99);
+        cache.get(hash, &store).await.unwrap();
+        assert_eq!(
+            cache.metrics.store_lookups.get(),
+            2,
+            "other accounts do not"
+        );
+        cache.invalidate_all();
+        cache.get(hash, &store).await.unwrap();
+        assert_eq!(cache.metrics.store_lookups.get(), 3, "clearing reloads");
+    }
 
     #[test]
     fn header_text_encodes_what_headers_cannot_carry() {

@@ -303,16 +303,21 @@ pub enum TokenFilter {
     All,
 }
 
+/// The request path's only view of the store: the record for a hash.
+/// Kept apart from [`TokenStore`] so the cache depends on nothing else.
+#[async_trait]
+pub trait TokenLookup: Send + Sync {
+    /// The record for a hash, if any.
+    async fn lookup(&self, hash: &TokenHash) -> Result<Option<AuthRecord>, StoreError>;
+}
+
 /// The store. Implementations must be safe to share across tasks.
 #[async_trait]
-pub trait TokenStore: Send + Sync + 'static {
+pub trait TokenStore: TokenLookup + 'static {
     /// Runs pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
-
-    /// The request path's only query: the record for a hash, if any.
-    async fn lookup(&self, hash: &TokenHash) -> Result<Option<AuthRecord>, StoreError>;
 
     /// Creates a tenant.
     async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant, StoreError>;

@@ -17,7 +17,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     Account, AuditEvent, AuthRecord, NewAccount, NewAuditEvent, NewToken, Revoked, Status,
-    StoreError, Tenant, TokenFilter, TokenRow, TokenStore, Workspace,
+    StoreError, Tenant, TokenFilter, TokenLookup, TokenRow, TokenStore, Workspace,
 };
 use crate::config::DatabaseUrl;
 use crate::token::{TokenHash, TokenKind};
@@ -172,17 +172,7 @@ pub(crate) fn random_customer_id() -> String {
 }
 
 #[async_trait]
-impl TokenStore for SqliteStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
+impl TokenLookup for SqliteStore {
     async fn lookup(&self, hash: &TokenHash) -> Result<Option<AuthRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT t.id, t.kind, t.tenant_id, t.account_id, t.workspace_id, t.name, t.abilities, \
@@ -211,6 +201,19 @@ impl TokenStore for SqliteStore {
             account_status: account_status.as_deref().map(status).transpose()?,
             tenant_status: tenant_status.as_deref().map(status).transpose()?,
         }))
+    }
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant, StoreError> {
