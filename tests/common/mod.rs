@@ -1,0 +1,453 @@
+//! Test harness: a real gateway and real mock upstreams on 127.0.0.1:0.
+//!
+//! `TestGateway::spawn()` starts an HTTP/1.1 mock upstream, an h2 mock
+//! upstream and the gateway in front of them (SQLite in a temp dir, a manual
+//! clock), and seeds a tenant, an account and a workspace. The mock
+//! upstreams record every request they receive, so tests can assert what the
+//! upstream actually saw.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokengate::auth::Ability;
+use tokengate::clock::Clock;
+use tokengate::config::Config;
+use tokengate::gateway::Gateway;
+use tokengate::issuer::{Actor, MintRequest};
+use tokengate::server::{self, Running};
+use tokengate::store::sqlite::SqliteStore;
+use tokengate::store::{NewAccount, TokenStore};
+use tokengate::token::TokenKind;
+use tokio::net::TcpListener;
+
+/// A request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// A mock upstream. Paths:
+/// - `/slow...`: waits 3 s before answering (for 504 / shutdown tests);
+/// - `/echo...`: streams the request body back as the response body;
+/// - `/ws...`: accepts a WebSocket upgrade and echoes messages;
+/// - anything else: 200 `{"ok":true}`.
+#[derive(Clone)]
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl MockUpstream {
+    pub async fn spawn(h2: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let s = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| upstream_handler(Arc::clone(&s), req));
+                    let io = TokioIo::new(stream);
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .with_upgrades()
+                            .await;
+                    }
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+type UpBody = http_body_util::Either<Incoming, Full<Bytes>>;
+
+async fn upstream_handler(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
+    seen.lock().unwrap().push(Seen {
+        method: req.method().clone(),
+        uri: req.uri().to_string(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_string();
+    if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if path.starts_with("/echo") {
+        return Ok(Response::new(http_body_util::Either::Left(req.into_body())));
+    }
+    if path.starts_with("/ws") {
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use futures_util::{SinkExt, StreamExt};
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() || msg.is_binary() {
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+            key.as_ref().map(|k| k.as_bytes()).unwrap_or_default(),
+        );
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(http_body_util::Either::Right(Full::new(Bytes::new())))
+            .unwrap();
+        return Ok(resp);
+    }
+    let mut resp = Response::new(http_body_util::Either::Right(Full::new(
+        Bytes::from_static(b"{\"ok\":true}"),
+    )));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    // Hop-by-hop headers the gateway must not pass back.
+    resp.headers_mut()
+        .insert("keep-alive", "timeout=5".parse().unwrap());
+    Ok(resp)
+}
+
+/// The routes every harness gateway has. No catch-all, so 404 is testable.
+pub const ROUTES: &str = r#"
+[[routes]]
+path = "/api"
+upstream = "mock"
+
+[[routes]]
+path = "/api/calls"
+methods = ["GET"]
+upstream = "mock"
+abilities = ["calls:read"]
+
+[[routes]]
+path = "/api/calls"
+methods = ["POST"]
+upstream = "mock"
+abilities = ["calls:write"]
+
+[[routes]]
+path = "/api/admin"
+upstream = "mock"
+abilities = ["admin"]
+
+[[routes]]
+path = "/admin"
+upstream = "mock"
+abilities = ["admin"]
+
+[[routes]]
+path = "/readonly"
+methods = ["GET"]
+upstream = "mock"
+
+[[routes]]
+path = "/public"
+upstream = "mock"
+auth = "none"
+
+[[routes]]
+path = "/maybe"
+upstream = "mock"
+auth = "optional"
+
+[[routes]]
+path = "/echo"
+upstream = "mock"
+
+[[routes]]
+path = "/ws"
+upstream = "mock"
+
+[[routes]]
+path = "/slow"
+upstream = "mock"
+
+[[routes]]
+path = "/dead"
+upstream = "dead"
+
+[[routes]]
+path = "/h2"
+upstream = "h2mock"
+"#;
+
+pub struct TestGateway {
+    pub gateway: Arc<Gateway>,
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub upstream: MockUpstream,
+    pub h2_upstream: MockUpstream,
+    pub clock: Clock,
+    pub tenant_id: i64,
+    pub account_id: i64,
+    pub workspace_id: i64,
+    pub dir: tempfile::TempDir,
+}
+
+/// A port nothing listens on.
+pub async fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl TestGateway {
+    pub async fn spawn() -> Self {
+        Self::spawn_with("").await
+    }
+
+    /// `extra` is appended to the generated config (extra tables only).
+    pub async fn spawn_with(extra: &str) -> Self {
+        let upstream = MockUpstream::spawn(false).await;
+        let h2_upstream = MockUpstream::spawn(true).await;
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dead_port().await;
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace_seconds = 5
+
+[store]
+url = "sqlite://{db}"
+
+[[upstreams]]
+name = "mock"
+url = "http://{up}"
+response_timeout_ms = 1000
+connect_timeout_ms = 1000
+
+[[upstreams]]
+name = "h2mock"
+url = "http://{h2}"
+protocol = "h2"
+
+[[upstreams]]
+name = "dead"
+url = "http://127.0.0.1:{dead}"
+connect_timeout_ms = 1000
+{ROUTES}
+{extra}
+"#,
+            db = dir.path().join("tg.db").display(),
+            up = upstream.addr,
+            h2 = h2_upstream.addr,
+        );
+        let config = Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
+        let store = SqliteStore::connect(&config.store.url, 4, Duration::from_secs(5))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let store: Arc<dyn TokenStore> = Arc::new(store);
+        let clock = Clock::manual(1_800_000_000);
+        let gateway = Gateway::new(config, store, clock.clone());
+
+        let actor = Actor::default();
+        let tenant = gateway.issuer.create_tenant("acme", &actor).await.unwrap();
+        let (account, ws) = gateway
+            .issuer
+            .create_account(
+                &NewAccount {
+                    tenant_id: tenant.id,
+                    email: "ann@example.com".into(),
+                    name: "Ann".into(),
+                    external_id: None,
+                    parent_account_id: None,
+                    workspace: Some("default".into()),
+                },
+                &actor,
+            )
+            .await
+            .unwrap();
+
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = server::start_on(Arc::clone(&gateway), public, admin).unwrap();
+        Self {
+            addr: running.public_addr,
+            admin_addr: running.admin_addr,
+            running: Some(running),
+            gateway,
+            upstream,
+            h2_upstream,
+            clock,
+            tenant_id: tenant.id,
+            account_id: account.id,
+            workspace_id: ws.unwrap().id,
+            dir,
+        }
+    }
+
+    /// Mints an api token for the seeded account with these abilities.
+    pub async fn token(&self, abilities: &[&str]) -> String {
+        self.mint(TokenKind::Api, abilities, None).await.0
+    }
+
+    /// Mints a token; returns (secret, id).
+    pub async fn mint(
+        &self,
+        kind: TokenKind,
+        abilities: &[&str],
+        expires_at: Option<i64>,
+    ) -> (String, String) {
+        let (tenant_id, account_id, workspace_id) = match kind {
+            TokenKind::Root => (None, None, None),
+            TokenKind::TenantAdmin => (Some(self.tenant_id), None, None),
+            _ => (
+                Some(self.tenant_id),
+                Some(self.account_id),
+                Some(self.workspace_id),
+            ),
+        };
+        let m = self
+            .gateway
+            .issuer
+            .mint(
+                MintRequest {
+                    kind,
+                    tenant_id,
+                    account_id,
+                    workspace_id,
+                    name: "test token".into(),
+                    abilities: abilities
+                        .iter()
+                        .map(|a| Ability::parse(a).unwrap())
+                        .collect(),
+                    expires_at,
+                },
+                &Actor::default(),
+            )
+            .await
+            .unwrap();
+        (m.secret.expose().to_string(), m.row.id)
+    }
+
+    pub fn store_lookups(&self) -> u64 {
+        self.gateway.metrics.store_lookups.get()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a request with headers; returns status, headers and body.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &'static [u8],
+    ) -> Reply {
+        send(self.addr, method, path, headers, body).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        self.send(Method::GET, path, &headers, b"").await
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The denial code of a gateway JSON error.
+    pub fn code(&self) -> String {
+        let v = self.json();
+        assert_eq!(v["error"], true, "not an error body: {v}");
+        v["code"].as_str().unwrap().to_string()
+    }
+}
+
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
+) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from_static(body))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("gateway answered in time")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
