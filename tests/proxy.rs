@@ -1,0 +1,356 @@
+//! What the upstream sees: header hygiene, normalised paths, streaming,
+//! upgrades, h2.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestGateway;
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends raw bytes (so header letter case is exactly as written) and returns
+/// the response head.
+async fn raw(g: &TestGateway, request: String) -> String {
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+fn values(seen: &common::Seen, name: &str) -> Vec<String> {
+    seen.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn client_tenant_headers_never_reach_the_upstream_in_any_case_or_count() {
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["calls:read", "reports:*"]).await;
+    let head = raw(
+        &g,
+        format!(
+            "GET /api/x HTTP/1.1\r\nHost: public.example\r\nAuthorization: Bearer {t}\r\n\
+             X-Tenant-Id: 999\r\nx-TENANT-id: 998\r\nX-TENANT-ID: 997\r\n\
+             X-Account-Id: 5\r\nX-Token-Abilities: *\r\nX-Token-Id: forged\r\n\
+             X-Request-Id: forged\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\n\
+             Connection: close, X-Workspace-Id, X-Custom-Hop\r\n\
+             X-Workspace-Id: 77\r\nX-Custom-Hop: hop\r\nKeep-Alive: timeout=5\r\n\
+             Proxy-Authorization: Basic eA==\r\nX-Kept: yes\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = g.upstream.last();
+    assert_eq!(values(&seen, "x-tenant-id"), vec![g.tenant_id.to_string()]);
+    assert_eq!(
+        values(&seen, "x-account-id"),
+        vec![g.account_id.to_string()]
+    );
+    assert_eq!(
+        values(&seen, "x-workspace-id"),
+        vec![g.workspace_id.to_string()]
+    );
+    assert_eq!(
+        values(&seen, "x-token-abilities"),
+        vec!["calls:read,reports:*"]
+    );
+    assert_eq!(values(&seen, "x-token-name"), vec!["test token"]);
+    assert_eq!(values(&seen, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(values(&seen, "x-forwarded-host"), vec!["public.example"]);
+    assert_eq!(values(&seen, "x-forwarded-proto"), vec!["http"]);
+    assert_eq!(values(&seen, "x-kept"), vec!["yes"]);
+    assert_ne!(values(&seen, "x-token-id"), vec!["forged"]);
+    let rid = values(&seen, "x-request-id");
+    assert_eq!(rid.len(), 1);
+    assert_ne!(rid[0], "forged");
+    assert!(head
+        .to_ascii_lowercase()
+        .contains(&format!("x-request-id: {}", rid[0])));
+    for gone in [
+        "authorization",
+        "token",
+        "x-custom-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "connection",
+    ] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the upstream"
+        );
+    }
+    assert_eq!(values(&seen, "host"), vec![g.upstream.addr.to_string()]);
+    // Hop-by-hop response headers do not come back either.
+    assert!(!head.to_ascii_lowercase().contains("keep-alive:"), "{head}");
+}
+
+#[tokio::test]
+async fn a_connection_header_cannot_strip_the_gateways_own_headers() {
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+    let head = raw(
+        &g,
+        format!(
+            "GET /api/x HTTP/1.1\r\nHost: h\r\ntoken: {t}\r\n\
+             Connection: close, X-Tenant-Id, X-Account-Id\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen = g.upstream.last();
+    assert_eq!(values(&seen, "x-tenant-id"), vec![g.tenant_id.to_string()]);
+    assert_eq!(
+        values(&seen, "x-account-id"),
+        vec![g.account_id.to_string()]
+    );
+}
+
+#[tokio::test]
+async fn underscore_lookalikes_of_gateway_headers_are_refused() {
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+    for name in ["X_Tenant_Id", "x_account-id", "X-Token_Abilities"] {
+        let head = raw(
+            &g,
+            format!("GET /api/x HTTP/1.1\r\nHost: h\r\ntoken: {t}\r\n{name}: 1\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{name}: {head}");
+        assert!(head.contains("FORBIDDEN_HEADER"), "{head}");
+    }
+    assert_eq!(g.upstream.count(), 0);
+    // An unrelated underscore header is fine.
+    let head = raw(
+        &g,
+        format!("GET /api/x HTTP/1.1\r\nHost: h\r\ntoken: {t}\r\nmy_header: 1\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn auth_none_routes_still_strip_credentials_and_context() {
+    let g = TestGateway::spawn().await;
+    let r = g
+        .send(
+            Method::GET,
+            "/public/x",
+            &[("authorization", "Bearer whatever"), ("x-tenant-id", "1")],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = g.upstream.last();
+    assert!(!seen.headers.contains_key("authorization"));
+    assert!(!seen.headers.contains_key("x-tenant-id"));
+}
+
+#[tokio::test]
+async fn paths_are_matched_as_forwarded() {
+    let g = TestGateway::spawn().await;
+    let reader = g.token(&["calls:read"]).await;
+    let all = g.token(&["*"]).await;
+    // Each of these would reach an admin path if matched as written.
+    for (raw_path, forwarded) in [
+        ("/api/calls/../admin", "/api/admin"),
+        ("/api/calls/%2e%2e/admin", "/api/admin"),
+        ("//admin", "/admin"),
+        ("/%61dmin", "/admin"),
+        ("/api/calls/./../../admin/", "/admin/"),
+    ] {
+        let r = g.get(raw_path, Some(&reader)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{raw_path} slipped past");
+        assert_eq!(r.code(), "ABILITY_MISSING");
+        let r = g.get(raw_path, Some(&all)).await;
+        assert_eq!(r.status, StatusCode::OK, "{raw_path}");
+        assert_eq!(g.upstream.last().uri, forwarded, "{raw_path}");
+    }
+    assert_eq!(
+        g.upstream.count(),
+        5,
+        "only the allowed requests were forwarded"
+    );
+
+    for bad in ["/api/x%2Fadmin", "/api/x%2fy", "/api/x%5Cy"] {
+        let r = g.get(bad, Some(&all)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(r.code(), "BAD_PATH");
+    }
+    // The query string never takes part in matching and is kept as sent.
+    let r = g
+        .get("/api/calls?next=%2F..%2Fadmin&x=1", Some(&reader))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(g.upstream.last().uri, "/api/calls?next=%2F..%2Fadmin&x=1");
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_without_being_buffered() {
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 512; // 32 MiB
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let body = StreamBody::new(stream).boxed();
+    let client: Client<_, http_body_util::combinators::BoxBody<Bytes, Infallible>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(g.url("/echo/big"))
+        .header("authorization", format!("Bearer {t}"))
+        .body(body)
+        .unwrap();
+    let chunk = |i: usize| Bytes::from(vec![(i % 251) as u8; CHUNK]);
+    let mut expected = Sha256::new();
+
+    let pending = tokio::spawn(client.request(req));
+    tx.send(chunk(0)).await.unwrap();
+    expected.update(chunk(0));
+    // Response headers arrive while the request body is still open: the
+    // gateway forwarded before the body ended.
+    let resp = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("response began before the request body ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut got = Sha256::new();
+    let mut received = 0usize;
+
+    // Lockstep: each chunk must come back before the next is sent. A gateway
+    // that buffered either body whole would never echo chunk 0 and time out.
+    for i in 1..4 {
+        while received < i * CHUNK {
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("echo of a chunk arrived while the request was still open")
+                .unwrap()
+                .unwrap();
+            if let Ok(d) = frame.into_data() {
+                received += d.len();
+                got.update(&d);
+            }
+        }
+        tx.send(chunk(i)).await.unwrap();
+        expected.update(chunk(i));
+    }
+    // Then the rest at full speed.
+    let sender = tokio::spawn(async move {
+        for i in 4..CHUNKS {
+            tx.send(chunk(i)).await.unwrap();
+        }
+    });
+    for i in 4..CHUNKS {
+        expected.update(chunk(i));
+    }
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), body.frame())
+        .await
+        .unwrap()
+    {
+        if let Ok(d) = frame.unwrap().into_data() {
+            received += d.len();
+            got.update(&d);
+        }
+    }
+    sender.await.unwrap();
+    assert_eq!(received, CHUNK * CHUNKS);
+    assert_eq!(got.finalize(), expected.finalize());
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_gateway() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+    let mut req = format!("ws://{}/ws/chat", g.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    let stream = TcpStream::connect(g.addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for msg in ["hello", "again"] {
+        ws.send(Message::Text(msg.into())).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_text().unwrap(), msg);
+    }
+    ws.close(None).await.unwrap();
+    assert_eq!(
+        values(&g.upstream.last(), "x-account-id"),
+        vec![g.account_id.to_string()]
+    );
+
+    // Without a token there is no upgrade at all.
+    let req = format!("ws://{}/ws/chat", g.addr)
+        .into_client_request()
+        .unwrap();
+    let stream = TcpStream::connect(g.addr).await.unwrap();
+    match tokio_tungstenite::client_async(req, stream).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    assert_eq!(g.upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn h2_upstream_and_h2_client() {
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+    let r = g.get("/h2/x?q=1", Some(&t)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = g.h2_upstream.last();
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert!(seen.uri.ends_with("/h2/x?q=1"), "{}", seen.uri);
+    assert_eq!(values(&seen, "x-tenant-id"), vec![g.tenant_id.to_string()]);
+    assert!(!seen.headers.contains_key("authorization"));
+
+    // An h2 (prior knowledge) client to the gateway, HTTP/1.1 upstream.
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = Request::get(g.url("/api/h2client"))
+        .header("authorization", format!("Bearer {t}"))
+        .header("x-tenant-id", "666")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let seen = g.upstream.last();
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(seen.uri, "/api/h2client");
+    assert_eq!(values(&seen, "x-tenant-id"), vec![g.tenant_id.to_string()]);
+    assert_eq!(values(&seen, "x-forwarded-host"), vec![g.addr.to_string()]);
+}
