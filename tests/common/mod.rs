@@ -250,6 +250,11 @@ impl TestGateway {
 
     /// `extra` is appended to the generated config (extra tables only).
     pub async fn spawn_with(extra: &str) -> Self {
+        Self::spawn_full(extra, 5).await
+    }
+
+    /// Full control: extra config tables and the shutdown grace in seconds.
+    pub async fn spawn_full(extra: &str, grace_seconds: u64) -> Self {
         let upstream = MockUpstream::spawn(false).await;
         let h2_upstream = MockUpstream::spawn(true).await;
         let dir = tempfile::tempdir().unwrap();
@@ -259,7 +264,7 @@ impl TestGateway {
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
-shutdown_grace_seconds = 5
+shutdown_grace_seconds = {grace_seconds}
 
 [store]
 url = "sqlite://{db}"

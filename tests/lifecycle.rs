@@ -1,0 +1,238 @@
+//! Token lifecycle on the request path: cache behaviour, expiry, revocation,
+//! store economy, last-used batching, shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestGateway;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokengate::store::TokenFilter;
+use tokengate::token::{TokenFormat, TokenKind};
+
+#[tokio::test]
+async fn a_cached_token_expires_by_the_clock_not_the_cache() {
+    let g = TestGateway::spawn().await;
+    let now = g.clock.now();
+    let (t, _) = g.mint(TokenKind::Api, &["*"], Some(now + 60)).await;
+    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    let lookups = g.store_lookups();
+    assert_eq!(lookups, 1, "second request was a cache hit");
+
+    g.clock.advance(59);
+    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    g.clock.advance(1);
+    let r = g.get("/api/x", Some(&t)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.code(), "TOKEN_EXPIRED");
+    assert_eq!(g.store_lookups(), lookups, "decided on the cached record");
+}
+
+#[tokio::test]
+async fn the_first_request_after_a_revoke_returns_is_refused() {
+    let g = TestGateway::spawn().await;
+    let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
+    for _ in 0..3 {
+        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    }
+    g.gateway
+        .issuer
+        .revoke(&id, &Default::default())
+        .await
+        .unwrap();
+    let r = g.get("/api/x", Some(&t)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.code(), "TOKEN_REVOKED");
+    // Another token of the same account is untouched.
+    let other = g.token(&["*"]).await;
+    assert_eq!(g.get("/api/x", Some(&other)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn garbage_and_bad_checksums_never_reach_the_store() {
+    let g = TestGateway::spawn().await;
+    let real = g.token(&["*"]).await;
+    let flipped = {
+        let mut b = real.clone().into_bytes();
+        let i = b.len() - 1;
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(b).unwrap()
+    };
+    let wrong_prefix = real.replacen("tgk", "zzz", 1);
+    let before = g.store_lookups();
+    let cache_before = g.gateway.metrics.cache_lookups.get();
+    for junk in [
+        "x",
+        "tgk_",
+        "' OR 1=1 --",
+        &"A".repeat(4000),
+        flipped.as_str(),
+        wrong_prefix.as_str(),
+    ] {
+        let r = g
+            .send(http::Method::GET, "/api/x", &[("token", junk)], b"")
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{junk}");
+    }
+    assert_eq!(g.store_lookups(), before, "no store query for garbage");
+    assert_eq!(
+        g.gateway.metrics.cache_lookups.get(),
+        cache_before,
+        "not even a cache lookup"
+    );
+
+    // A well-formed unknown token costs one query, then the negative entry
+    // answers.
+    let stranger = TokenFormat::default().generate(TokenKind::Api);
+    for _ in 0..5 {
+        let r = g.get("/api/x", Some(stranger.expose())).await;
+        assert_eq!(r.code(), "TOKEN_INVALID");
+    }
+    assert_eq!(g.store_lookups(), before + 1);
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_requests_for_a_cold_token_make_one_store_query() {
+    let g = Arc::new(TestGateway::spawn().await);
+    let t = Arc::new(g.token(&["*"]).await);
+    let before = g.store_lookups();
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (g, t) = (Arc::clone(&g), Arc::clone(&t));
+        tasks.push(tokio::spawn(async move {
+            g.get("/api/x", Some(&t)).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(g.store_lookups(), before + 1);
+}
+
+#[tokio::test]
+async fn last_used_is_batched_not_written_per_request() {
+    let g = TestGateway::spawn().await;
+    let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
+    for _ in 0..20 {
+        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    }
+    let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
+    assert_eq!(row.last_used_at, None, "nothing written per request");
+    assert_eq!(g.gateway.last_used.pending(), 1);
+
+    assert!(
+        g.gateway
+            .last_used
+            .flush(g.gateway.store.as_ref(), &g.gateway.metrics)
+            .await
+    );
+    let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
+    assert_eq!(row.last_used_at, Some(g.clock.now()));
+    assert_eq!(
+        g.gateway.metrics.last_used_written.get(),
+        1,
+        "one row for twenty uses"
+    );
+    assert_eq!(g.gateway.last_used.pending(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests_then_stops_accepting_and_flushes() {
+    let mut g = TestGateway::spawn().await;
+    let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
+
+    // An upload that is still going when shutdown begins.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let client: Client<_, http_body_util::combinators::BoxBody<Bytes, Infallible>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(g.url("/echo/upload"))
+        .header("authorization", format!("Bearer {t}"))
+        .body(StreamBody::new(stream).boxed())
+        .unwrap();
+    let pending = tokio::spawn(client.request(req));
+    tx.send(Bytes::from_static(b"first,")).await.unwrap();
+    let resp = pending.await.unwrap().unwrap();
+
+    let running = g.running.take().unwrap();
+    let shutdown = tokio::spawn(running.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!shutdown.is_finished(), "shutdown waits for the upload");
+
+    // New connections are refused once the listener is closed.
+    let refused = tokio::net::TcpStream::connect(g.addr).await;
+    assert!(refused.is_err(), "listener still accepting");
+
+    tx.send(Bytes::from_static(b"second")).await.unwrap();
+    drop(tx);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"first,second");
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown completes once in-flight work is done")
+        .unwrap();
+
+    let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
+    assert!(row.last_used_at.is_some(), "final flush wrote last-used");
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_by_the_grace_period() {
+    let mut g = TestGateway::spawn_full("", 1).await;
+    let t = g.token(&["*"]).await;
+    // An upload that never finishes.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let client: Client<_, http_body_util::combinators::BoxBody<Bytes, Infallible>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(g.url("/echo/forever"))
+        .header("authorization", format!("Bearer {t}"))
+        .body(StreamBody::new(stream).boxed())
+        .unwrap();
+    let pending = tokio::spawn(client.request(req));
+    tx.send(Bytes::from_static(b"x")).await.unwrap();
+    let _resp = pending.await.unwrap().unwrap();
+    // Generous outer bound: this asserts that shutdown ends at all while a
+    // client hangs, not how fast.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        g.running.take().unwrap().shutdown(),
+    )
+    .await
+    .expect("shutdown gave up on the stuck upload after the grace period");
+    drop(tx);
+}
+
+#[tokio::test]
+async fn listings_never_show_a_secret_or_hash() {
+    let g = TestGateway::spawn().await;
+    let (t, _) = g.mint(TokenKind::Api, &["*"], None).await;
+    let rows = g
+        .gateway
+        .store
+        .list_tokens(TokenFilter::Account(g.account_id))
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&rows).unwrap();
+    let hash = tokengate::token::TokenHash::of(&t).to_hex();
+    assert!(!text.contains(&t[4..]), "secret in listing");
+    assert!(!text.contains(&hash), "hash in listing");
+    assert!(text.contains(&t[..8]), "display prefix shown");
+}
