@@ -1,0 +1,180 @@
+//! The command line, run as a real process against a temp SQLite store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tokengate::token::{Checked, TokenFormat, TokenKind};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "[store]\nurl = \"sqlite://{}\"\n\n[[upstreams]]\nname = \"api\"\nurl = \"http://127.0.0.1:9\"\n\n[[routes]]\npath = \"/\"\nupstream = \"api\"\n",
+            dir.path().join("data/tg.db").display()
+        );
+        std::fs::write(dir.path().join("tokengate.toml"), cfg).unwrap();
+        Self { dir }
+    }
+
+    fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("tokengate.toml")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env_remove("TOKENGATE_CONFIG")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(out.status.success(), "{args:?} failed: {stderr}");
+        (stdout, stderr)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args).0).unwrap()
+    }
+}
+
+#[test]
+fn operator_workflow() {
+    let env = Env::new();
+    env.ok(&["check-config"]);
+    env.ok(&["migrate"]);
+    assert!(
+        env.dir.path().join("data/tg.db").exists(),
+        "store created with its directory"
+    );
+
+    // init: the token alone on stdout, nothing secret on stderr.
+    let (stdout, stderr) = env.ok(&["init"]);
+    let root = stdout.trim_end_matches('\n');
+    assert_eq!(stdout.lines().count(), 1);
+    assert_eq!(
+        TokenFormat::default().check(root),
+        Ok(Checked::Native(TokenKind::Root))
+    );
+    assert!(!stderr.contains(&root[4..]));
+    let again = env.run(&["init"]);
+    assert!(!again.status.success(), "second init needs --force");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let tenant = env.json(&["tenant", "create", "--name", "Acme"]);
+    let tenant_id = tenant["id"].as_i64().unwrap();
+    assert_eq!(
+        TokenFormat::default().check(tenant["admin_token"].as_str().unwrap()),
+        Ok(Checked::Native(TokenKind::TenantAdmin))
+    );
+
+    let acc = env.json(&[
+        "account",
+        "create",
+        "--tenant",
+        &tenant_id.to_string(),
+        "--email",
+        "ann@example.com",
+        "--name",
+        "Ann",
+    ]);
+    let account_id = acc["id"].as_i64().unwrap();
+    assert_eq!(acc["customer_id"].as_str().unwrap().len(), 12);
+    assert!(acc["workspace_id"].is_i64());
+    let dup = env.run(&[
+        "account",
+        "create",
+        "--tenant",
+        &tenant_id.to_string(),
+        "--email",
+        "ann@example.com",
+        "--name",
+        "Ann",
+    ]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+
+    let (stdout, _) = env.ok(&[
+        "token",
+        "issue",
+        "--account",
+        &account_id.to_string(),
+        "--name",
+        "ci",
+        "--ability",
+        "calls:read",
+        "--expires-in-days",
+        "30",
+    ]);
+    let api = stdout.trim().to_string();
+    assert_eq!(
+        TokenFormat::default().check(&api),
+        Ok(Checked::Native(TokenKind::Api))
+    );
+
+    let list = env.json(&["token", "list", "--account", &account_id.to_string()]);
+    let listing = list.to_string();
+    assert!(!listing.contains(&api[4..]), "secret in listing");
+    assert!(listing.contains(&api[..8]), "display prefix in listing");
+    let row = &list[0];
+    assert_eq!(row["abilities"], serde_json::json!(["calls:read"]));
+    assert!(row["expires_at"].is_i64());
+    let id = row["id"].as_str().unwrap();
+
+    let revoked = env.json(&["token", "revoke", id]);
+    assert!(revoked["revoked_at"].is_i64());
+    let missing = env.run(&["token", "revoke", "no-such-id"]);
+    assert!(!missing.status.success());
+
+    let blocked = env.json(&["account", "block", &account_id.to_string()]);
+    assert_eq!(blocked["status"], "blocked");
+    let tenants = env.json(&["tenant", "list"]);
+    assert_eq!(tenants[0]["name"], "Acme");
+}
+
+#[test]
+fn bad_config_is_refused_with_the_key_named() {
+    let env = Env::new();
+    std::fs::write(env.config(), "[cache]\nttl_seconds = 0\n").unwrap();
+    let out = env.run(&["check-config"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cache.ttl_seconds"), "{err}");
+
+    std::fs::write(env.config(), "[server]\nlisten_addr = \"x\"\n").unwrap();
+    let err = String::from_utf8_lossy(&env.run(&["check-config"]).stderr).to_string();
+    assert!(err.contains("listen_addr"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["--config", "/nonexistent/tokengate.toml", "check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tokengate.toml"));
+}
+
+#[test]
+fn shipped_config_checks() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("--config")
+        .arg(path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

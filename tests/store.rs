@@ -1,0 +1,277 @@
+//! The store test suite, generic over `TokenStore`: every implementation
+//! must pass it unchanged. Runs on SQLite in a temp directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokengate::config::DatabaseUrl;
+use tokengate::store::sqlite::SqliteStore;
+use tokengate::store::{
+    NewAccount, NewAuditEvent, NewToken, Status, StoreError, TokenFilter, TokenStore,
+};
+use tokengate::token::{TokenFormat, TokenHash, TokenKind};
+
+async fn sqlite() -> (Arc<dyn TokenStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::new(format!("sqlite://{}", dir.path().join("s.db").display()));
+    let s = SqliteStore::connect(&url, 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    s.migrate().await.unwrap();
+    s.migrate().await.unwrap(); // idempotent
+    (Arc::new(s), dir)
+}
+
+fn audit(action: &str, tenant: Option<i64>) -> NewAuditEvent {
+    NewAuditEvent {
+        at: 100,
+        action: action.into(),
+        tenant_id: tenant,
+        outcome: "ok".into(),
+        ..Default::default()
+    }
+}
+
+fn new_token(kind: TokenKind, tenant: Option<i64>, account: Option<i64>) -> (NewToken, TokenHash) {
+    let secret = TokenFormat::default().generate(kind);
+    let hash = secret.hash();
+    (
+        NewToken {
+            id: uuid_like(),
+            kind,
+            tenant_id: tenant,
+            account_id: account,
+            workspace_id: None,
+            name: "t".into(),
+            abilities: vec!["calls:read".into(), "reports:*".into()],
+            display_prefix: secret.display_prefix().into(),
+            hash,
+            created_at: 100,
+            expires_at: Some(1_000),
+            created_by: None,
+        },
+        hash,
+    )
+}
+
+fn uuid_like() -> String {
+    TokenFormat::default().generate(TokenKind::Api).expose()[4..40].to_string()
+}
+
+fn account(tenant: i64, email: &str) -> NewAccount {
+    NewAccount {
+        tenant_id: tenant,
+        email: email.into(),
+        name: "N".into(),
+        external_id: Some("ext-1".into()),
+        parent_account_id: None,
+        workspace: Some("default".into()),
+    }
+}
+
+/// The suite.
+async fn suite(s: Arc<dyn TokenStore>) {
+    s.ping().await.unwrap();
+
+    // Tenants.
+    let t1 = s.create_tenant("one", 100).await.unwrap();
+    let t2 = s.create_tenant("two", 101).await.unwrap();
+    assert_eq!(t1.status, Status::Active);
+    assert_eq!(
+        s.list_tenants().await.unwrap(),
+        vec![t1.clone(), t2.clone()]
+    );
+    assert_eq!(s.get_tenant(t1.id).await.unwrap(), Some(t1.clone()));
+    assert_eq!(s.get_tenant(9_999).await.unwrap(), None);
+
+    // Accounts: unique email per tenant, 12-digit unique customer ids.
+    let (a1, ws1) = s
+        .create_account(&account(t1.id, "a@x.io"), 100)
+        .await
+        .unwrap();
+    let ws1 = ws1.unwrap();
+    assert_eq!(ws1.account_id, a1.id);
+    assert_eq!(a1.customer_id.len(), 12);
+    assert!(a1.customer_id.bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(a1.external_id.as_deref(), Some("ext-1"));
+    assert!(matches!(
+        s.create_account(&account(t1.id, "a@x.io"), 100).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (a2, _) = s
+        .create_account(&account(t2.id, "a@x.io"), 100)
+        .await
+        .unwrap();
+    assert_ne!(a1.customer_id, a2.customer_id);
+    let mut sub = account(t1.id, "sub@x.io");
+    sub.parent_account_id = Some(a1.id);
+    sub.workspace = None;
+    let (child, none) = s.create_account(&sub, 100).await.unwrap();
+    assert_eq!(child.parent_account_id, Some(a1.id));
+    assert!(none.is_none());
+    let mut foreign = account(t2.id, "f@x.io");
+    foreign.parent_account_id = Some(a1.id);
+    assert!(matches!(
+        s.create_account(&foreign, 100).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.list_accounts(t1.id, None).await.unwrap().len(), 2);
+    assert_eq!(
+        s.list_accounts(t1.id, Some("sub@x.io")).await.unwrap(),
+        vec![child.clone()]
+    );
+    assert_eq!(
+        s.find_account_by_customer_id(&a2.customer_id)
+            .await
+            .unwrap(),
+        Some(a2.clone())
+    );
+    let ws2 = s.create_workspace(a1.id, "second", 100).await.unwrap();
+    assert_eq!(
+        s.list_workspaces(a1.id).await.unwrap(),
+        vec![ws1.clone(), ws2]
+    );
+
+    // Tokens: insert, lookup joins statuses, hash is unique.
+    let (tok, hash) = new_token(TokenKind::Api, Some(t1.id), Some(a1.id));
+    let row = s
+        .insert_token(&tok, &audit("token.issued", Some(t1.id)))
+        .await
+        .unwrap();
+    assert_eq!(row.abilities, vec!["calls:read", "reports:*"]);
+    assert_eq!(row.expires_at, Some(1_000));
+    let rec = s.lookup(&hash).await.unwrap().unwrap();
+    assert_eq!(rec.token_id, tok.id);
+    assert_eq!(rec.account_status, Some(Status::Active));
+    assert_eq!(rec.tenant_status, Some(Status::Active));
+    assert_eq!(s.lookup(&TokenHash::of("nope")).await.unwrap(), None);
+    let mut dup = new_token(TokenKind::Api, Some(t1.id), Some(a1.id)).0;
+    dup.hash = hash;
+    assert!(matches!(
+        s.insert_token(&dup, &audit("token.issued", None)).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Root tokens have no tenant or account.
+    let (root, root_hash) = new_token(TokenKind::Root, None, None);
+    s.insert_token(&root, &audit("token.issued", None))
+        .await
+        .unwrap();
+    let rec = s.lookup(&root_hash).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.kind, rec.tenant_status, rec.account_status),
+        (TokenKind::Root, None, None)
+    );
+
+    // Status changes show in lookups.
+    s.set_account_status(
+        a1.id,
+        Status::Blocked,
+        &audit("account.blocked", Some(t1.id)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    s.set_tenant_status(
+        t1.id,
+        Status::Blocked,
+        &audit("tenant.blocked", Some(t1.id)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let rec = s.lookup(&hash).await.unwrap().unwrap();
+    assert_eq!(rec.account_status, Some(Status::Blocked));
+    assert_eq!(rec.tenant_status, Some(Status::Blocked));
+    assert!(s
+        .set_account_status(9_999, Status::Blocked, &audit("x", None))
+        .await
+        .unwrap()
+        .is_none());
+
+    // Listings.
+    let (other, _) = new_token(TokenKind::Api, Some(t2.id), Some(a2.id));
+    s.insert_token(&other, &audit("token.issued", Some(t2.id)))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.list_tokens(TokenFilter::Account(a1.id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.list_tokens(TokenFilter::Tenant(t2.id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(s.list_tokens(TokenFilter::All).await.unwrap().len(), 3);
+
+    // Revocation is idempotent: the first time stays.
+    let r = s
+        .revoke_token(&tok.id, 500, &audit("token.revoked", Some(t1.id)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.hash, hash);
+    assert_eq!(r.row.revoked_at, Some(500));
+    let r = s
+        .revoke_token(&tok.id, 600, &audit("token.revoked", Some(t1.id)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.row.revoked_at, Some(500));
+    assert_eq!(
+        s.lookup(&hash).await.unwrap().unwrap().revoked_at,
+        Some(500)
+    );
+    assert!(s
+        .revoke_token("missing", 1, &audit("x", None))
+        .await
+        .unwrap()
+        .is_none());
+
+    // Last-used never goes backwards.
+    s.touch_last_used(&[(tok.id.clone(), 700), (other.id.clone(), 650)])
+        .await
+        .unwrap();
+    s.touch_last_used(&[(tok.id.clone(), 690)]).await.unwrap();
+    assert_eq!(
+        s.get_token(&tok.id).await.unwrap().unwrap().last_used_at,
+        Some(700)
+    );
+    s.touch_last_used(&[]).await.unwrap();
+
+    // Audit: newest first, tenant-scoped on request.
+    s.append_audit(&audit("custom", Some(t2.id))).await.unwrap();
+    let all = s.list_audit(None, 100).await.unwrap();
+    assert!(all.len() >= 8, "{}", all.len());
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert_eq!(all[0].action, "custom");
+    let t2_events = s.list_audit(Some(t2.id), 100).await.unwrap();
+    assert!(t2_events.iter().all(|e| e.tenant_id == Some(t2.id)));
+    assert_eq!(s.list_audit(None, 2).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn sqlite_passes_the_store_suite() {
+    let (s, _dir) = sqlite().await;
+    suite(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_survives_reopen() {
+    let (s, dir) = sqlite().await;
+    let t = s.create_tenant("kept", 1).await.unwrap();
+    drop(s);
+    let url = DatabaseUrl::new(format!("sqlite://{}", dir.path().join("s.db").display()));
+    let s = SqliteStore::connect(&url, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    s.migrate().await.unwrap();
+    assert_eq!(s.get_tenant(t.id).await.unwrap(), Some(t));
+}
