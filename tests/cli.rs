@@ -178,3 +178,67 @@ fn shipped_config_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn serve_answers_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.config()).unwrap();
+    std::fs::write(
+        env.config(),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{cfg}"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("--config")
+        .arg(env.config())
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let (public, admin) = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early"
+        );
+        if line.contains("listening") {
+            let addr = |key: &str| {
+                let rest = &line[line.find(key).unwrap() + key.len()..];
+                rest.split_whitespace().next().unwrap().to_string()
+            };
+            break (addr("public_addr="), addr("admin_addr="));
+        }
+    };
+    let get = |addr: &str, path: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(get(&admin, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+    let denied = get(&public, "/anything");
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    assert!(denied.contains("TOKEN_MISSING"));
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "serve exits cleanly on SIGTERM: {status:?}"
+    );
+}
