@@ -47,6 +47,10 @@ pub struct Metrics {
     pub last_used_flush_failures: Counter,
     /// WebSocket / upgrade tunnels opened.
     pub upgrades: Counter,
+    /// Invalidations received from the shared store's feed.
+    pub invalidations_received: Counter,
+    /// Times the invalidation feed reconnected and the cache was cleared.
+    pub feed_resyncs: Counter,
 }
 
 impl Metrics {
@@ -98,6 +102,16 @@ impl Metrics {
             "tokengate_upgrades_total",
             "Upgraded (WebSocket) connections tunnelled.",
             self.upgrades.get(),
+        );
+        counter(
+            "tokengate_invalidations_received_total",
+            "Invalidations received from other instances via the store.",
+            self.invalidations_received.get(),
+        );
+        counter(
+            "tokengate_feed_resyncs_total",
+            "Invalidation feed reconnects (each clears the cache).",
+            self.feed_resyncs.get(),
         );
         let _ = writeln!(
             out,

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::admin;
 use crate::gateway::Gateway;
 use crate::proxy::Body;
+use crate::store::{FeedEvent, Invalidation, InvalidationFeed};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
@@ -59,15 +60,21 @@ impl Running {
 pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
     let public = TcpListener::bind(gateway.config.server.listen).await?;
     let admin = TcpListener::bind(gateway.config.server.admin_listen).await?;
-    start_on(gateway, public, admin)
+    start_on(gateway, public, admin).await
 }
 
-/// Starts serving on already-bound listeners.
-pub fn start_on(
+/// Starts serving on already-bound listeners. With a shared store
+/// (PostgreSQL), subscribes to its invalidation feed first, so that nothing
+/// is cached before this instance hears about other instances' changes.
+pub async fn start_on(
     gateway: Arc<Gateway>,
     public: TcpListener,
     admin: TcpListener,
 ) -> std::io::Result<Running> {
+    let feed =
+        gateway.store.subscribe().await.map_err(|e| {
+            std::io::Error::other(format!("cannot subscribe to invalidations: {e}"))
+        })?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let (tx, rx) = watch::channel(false);
@@ -96,13 +103,21 @@ pub fn start_on(
             async move { admin::handle(&g, req).await }
         },
     ));
-    let flusher = tokio::spawn(flush_loop(Arc::clone(&gateway), rx));
+    let mut tasks = vec![public_task, admin_task];
+    if let Some(feed) = feed {
+        tasks.push(tokio::spawn(invalidation_loop(
+            Arc::clone(&gateway),
+            feed,
+            rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(flush_loop(Arc::clone(&gateway), rx)));
     tracing::info!(%public_addr, %admin_addr, "tokengate listening");
     Ok(Running {
         public_addr,
         admin_addr,
         shutdown: tx,
-        tasks: vec![public_task, admin_task, flusher],
+        tasks,
     })
 }
 
@@ -159,6 +174,35 @@ async fn accept_loop<H, F>(
         _ = graceful.shutdown() => tracing::debug!("all connections finished"),
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(grace_seconds = grace.as_secs(), "shutdown grace expired; closing remaining connections");
+        }
+    }
+}
+
+/// Applies other instances' changes to this instance's cache as they commit.
+async fn invalidation_loop(
+    gateway: Arc<Gateway>,
+    mut feed: Box<dyn InvalidationFeed>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            e = feed.next() => e,
+            _ = shutdown.changed() => return,
+        };
+        let cache = &gateway.cache;
+        match event {
+            FeedEvent::Invalidate(Invalidation::Token(h)) => cache.invalidate_token(h).await,
+            FeedEvent::Invalidate(Invalidation::Account(id)) => cache.invalidate_account(id),
+            FeedEvent::Invalidate(Invalidation::Tenant(id)) => cache.invalidate_tenant(id),
+            FeedEvent::Resynced => {
+                // Events may have been missed while the feed was down.
+                cache.invalidate_all();
+                gateway.metrics.feed_resyncs.inc();
+                tracing::info!("invalidation feed resynced; cache cleared");
+            }
+        }
+        if let FeedEvent::Invalidate(_) = event {
+            gateway.metrics.invalidations_received.inc();
         }
     }
 }

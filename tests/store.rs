@@ -2,6 +2,8 @@
 //! must pass it unchanged. Runs on SQLite in a temp directory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -274,4 +276,17 @@ async fn sqlite_store_survives_reopen() {
         .unwrap();
     s.migrate().await.unwrap();
     assert_eq!(s.get_tenant(t.id).await.unwrap(), Some(t));
+}
+
+#[tokio::test]
+async fn postgres_passes_the_store_suite() {
+    let Some(base) = common::pg::base_url("postgres_passes_the_store_suite") else {
+        return;
+    };
+    let url = DatabaseUrl::new(common::pg::fresh_schema(&base).await);
+    let s = tokengate::store::open(&url, 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    s.migrate().await.unwrap(); // idempotent
+    suite(s).await;
 }

@@ -5,6 +5,7 @@
 //! ever calls [`TokenStore::lookup`], through the cache; everything else is
 //! the control plane. Timestamps are Unix seconds.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -292,6 +293,57 @@ pub struct Revoked {
     pub hash: TokenHash,
 }
 
+/// A change that can make cached records wrong on other instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// A token was revoked or minted (a mint clears negative entries).
+    Token(TokenHash),
+    /// An account was blocked or unblocked.
+    Account(i64),
+    /// A tenant was blocked or unblocked.
+    Tenant(i64),
+}
+
+impl Invalidation {
+    /// Wire form for notification payloads: `t:<hex>`, `a:<id>`, `n:<id>`.
+    pub fn encode(&self) -> String {
+        match self {
+            Invalidation::Token(h) => format!("t:{}", h.to_hex()),
+            Invalidation::Account(id) => format!("a:{id}"),
+            Invalidation::Tenant(id) => format!("n:{id}"),
+        }
+    }
+
+    /// Parses [`Invalidation::encode`]'s output.
+    pub fn decode(s: &str) -> Option<Self> {
+        let (kind, rest) = s.split_once(':')?;
+        match kind {
+            "t" => TokenHash::from_hex(rest).map(Invalidation::Token),
+            "a" => rest.parse().ok().map(Invalidation::Account),
+            "n" => rest.parse().ok().map(Invalidation::Tenant),
+            _ => None,
+        }
+    }
+}
+
+/// What an invalidation feed yields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// Another instance (or this one) committed a change.
+    Invalidate(Invalidation),
+    /// The feed was down and is listening again: events may have been
+    /// missed, so everything cached must be dropped.
+    Resynced,
+}
+
+/// A live feed of invalidations committed by any instance sharing the store.
+#[async_trait]
+pub trait InvalidationFeed: Send {
+    /// The next event. Reconnects (with backoff) internally; returns
+    /// [`FeedEvent::Resynced`] once listening again after a drop.
+    async fn next(&mut self) -> FeedEvent;
+}
+
 /// Which tokens to list.
 #[derive(Clone, Copy, Debug)]
 pub enum TokenFilter {
@@ -402,6 +454,13 @@ pub trait TokenStore: TokenLookup + 'static {
         tenant_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// A feed of invalidations from every instance sharing this store, for
+    /// stores that several gateways can share. `None` (the default): only
+    /// this process writes, and its issuer evicts directly.
+    async fn subscribe(&self) -> Result<Option<Box<dyn InvalidationFeed>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Opens (creating and migrating) the store a URL names.
@@ -416,8 +475,8 @@ pub async fn open(
         s.migrate().await?;
         Ok(Arc::new(s))
     } else {
-        Err(StoreError::Other(format!(
-            "store {url} is not supported by this build (PostgreSQL support is tracked separately)"
-        )))
+        let s = postgres::PgStore::connect(url, max_connections, timeout).await?;
+        s.migrate().await?;
+        Ok(Arc::new(s))
     }
 }

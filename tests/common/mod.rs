@@ -7,6 +7,8 @@
 //! upstream actually saw.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pg;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,8 +27,7 @@ use tokengate::config::Config;
 use tokengate::gateway::Gateway;
 use tokengate::issuer::{Actor, MintRequest};
 use tokengate::server::{self, Running};
-use tokengate::store::sqlite::SqliteStore;
-use tokengate::store::{NewAccount, TokenStore};
+use tokengate::store::NewAccount;
 use tokengate::token::TokenKind;
 use tokio::net::TcpListener;
 
@@ -221,6 +222,29 @@ path = "/h2"
 upstream = "h2mock"
 "#;
 
+/// How to spawn a harness gateway.
+pub struct Opts {
+    /// Extra config tables appended to the generated config.
+    pub extra: String,
+    /// `server.shutdown_grace_seconds`.
+    pub grace_seconds: u64,
+    /// `store.url`; default a fresh SQLite file in a temp dir.
+    pub store_url: Option<String>,
+    /// (tenant, account, workspace) already in the store; default: seed them.
+    pub seeded: Option<(i64, i64, i64)>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            extra: String::new(),
+            grace_seconds: 5,
+            store_url: None,
+            seeded: None,
+        }
+    }
+}
+
 pub struct TestGateway {
     pub gateway: Arc<Gateway>,
     pub running: Option<Running>,
@@ -253,6 +277,34 @@ impl TestGateway {
 
     /// Full control: extra config tables and the shutdown grace in seconds.
     pub async fn spawn_full(extra: &str, grace_seconds: u64) -> Self {
+        Self::spawn_opts(Opts {
+            extra: extra.into(),
+            grace_seconds,
+            ..Opts::default()
+        })
+        .await
+    }
+
+    /// A second instance on the same store as `self`, sharing its seeded
+    /// tenant, account and workspace.
+    pub async fn peer(&self, store_url: &str, extra: &str) -> Self {
+        Self::spawn_opts(Opts {
+            extra: extra.into(),
+            store_url: Some(store_url.into()),
+            seeded: Some((self.tenant_id, self.account_id, self.workspace_id)),
+            ..Opts::default()
+        })
+        .await
+    }
+
+    pub async fn spawn_opts(opts: Opts) -> Self {
+        let Opts {
+            extra,
+            grace_seconds,
+            store_url,
+            seeded,
+        } = opts;
+        let extra = extra.as_str();
         let upstream = MockUpstream::spawn(false).await;
         let h2_upstream = MockUpstream::spawn(true).await;
         let dir = tempfile::tempdir().unwrap();
@@ -265,7 +317,7 @@ admin_listen = "127.0.0.1:0"
 shutdown_grace_seconds = {grace_seconds}
 
 [store]
-url = "sqlite://{db}"
+url = "{db}"
 
 [[upstreams]]
 name = "mock"
@@ -285,40 +337,47 @@ connect_timeout_ms = 1000
 {ROUTES}
 {extra}
 "#,
-            db = dir.path().join("tg.db").display(),
+            db = store_url
+                .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("tg.db").display())),
             up = upstream.addr,
             h2 = h2_upstream.addr,
         );
         let config = Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
-        let store = SqliteStore::connect(&config.store.url, 4, Duration::from_secs(5))
+        let store = tokengate::store::open(&config.store.url, 4, Duration::from_secs(5))
             .await
             .unwrap();
-        store.migrate().await.unwrap();
-        let store: Arc<dyn TokenStore> = Arc::new(store);
         let clock = Clock::manual(1_800_000_000);
         let gateway = Gateway::new(config, store, clock.clone());
 
-        let actor = Actor::default();
-        let tenant = gateway.issuer.create_tenant("acme", &actor).await.unwrap();
-        let (account, ws) = gateway
-            .issuer
-            .create_account(
-                &NewAccount {
-                    tenant_id: tenant.id,
-                    email: "ann@example.com".into(),
-                    name: "Ann".into(),
-                    external_id: None,
-                    parent_account_id: None,
-                    workspace: Some("default".into()),
-                },
-                &actor,
-            )
-            .await
-            .unwrap();
+        let (tenant_id, account_id, workspace_id) = match seeded {
+            Some(ids) => ids,
+            None => {
+                let actor = Actor::default();
+                let tenant = gateway.issuer.create_tenant("acme", &actor).await.unwrap();
+                let (account, ws) = gateway
+                    .issuer
+                    .create_account(
+                        &NewAccount {
+                            tenant_id: tenant.id,
+                            email: "ann@example.com".into(),
+                            name: "Ann".into(),
+                            external_id: None,
+                            parent_account_id: None,
+                            workspace: Some("default".into()),
+                        },
+                        &actor,
+                    )
+                    .await
+                    .unwrap();
+                (tenant.id, account.id, ws.unwrap().id)
+            }
+        };
 
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = server::start_on(Arc::clone(&gateway), public, admin).unwrap();
+        let running = server::start_on(Arc::clone(&gateway), public, admin)
+            .await
+            .unwrap();
         Self {
             addr: running.public_addr,
             admin_addr: running.admin_addr,
@@ -327,9 +386,9 @@ connect_timeout_ms = 1000
             upstream,
             h2_upstream,
             clock,
-            tenant_id: tenant.id,
-            account_id: account.id,
-            workspace_id: ws.unwrap().id,
+            tenant_id,
+            account_id,
+            workspace_id,
             dir,
         }
     }

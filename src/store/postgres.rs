@@ -1,0 +1,680 @@
+//! The PostgreSQL store, for several gateway instances sharing one database.
+//!
+//! Same schema and semantics as the SQLite store (one test suite runs on
+//! both), plus cross-instance invalidation: every change that can make a
+//! cached record wrong (revocation, mint, tenant or account block) sends
+//! `pg_notify` *inside its own transaction*, so the notification is delivered
+//! exactly when the change commits, and never for a change that rolled back.
+//! [`PgStore::subscribe`] gives each instance a feed of them over a dedicated
+//! `LISTEN` connection.
+//!
+//! The channel is `tokengate_inv_<schema>`, after the connection's
+//! `current_schema()`, so deployments (and test runs) in different schemas of
+//! one database never see each other's events. Pick a schema with
+//! `?options=-c%20search_path%3Dmyschema` in `store.url`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+use super::sqlite::random_customer_id;
+use super::{
+    Account, AuditEvent, AuthRecord, FeedEvent, Invalidation, InvalidationFeed, NewAccount,
+    NewAuditEvent, NewToken, Revoked, Status, StoreError, Tenant, TokenFilter, TokenLookup,
+    TokenRow, TokenStore, Workspace,
+};
+use crate::config::DatabaseUrl;
+use crate::token::{TokenHash, TokenKind};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Attempts at drawing an unused random customer id before giving up.
+const CUSTOMER_ID_ATTEMPTS: usize = 8;
+/// First and largest pause between attempts to re-establish `LISTEN`.
+const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// `application_name` of the pooled connections and of the listener.
+pub const APP_NAME: &str = "tokengate";
+/// `application_name` of the `LISTEN` connection (distinct, so operators and
+/// tests can find it in `pg_stat_activity`).
+pub const LISTENER_APP_NAME: &str = "tokengate-listen";
+
+/// PostgreSQL-backed [`TokenStore`].
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+    channel: String,
+    timeout: Duration,
+}
+
+impl PgStore {
+    /// Connects a pool to a `postgres://` URL.
+    pub async fn connect(
+        url: &DatabaseUrl,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url.expose())
+            .map_err(|e| StoreError::Other(format!("bad store.url {url}: {e}")))?
+            .application_name(APP_NAME);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(timeout)
+            .connect_with(options.clone())
+            .await?;
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+            .fetch_one(&pool)
+            .await?;
+        let mut channel = format!("tokengate_inv_{schema}");
+        channel.retain(|c| c.is_ascii_alphanumeric() || c == '_');
+        channel.truncate(63);
+        Ok(Self {
+            pool,
+            options,
+            channel,
+            timeout,
+        })
+    }
+
+    /// The notification channel this store's instances share.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
+async fn notify<'c, E>(exec: E, channel: &str, inv: Invalidation) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(inv.encode())
+        .execute(exec)
+        .await?;
+    Ok(())
+}
+
+fn status(s: &str) -> Result<Status, StoreError> {
+    Status::parse(s).ok_or_else(|| StoreError::Other(format!("bad status {s:?} in store")))
+}
+
+fn tenant(r: &PgRow) -> Result<Tenant, StoreError> {
+    Ok(Tenant {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        status: status(r.try_get("status")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn account(r: &PgRow) -> Result<Account, StoreError> {
+    Ok(Account {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        email: r.try_get("email")?,
+        name: r.try_get("name")?,
+        customer_id: r.try_get("customer_id")?,
+        external_id: r.try_get("external_id")?,
+        parent_account_id: r.try_get("parent_account_id")?,
+        status: status(r.try_get("status")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn workspace(r: &PgRow) -> Result<Workspace, StoreError> {
+    Ok(Workspace {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        name: r.try_get("name")?,
+        status: status(r.try_get("status")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn kind(s: &str) -> Result<TokenKind, StoreError> {
+    TokenKind::parse(s).ok_or_else(|| StoreError::Other(format!("bad token kind {s:?} in store")))
+}
+
+fn abilities(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Other(format!("bad abilities in store: {e}")))
+}
+
+fn token_row(r: &PgRow) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        id: r.try_get("id")?,
+        kind: kind(r.try_get("kind")?)?,
+        tenant_id: r.try_get("tenant_id")?,
+        account_id: r.try_get("account_id")?,
+        workspace_id: r.try_get("workspace_id")?,
+        name: r.try_get("name")?,
+        abilities: abilities(r.try_get("abilities")?)?,
+        display_prefix: r.try_get("display_prefix")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+        created_by: r.try_get("created_by")?,
+    })
+}
+
+fn audit_event(r: &PgRow) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        action: r.try_get("action")?,
+        actor_token_id: r.try_get("actor_token_id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        target_token_id: r.try_get("target_token_id")?,
+        outcome: r.try_get("outcome")?,
+        detail: r.try_get("detail")?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, kind, tenant_id, account_id, workspace_id, name, abilities, \
+     display_prefix, created_at, expires_at, revoked_at, last_used_at, created_by";
+const ACCOUNT_COLUMNS: &str = "id, tenant_id, email, name, customer_id, external_id, \
+     parent_account_id, status, created_at";
+
+async fn insert_audit<'c, E>(exec: E, e: &NewAuditEvent) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    sqlx::query(
+        "INSERT INTO audit_events (at, action, actor_token_id, tenant_id, target_token_id, outcome, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(e.at)
+    .bind(&e.action)
+    .bind(&e.actor_token_id)
+    .bind(e.tenant_id)
+    .bind(&e.target_token_id)
+    .bind(&e.outcome)
+    .bind(&e.detail)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl TokenLookup for PgStore {
+    async fn lookup(&self, hash: &TokenHash) -> Result<Option<AuthRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.id, t.kind, t.tenant_id, t.account_id, t.workspace_id, t.name, t.abilities, \
+                    t.expires_at, t.revoked_at, a.status AS account_status, n.status AS tenant_status \
+             FROM tokens t \
+             LEFT JOIN accounts a ON a.id = t.account_id \
+             LEFT JOIN tenants n ON n.id = t.tenant_id \
+             WHERE t.hash = $1",
+        )
+        .bind(&hash.0[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let account_status: Option<String> = r.try_get("account_status")?;
+        let tenant_status: Option<String> = r.try_get("tenant_status")?;
+        Ok(Some(AuthRecord {
+            token_id: r.try_get("id")?,
+            kind: kind(r.try_get("kind")?)?,
+            tenant_id: r.try_get("tenant_id")?,
+            account_id: r.try_get("account_id")?,
+            workspace_id: r.try_get("workspace_id")?,
+            name: r.try_get("name")?,
+            abilities: abilities(r.try_get("abilities")?)?,
+            expires_at: r.try_get("expires_at")?,
+            revoked_at: r.try_get("revoked_at")?,
+            account_status: account_status.as_deref().map(status).transpose()?,
+            tenant_status: tenant_status.as_deref().map(status).transpose()?,
+        }))
+    }
+}
+
+#[async_trait]
+impl TokenStore for PgStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO tenants (name, status, created_at) VALUES ($1, 'active', $2) \
+             RETURNING id, name, status, created_at",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        tenant(&r)
+    }
+
+    async fn get_tenant(&self, id: i64) -> Result<Option<Tenant>, StoreError> {
+        sqlx::query("SELECT id, name, status, created_at FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(tenant)
+            .transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        sqlx::query("SELECT id, name, status, created_at FROM tenants ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(tenant)
+            .collect()
+    }
+
+    async fn set_tenant_status(
+        &self,
+        id: i64,
+        new: Status,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Tenant>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE tenants SET status = $1 WHERE id = $2 RETURNING id, name, status, created_at",
+        )
+        .bind(new.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        insert_audit(&mut *tx, audit).await?;
+        notify(&mut *tx, &self.channel, Invalidation::Tenant(id)).await?;
+        tx.commit().await?;
+        tenant(&r).map(Some)
+    }
+
+    async fn create_account(
+        &self,
+        new: &NewAccount,
+        now: i64,
+    ) -> Result<(Account, Option<Workspace>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(parent) = new.parent_account_id {
+            let same_tenant: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM accounts WHERE id = $1 AND tenant_id = $2")
+                    .bind(parent)
+                    .bind(new.tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if same_tenant.is_none() {
+                return Err(StoreError::NotFound(format!("parent account {parent}")));
+            }
+        }
+        let mut created = None;
+        for _ in 0..CUSTOMER_ID_ATTEMPTS {
+            let customer_id = random_customer_id();
+            let taken: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM accounts WHERE customer_id = $1")
+                    .bind(&customer_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if taken.is_some() {
+                continue;
+            }
+            let r = sqlx::query(&format!(
+                "INSERT INTO accounts (tenant_id, email, name, customer_id, external_id, parent_account_id, status, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'active', $7) RETURNING {ACCOUNT_COLUMNS}"
+            ))
+            .bind(new.tenant_id)
+            .bind(&new.email)
+            .bind(&new.name)
+            .bind(&customer_id)
+            .bind(&new.external_id)
+            .bind(new.parent_account_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            created = Some(account(&r)?);
+            break;
+        }
+        let acc = created.ok_or_else(|| StoreError::Other("no free customer id".into()))?;
+        let ws = match &new.workspace {
+            Some(name) => {
+                let r = sqlx::query(
+                    "INSERT INTO workspaces (account_id, name, status, created_at) VALUES ($1, $2, 'active', $3) \
+                     RETURNING id, account_id, name, status, created_at",
+                )
+                .bind(acc.id)
+                .bind(name)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                Some(workspace(&r)?)
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok((acc, ws))
+    }
+
+    async fn get_account(&self, id: i64) -> Result<Option<Account>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(account)
+        .transpose()
+    }
+
+    async fn list_accounts(
+        &self,
+        tenant_id: i64,
+        email: Option<&str>,
+    ) -> Result<Vec<Account>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts \
+             WHERE tenant_id = $1 AND ($2::text IS NULL OR email = $2) ORDER BY id"
+        ))
+        .bind(tenant_id)
+        .bind(email)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(account)
+        .collect()
+    }
+
+    async fn find_account_by_customer_id(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<Account>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE customer_id = $1"
+        ))
+        .bind(customer_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(account)
+        .transpose()
+    }
+
+    async fn set_account_status(
+        &self,
+        id: i64,
+        new: Status,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Account>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(&format!(
+            "UPDATE accounts SET status = $1 WHERE id = $2 RETURNING {ACCOUNT_COLUMNS}"
+        ))
+        .bind(new.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        insert_audit(&mut *tx, audit).await?;
+        notify(&mut *tx, &self.channel, Invalidation::Account(id)).await?;
+        tx.commit().await?;
+        account(&r).map(Some)
+    }
+
+    async fn create_workspace(
+        &self,
+        account_id: i64,
+        name: &str,
+        now: i64,
+    ) -> Result<Workspace, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO workspaces (account_id, name, status, created_at) VALUES ($1, $2, 'active', $3) \
+             RETURNING id, account_id, name, status, created_at",
+        )
+        .bind(account_id)
+        .bind(name)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        workspace(&r)
+    }
+
+    async fn list_workspaces(&self, account_id: i64) -> Result<Vec<Workspace>, StoreError> {
+        sqlx::query(
+            "SELECT id, account_id, name, status, created_at FROM workspaces WHERE account_id = $1 ORDER BY id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(workspace)
+        .collect()
+    }
+
+    async fn insert_token(
+        &self,
+        t: &NewToken,
+        audit: &NewAuditEvent,
+    ) -> Result<TokenRow, StoreError> {
+        let abilities = serde_json::to_string(&t.abilities)
+            .map_err(|e| StoreError::Other(format!("abilities: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(&format!(
+            "INSERT INTO tokens (id, kind, tenant_id, account_id, workspace_id, name, abilities, \
+                                 display_prefix, hash, created_at, expires_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {TOKEN_COLUMNS}"
+        ))
+        .bind(&t.id)
+        .bind(t.kind.as_str())
+        .bind(t.tenant_id)
+        .bind(t.account_id)
+        .bind(t.workspace_id)
+        .bind(&t.name)
+        .bind(&abilities)
+        .bind(&t.display_prefix)
+        .bind(&t.hash.0[..])
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(&t.created_by)
+        .fetch_one(&mut *tx)
+        .await?;
+        insert_audit(&mut *tx, audit).await?;
+        // Other instances may hold a negative entry for this hash.
+        notify(&mut *tx, &self.channel, Invalidation::Token(t.hash)).await?;
+        tx.commit().await?;
+        token_row(&r)
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(token_row)
+            .transpose()
+    }
+
+    async fn list_tokens(&self, filter: TokenFilter) -> Result<Vec<TokenRow>, StoreError> {
+        let (clause, id) = match filter {
+            TokenFilter::Account(id) => ("WHERE account_id = $1", Some(id)),
+            TokenFilter::Tenant(id) => ("WHERE tenant_id = $1", Some(id)),
+            TokenFilter::All => ("", None),
+        };
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens {clause} ORDER BY created_at DESC, id DESC"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(id) = id {
+            q = q.bind(id);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(token_row)
+            .collect()
+    }
+
+    async fn revoke_token(
+        &self,
+        id: &str,
+        now: i64,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Revoked>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(&format!(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 \
+             RETURNING {TOKEN_COLUMNS}, hash"
+        ))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        let hash: Vec<u8> = r.try_get("hash")?;
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| StoreError::Other("bad hash length in store".into()))?;
+        insert_audit(&mut *tx, audit).await?;
+        notify(
+            &mut *tx,
+            &self.channel,
+            Invalidation::Token(TokenHash(hash)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Revoked {
+            row: token_row(&r)?,
+            hash: TokenHash(hash),
+        }))
+    }
+
+    async fn touch_last_used(&self, batch: &[(String, i64)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (ids, ats): (Vec<&str>, Vec<i64>) = batch.iter().map(|(i, t)| (i.as_str(), *t)).unzip();
+        // One statement for the whole batch.
+        sqlx::query(
+            "UPDATE tokens t SET last_used_at = GREATEST(COALESCE(t.last_used_at, 0), v.at) \
+             FROM UNNEST($1::text[], $2::bigint[]) AS v(id, at) WHERE t.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&ats)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError> {
+        insert_audit(&self.pool, event).await
+    }
+
+    async fn list_audit(
+        &self,
+        tenant_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        sqlx::query(
+            "SELECT id, at, action, actor_token_id, tenant_id, target_token_id, outcome, detail \
+             FROM audit_events WHERE ($1::bigint IS NULL OR tenant_id = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(tenant_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(audit_event)
+        .collect()
+    }
+
+    async fn subscribe(&self) -> Result<Option<Box<dyn InvalidationFeed>>, StoreError> {
+        let mut feed = PgFeed {
+            options: self.options.clone().application_name(LISTENER_APP_NAME),
+            channel: self.channel.clone(),
+            timeout: self.timeout,
+            listener: None,
+            backoff: LISTEN_BACKOFF_MIN,
+            resync_due: false,
+        };
+        // Listen before the gateway serves, so nothing cached can predate it.
+        feed.listener = Some(feed.listen().await?);
+        Ok(Some(Box::new(feed)))
+    }
+}
+
+/// The `LISTEN` side: one dedicated connection, re-established with
+/// exponential backoff when it drops.
+struct PgFeed {
+    options: PgConnectOptions,
+    channel: String,
+    timeout: Duration,
+    listener: Option<PgListener>,
+    backoff: Duration,
+    /// Set when the connection dropped: once listening again, the consumer
+    /// must drop its cache, since events may have been missed meanwhile.
+    resync_due: bool,
+}
+
+impl PgFeed {
+    async fn listen(&self) -> Result<PgListener, StoreError> {
+        // A pool of one, so the listener's connection has its own name and
+        // is not taken from the query pool.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.timeout)
+            .connect_with(self.options.clone())
+            .await?;
+        let mut l = PgListener::connect_with(&pool).await?;
+        l.listen(&self.channel).await?;
+        Ok(l)
+    }
+}
+
+#[async_trait]
+impl InvalidationFeed for PgFeed {
+    async fn next(&mut self) -> FeedEvent {
+        loop {
+            let Some(listener) = self.listener.as_mut() else {
+                match self.listen().await {
+                    Ok(l) => {
+                        tracing::info!(channel = %self.channel, "invalidation feed listening again");
+                        self.listener = Some(l);
+                        self.backoff = LISTEN_BACKOFF_MIN;
+                        if std::mem::take(&mut self.resync_due) {
+                            return FeedEvent::Resynced;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "invalidation feed cannot reconnect");
+                        tokio::time::sleep(self.backoff).await;
+                        self.backoff = (self.backoff * 2).min(LISTEN_BACKOFF_MAX);
+                    }
+                }
+                continue;
+            };
+            match listener.try_recv().await {
+                Ok(Some(n)) => match Invalidation::decode(n.payload()) {
+                    Some(inv) => return FeedEvent::Invalidate(inv),
+                    None => tracing::warn!(payload = n.payload(), "ignoring unknown invalidation"),
+                },
+                Ok(None) => {
+                    tracing::warn!("invalidation feed connection lost; reconnecting");
+                    self.listener = None;
+                    self.resync_due = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "invalidation feed failed; reconnecting");
+                    self.listener = None;
+                    self.resync_due = true;
+                }
+            }
+        }
+    }
+}
