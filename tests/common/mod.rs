@@ -7,6 +7,7 @@
 //! upstream actually saw.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cut;
 pub mod pg;
 
 use std::convert::Infallible;
@@ -232,6 +233,8 @@ pub struct Opts {
     pub store_url: Option<String>,
     /// (tenant, account, workspace) already in the store; default: seed them.
     pub seeded: Option<(i64, i64, i64)>,
+    /// `store.timeout_seconds`.
+    pub store_timeout_seconds: u64,
 }
 
 impl Default for Opts {
@@ -241,6 +244,7 @@ impl Default for Opts {
             grace_seconds: 5,
             store_url: None,
             seeded: None,
+            store_timeout_seconds: 5,
         }
     }
 }
@@ -297,12 +301,30 @@ impl TestGateway {
         .await
     }
 
+    /// Polls `f` every 10 ms until it holds; panics after 20 s. For
+    /// "eventually" behaviour across instances, never for speed.
+    pub async fn eventually<F, Fut>(what: &str, mut f: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !f().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn spawn_opts(opts: Opts) -> Self {
         let Opts {
             extra,
             grace_seconds,
             store_url,
             seeded,
+            store_timeout_seconds,
         } = opts;
         let extra = extra.as_str();
         let upstream = MockUpstream::spawn(false).await;
@@ -318,6 +340,7 @@ shutdown_grace_seconds = {grace_seconds}
 
 [store]
 url = "{db}"
+timeout_seconds = {store_timeout_seconds}
 
 [[upstreams]]
 name = "mock"
@@ -343,7 +366,7 @@ connect_timeout_ms = 1000
             h2 = h2_upstream.addr,
         );
         let config = Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
-        let store = tokengate::store::open(&config.store.url, 4, Duration::from_secs(5))
+        let store = tokengate::store::open(&config.store.url, 4, config.store.timeout)
             .await
             .unwrap();
         let clock = Clock::manual(1_800_000_000);
