@@ -22,7 +22,7 @@ use crate::cache::{AuthEntry, TokenCache};
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
-use crate::issuer::Issuer;
+use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
 use crate::proxy::{check_underscore_headers, forward, Body, ForwardContext, Upstream};
 use crate::route::{normalize_path, RouteMatch, RouteTable};
@@ -103,10 +103,7 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let request_id = new_request_id();
         match self.process(req, peer, &request_id).await {
-            Ok(resp) => {
-                self.metrics.forwarded.inc();
-                resp
-            }
+            Ok(resp) => resp,
             Err(denial) => {
                 self.metrics.deny(denial.code());
                 tracing::debug!(
@@ -127,6 +124,11 @@ impl Gateway {
         request_id: &HeaderValue,
     ) -> Result<Response<Body>, Denial> {
         let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
+        // The seed token endpoints are served here, never forwarded.
+        if let Some(flow) = crate::flows::match_flow(&self.config.token_api, &path) {
+            self.metrics.token_api_requests.inc();
+            return Ok(crate::flows::handle(self, flow, req).await);
+        }
         check_underscore_headers(req.headers(), &self.config.headers)?;
         let route = match self.routes.find(&path, req.method()) {
             RouteMatch::Found(r) => r,
@@ -151,7 +153,9 @@ impl Gateway {
             path: &path,
             tls: false,
         };
-        forward(upstream, &self.config.headers, &self.metrics, req, ctx).await
+        let resp = forward(upstream, &self.config.headers, &self.metrics, req, ctx).await?;
+        self.metrics.forwarded.inc();
+        Ok(resp)
     }
 
     /// Finds and judges the request's token for a route. `Ok(None)`: no
@@ -179,8 +183,18 @@ impl Gateway {
         Ok(Some(entry))
     }
 
+    /// Authenticates a control-plane caller: any token that is valid now
+    /// (not revoked or expired, tenant and account active). Each endpoint
+    /// then decides which kinds it accepts.
+    pub async fn caller(&self, headers: &http::HeaderMap) -> Result<Caller, Denial> {
+        let token = extract_credential(headers)?.ok_or(Denial::MissingToken)?;
+        let entry = self.lookup(token).await?;
+        decide(&entry.record, self.clock.now(), std::iter::empty())?;
+        Ok(Caller::from_record(&entry.record))
+    }
+
     /// Cheap checks, then cache (then store). Used by the proxy path and the
-    /// token endpoints alike.
+    /// control plane alike.
     pub async fn lookup(&self, token: &str) -> Result<Arc<AuthEntry>, Denial> {
         let checked = self
             .config

@@ -36,6 +36,9 @@ pub enum IssueError {
     /// A uniqueness rule would be broken; the message is safe to show.
     #[error("{0}")]
     Conflict(String),
+    /// The caller asked for more than it holds; the message is safe to show.
+    #[error("{0}")]
+    Escalation(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -47,6 +50,82 @@ pub enum IssueError {
 pub struct Actor {
     /// Acting token's id.
     pub token_id: Option<String>,
+}
+
+/// An authenticated caller of the control plane: the token it presented.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Token id.
+    pub token_id: String,
+    /// Token kind.
+    pub kind: TokenKind,
+    /// Its tenant (none for root).
+    pub tenant_id: Option<i64>,
+    /// Its account (session and api tokens).
+    pub account_id: Option<i64>,
+    /// Its workspace, if bound.
+    pub workspace_id: Option<i64>,
+    /// Its abilities.
+    pub abilities: Vec<String>,
+    /// Its expiry.
+    pub expires_at: Option<i64>,
+}
+
+impl Caller {
+    /// The caller of a valid token's record.
+    pub fn from_record(r: &crate::store::AuthRecord) -> Self {
+        Self {
+            token_id: r.token_id.clone(),
+            kind: r.kind,
+            tenant_id: r.tenant_id,
+            account_id: r.account_id,
+            workspace_id: r.workspace_id,
+            abilities: r.abilities.clone(),
+            expires_at: r.expires_at,
+        }
+    }
+
+    /// The audit actor.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            token_id: Some(self.token_id.clone()),
+        }
+    }
+
+    /// Whether this caller may act in `tenant_id` at all.
+    pub fn reaches_tenant(&self, tenant_id: i64) -> bool {
+        self.kind == TokenKind::Root || self.tenant_id == Some(tenant_id)
+    }
+
+    /// Refuses abilities the caller does not hold itself (root holds all).
+    pub fn check_grant(&self, requested: &[Ability]) -> Result<(), IssueError> {
+        if self.kind == TokenKind::Root {
+            return Ok(());
+        }
+        match requested
+            .iter()
+            .find(|a| !crate::auth::grants_all(&self.abilities, [a.as_str()]))
+        {
+            Some(a) => Err(IssueError::Escalation(format!(
+                "the caller does not hold the ability {:?}",
+                a.as_str()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The longest life this caller may give a token it mints for
+    /// `account_id`: an api token minting for another account (a
+    /// sub-account) cannot outlive itself; admins and sessions are not
+    /// bounded (a session is the account's own login).
+    pub fn cap_expiry(&self, account_id: i64, wanted: Option<i64>) -> Option<i64> {
+        match (self.kind, self.expires_at) {
+            (TokenKind::Api, Some(own)) if self.account_id != Some(account_id) => {
+                Some(wanted.map_or(own, |w| w.min(own)))
+            }
+            _ => wanted,
+        }
+    }
 }
 
 /// A token to mint.

@@ -22,7 +22,9 @@
 //! | [`proxy`] | pooled upstream clients, header rewriting, streaming, upgrades |
 //! | [`error`] | every request-path denial mapped to its JSON response, in one place |
 //! | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
-//! | [`admin`] | the admin listener: health, readiness, metrics |
+//! | [`admin`] | the admin listener: the native API, health, readiness, metrics, OpenAPI |
+//! | [`flows`] | the five documented token-issuing APIs, on the public listener |
+//! | [`api`] | what the control plane shares: JSON bodies, the native API's errors |
 //! | [`usage`] | last-used times batched in memory, flushed periodically |
 //! | [`metrics`] | counters, Prometheus text |
 //! | [`clock`] | the clock expiry is judged by, injectable for tests |
@@ -32,12 +34,14 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod flows;
 pub mod gateway;
 pub mod issuer;
 pub mod metrics;

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub invalidations_received: Counter,
     /// Times the invalidation feed reconnected and the cache was cleared.
     pub feed_resyncs: Counter,
+    /// Requests served by the seed token endpoints.
+    pub token_api_requests: Counter,
 }
 
 impl Metrics {
@@ -107,6 +109,11 @@ impl Metrics {
             "tokengate_invalidations_received_total",
             "Invalidations received from other instances via the store.",
             self.invalidations_received.get(),
+        );
+        counter(
+            "tokengate_token_api_requests_total",
+            "Requests served by the seed token endpoints.",
+            self.token_api_requests.get(),
         );
         counter(
             "tokengate_feed_resyncs_total",

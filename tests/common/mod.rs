@@ -516,6 +516,33 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: &'static [u8],
 ) -> Reply {
+    send_bytes(addr, method, path, headers, body.to_vec()).await
+}
+
+/// A JSON call with `Authorization: Bearer <token>` (if any).
+pub async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    send_bytes(addr, method, path, &headers, body).await
+}
+
+pub async fn send_bytes(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder()
         .method(method)
@@ -523,7 +550,7 @@ pub async fn send(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(Bytes::from_static(body))).unwrap();
+    let req = req.body(Full::new(Bytes::from(body))).unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .expect("gateway answered in time")

@@ -1,0 +1,649 @@
+//! The native admin API: every endpoint, tenant isolation, escalation,
+//! bad input, and tokens minted here used through the proxy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{call, TestGateway};
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokengate::token::{TokenFormat, TokenKind};
+
+struct Admin<'a> {
+    g: &'a TestGateway,
+    token: String,
+}
+
+impl Admin<'_> {
+    async fn req(&self, method: Method, path: &str, body: Option<Value>) -> common::Reply {
+        call(self.g.admin_addr, method, path, Some(&self.token), body).await
+    }
+}
+
+async fn root(g: &TestGateway) -> Admin<'_> {
+    let (token, _) = g.mint(TokenKind::Root, &["*"], None).await;
+    Admin { g, token }
+}
+
+#[tokio::test]
+async fn operator_workflow_end_to_end() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+
+    // Tenants (root only).
+    let r = root
+        .req(Method::POST, "/v1/tenants", Some(json!({"name": "Globex"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let t = r.json();
+    for k in ["id", "name", "status", "admin_token"] {
+        assert!(t.get(k).is_some(), "tenant lacks {k}: {t}");
+    }
+    assert_eq!(t["status"], "active");
+    let tenant = t["id"].as_i64().unwrap();
+    let admin = Admin {
+        g: &g,
+        token: t["admin_token"].as_str().unwrap().to_string(),
+    };
+    let list = root.req(Method::GET, "/v1/tenants", None).await.json();
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+
+    // A second admin token for the tenant, by its own admin.
+    let r = admin
+        .req(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/admin-tokens"),
+            Some(json!({"name": "ci"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let v = r.json();
+    assert_eq!(v["name"], "ci");
+    assert_eq!(
+        TokenFormat::default().check(v["token"].as_str().unwrap()),
+        Ok(tokengate::token::Checked::Native(TokenKind::TenantAdmin))
+    );
+
+    // Accounts.
+    let r = admin
+        .req(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/accounts"),
+            Some(json!({"email": "bo@globex.io", "name": "Bo", "external_id": "crm-7"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let acc = r.json();
+    for k in [
+        "id",
+        "tenant_id",
+        "email",
+        "name",
+        "customer_id",
+        "parent_account_id",
+        "external_id",
+        "status",
+        "workspace_id",
+    ] {
+        assert!(acc.get(k).is_some(), "account lacks {k}: {acc}");
+    }
+    assert_eq!(acc["customer_id"].as_str().unwrap().len(), 12);
+    let account = acc["id"].as_i64().unwrap();
+    let ws = acc["workspace_id"].as_i64().unwrap();
+    let r = admin
+        .req(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/accounts"),
+            Some(json!({"email": "sub@globex.io", "name": "Sub", "parent_account_id": account, "workspace": null})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json()["workspace_id"], Value::Null);
+    assert_eq!(r.json()["parent_account_id"], account);
+    let dup = admin
+        .req(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/accounts"),
+            Some(json!({"email": "bo@globex.io", "name": "Again"})),
+        )
+        .await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    let found = admin
+        .req(
+            Method::GET,
+            &format!("/v1/tenants/{tenant}/accounts?email=bo%40globex.io"),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(found["data"].as_array().unwrap().len(), 1);
+
+    // Workspaces, sessions, tokens.
+    let r = admin
+        .req(
+            Method::POST,
+            &format!("/v1/accounts/{account}/workspaces"),
+            Some(json!({"name": "staging"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let staging = r.json()["id"].as_i64().unwrap();
+    let r = admin
+        .req(
+            Method::POST,
+            &format!("/v1/accounts/{account}/sessions"),
+            Some(json!({"ttl_seconds": 600, "abilities": ["calls:*"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let s = r.json();
+    assert_eq!(s["abilities"], json!(["calls:*"]));
+    assert_eq!(s["workspace_id"], ws, "sessions bind the default workspace");
+    assert!(s["expires_at"].as_str().unwrap().ends_with('Z'));
+    let session = s["token"].as_str().unwrap().to_string();
+    assert!(session.starts_with("tgs_"));
+
+    let r = admin
+        .req(
+            Method::POST,
+            &format!("/v1/accounts/{account}/tokens"),
+            Some(json!({"name": "reporting", "abilities": ["calls:read"], "expires_in_days": 7, "workspace_id": staging})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let tok = r.json();
+    for k in [
+        "id",
+        "name",
+        "abilities",
+        "token",
+        "created_at",
+        "expires_at",
+    ] {
+        assert!(tok.get(k).is_some(), "token lacks {k}: {tok}");
+    }
+    let api = tok["token"].as_str().unwrap().to_string();
+    let api_id = tok["id"].as_str().unwrap().to_string();
+
+    // Works at once through the proxy, with exactly its context.
+    let r = g.get("/api/calls/1", Some(&api)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = g.upstream.last();
+    assert_eq!(seen.headers["x-tenant-id"], tenant.to_string().as_str());
+    assert_eq!(seen.headers["x-account-id"], account.to_string().as_str());
+    assert_eq!(seen.headers["x-workspace-id"], staging.to_string().as_str());
+    assert_eq!(seen.headers["x-token-id"], api_id.as_str());
+    assert_eq!(
+        g.get("/api/admin", Some(&api)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        g.get("/api/calls/1", Some(&session)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(seen.headers["x-workspace-id"], staging.to_string().as_str());
+
+    // Masked listing: never a secret or hash.
+    let list = admin
+        .req(Method::GET, &format!("/v1/accounts/{account}/tokens"), None)
+        .await;
+    let text = String::from_utf8(list.body.to_vec()).unwrap();
+    assert!(
+        !text.contains(&api[4..]) && !text.contains(&session[4..]),
+        "secret listed"
+    );
+    let hash = tokengate::token::TokenHash::of(&api).to_hex();
+    assert!(!text.contains(&hash));
+    assert_eq!(list.json()["data"].as_array().unwrap().len(), 2);
+
+    // Verify, for auth_request / ForwardAuth / ext_authz.
+    let v = admin
+        .req(
+            Method::POST,
+            "/v1/tokens/verify",
+            Some(json!({"token": api, "ability": "calls:read"})),
+        )
+        .await
+        .json();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["account_id"], account);
+    assert_eq!(v["abilities"], json!(["calls:read"]));
+    let v = admin
+        .req(
+            Method::POST,
+            "/v1/tokens/verify",
+            Some(json!({"token": api, "ability": "calls:write"})),
+        )
+        .await
+        .json();
+    assert_eq!(
+        (v["valid"].clone(), v["code"].clone()),
+        (json!(false), json!("ABILITY_MISSING"))
+    );
+    let v = admin
+        .req(
+            Method::POST,
+            "/v1/tokens/verify",
+            Some(json!({"token": "garbage"})),
+        )
+        .await
+        .json();
+    assert_eq!(v["code"], "TOKEN_MALFORMED");
+
+    // Revoke: 204, then refused everywhere on this instance.
+    let r = admin
+        .req(Method::DELETE, &format!("/v1/tokens/{api_id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        g.get("/api/calls/1", Some(&api)).await.code(),
+        "TOKEN_REVOKED"
+    );
+    let v = admin
+        .req(
+            Method::POST,
+            "/v1/tokens/verify",
+            Some(json!({"token": api})),
+        )
+        .await
+        .json();
+    assert_eq!(v["code"], "TOKEN_REVOKED");
+
+    // Blocking an account stops its session.
+    let r = admin
+        .req(
+            Method::PATCH,
+            &format!("/v1/accounts/{account}"),
+            Some(json!({"status": "blocked"})),
+        )
+        .await;
+    assert_eq!(r.json()["status"], "blocked");
+    assert_eq!(
+        g.get("/api/calls/1", Some(&session)).await.code(),
+        "ACCOUNT_BLOCKED"
+    );
+    let r = root
+        .req(
+            Method::PATCH,
+            &format!("/v1/tenants/{tenant}"),
+            Some(json!({"status": "blocked"})),
+        )
+        .await;
+    assert_eq!(r.json()["status"], "blocked");
+    // A blocked tenant's admin is refused too.
+    let r = admin
+        .req(Method::GET, &format!("/v1/tenants/{tenant}/accounts"), None)
+        .await;
+    assert_eq!(r.code(), "TENANT_BLOCKED");
+
+    // Audit: newest first, with actor, tenant and token ids.
+    let audit = root
+        .req(Method::GET, "/v1/audit?limit=50", None)
+        .await
+        .json();
+    let events = audit["data"].as_array().unwrap();
+    let revoked = events
+        .iter()
+        .find(|e| e["action"] == "token.revoked")
+        .unwrap();
+    assert_eq!(revoked["target_token_id"], api_id.as_str());
+    assert_eq!(revoked["tenant_id"], tenant);
+    assert!(revoked["actor_token_id"].is_string());
+    assert!(events
+        .iter()
+        .any(|e| e["action"] == "token.issued" && e["target_token_id"] == api_id.as_str()));
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let audit_text = audit.to_string();
+    assert!(!audit_text.contains(&api[4..]), "secret in audit");
+}
+
+#[tokio::test]
+async fn another_tenants_objects_answer_exactly_like_missing_ones_and_are_audited() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+    // Tenant B with an account, a token; tenant A's admin tries them all.
+    let b = root
+        .req(Method::POST, "/v1/tenants", Some(json!({"name": "B"})))
+        .await
+        .json();
+    let b_id = b["id"].as_i64().unwrap();
+    let b_admin = Admin {
+        g: &g,
+        token: b["admin_token"].as_str().unwrap().into(),
+    };
+    let b_acc = b_admin
+        .req(
+            Method::POST,
+            &format!("/v1/tenants/{b_id}/accounts"),
+            Some(json!({"email": "x@b.io", "name": "X"})),
+        )
+        .await
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    let b_tok = b_admin
+        .req(
+            Method::POST,
+            &format!("/v1/accounts/{b_acc}/tokens"),
+            Some(json!({"name": "t"})),
+        )
+        .await
+        .json();
+    let b_tok_id = b_tok["id"].as_str().unwrap().to_string();
+
+    let a = root
+        .req(Method::POST, "/v1/tenants", Some(json!({"name": "A"})))
+        .await
+        .json();
+    let a_admin = Admin {
+        g: &g,
+        token: a["admin_token"].as_str().unwrap().into(),
+    };
+
+    let missing_acc = 999_999;
+    let missing_tenant = 999_998;
+    let cases: Vec<(Method, String, String, Option<Value>)> = vec![
+        (
+            Method::POST,
+            format!("/v1/tenants/{b_id}/admin-tokens"),
+            format!("/v1/tenants/{missing_tenant}/admin-tokens"),
+            Some(json!({"name": "x"})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/tenants/{b_id}/accounts"),
+            format!("/v1/tenants/{missing_tenant}/accounts"),
+            Some(json!({"email": "e@a.io", "name": "E"})),
+        ),
+        (
+            Method::GET,
+            format!("/v1/tenants/{b_id}/accounts"),
+            format!("/v1/tenants/{missing_tenant}/accounts"),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/accounts/{b_acc}"),
+            format!("/v1/accounts/{missing_acc}"),
+            Some(json!({"status": "blocked"})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/accounts/{b_acc}/workspaces"),
+            format!("/v1/accounts/{missing_acc}/workspaces"),
+            Some(json!({"name": "w"})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/accounts/{b_acc}/sessions"),
+            format!("/v1/accounts/{missing_acc}/sessions"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/accounts/{b_acc}/tokens"),
+            format!("/v1/accounts/{missing_acc}/tokens"),
+            Some(json!({"name": "n"})),
+        ),
+        (
+            Method::GET,
+            format!("/v1/accounts/{b_acc}/tokens"),
+            format!("/v1/accounts/{missing_acc}/tokens"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/tokens/{b_tok_id}"),
+            "/v1/tokens/no-such-token".to_string(),
+            None,
+        ),
+    ];
+    for (method, foreign, missing, body) in &cases {
+        let f = a_admin.req(method.clone(), foreign, body.clone()).await;
+        let m = a_admin.req(method.clone(), missing, body.clone()).await;
+        assert_eq!(f.status, StatusCode::NOT_FOUND, "{method} {foreign}");
+        assert_eq!(
+            f.body, m.body,
+            "{method} {foreign} differs from a missing object"
+        );
+    }
+    // Verify answers for B's token as for an unknown one.
+    let v = a_admin
+        .req(
+            Method::POST,
+            "/v1/tokens/verify",
+            Some(json!({"token": b_tok["token"]})),
+        )
+        .await
+        .json();
+    assert_eq!(v, json!({"valid": false, "code": "TOKEN_INVALID"}));
+    // Nothing happened to B's objects.
+    let v = b_admin
+        .req(
+            Method::POST,
+            "/v1/tokens/verify",
+            Some(json!({"token": b_tok["token"]})),
+        )
+        .await
+        .json();
+    assert_eq!(v["valid"], true);
+    // Root-only endpoints.
+    for (m, p) in [(Method::GET, "/v1/tenants"), (Method::POST, "/v1/tenants")] {
+        let r = a_admin.req(m, p, Some(json!({"name": "z"}))).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+    }
+    let r = a_admin
+        .req(
+            Method::PATCH,
+            &format!("/v1/tenants/{b_id}"),
+            Some(json!({"status": "blocked"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Audited, and visible to A only.
+    let audit = a_admin.req(Method::GET, "/v1/audit", None).await.json();
+    let denied = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "access.denied" && e["outcome"] == "denied")
+        .count();
+    // Each foreign attempt is audited once; so are the three attempts on a
+    // tenant id that is not the caller's own, whether or not it exists.
+    assert_eq!(
+        denied,
+        cases.len() + 3,
+        "each cross-tenant attempt audited once"
+    );
+    let details = audit.to_string();
+    assert!(details.contains(&format!("tenant {b_id} belongs to another tenant")));
+    assert!(details.contains(&format!("account {b_acc} belongs to another tenant")));
+    assert!(details.contains(&format!("token {b_tok_id} belongs to another tenant")));
+    let b_audit = b_admin.req(Method::GET, "/v1/audit", None).await.json();
+    assert!(b_audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["tenant_id"] == b_id));
+}
+
+#[tokio::test]
+async fn no_caller_mints_abilities_it_lacks() {
+    let g = TestGateway::spawn().await;
+    let (limited, _) = g.mint(TokenKind::TenantAdmin, &["calls:*"], None).await;
+    let a = Admin {
+        g: &g,
+        token: limited,
+    };
+    let acc = g.account_id;
+    for (path, body) in [
+        (
+            format!("/v1/accounts/{acc}/tokens"),
+            json!({"name": "x", "abilities": ["*"]}),
+        ),
+        (format!("/v1/accounts/{acc}/tokens"), json!({"name": "x"})),
+        (
+            format!("/v1/accounts/{acc}/tokens"),
+            json!({"name": "x", "abilities": ["reports:read"]}),
+        ),
+        (
+            format!("/v1/accounts/{acc}/sessions"),
+            json!({"abilities": ["*"]}),
+        ),
+        (
+            format!("/v1/tenants/{}/admin-tokens", g.tenant_id),
+            json!({"name": "x"}),
+        ),
+    ] {
+        let r = a.req(Method::POST, &path, Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path} {body}");
+        assert_eq!(r.code(), "ABILITY_ESCALATION");
+    }
+    let r = a
+        .req(
+            Method::POST,
+            &format!("/v1/accounts/{acc}/tokens"),
+            Some(json!({"name": "x", "abilities": ["calls:read"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_never_500() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+    let acc = g.account_id;
+    let path = format!("/v1/accounts/{acc}/tokens");
+    let bearer = format!("Bearer {}", root.token);
+    let raw = |body: Vec<u8>| {
+        let path = path.clone();
+        let bearer = bearer.clone();
+        async move {
+            common::send_bytes(
+                g.admin_addr,
+                Method::POST,
+                &path,
+                &[("authorization", &bearer)],
+                body,
+            )
+            .await
+        }
+    };
+    let r = raw(b"{not json".to_vec()).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
+    );
+    let r = raw(b"[1,2]".to_vec()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = raw(vec![b' '; 70 * 1024]).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+    );
+    for (body, field) in [
+        (json!({"name": 5}), "name"),
+        (json!({"name": "x", "abilities": "all"}), "abilities"),
+        (
+            json!({"name": "x", "expires_in_days": "7"}),
+            "expires_in_days",
+        ),
+        (
+            json!({"name": "x", "expires_in_days": 0}),
+            "expires_in_days",
+        ),
+        (json!({"name": "x", "abilities": ["no spaces"]}), "ability"),
+        (json!({"name": ""}), "name"),
+        (json!({"name": "x".repeat(256)}), "name"),
+        (json!({"name": "x", "workspace_id": 99999}), "workspace"),
+    ] {
+        let r = root.req(Method::POST, &path, Some(body.clone())).await;
+        assert!(r.status.is_client_error(), "{body}: {}", r.status);
+        assert!(
+            r.json()["message"].as_str().unwrap().contains(field),
+            "{body}: {}",
+            r.json()
+        );
+    }
+    let r = call(g.admin_addr, Method::GET, "/v1/tenants", None, None).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "TOKEN_MISSING")
+    );
+    let api = g.token(&["*"]).await;
+    let r = call(g.admin_addr, Method::GET, "/v1/tenants", Some(&api), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = root.req(Method::GET, "/v1/nothing", None).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "ENDPOINT_NOT_FOUND")
+    );
+    let r = root.req(Method::PUT, "/v1/tenants", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = root.req(Method::GET, "/v1/audit?limit=0", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = root
+        .req(
+            Method::PATCH,
+            &format!("/v1/accounts/{acc}"),
+            Some(json!({"status": "gone"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_router() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+    let doc = common::send(g.admin_addr, Method::GET, "/openapi.json", &[], b"")
+        .await
+        .json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "patch", "delete", "put"].contains(&method.as_str()) {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    documented.sort();
+    // The admin router's table plus the seed flows at their default paths.
+    let mut served: Vec<(String, String)> = tokengate::admin::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let paths = &g.gateway.config.token_api;
+    for (m, p) in [
+        ("POST", &paths.white_label_token),
+        ("GET", &paths.white_label_users),
+        ("POST", &paths.customer_id_token),
+        ("POST", &paths.sub_account_token),
+        ("GET", &paths.sub_account_token),
+        ("POST", &paths.session_exchange),
+        ("POST", &paths.session_verify),
+        ("POST", &paths.personal_access_token),
+    ] {
+        served.push((m.to_string(), p.clone().unwrap()));
+    }
+    served.sort();
+    assert_eq!(documented, served, "openapi.json and the router disagree");
+    // And every admin route really is served (not 404/405 from the router).
+    for (m, p) in tokengate::admin::ROUTES {
+        let path = p.replace("{id}", "1");
+        let r = root
+            .req(
+                Method::from_bytes(m.as_bytes()).unwrap(),
+                &path,
+                Some(json!({})),
+            )
+            .await;
+        if r.status == StatusCode::NOT_FOUND || r.status == StatusCode::METHOD_NOT_ALLOWED {
+            assert_ne!(r.json()["code"], "ENDPOINT_NOT_FOUND", "{m} {p}");
+            assert_ne!(r.json()["code"], "METHOD_NOT_ALLOWED", "{m} {p}");
+        }
+    }
+}
