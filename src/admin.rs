@@ -142,6 +142,14 @@ async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, Ap
         ));
     }
     let email = query_param(&req, "email");
+    if email
+        .as_deref()
+        .is_some_and(|e| e.chars().any(char::is_control))
+    {
+        return Err(ApiError::Invalid(
+            "email must be text without control characters".into(),
+        ));
+    }
     let limit = query_param(&req, "limit");
     let owned: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
     let segs: Vec<&str> = owned.iter().map(String::as_str).collect();
@@ -569,7 +577,15 @@ async fn verify(g: &Gateway, caller: &Caller, f: Fields<'_>) -> Result<Response<
     if !reachable {
         return invalid(Denial::UnknownToken);
     }
-    let verdict = decide(r, g.clock().now(), needed.as_ref().map(Ability::as_str));
+    // Only tokens the proxy would accept are valid here: a control-plane
+    // token must not pass an auth_request in front of an API.
+    let verdict = decide(r, g.clock().now(), needed.as_ref().map(Ability::as_str)).and_then(|()| {
+        if crate::auth::kind_may_proxy(r.kind) {
+            Ok(())
+        } else {
+            Err(Denial::TokenKindNotAllowed)
+        }
+    });
     let mut body = json!({
         "valid": verdict.is_ok(),
         "token_id": r.token_id, "kind": r.kind, "tenant_id": r.tenant_id,

@@ -98,10 +98,14 @@ impl<'a> Fields<'a> {
         self.0.contains_key(key)
     }
 
-    /// A string field.
+    /// A string field. Control characters (NUL above all, which PostgreSQL
+    /// refuses in text) are refused here, for every field of every endpoint.
     pub fn str(&self, key: &str) -> Result<Option<&'a str>, FieldError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                Err(Self::err(key, "text without control characters"))
+            }
             Some(Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(Self::err(key, "a string")),
         }

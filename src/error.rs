@@ -23,9 +23,13 @@ pub enum Denial {
     /// The request path cannot be normalised safely.
     #[error("bad path: {0}")]
     BadPath(PathError),
-    /// A header name with `_` that normalises to one of the gateway's own.
+    /// A header name that reads as one of the gateway's own once separators
+    /// are ignored (`X_Tenant_Id`, `x.tenant.id`).
     #[error("forbidden header")]
     ForbiddenHeader,
+    /// An `Upgrade` to anything but WebSocket (e.g. `h2c`).
+    #[error("upgrade not allowed")]
+    UpgradeNotAllowed,
     /// No route for this path.
     #[error("no route")]
     RouteNotFound,
@@ -74,9 +78,10 @@ impl Denial {
     /// The HTTP status for this denial.
     pub fn status(self) -> StatusCode {
         match self {
-            Denial::ConflictingCredentials | Denial::BadPath(_) | Denial::ForbiddenHeader => {
-                StatusCode::BAD_REQUEST
-            }
+            Denial::ConflictingCredentials
+            | Denial::BadPath(_)
+            | Denial::ForbiddenHeader
+            | Denial::UpgradeNotAllowed => StatusCode::BAD_REQUEST,
             Denial::MissingToken
             | Denial::MalformedToken
             | Denial::UnknownToken
@@ -100,6 +105,7 @@ impl Denial {
             Denial::ConflictingCredentials => "CONFLICTING_CREDENTIALS",
             Denial::BadPath(_) => "BAD_PATH",
             Denial::ForbiddenHeader => "FORBIDDEN_HEADER",
+            Denial::UpgradeNotAllowed => "UPGRADE_NOT_ALLOWED",
             Denial::RouteNotFound => "ROUTE_NOT_FOUND",
             Denial::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Denial::MissingToken => "TOKEN_MISSING",
@@ -128,6 +134,7 @@ impl Denial {
             }
             Denial::BadPath(_) => "the request path is malformed",
             Denial::ForbiddenHeader => "a header name collides with a gateway header",
+            Denial::UpgradeNotAllowed => "only WebSocket upgrades are allowed",
             Denial::RouteNotFound => "no route matches this path",
             Denial::MethodNotAllowed => "this method is not allowed on this path",
             Denial::MissingToken => "an API token is required",
@@ -196,6 +203,7 @@ mod tests {
                 "BAD_PATH",
             ),
             (Denial::ForbiddenHeader, 400, "FORBIDDEN_HEADER"),
+            (Denial::UpgradeNotAllowed, 400, "UPGRADE_NOT_ALLOWED"),
             (Denial::RouteNotFound, 404, "ROUTE_NOT_FOUND"),
             (Denial::MethodNotAllowed, 405, "METHOD_NOT_ALLOWED"),
             (Denial::MissingToken, 401, "TOKEN_MISSING"),

@@ -24,7 +24,7 @@ use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
 use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
-use crate::proxy::{check_underscore_headers, forward, Body, ForwardContext, Upstream};
+use crate::proxy::{check_lookalike_headers, forward, Body, ForwardContext, Upstream};
 use crate::route::{normalize_path, RouteMatch, RouteTable};
 use crate::store::TokenStore;
 use crate::token::{Checked, TokenHash};
@@ -47,6 +47,8 @@ pub struct Gateway {
     clock: Clock,
     routes: RouteTable,
     upstreams: Vec<Upstream>,
+    /// Shared with every request body's trailer filter.
+    header_names: Arc<crate::config::HeaderNames>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -80,7 +82,9 @@ impl Gateway {
             .map(Upstream::new)
             .collect();
         let routes = RouteTable::new(config.routes.clone());
+        let header_names = Arc::new(config.headers.clone());
         Arc::new(Self {
+            header_names,
             config,
             store,
             cache,
@@ -129,7 +133,7 @@ impl Gateway {
             self.metrics.token_api_requests.inc();
             return Ok(crate::flows::handle(self, flow, req).await);
         }
-        check_underscore_headers(req.headers(), &self.config.headers)?;
+        check_lookalike_headers(req.headers(), &self.config.headers)?;
         let route = match self.routes.find(&path, req.method()) {
             RouteMatch::Found(r) => r,
             RouteMatch::MethodNotAllowed => return Err(Denial::MethodNotAllowed),
@@ -153,7 +157,7 @@ impl Gateway {
             path: &path,
             tls: false,
         };
-        let resp = forward(upstream, &self.config.headers, &self.metrics, req, ctx).await?;
+        let resp = forward(upstream, &self.header_names, &self.metrics, req, ctx).await?;
         self.metrics.forwarded.inc();
         Ok(resp)
     }

@@ -173,6 +173,20 @@ impl std::fmt::Debug for Issuer {
     }
 }
 
+/// Runs a store write together with the cache eviction that must follow it,
+/// to completion, in a task of its own. The caller's future may be dropped
+/// at any await (a client that hangs up mid-request): without this, a
+/// committed revocation could miss its eviction and stay usable for a TTL.
+async fn detached<T, F>(work: F) -> Result<T, IssueError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, IssueError>> + Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .map_err(|e| IssueError::Store(StoreError::Other(format!("write task failed: {e}"))))?
+}
+
 /// Checks a display name: 1 to 255 characters, no control characters.
 pub fn validate_name(what: &str, name: &str) -> Result<(), IssueError> {
     let n = name.chars().count();
@@ -240,6 +254,9 @@ impl Issuer {
         if let Some(ws) = &new.workspace {
             validate_name("workspace", ws)?;
         }
+        if let Some(ext) = &new.external_id {
+            validate_name("external_id", ext)?;
+        }
         self.store
             .get_tenant(new.tenant_id)
             .await?
@@ -306,12 +323,17 @@ impl Issuer {
             outcome: "ok".into(),
             detail: Some(format!("kind {}", req.kind)),
         };
-        let row = self.store.insert_token(&token, &audit).await?;
-        // A negative entry for this hash (someone guessed it?) must not
-        // outlive the mint.
-        if let Some(cache) = &self.cache {
-            cache.invalidate_token(hash).await;
-        }
+        let (store, cache) = (Arc::clone(&self.store), self.cache.clone());
+        let row = detached(async move {
+            let row = store.insert_token(&token, &audit).await?;
+            // A negative entry for this hash (someone guessed it?) must not
+            // outlive the mint.
+            if let Some(cache) = cache {
+                cache.invalidate_token(hash).await;
+            }
+            Ok(row)
+        })
+        .await?;
         Ok(Minted { row, secret })
     }
 
@@ -355,16 +377,20 @@ impl Issuer {
             outcome: "ok".into(),
             detail: None,
         };
-        let row = match self.store.insert_token(&token, &audit).await {
-            Err(StoreError::Conflict(_)) => {
-                return Err(IssueError::Conflict("a token with this hash exists".into()))
+        let (store, cache) = (Arc::clone(&self.store), self.cache.clone());
+        detached(async move {
+            let row = match store.insert_token(&token, &audit).await {
+                Err(StoreError::Conflict(_)) => {
+                    return Err(IssueError::Conflict("a token with this hash exists".into()))
+                }
+                other => other?,
+            };
+            if let Some(cache) = cache {
+                cache.invalidate_token(hash).await;
             }
-            other => other?,
-        };
-        if let Some(cache) = &self.cache {
-            cache.invalidate_token(hash).await;
-        }
-        Ok(row)
+            Ok(row)
+        })
+        .await
     }
 
     /// Checks that the owner fields fit the kind and exist together.
@@ -438,15 +464,22 @@ impl Issuer {
             outcome: "ok".into(),
             detail: None,
         };
-        let revoked = self
-            .store
-            .revoke_token(token_id, now, &audit)
-            .await?
-            .ok_or(IssueError::NotFound("token"))?;
-        if let Some(cache) = &self.cache {
-            cache.invalidate_token(revoked.hash).await;
-        }
-        Ok(revoked.row)
+        let (store, cache, id) = (
+            Arc::clone(&self.store),
+            self.cache.clone(),
+            token_id.to_string(),
+        );
+        detached(async move {
+            let revoked = store
+                .revoke_token(&id, now, &audit)
+                .await?
+                .ok_or(IssueError::NotFound("token"))?;
+            if let Some(cache) = cache {
+                cache.invalidate_token(revoked.hash).await;
+            }
+            Ok(revoked.row)
+        })
+        .await
     }
 
     /// Blocks or unblocks a tenant, effective at once on this instance.
@@ -462,15 +495,18 @@ impl Issuer {
             Some(id),
             None,
         );
-        let t = self
-            .store
-            .set_tenant_status(id, status, &audit)
-            .await?
-            .ok_or(IssueError::NotFound("tenant"))?;
-        if let Some(cache) = &self.cache {
-            cache.invalidate_tenant(id);
-        }
-        Ok(t)
+        let (store, cache) = (Arc::clone(&self.store), self.cache.clone());
+        detached(async move {
+            let t = store
+                .set_tenant_status(id, status, &audit)
+                .await?
+                .ok_or(IssueError::NotFound("tenant"))?;
+            if let Some(cache) = cache {
+                cache.invalidate_tenant(id);
+            }
+            Ok(t)
+        })
+        .await
     }
 
     /// Blocks or unblocks an account, effective at once on this instance.
@@ -493,15 +529,18 @@ impl Issuer {
             None,
         );
         audit.detail = Some(format!("account {id}"));
-        let a = self
-            .store
-            .set_account_status(id, status, &audit)
-            .await?
-            .ok_or(IssueError::NotFound("account"))?;
-        if let Some(cache) = &self.cache {
-            cache.invalidate_account(id);
-        }
-        Ok(a)
+        let (store, cache) = (Arc::clone(&self.store), self.cache.clone());
+        detached(async move {
+            let a = store
+                .set_account_status(id, status, &audit)
+                .await?
+                .ok_or(IssueError::NotFound("account"))?;
+            if let Some(cache) = cache {
+                cache.invalidate_account(id);
+            }
+            Ok(a)
+        })
+        .await
     }
 
     fn event(

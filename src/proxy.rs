@@ -54,6 +54,23 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Client headers that upstream frameworks trust for the client's address,
+/// scheme, path or method. Removed from every request: the gateway states
+/// these itself (`X-Forwarded-*`), and a client must not be able to steer
+/// the upstream past what was authorised.
+static SPOOFABLE: [HeaderName; 9] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// plus the de-facto `Keep-Alive` and `Proxy-Connection`.
@@ -67,6 +84,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::UPGRADE
         || name == header::PROXY_AUTHORIZATION
         || name == header::PROXY_AUTHENTICATE
+        || name == HTTP2_SETTINGS
 }
 
 /// Hop-by-hop and credential headers: never configurable as gateway headers.
@@ -77,7 +95,56 @@ pub fn is_reserved_header(name: &HeaderName) -> bool {
         || name == header::HOST
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+/// The request body on its way upstream: the client's, streamed frame by
+/// frame, with its trailers (if any) put through the same filter as the
+/// headers, so a forged tenant header cannot ride in a trailer.
+pub struct UpstreamBody {
+    inner: Incoming,
+    names: std::sync::Arc<HeaderNames>,
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        strip_hop_by_hop(&mut trailers);
+                        trailers.remove(header::AUTHORIZATION);
+                        trailers.remove(&TOKEN_HEADER);
+                        for n in this.names.all() {
+                            trailers.remove(n);
+                        }
+                        for n in &SPOOFABLE {
+                            trailers.remove(n);
+                        }
+                        http_body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                };
+                std::task::Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.inner)
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// A configured upstream and its connection pool.
 pub struct Upstream {
@@ -145,29 +212,56 @@ pub struct ForwardContext<'a> {
     pub tls: bool,
 }
 
-/// Refuses header names with `_` that read as one of ours (or a credential)
-/// with `-`. Runs before anything is forwarded.
-pub fn check_underscore_headers(headers: &HeaderMap, names: &HeaderNames) -> Result<(), Denial> {
+/// Whether two header names are the same once every separator is
+/// ignored (`x_tenant_id`, `x.tenant.id` and `xtenantid` all read as
+/// `x-tenant-id` to some server or framework).
+fn same_letters(a: &str, b: &str) -> bool {
+    let mut x = a.bytes().filter(u8::is_ascii_alphanumeric);
+    let mut y = b.bytes().filter(u8::is_ascii_alphanumeric);
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(p), Some(q)) if p == q => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Refuses header names that are not one of the gateway's own but read as
+/// one once separators are ignored. Runs before anything is forwarded.
+pub fn check_lookalike_headers(headers: &HeaderMap, names: &HeaderNames) -> Result<(), Denial> {
     for name in headers.keys() {
         let s = name.as_str();
-        if !s.contains('_') {
+        // Our own names are removed anyway; plain dashed names cannot be
+        // look-alikes of other dashed names with the same letters... unless
+        // their dashes sit elsewhere, which the comparison below catches.
+        if names.all().iter().any(|n| n.as_str() == s) {
             continue;
         }
-        let dashed = s.replace('_', "-");
-        if names.all().iter().any(|n| n.as_str() == dashed)
-            || dashed == header::AUTHORIZATION.as_str()
-        {
+        if names.all().iter().any(|n| same_letters(n.as_str(), s)) {
             return Err(Denial::ForbiddenHeader);
         }
     }
     Ok(())
 }
 
-/// Whether the request asks for a protocol upgrade (HTTP/1.1 only).
-fn wants_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade")
+/// Whether the request asks for a protocol upgrade (HTTP/1.1 only). Only
+/// WebSocket is tunnelled: any other upgrade (notably `h2c`, which would
+/// hand the client a raw HTTP/2 connection to the upstream, past every
+/// check) is refused.
+fn wants_upgrade(req: &Request<Incoming>) -> Result<bool, Denial> {
+    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+        return Ok(false);
+    }
+    match req.headers().get(header::UPGRADE) {
+        None => Ok(false),
+        Some(v) if is_websocket(v) => Ok(true),
+        Some(_) => Err(Denial::UpgradeNotAllowed),
+    }
+}
+
+fn is_websocket(v: &HeaderValue) -> bool {
+    v.as_bytes().eq_ignore_ascii_case(b"websocket")
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -201,8 +295,26 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::UPGRADE,
         header::PROXY_AUTHORIZATION,
         header::PROXY_AUTHENTICATE,
+        HTTP2_SETTINGS.clone(),
     ] {
         headers.remove(n);
+    }
+}
+
+/// h2 clients may split `cookie` into several fields; HTTP/1.1 needs one,
+/// joined with `; ` (RFC 9113 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -232,6 +344,9 @@ pub fn rewrite_request_headers(
     for n in names.all() {
         headers.remove(n);
     }
+    for n in &SPOOFABLE {
+        headers.remove(n);
+    }
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -246,6 +361,7 @@ pub fn rewrite_request_headers(
             if let Ok(h) = HeaderValue::from_str(upstream.authority.as_str()) {
                 headers.insert(header::HOST, h);
             }
+            join_cookies(headers);
         }
         // h2 carries the authority in the URI; a Host header would conflict.
         UpstreamProtocol::H2 => {
@@ -283,13 +399,13 @@ pub fn rewrite_request_headers(
 /// Forwards a request that has passed authentication.
 pub async fn forward(
     upstream: &Upstream,
-    names: &HeaderNames,
+    names: &std::sync::Arc<HeaderNames>,
     metrics: &Metrics,
     mut req: Request<Incoming>,
     ctx: ForwardContext<'_>,
 ) -> Result<Response<Body>, Denial> {
     let cfg = &upstream.config;
-    let upgrade = wants_upgrade(&req);
+    let upgrade = wants_upgrade(&req)?;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     // For h2 clients the host comes as the URI authority, not a header.
@@ -324,6 +440,10 @@ pub async fn forward(
         UpstreamProtocol::H2 => Version::HTTP_2,
     };
 
+    let req = req.map(|inner| UpstreamBody {
+        inner,
+        names: std::sync::Arc::clone(names),
+    });
     let mut resp = match tokio::time::timeout(cfg.response_timeout, upstream.client.request(req))
         .await
     {
@@ -339,7 +459,11 @@ pub async fn forward(
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
+        let agreed = resp
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(is_websocket);
+        if let (Some(client_upgrade), true) = (client_upgrade, agreed) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             metrics.upgrades.inc();
             let name = cfg.name.clone();
@@ -371,8 +495,8 @@ pub async fn forward(
                 .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
             return Ok(Response::from_parts(parts, Either::Left(body)));
         }
-        // An upgrade nobody asked for cannot be tunnelled.
-        tracing::warn!(upstream = %cfg.name, "upstream sent 101 without an upgrade request");
+        // An upgrade nobody asked for (or to another protocol) is never tunnelled.
+        tracing::warn!(upstream = %cfg.name, "upstream sent 101 without a matching WebSocket upgrade request");
         return Err(Denial::UpstreamUnavailable);
     }
 

@@ -592,6 +592,54 @@ async fn bad_input_gets_clear_errors_never_500() {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // NUL and other control characters (which PostgreSQL refuses) are a
+    // 400 at the boundary, never a 500 from the store.
+    let tenant = g.tenant_id;
+    for body in [
+        json!({"email": "n@x.io", "name": "N", "external_id": "a\u{0}b"}),
+        json!({"email": "n\u{0}@x.io", "name": "N"}),
+        json!({"email": "n@x.io", "name": "N\u{7}"}),
+    ] {
+        let r = root
+            .req(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/accounts"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let r = root
+        .req(
+            Method::GET,
+            &format!("/v1/tenants/{tenant}/accounts?email=%00"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = root
+        .req(
+            Method::POST,
+            "/v1/tokens/verify",
+            Some(json!({"token": "a\u{0}"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn verify_refuses_control_plane_tokens() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+    for kind in [TokenKind::Root, TokenKind::TenantAdmin] {
+        let (t, _) = g.mint(kind, &["*"], None).await;
+        let v = root
+            .req(Method::POST, "/v1/tokens/verify", Some(json!({"token": t})))
+            .await
+            .json();
+        assert_eq!(v["valid"], false, "{kind}");
+        assert_eq!(v["code"], "TOKEN_KIND_NOT_ALLOWED");
+    }
 }
 
 #[tokio::test]

@@ -359,6 +359,11 @@ async fn customer_id_documented_example_aliases_and_errors() {
         err(&r),
         (StatusCode::BAD_REQUEST, "CUSTOMER_ID_REQUIRED".into())
     );
+    let r = post(json!({"customer_id": "0000\u{0}0000"})).await;
+    assert_eq!(
+        err(&r),
+        (StatusCode::BAD_REQUEST, "INVALID_CUSTOMER_ID".into())
+    );
     let r = send_bytes(
         g.addr,
         Method::POST,
@@ -561,6 +566,33 @@ async fn sub_account_documented_envelope_and_errors() {
             "{target}"
         );
     }
+    // Control characters are validation errors, not store errors.
+    let r = post(
+        &parent,
+        json!({"name": "nul\u{0}", "subAccountId": sub.id.to_string()}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // A blocked sub-account gets no new tokens.
+    g.gateway
+        .issuer
+        .set_account_status(sub.id, Status::Blocked, &Actor::default())
+        .await
+        .unwrap();
+    let r = post(
+        &parent,
+        json!({"name": "while blocked", "subAccountId": sub.id.to_string()}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (StatusCode::FORBIDDEN, forbidden.clone())
+    );
+    g.gateway
+        .issuer
+        .set_account_status(sub.id, Status::Active, &Actor::default())
+        .await
+        .unwrap();
     // A sibling's token cannot mint for someone else's sub-account.
     let (sub_token, _) = {
         let m = g
@@ -817,6 +849,7 @@ async fn personal_access_token_documented_example_and_errors() {
             json!({"name": "x", "abilities": ["bad ability"]}),
             "abilities.0",
         ),
+        (json!({"name": "nul\u{0}"}), "name"),
     ] {
         let r = call(
             g.addr,

@@ -52,7 +52,10 @@ async fn client_tenant_headers_never_reach_the_upstream_in_any_case_or_count() {
              X-Request-Id: forged\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\n\
              Connection: close, X-Workspace-Id, X-Custom-Hop\r\n\
              X-Workspace-Id: 77\r\nX-Custom-Hop: hop\r\nKeep-Alive: timeout=5\r\n\
-             Proxy-Authorization: Basic eA==\r\nX-Kept: yes\r\n\r\n"
+             Proxy-Authorization: Basic eA==\r\nX-Kept: yes\r\n\
+             Forwarded: for=6.6.6.6;host=evil\r\nX-Real-IP: 6.6.6.6\r\nX-Original-URL: /admin\r\n\
+             X-Rewrite-URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\nX-Forwarded-Port: 1\r\n\
+             HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
         ),
     )
     .await;
@@ -90,6 +93,13 @@ async fn client_tenant_headers_never_reach_the_upstream_in_any_case_or_count() {
         "keep-alive",
         "proxy-authorization",
         "connection",
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-forwarded-port",
+        "http2-settings",
     ] {
         assert!(
             !seen.headers.contains_key(gone),
@@ -126,7 +136,14 @@ async fn a_connection_header_cannot_strip_the_gateways_own_headers() {
 async fn underscore_lookalikes_of_gateway_headers_are_refused() {
     let g = TestGateway::spawn().await;
     let t = g.token(&["*"]).await;
-    for name in ["X_Tenant_Id", "x_account-id", "X-Token_Abilities"] {
+    for name in [
+        "X_Tenant_Id",
+        "x_account-id",
+        "X-Token_Abilities",
+        "x.tenant.id",
+        "XTenantId",
+        "x-tenant--id",
+    ] {
         let head = raw(
             &g,
             format!("GET /api/x HTTP/1.1\r\nHost: h\r\ntoken: {t}\r\n{name}: 1\r\nConnection: close\r\n\r\n"),
@@ -353,4 +370,87 @@ async fn h2_upstream_and_h2_client() {
     assert_eq!(seen.uri, "/api/h2client");
     assert_eq!(values(&seen, "x-tenant-id"), vec![g.tenant_id.to_string()]);
     assert_eq!(values(&seen, "x-forwarded-host"), vec![g.addr.to_string()]);
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_tunnelled() {
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+    // h2c would hand the client a raw HTTP/2 connection to the upstream.
+    for upgrade in ["h2c", "TLS/1.0", "websocket, h2c"] {
+        let head = raw(
+            &g,
+            format!(
+                "GET /api/x HTTP/1.1\r\nHost: h\r\ntoken: {t}\r\nUpgrade: {upgrade}\r\n\
+                 Connection: close, Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{upgrade}: {head}");
+        assert!(head.contains("UPGRADE_NOT_ALLOWED"), "{head}");
+    }
+    // Also on a route without auth.
+    let head = raw(
+        &g,
+        "GET /public/x HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: Upgrade, close\r\n\r\n"
+            .into(),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(g.upstream.count(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn request_trailers_are_filtered_like_headers() {
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+    let client: Client<_, http_body_util::combinators::BoxBody<Bytes, Infallible>> =
+        Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-tenant-id", "666".parse().unwrap());
+    trailers.insert("authorization", "Bearer forged".parse().unwrap());
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let frames = vec![
+        Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"payload"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    let req = Request::post(g.url("/h2/echo"))
+        .header("authorization", format!("Bearer {t}"))
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = resp.into_body().collect().await.unwrap();
+    let echoed = collected
+        .trailers()
+        .cloned()
+        .expect("the h2 upstream echoed trailers");
+    assert_eq!(echoed["x-checksum"], "abc", "ordinary trailers pass");
+    assert!(
+        !echoed.contains_key("x-tenant-id"),
+        "forged tenant trailer reached the upstream"
+    );
+    assert!(!echoed.contains_key("authorization"));
+    assert_eq!(&collected.to_bytes()[..], b"payload");
+}
+
+#[tokio::test]
+async fn split_cookies_from_h2_clients_are_joined_for_http1_upstreams() {
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = Request::get(g.url("/api/cookies"))
+        .header("authorization", format!("Bearer {t}"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(client.request(req).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(values(&g.upstream.last(), "cookie"), vec!["a=1; b=2"]);
 }

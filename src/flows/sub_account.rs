@@ -119,7 +119,7 @@ async fn owned_sub_account(
             acc.parent_account_id.is_some() && acc.parent_account_id == caller.account_id
         }
         TokenKind::Root => false,
-    };
+    } && acc.status == crate::store::Status::Active;
     if !mine {
         audit_denied(
             g,

@@ -43,7 +43,7 @@ pub struct Seen {
 
 /// A mock upstream. Paths:
 /// - `/slow...`: waits 3 s before answering (for 504 / shutdown tests);
-/// - `/echo...`: streams the request body back as the response body;
+/// - `.../echo...`: streams the request body (and trailers) back;
 /// - `/ws...`: accepts a WebSocket upgrade and echoes messages;
 /// - anything else: 200 `{"ok":true}`.
 #[derive(Clone)]
@@ -113,7 +113,7 @@ async fn upstream_handler(
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    if path.starts_with("/echo") {
+    if path.contains("/echo") {
         return Ok(Response::new(http_body_util::Either::Left(req.into_body())));
     }
     if path.starts_with("/ws") {

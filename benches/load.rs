@@ -1,0 +1,690 @@
+//! End-to-end load over loopback: what tokengate costs, as ratios taken in
+//! one run (machines are noisy; ratios are not).
+//!
+//! Topology on a 2-core machine: this process pins itself to core 0 and runs
+//! a minimal HTTP/1.1 upstream and the load client there; tokengate runs as
+//! its own process pinned to core 1 (`taskset -c 1`, so its runtime sizes
+//! itself to one core); nginx, when installed, gets the same core 1 with one
+//! worker and plain `proxy_pass` (keep-alive upstream, no auth at all).
+//!
+//! Cases: `direct` (client to upstream), `none` (through tokengate, route with
+//! `auth = "none"`), `cached` (one valid token, warm), `garbage` (random
+//! tokens: 401, must never reach the store), `store-10k` (cycling over all
+//! 10k stored tokens, warm), `cold` (1M stored; each request a token never
+//! seen before, so every one is a cache miss), `store-1m` (1M stored, cycling
+//! over 100k of them, warm), and `nginx` (no auth). For each: requests/s,
+//! latency p50 / p99 / p99.9, the proxy's CPU time per request (from
+//! `/proc`), and its peak RSS; tokengate cases also as ratios to `direct`,
+//! and `cached` as ratios to `nginx`.
+//!
+//! Run: `cargo bench --bench load`. Knobs (environment):
+//! `LOAD_SECONDS` (5), `LOAD_CONNECTIONS` (32), `LOAD_CASES` (comma list,
+//! default all), `LOAD_BIG_STORE` (1M tokens, default on; `0` skips `cold`
+//! and `store-1m`), `LOAD_TOOL=wrk` to drive the fixed-token cases with wrk
+//! instead of the built-in client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use sqlx::Connection;
+use tokengate::config::DatabaseUrl;
+use tokengate::store::sqlite::SqliteStore;
+use tokengate::store::{NewAccount, TokenStore};
+use tokengate::token::{TokenFormat, TokenKind};
+use tokio::net::{TcpListener, TcpStream};
+
+const WORKING_SET_1M: usize = 100_000;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// ------------------------------------------------------------------ upstream
+
+async fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"{\"ok\":true}\n",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+// ------------------------------------------------------------------ proxies
+
+/// CPU seconds (user + system) of a process and its threads.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A proxy under test: its address and the processes whose CPU counts.
+struct Proxy {
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    child: Child,
+    pids: Vec<u32>,
+}
+
+impl Proxy {
+    fn cpu(&self) -> f64 {
+        self.pids.iter().map(|p| cpu_seconds(*p)).sum()
+    }
+
+    fn rss(&self) -> f64 {
+        self.pids.iter().map(|p| peak_rss_mib(*p)).sum()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_tokengate(config: &Path) -> Proxy {
+    let mut child = Command::new("taskset")
+        .args(["-c", "1", env!("CARGO_BIN_EXE_tokengate"), "--config"])
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("taskset and the tokengate binary");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "tokengate exited early"
+        );
+        if line.contains("listening") {
+            break;
+        }
+    }
+    let addr = |key: &str| -> SocketAddr {
+        let rest = &line[line.find(key).unwrap() + key.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let (public, admin) = (addr("public_addr="), addr("admin_addr="));
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    let pid = child.id();
+    Proxy {
+        addr: public,
+        admin: Some(admin),
+        child,
+        pids: vec![pid],
+    }
+}
+
+fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<Proxy> {
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
+               upstream up {{ server {upstream}; keepalive 256; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+                 proxy_pass http://up;\n      proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+            dir = dir.display()
+        ),
+    )
+    .ok()?;
+    let child = Command::new("taskset")
+        .args(["-c", "1", nginx, "-c"])
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let master = child.id();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The master and its worker(s).
+    let mut pids = vec![master];
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(master) {
+            pids.push(pid);
+        }
+    }
+    Some(Proxy {
+        addr,
+        admin: None,
+        child,
+        pids,
+    })
+}
+
+async fn store_lookups(admin: SocketAddr) -> u64 {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let (mut r, mut w) = s.split();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    w.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    r.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("tokengate_store_lookups_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------ client
+
+/// What each request carries.
+#[derive(Clone)]
+enum Tokens {
+    None,
+    One(HeaderValue),
+    /// Cycle through these (each connection from its own offset).
+    Cycle(Arc<Vec<HeaderValue>>),
+    /// Each request takes the next unused one (cold cache).
+    Once(Arc<Vec<HeaderValue>>, Arc<AtomicUsize>),
+}
+
+struct Outcome {
+    requests: u64,
+    non_2xx: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+async fn drive(addr: SocketAddr, path: &str, tokens: Tokens, conns: usize, secs: f64) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let tokens = tokens.clone();
+        let uri: http::Uri = format!("http://{addr}{path}").parse().unwrap();
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let (mut n, mut bad, mut i) = (0u64, 0u64, c * 7919);
+            while Instant::now() < deadline {
+                let mut req = Request::get(uri.clone())
+                    .header("host", "bench")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let auth = match &tokens {
+                    Tokens::None => None,
+                    Tokens::One(v) => Some(v.clone()),
+                    Tokens::Cycle(list) => {
+                        i += 1;
+                        Some(list[i % list.len()].clone())
+                    }
+                    Tokens::Once(list, next) => {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        if k >= list.len() {
+                            break;
+                        }
+                        Some(list[k].clone())
+                    }
+                };
+                if let Some(v) = auth {
+                    req.headers_mut().insert("authorization", v);
+                }
+                let t0 = Instant::now();
+                let Ok(resp) = send.send_request(req).await else {
+                    break;
+                };
+                let ok = resp.status().is_success();
+                let _ = resp.into_body().collect().await;
+                hist.record(t0.elapsed().as_micros().max(1) as u64).unwrap();
+                n += 1;
+                if !ok {
+                    bad += 1;
+                }
+                if send.ready().await.is_err() {
+                    break;
+                }
+            }
+            (n, bad, hist)
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut requests, mut non_2xx) = (0, 0);
+    for t in tasks {
+        let (n, bad, h) = t.await.unwrap();
+        requests += n;
+        non_2xx += bad;
+        total.add(h).unwrap();
+    }
+    Outcome {
+        requests,
+        non_2xx,
+        elapsed: start.elapsed(),
+        hist: total,
+    }
+}
+
+/// Drives wrk instead (fixed token or none), parsing its summary.
+fn drive_wrk(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&HeaderValue>,
+    conns: usize,
+    secs: f64,
+) -> Option<Outcome> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", "wrk", "-t1", "--latency"])
+        .arg(format!("-c{conns}"))
+        .arg(format!("-d{}s", secs.ceil() as u64));
+    if let Some(t) = token {
+        cmd.arg("-H")
+            .arg(format!("Authorization: {}", t.to_str().ok()?));
+    }
+    let out = cmd.arg(format!("http://{addr}{path}")).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let num = |line: &str, i: usize| -> Option<f64> {
+        let v = line.split_whitespace().nth(i)?;
+        let (n, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = n.parse().ok()?;
+        Some(match unit {
+            "us" => n,
+            "ms" => n * 1e3,
+            "s" => n * 1e6,
+            _ => n,
+        })
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok()?;
+    let (mut p50, mut p99) = (0.0, 0.0);
+    let mut requests = 0u64;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("50%") {
+            p50 = num(l, 1)?;
+        } else if l.starts_with("99%") {
+            p99 = num(l, 1)?;
+        } else if l.contains("requests in") {
+            requests = l.split_whitespace().next()?.parse().ok()?;
+        }
+    }
+    // wrk reports percentiles, not samples: keep the two it gives.
+    hist.record_n(p50 as u64, 98).ok()?;
+    hist.record_n(p99 as u64, 2).ok()?;
+    Some(Outcome {
+        requests,
+        non_2xx: 0,
+        elapsed: Duration::from_secs_f64(secs.ceil()),
+        hist,
+    })
+}
+
+// ------------------------------------------------------------------ store
+
+/// Adds `n` api tokens to the store directly (multi-row inserts, one
+/// transaction per 10k), returning their `Authorization` values.
+async fn add_tokens(db: &Path, account: i64, tenant: i64, n: usize) -> Vec<HeaderValue> {
+    let format = TokenFormat::default();
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(n);
+    let mut done = 0;
+    while done < n {
+        let batch = (n - done).min(10_000);
+        let mut tx = conn.begin().await.unwrap();
+        for chunk in 0..batch.div_ceil(500) {
+            let rows = (batch - chunk * 500).min(500);
+            let mut sql = String::from(
+                "INSERT INTO tokens (id, kind, tenant_id, account_id, name, abilities, display_prefix, hash, created_at) VALUES ",
+            );
+            let mut secrets = Vec::with_capacity(rows);
+            for r in 0..rows {
+                if r > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?, 'api', ?, ?, 'load', '[\"*\"]', ?, ?, 0)");
+                secrets.push(format.generate(TokenKind::Api));
+            }
+            let mut q = sqlx::query(&sql);
+            for s in &secrets {
+                q = q
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(tenant)
+                    .bind(account)
+                    .bind(s.display_prefix().to_string())
+                    .bind(s.hash().0.to_vec());
+            }
+            q.execute(&mut *tx).await.unwrap();
+            for s in secrets {
+                out.push(HeaderValue::from_str(&format!("Bearer {}", s.expose())).unwrap());
+            }
+        }
+        tx.commit().await.unwrap();
+        done += batch;
+    }
+    out
+}
+
+// ------------------------------------------------------------------ report
+
+struct Row {
+    name: String,
+    rps: f64,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    cpu_us: Option<f64>,
+    rss: Option<f64>,
+    non_2xx: u64,
+}
+
+fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, f64)>) -> Row {
+    let cpu_us = proxy.map(|(p, before)| (p.cpu() - before) * 1e6 / o.requests.max(1) as f64);
+    Row {
+        name: name.to_string(),
+        rps: o.requests as f64 / o.elapsed.as_secs_f64(),
+        p50: o.hist.value_at_quantile(0.5),
+        p99: o.hist.value_at_quantile(0.99),
+        p999: o.hist.value_at_quantile(0.999),
+        cpu_us,
+        rss: proxy.map(|(p, _)| p.rss()),
+        non_2xx: o.non_2xx,
+    }
+}
+
+fn print_row(r: &Row, direct: Option<&Row>) {
+    let ratio = direct.map_or(String::new(), |d| format!("{:.2}x", r.rps / d.rps));
+    println!(
+        "{:<10} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>7}",
+        r.name,
+        r.rps,
+        r.p50,
+        r.p99,
+        r.p999,
+        r.cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
+        r.rss.map_or("-".into(), |m| format!("{m:.1}")),
+        r.non_2xx,
+        ratio
+    );
+}
+
+// ------------------------------------------------------------------ main
+
+fn main() {
+    // Core 0 for this process (upstream + client); core 1 for the proxy.
+    let _ = Command::new("taskset")
+        .args(["-p", "-c", "0", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status();
+    let secs: f64 = env_or("LOAD_SECONDS", 5.0);
+    let conns: usize = env_or("LOAD_CONNECTIONS", 32);
+    let big = env_or::<u8>("LOAD_BIG_STORE", 1) == 1;
+    let use_wrk = std::env::var("LOAD_TOOL").is_ok_and(|t| t == "wrk");
+    let wanted = std::env::var("LOAD_CASES").ok();
+    let want = |c: &str| {
+        wanted
+            .as_deref()
+            .is_none_or(|w| w.split(',').any(|x| x == c))
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("load.db");
+        let up = upstream().await;
+        let store = SqliteStore::connect(
+            &DatabaseUrl::new(format!("sqlite://{}", db.display())),
+            2,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let tenant = store.create_tenant("load", 0).await.unwrap();
+        let (account, _) = store
+            .create_account(
+                &NewAccount {
+                    tenant_id: tenant.id,
+                    email: "load@example.com".into(),
+                    name: "Load".into(),
+                    external_id: None,
+                    parent_account_id: None,
+                    workspace: None,
+                },
+                0,
+            )
+            .await
+            .unwrap();
+        drop(store);
+        let t0 = Instant::now();
+        let tokens = Arc::new(add_tokens(&db, account.id, tenant.id, 10_000).await);
+        eprintln!("stored 10k tokens in {:.1}s", t0.elapsed().as_secs_f64());
+
+        let config = dir.path().join("tokengate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                 [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n\
+                 [[upstreams]]\nname = \"up\"\nurl = \"http://{up}\"\n\
+                 [[routes]]\npath = \"/\"\nupstream = \"up\"\n\
+                 [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n",
+                db.display()
+            ),
+        )
+        .unwrap();
+
+        let mut rows: Vec<Row> = Vec::new();
+        let run = |addr: SocketAddr, path: &'static str, t: Tokens| async move {
+            match (&t, use_wrk) {
+                (Tokens::None, true) => drive_wrk(addr, path, None, conns, secs),
+                (Tokens::One(v), true) => drive_wrk(addr, path, Some(v), conns, secs),
+                _ => None,
+            }
+            .unwrap_or(drive(addr, path, t, conns, secs).await)
+        };
+
+        println!(
+            "load: {conns} keep-alive connections, {secs}s per case, client {} (core 0), proxy on core 1",
+            if use_wrk { "wrk for fixed-token cases" } else { "built-in" }
+        );
+        println!(
+            "{:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>7}",
+            "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "rss MiB", "non-2xx", "/direct"
+        );
+        let direct = run(up, "/direct", Tokens::None).await;
+        let direct = row("direct", &direct, None);
+        print_row(&direct, None);
+
+        let gw = start_tokengate(&config);
+        let admin = gw.admin.unwrap();
+        let hot = Tokens::One(tokens[0].clone());
+        let _ = drive(gw.addr, "/warm", hot.clone(), 1, 0.2).await;
+        if want("none") {
+            let c = gw.cpu();
+            let o = run(gw.addr, "/none/x", Tokens::None).await;
+            rows.push(row("none", &o, Some((&gw, c))));
+            print_row(rows.last().unwrap(), Some(&direct));
+        }
+        if want("cached") {
+            let c = gw.cpu();
+            let o = run(gw.addr, "/api/x", hot.clone()).await;
+            rows.push(row("cached", &o, Some((&gw, c))));
+            print_row(rows.last().unwrap(), Some(&direct));
+        }
+        if want("garbage") {
+            let format = TokenFormat::default();
+            let junk: Vec<HeaderValue> = (0..10_000)
+                .map(|i| {
+                    let mut t = format.generate(TokenKind::Api).expose().to_string();
+                    // Break the checksum (or the shape, every other one).
+                    if i % 2 == 0 {
+                        t.push('x');
+                    } else {
+                        t.replace_range(5..6, if &t[5..6] == "A" { "B" } else { "A" });
+                    }
+                    HeaderValue::from_str(&format!("Bearer {t}")).unwrap()
+                })
+                .collect();
+            let before = store_lookups(admin).await;
+            let c = gw.cpu();
+            let o = drive(gw.addr, "/api/x", Tokens::Cycle(Arc::new(junk)), conns, secs).await;
+            let mut r = row("garbage", &o, Some((&gw, c)));
+            let reached = store_lookups(admin).await - before;
+            r.name = "garbage".into();
+            print_row(&r, Some(&direct));
+            println!("           garbage requests that reached the store: {reached} (all {} were refused)", r.non_2xx);
+            rows.push(r);
+        }
+        if want("store-10k") {
+            let cycle = Tokens::Cycle(Arc::clone(&tokens));
+            let _ = drive(gw.addr, "/warm", Tokens::Once(Arc::clone(&tokens), Arc::default()), conns, 60.0).await;
+            let c = gw.cpu();
+            let o = run(gw.addr, "/api/x", cycle).await;
+            rows.push(row("store-10k", &o, Some((&gw, c))));
+            print_row(rows.last().unwrap(), Some(&direct));
+        }
+        drop(gw);
+
+        if big && (want("cold") || want("store-1m")) {
+            let t0 = Instant::now();
+            let more = add_tokens(&db, account.id, tenant.id, 990_000).await;
+            eprintln!("stored 1M tokens in all ({:.1}s more)", t0.elapsed().as_secs_f64());
+            let gw = start_tokengate(&config);
+            if want("cold") {
+                let fresh = Arc::new(more[WORKING_SET_1M..].to_vec());
+                let c = gw.cpu();
+                let o = drive(gw.addr, "/api/x", Tokens::Once(fresh, Arc::default()), conns, secs).await;
+                rows.push(row("cold", &o, Some((&gw, c))));
+                print_row(rows.last().unwrap(), Some(&direct));
+            }
+            if want("store-1m") {
+                let set = Arc::new(more[..WORKING_SET_1M].to_vec());
+                let _ = drive(gw.addr, "/warm", Tokens::Once(Arc::clone(&set), Arc::default()), conns, 120.0).await;
+                let c = gw.cpu();
+                let o = drive(gw.addr, "/api/x", Tokens::Cycle(set), conns, secs).await;
+                rows.push(row("store-1m", &o, Some((&gw, c))));
+                print_row(rows.last().unwrap(), Some(&direct));
+                println!("           (1M stored, {WORKING_SET_1M} cached: peak RSS above)");
+            }
+        }
+
+        let mut nginx_row = None;
+        if want("nginx") {
+            match start_nginx(dir.path(), up) {
+                Some(ng) => {
+                    let c = ng.cpu();
+                    let o = run(ng.addr, "/nginx", Tokens::None).await;
+                    let r = row("nginx", &o, Some((&ng, c)));
+                    print_row(&r, Some(&direct));
+                    nginx_row = Some(r);
+                }
+                None => println!("nginx        not installed (apt-get install nginx-light): skipped"),
+            }
+        }
+
+        // Ratios.
+        let get = |n: &str| rows.iter().find(|r| r.name == n);
+        println!();
+        if let (Some(c), Some(n)) = (get("cached"), get("none")) {
+            println!(
+                "cached / auth=none throughput: {:.2} (target >= 0.90); added p99 of the auth step: {} us (target < 100)",
+                c.rps / n.rps,
+                c.p99 as i64 - n.p99 as i64
+            );
+        }
+        if let (Some(big), Some(small)) = (get("store-1m"), get("store-10k")) {
+            println!(
+                "1M-token store / 10k-token store throughput: {:.2} (target >= 0.90); RSS with 1M stored, 100k cached: {:.1} MiB (target < 256)",
+                big.rps / small.rps,
+                big.rss.unwrap_or(0.0)
+            );
+        }
+        if let (Some(c), Some(n)) = (get("cached"), nginx_row.as_ref()) {
+            println!(
+                "tokengate cached / nginx no-auth: throughput {:.2}x (target >= 1.0), CPU per request {:.2}x (target <= 1.0)",
+                c.rps / n.rps,
+                c.cpu_us.unwrap_or(0.0) / n.cpu_us.unwrap_or(f64::NAN)
+            );
+        }
+    });
+}
