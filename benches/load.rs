@@ -18,7 +18,8 @@
 //! and `cached` as ratios to `nginx`.
 //!
 //! Run: `cargo bench --bench load`. Knobs (environment):
-//! `LOAD_SECONDS` (5), `LOAD_CONNECTIONS` (32), `LOAD_CASES` (comma list,
+//! `LOAD_SECONDS` (5), `LOAD_CONNECTIONS` (32), `LOAD_TOKENGATE_BIN` (another
+//! tokengate build to measure instead), `LOAD_CASES` (comma list,
 //! default all), `LOAD_BIG_STORE` (1M tokens, default on; `0` skips `cold`
 //! and `store-1m`), `LOAD_TOOL=wrk` to drive the fixed-token cases with wrk
 //! instead of the built-in client.
@@ -132,8 +133,11 @@ impl Drop for Proxy {
 }
 
 fn start_tokengate(config: &Path) -> Proxy {
+    // LOAD_TOKENGATE_BIN compares another build (e.g. the previous commit's).
+    let bin = std::env::var("LOAD_TOKENGATE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tokengate").to_string());
     let mut child = Command::new("taskset")
-        .args(["-c", "1", env!("CARGO_BIN_EXE_tokengate"), "--config"])
+        .args(["-c", "1", &bin, "--config"])
         .arg(config)
         .arg("serve")
         .env("RUST_LOG", "info")

@@ -4,8 +4,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -13,7 +12,27 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = tokengate::cli::Cli::parse();
-    match tokengate::cli::run(cli).await {
+    // On one core (a container limit, `taskset`), a current-thread runtime
+    // does the same work without the multi-thread scheduler's cross-thread
+    // bookkeeping; on more, the work-stealing runtime uses them all.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tokengate::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tokengate: {e}");
