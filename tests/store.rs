@@ -247,6 +247,16 @@ async fn suite(s: Arc<dyn TokenStore>) {
         Some(700)
     );
     s.touch_last_used(&[]).await.unwrap();
+    // A batch larger than one statement's worth of rows.
+    let many: Vec<(String, i64)> = (0..1000)
+        .map(|i| (format!("missing-{i}"), 1))
+        .chain([(tok.id.clone(), 800)])
+        .collect();
+    s.touch_last_used(&many).await.unwrap();
+    assert_eq!(
+        s.get_token(&tok.id).await.unwrap().unwrap().last_used_at,
+        Some(800)
+    );
 
     // Audit: newest first, tenant-scoped on request.
     s.append_audit(&audit("custom", Some(t2.id))).await.unwrap();
