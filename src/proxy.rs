@@ -116,7 +116,15 @@ impl http_body::Body for UpstreamBody {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
-                        strip_for_upstream(&mut trailers, &this.names);
+                        strip_hop_by_hop(&mut trailers);
+                        trailers.remove(header::AUTHORIZATION);
+                        trailers.remove(&TOKEN_HEADER);
+                        for n in this.names.all() {
+                            trailers.remove(n);
+                        }
+                        for n in &SPOOFABLE {
+                            trailers.remove(n);
+                        }
                         http_body::Frame::trailers(trailers)
                     }
                     Err(frame) => frame,
@@ -293,37 +301,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes everything a client may not send upstream: hop-by-hop headers
-/// and those named in `Connection`, the credentials, the gateway's own
-/// headers and the spoofable ones. One pass over the headers present (a
-/// request rarely carries more than one of them: its credential) instead of
-/// thirty removals, each of which would hash a name.
-fn strip_for_upstream(headers: &mut HeaderMap, names: &HeaderNames) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let ours = names.all();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| {
-            is_hop_by_hop(n)
-                || *n == header::AUTHORIZATION
-                || *n == TOKEN_HEADER
-                || ours.contains(n)
-                || SPOOFABLE.contains(n)
-                || named.contains(n)
-        })
-        .cloned()
-        .collect();
-    for n in doomed {
-        headers.remove(n);
-    }
-}
-
 /// h2 clients may split `cookie` into several fields; HTTP/1.1 needs one,
 /// joined with `; ` (RFC 9113 8.2.3).
 fn join_cookies(headers: &mut HeaderMap) {
@@ -361,7 +338,15 @@ pub fn rewrite_request_headers(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    strip_for_upstream(headers, names);
+    strip_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(&TOKEN_HEADER);
+    for n in names.all() {
+        headers.remove(n);
+    }
+    for n in &SPOOFABLE {
+        headers.remove(n);
+    }
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
