@@ -300,3 +300,28 @@ async fn postgres_passes_the_store_suite() {
     s.migrate().await.unwrap(); // idempotent
     suite(s).await;
 }
+
+#[tokio::test]
+async fn sqlite_concurrent_writes_queue_instead_of_failing() {
+    let (s, _dir) = sqlite().await;
+    let t = s.create_tenant("busy", 1).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = Arc::clone(&s);
+        // Every email twice: half the calls conflict and roll back while
+        // the others write.
+        let email = format!("u{}@x.io", i / 2);
+        tasks.push(tokio::spawn(async move {
+            s.create_account(&account(t.id, &email), 2).await
+        }));
+    }
+    let (mut ok, mut conflict) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::Conflict(_)) => conflict += 1,
+            Err(e) => panic!("a concurrent write failed instead of waiting: {e}"),
+        }
+    }
+    assert_eq!((ok, conflict), (20, 20));
+}

@@ -6,6 +6,7 @@
 //! the control plane. Timestamps are Unix seconds.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;

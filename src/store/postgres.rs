@@ -17,9 +17,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 
+use super::rows::{account, audit_event, auth_record, tenant, token_row, workspace};
 use super::sqlite::random_customer_id;
 use super::{
     Account, AuditEvent, AuthRecord, FeedEvent, Invalidation, InvalidationFeed, NewAccount,
@@ -27,7 +28,7 @@ use super::{
     TokenRow, TokenStore, Workspace,
 };
 use crate::config::DatabaseUrl;
-use crate::token::{TokenHash, TokenKind};
+use crate::token::TokenHash;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -98,83 +99,6 @@ where
     Ok(())
 }
 
-fn status(s: &str) -> Result<Status, StoreError> {
-    Status::parse(s).ok_or_else(|| StoreError::Other(format!("bad status {s:?} in store")))
-}
-
-fn tenant(r: &PgRow) -> Result<Tenant, StoreError> {
-    Ok(Tenant {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        status: status(r.try_get("status")?)?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn account(r: &PgRow) -> Result<Account, StoreError> {
-    Ok(Account {
-        id: r.try_get("id")?,
-        tenant_id: r.try_get("tenant_id")?,
-        email: r.try_get("email")?,
-        name: r.try_get("name")?,
-        customer_id: r.try_get("customer_id")?,
-        external_id: r.try_get("external_id")?,
-        parent_account_id: r.try_get("parent_account_id")?,
-        status: status(r.try_get("status")?)?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn workspace(r: &PgRow) -> Result<Workspace, StoreError> {
-    Ok(Workspace {
-        id: r.try_get("id")?,
-        account_id: r.try_get("account_id")?,
-        name: r.try_get("name")?,
-        status: status(r.try_get("status")?)?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn kind(s: &str) -> Result<TokenKind, StoreError> {
-    TokenKind::parse(s).ok_or_else(|| StoreError::Other(format!("bad token kind {s:?} in store")))
-}
-
-fn abilities(json: &str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(json)
-        .map_err(|e| StoreError::Other(format!("bad abilities in store: {e}")))
-}
-
-fn token_row(r: &PgRow) -> Result<TokenRow, StoreError> {
-    Ok(TokenRow {
-        id: r.try_get("id")?,
-        kind: kind(r.try_get("kind")?)?,
-        tenant_id: r.try_get("tenant_id")?,
-        account_id: r.try_get("account_id")?,
-        workspace_id: r.try_get("workspace_id")?,
-        name: r.try_get("name")?,
-        abilities: abilities(r.try_get("abilities")?)?,
-        display_prefix: r.try_get("display_prefix")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        revoked_at: r.try_get("revoked_at")?,
-        last_used_at: r.try_get("last_used_at")?,
-        created_by: r.try_get("created_by")?,
-    })
-}
-
-fn audit_event(r: &PgRow) -> Result<AuditEvent, StoreError> {
-    Ok(AuditEvent {
-        id: r.try_get("id")?,
-        at: r.try_get("at")?,
-        action: r.try_get("action")?,
-        actor_token_id: r.try_get("actor_token_id")?,
-        tenant_id: r.try_get("tenant_id")?,
-        target_token_id: r.try_get("target_token_id")?,
-        outcome: r.try_get("outcome")?,
-        detail: r.try_get("detail")?,
-    })
-}
-
 const TOKEN_COLUMNS: &str = "id, kind, tenant_id, account_id, workspace_id, name, abilities, \
      display_prefix, created_at, expires_at, revoked_at, last_used_at, created_by";
 const ACCOUNT_COLUMNS: &str = "id, tenant_id, email, name, customer_id, external_id, \
@@ -214,22 +138,7 @@ impl TokenLookup for PgStore {
         .bind(&hash.0[..])
         .fetch_optional(&self.pool)
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        let account_status: Option<String> = r.try_get("account_status")?;
-        let tenant_status: Option<String> = r.try_get("tenant_status")?;
-        Ok(Some(AuthRecord {
-            token_id: r.try_get("id")?,
-            kind: kind(r.try_get("kind")?)?,
-            tenant_id: r.try_get("tenant_id")?,
-            account_id: r.try_get("account_id")?,
-            workspace_id: r.try_get("workspace_id")?,
-            name: r.try_get("name")?,
-            abilities: abilities(r.try_get("abilities")?)?,
-            expires_at: r.try_get("expires_at")?,
-            revoked_at: r.try_get("revoked_at")?,
-            account_status: account_status.as_deref().map(status).transpose()?,
-            tenant_status: tenant_status.as_deref().map(status).transpose()?,
-        }))
+        row.as_ref().map(auth_record).transpose()
     }
 }
 

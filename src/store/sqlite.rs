@@ -10,17 +10,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use super::rows::{account, audit_event, auth_record, tenant, token_row, workspace};
 use super::{
     Account, AuditEvent, AuthRecord, NewAccount, NewAuditEvent, NewToken, Revoked, Status,
     StoreError, Tenant, TokenFilter, TokenLookup, TokenRow, TokenStore, Workspace,
 };
 use crate::config::DatabaseUrl;
-use crate::token::{TokenHash, TokenKind};
+use crate::token::TokenHash;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -38,6 +37,17 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// A write transaction that takes SQLite's write lock at `BEGIN`.
+    ///
+    /// A deferred transaction that reads first and writes later fails at
+    /// once with `SQLITE_BUSY` (no `busy_timeout` wait) when another
+    /// connection holds the write lock: WAL cannot upgrade a stale read
+    /// snapshot. `BEGIN IMMEDIATE` waits for the lock instead, so concurrent
+    /// control-plane writes queue rather than fail.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Opens (creating if needed) the database file a `sqlite:` URL names.
     pub async fn connect(
         url: &DatabaseUrl,
@@ -65,83 +75,6 @@ impl SqliteStore {
             .await?;
         Ok(Self { pool })
     }
-}
-
-fn status(s: &str) -> Result<Status, StoreError> {
-    Status::parse(s).ok_or_else(|| StoreError::Other(format!("bad status {s:?} in store")))
-}
-
-fn tenant(r: &SqliteRow) -> Result<Tenant, StoreError> {
-    Ok(Tenant {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        status: status(r.try_get("status")?)?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn account(r: &SqliteRow) -> Result<Account, StoreError> {
-    Ok(Account {
-        id: r.try_get("id")?,
-        tenant_id: r.try_get("tenant_id")?,
-        email: r.try_get("email")?,
-        name: r.try_get("name")?,
-        customer_id: r.try_get("customer_id")?,
-        external_id: r.try_get("external_id")?,
-        parent_account_id: r.try_get("parent_account_id")?,
-        status: status(r.try_get("status")?)?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn workspace(r: &SqliteRow) -> Result<Workspace, StoreError> {
-    Ok(Workspace {
-        id: r.try_get("id")?,
-        account_id: r.try_get("account_id")?,
-        name: r.try_get("name")?,
-        status: status(r.try_get("status")?)?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn kind(s: &str) -> Result<TokenKind, StoreError> {
-    TokenKind::parse(s).ok_or_else(|| StoreError::Other(format!("bad token kind {s:?} in store")))
-}
-
-fn abilities(json: &str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(json)
-        .map_err(|e| StoreError::Other(format!("bad abilities in store: {e}")))
-}
-
-fn token_row(r: &SqliteRow) -> Result<TokenRow, StoreError> {
-    Ok(TokenRow {
-        id: r.try_get("id")?,
-        kind: kind(r.try_get("kind")?)?,
-        tenant_id: r.try_get("tenant_id")?,
-        account_id: r.try_get("account_id")?,
-        workspace_id: r.try_get("workspace_id")?,
-        name: r.try_get("name")?,
-        abilities: abilities(r.try_get("abilities")?)?,
-        display_prefix: r.try_get("display_prefix")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        revoked_at: r.try_get("revoked_at")?,
-        last_used_at: r.try_get("last_used_at")?,
-        created_by: r.try_get("created_by")?,
-    })
-}
-
-fn audit_event(r: &SqliteRow) -> Result<AuditEvent, StoreError> {
-    Ok(AuditEvent {
-        id: r.try_get("id")?,
-        at: r.try_get("at")?,
-        action: r.try_get("action")?,
-        actor_token_id: r.try_get("actor_token_id")?,
-        tenant_id: r.try_get("tenant_id")?,
-        target_token_id: r.try_get("target_token_id")?,
-        outcome: r.try_get("outcome")?,
-        detail: r.try_get("detail")?,
-    })
 }
 
 const TOKEN_COLUMNS: &str = "id, kind, tenant_id, account_id, workspace_id, name, abilities, \
@@ -189,22 +122,7 @@ impl TokenLookup for SqliteStore {
         .bind(&hash.0[..])
         .fetch_optional(&self.pool)
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        let account_status: Option<String> = r.try_get("account_status")?;
-        let tenant_status: Option<String> = r.try_get("tenant_status")?;
-        Ok(Some(AuthRecord {
-            token_id: r.try_get("id")?,
-            kind: kind(r.try_get("kind")?)?,
-            tenant_id: r.try_get("tenant_id")?,
-            account_id: r.try_get("account_id")?,
-            workspace_id: r.try_get("workspace_id")?,
-            name: r.try_get("name")?,
-            abilities: abilities(r.try_get("abilities")?)?,
-            expires_at: r.try_get("expires_at")?,
-            revoked_at: r.try_get("revoked_at")?,
-            account_status: account_status.as_deref().map(status).transpose()?,
-            tenant_status: tenant_status.as_deref().map(status).transpose()?,
-        }))
+        row.as_ref().map(auth_record).transpose()
     }
 }
 
@@ -257,7 +175,7 @@ impl TokenStore for SqliteStore {
         new: Status,
         audit: &NewAuditEvent,
     ) -> Result<Option<Tenant>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query(
             "UPDATE tenants SET status = ? WHERE id = ? RETURNING id, name, status, created_at",
         )
@@ -276,7 +194,7 @@ impl TokenStore for SqliteStore {
         new: &NewAccount,
         now: i64,
     ) -> Result<(Account, Option<Workspace>), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if let Some(parent) = new.parent_account_id {
             let same_tenant: Option<i64> =
                 sqlx::query_scalar("SELECT id FROM accounts WHERE id = ? AND tenant_id = ?")
@@ -383,7 +301,7 @@ impl TokenStore for SqliteStore {
         new: Status,
         audit: &NewAuditEvent,
     ) -> Result<Option<Account>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query("UPDATE accounts SET status = ? WHERE id = ? RETURNING *")
             .bind(new.as_str())
             .bind(id)
@@ -432,7 +350,7 @@ impl TokenStore for SqliteStore {
     ) -> Result<TokenRow, StoreError> {
         let abilities = serde_json::to_string(&t.abilities)
             .map_err(|e| StoreError::Other(format!("abilities: {e}")))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query(&format!(
             "INSERT INTO tokens (id, kind, tenant_id, account_id, workspace_id, name, abilities, \
                                  display_prefix, hash, created_at, expires_at, created_by) \
@@ -493,7 +411,7 @@ impl TokenStore for SqliteStore {
         now: i64,
         audit: &NewAuditEvent,
     ) -> Result<Option<Revoked>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query(&format!(
             "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? \
              RETURNING {TOKEN_COLUMNS}, hash"
@@ -522,7 +440,7 @@ impl TokenStore for SqliteStore {
         // One transaction (one fsync) for the whole batch, and one statement
         // per chunk of rows: a statement per token costs a round trip to
         // sqlx's SQLite worker each, which dominated flushes of 100k tokens.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for chunk in batch.chunks(LAST_USED_CHUNK) {
             let mut sql = String::with_capacity(64 + chunk.len() * 7);
             sql.push_str("WITH v(id, at) AS (VALUES ");
