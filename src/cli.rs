@@ -203,7 +203,7 @@ pub struct TokenIssue {
     /// Account (session / api).
     #[arg(long)]
     pub account: Option<i64>,
-    /// Workspace of the account.
+    /// Workspace of the account (default: its first active one).
     #[arg(long)]
     pub workspace: Option<i64>,
     /// Display name.
@@ -397,6 +397,17 @@ async fn token(cfg: Config, cmd: TokenCommand) -> Result<(), CliError> {
             if let (None, Some(a)) = (tenant_id, t.account) {
                 tenant_id = store.get_account(a).await?.map(|a| a.tenant_id);
             }
+            // Like the native API: bind the account's first active
+            // workspace unless one is named.
+            let mut workspace_id = t.workspace;
+            if let (None, Some(a)) = (workspace_id, t.account) {
+                workspace_id = store
+                    .list_workspaces(a)
+                    .await?
+                    .into_iter()
+                    .find(|w| w.status == Status::Active)
+                    .map(|w| w.id);
+            }
             let expires_at = t
                 .expires_in_days
                 .map(|d| issuer.clock().now() + i64::from(d) * 86_400);
@@ -406,7 +417,7 @@ async fn token(cfg: Config, cmd: TokenCommand) -> Result<(), CliError> {
                         kind,
                         tenant_id,
                         account_id: t.account,
-                        workspace_id: t.workspace,
+                        workspace_id,
                         name: t.name,
                         abilities: abilities(&t.abilities)?,
                         expires_at,

@@ -129,6 +129,10 @@ fn operator_workflow() {
     let row = &list[0];
     assert_eq!(row["abilities"], serde_json::json!(["calls:read"]));
     assert!(row["expires_at"].is_i64());
+    assert_eq!(
+        row["workspace_id"], acc["workspace_id"],
+        "bound to the default workspace"
+    );
     let id = row["id"].as_str().unwrap();
 
     let revoked = env.json(&["token", "revoke", id]);
