@@ -15,7 +15,13 @@ pub fn base_url(test: &str) -> Option<String> {
     match std::env::var(ENV) {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
-            eprintln!("skipped {test}: {ENV} is not set (PostgreSQL tests need it)");
+            // Straight to the stderr handle: libtest captures `eprintln!`
+            // of passing tests, and a skip must be visible.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped {test}: {ENV} is not set (PostgreSQL tests need it)"
+            );
             None
         }
     }
