@@ -3,6 +3,8 @@
 //! ```text
 //!  request ─▶ normalise path ─▶ route ─▶ credential ─▶ cheap checks ─▶ cache/store ─▶ decide ─▶ forward
 //!             (400 BAD_PATH)   (404/405)  (400 conflict) (401, no I/O)  (503 fail closed) (401/403) (502/504)
+//!                  │
+//!                  └─▶ a `[token_api]` path: served here by `crate::flows`, never forwarded
 //! ```
 //!
 //! Each step can only refuse; nothing after a refusal runs. The cheap checks
