@@ -2,7 +2,7 @@
 //!
 //! The store holds tenants, accounts, workspaces, tokens (by SHA-256 only,
 //! never the secret) and the append-only audit log. The request path only
-//! ever calls [`TokenStore::lookup`], through the cache; everything else is
+//! ever calls [`TokenLookup::lookup`], through the cache; everything else is
 //! the control plane. Timestamps are Unix seconds.
 
 pub mod postgres;
