@@ -4,17 +4,13 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::TestGateway;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
+use http_body_util::BodyExt;
 use tokengate::store::TokenFilter;
 use tokengate::token::{TokenFormat, TokenKind};
 
@@ -151,19 +147,7 @@ async fn shutdown_finishes_in_flight_requests_then_stops_accepting_and_flushes()
     let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
 
     // An upload that is still going when shutdown begins.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    });
-    let client: Client<_, http_body_util::combinators::BoxBody<Bytes, Infallible>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::post(g.url("/echo/upload"))
-        .header("authorization", format!("Bearer {t}"))
-        .body(StreamBody::new(stream).boxed())
-        .unwrap();
-    let pending = tokio::spawn(client.request(req));
+    let (tx, pending) = g.upload("/echo/upload", &t);
     tx.send(Bytes::from_static(b"first,")).await.unwrap();
     let resp = pending.await.unwrap().unwrap();
 
@@ -194,19 +178,7 @@ async fn shutdown_is_bounded_by_the_grace_period() {
     let mut g = TestGateway::spawn_full("", 1).await;
     let t = g.token(&["*"]).await;
     // An upload that never finishes.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    });
-    let client: Client<_, http_body_util::combinators::BoxBody<Bytes, Infallible>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::post(g.url("/echo/forever"))
-        .header("authorization", format!("Bearer {t}"))
-        .body(StreamBody::new(stream).boxed())
-        .unwrap();
-    let pending = tokio::spawn(client.request(req));
+    let (tx, pending) = g.upload("/echo/forever", &t);
     tx.send(Bytes::from_static(b"x")).await.unwrap();
     let _resp = pending.await.unwrap().unwrap();
     // Generous outer bound: this asserts that shutdown ends at all while a

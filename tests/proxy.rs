@@ -225,23 +225,10 @@ async fn large_bodies_stream_both_ways_without_being_buffered() {
     let g = TestGateway::spawn().await;
     let t = g.token(&["*"]).await;
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    });
-    let body = StreamBody::new(stream).boxed();
-    let client: Client<_, http_body_util::combinators::BoxBody<Bytes, Infallible>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::post(g.url("/echo/big"))
-        .header("authorization", format!("Bearer {t}"))
-        .body(body)
-        .unwrap();
+    let (tx, pending) = g.upload("/echo/big", &t);
     let chunk = |i: usize| Bytes::from(vec![(i % 251) as u8; CHUNK]);
     let mut expected = Sha256::new();
 
-    let pending = tokio::spawn(client.request(req));
     tx.send(chunk(0)).await.unwrap();
     expected.update(chunk(0));
     // Response headers arrive while the request body is still open: the

@@ -460,6 +460,32 @@ connect_timeout_ms = 1000
         (m.secret.expose().to_string(), m.row.id)
     }
 
+    /// Starts a streaming `POST` whose body is fed chunk by chunk through the
+    /// returned sender (dropping it ends the body); the response arrives on
+    /// the returned handle.
+    pub fn upload(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        tokio::task::JoinHandle<Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(hyper::body::Frame::data(b)), rx))
+        });
+        let client: Client<_, http_body_util::combinators::BoxBody<Bytes, Infallible>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let req = Request::post(self.url(path))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::StreamBody::new(stream).boxed())
+            .unwrap();
+        (tx, tokio::spawn(client.request(req)))
+    }
+
     pub fn store_lookups(&self) -> u64 {
         self.gateway.metrics.store_lookups.get()
     }
