@@ -104,6 +104,25 @@ impl Gateway {
         &self.clock
     }
 
+    /// Closes upstream connections idle past their upstream's timeout.
+    pub fn sweep_idle_upstreams(&self) {
+        for u in &self.upstreams {
+            u.sweep_idle();
+        }
+    }
+
+    /// How often [`Self::sweep_idle_upstreams`] should run: half the
+    /// shortest idle timeout, so no connection stays idle more than 1.5
+    /// times its timeout.
+    pub fn sweep_interval(&self) -> std::time::Duration {
+        self.upstreams
+            .iter()
+            .map(|u| u.config.pool_idle_timeout / 2)
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(30))
+            .max(std::time::Duration::from_millis(100))
+    }
+
     /// Handles one request on the public listener. Never fails: every error
     /// is a JSON response.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -133,7 +152,9 @@ impl Gateway {
         // The seed token endpoints are served here, never forwarded.
         if let Some(flow) = crate::flows::match_flow(&self.config.token_api, &path) {
             self.metrics.token_api_requests.inc();
-            return Ok(crate::flows::handle(self, flow, req).await);
+            // Boxed: the flows' futures (store transactions) are large and
+            // would otherwise be part of every proxied request's future.
+            return Ok(Box::pin(crate::flows::handle(self, flow, req)).await);
         }
         check_lookalike_headers(req.headers(), &self.config.headers)?;
         let route = match self.routes.find(&path, req.method()) {

@@ -19,7 +19,8 @@
 //! | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
 //! | [`cache`] | moka cache of token records, single-flight loads, revocation races |
 //! | [`store`] | the `TokenStore` trait and its SQLite implementation |
-//! | [`proxy`] | pooled upstream clients, header rewriting, streaming, upgrades |
+//! | [`proxy`] | forwarding: header rewriting, streaming, upgrades, h2 upstreams |
+//! | [`pool`] | HTTP/1.1 upstream connections, pooled and driven on the request's task |
 //! | [`error`] | every request-path denial mapped to its JSON response, in one place |
 //! | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
 //! | [`admin`] | the admin listener: the native API, health, readiness, metrics, OpenAPI |
@@ -45,6 +46,7 @@ pub mod flows;
 pub mod gateway;
 pub mod issuer;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -1,8 +1,9 @@
 //! Forwarding to upstreams.
 //!
-//! One pooled hyper-util client per upstream (HTTP/1.1 keep-alive, or h2
-//! when configured), bodies streamed both ways as `Incoming` (never
-//! collected), upgrades (WebSocket) tunnelled once the upstream answers 101.
+//! HTTP/1.1 requests go through the upstream's [`crate::pool`], whose
+//! connections are driven on the request's own task; h2 upstreams and
+//! WebSocket upgrades through a hyper-util client. Bodies stream both ways
+//! (never collected); upgrades are tunnelled once the upstream answers 101.
 //!
 //! # What the upstream sees
 //!
@@ -16,18 +17,20 @@
 //!
 //! # Retries
 //!
-//! None of ours. hyper-util's `retry_canceled_requests` (on) only re-sends a
-//! request that was *never written* to a pooled connection found dead, so no
-//! request, idempotent or not, can reach an upstream twice.
+//! Only of requests that were *never written*: when a pooled connection
+//! turns out to be dead as a request is handed to it, the pool (and
+//! hyper-util's `retry_canceled_requests`, for its requests) sends it on
+//! another. No request, idempotent or not, can reach an upstream twice.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -39,14 +42,57 @@ use crate::cache::AuthEntry;
 use crate::config::{HeaderNames, UpstreamConfig, UpstreamProtocol};
 use crate::error::Denial;
 use crate::metrics::Metrics;
+use crate::pool::{Pool, PooledBody};
 
 /// Body of every response the gateway sends: the upstream's, streamed, or
 /// one of its own small JSON bodies.
-pub type Body = Either<Incoming, Full<Bytes>>;
+#[derive(Debug)]
+pub enum Body {
+    /// Streamed from a pooled HTTP/1.1 upstream connection ([`crate::pool`]).
+    Pooled(PooledBody),
+    /// Streamed from hyper-util's client (h2 upstreams, upgrades).
+    Upstream(Incoming),
+    /// Written by the gateway itself.
+    Local(Full<Bytes>),
+}
 
 /// A body the gateway writes itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Either::Right(Full::new(bytes.into()))
+    Body::Local(Full::new(bytes.into()))
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Body::Upstream(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Body::Local(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Pooled(b) => b.is_end_stream(),
+            Body::Upstream(b) => b.is_end_stream(),
+            Body::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Pooled(b) => b.size_hint(),
+            Body::Upstream(b) => b.size_hint(),
+            Body::Local(b) => b.size_hint(),
+        }
+    }
 }
 
 /// `X-Request-Id` on the gateway's own responses.
@@ -100,7 +146,7 @@ pub fn is_reserved_header(name: &HeaderName) -> bool {
 /// headers, so a forged tenant header cannot ride in a trailer.
 pub struct UpstreamBody {
     inner: Incoming,
-    names: std::sync::Arc<HeaderNames>,
+    names: Arc<HeaderNames>,
 }
 
 impl http_body::Body for UpstreamBody {
@@ -144,12 +190,17 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// A configured upstream and its connection pool.
+/// A configured upstream and its connections.
 pub struct Upstream {
     /// Its configuration.
     pub config: UpstreamConfig,
+    /// HTTP/1.1 requests: connections driven on the request's own task.
+    pool: Option<Arc<Pool>>,
+    /// h2 upstreams and WebSocket upgrades: hyper-util's pooled client.
     client: HttpsClient,
 }
 
@@ -157,31 +208,38 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("config", &self.config)
+            .field("pool", &self.pool)
             .finish()
     }
 }
 
+/// The connector for one upstream: TCP (no-delay, keep-alive probes,
+/// connect timeout), then TLS for `https` URLs, offering only `protocol`.
+fn connector(config: &UpstreamConfig, protocol: UpstreamProtocol) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let connector = match builder
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+    {
+        Ok(b) => b,
+        // ring supports rustls' safe defaults, so this does not happen.
+        Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+    }
+    .https_or_http();
+    match protocol {
+        UpstreamProtocol::Http1 => connector.enable_http1().wrap_connector(http),
+        UpstreamProtocol::H2 => connector.enable_http2().wrap_connector(http),
+    }
+}
+
 impl Upstream {
-    /// Builds the pooled client for an upstream.
+    /// Builds the connection pool and client for an upstream. Nothing
+    /// connects until the first request.
     pub fn new(config: UpstreamConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let connector = match builder.with_provider_and_webpki_roots(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        )) {
-            Ok(b) => b,
-            // ring supports rustls' safe defaults, so this does not happen.
-            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
-        }
-        .https_or_http();
-        let connector = match config.protocol {
-            UpstreamProtocol::Http1 => connector.enable_http1().wrap_connector(http),
-            UpstreamProtocol::H2 => connector.enable_http2().wrap_connector(http),
-        };
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle)
@@ -190,9 +248,24 @@ impl Upstream {
         if config.protocol == UpstreamProtocol::H2 {
             b.http2_only(true);
         }
+        let pool = (config.protocol == UpstreamProtocol::Http1).then(|| {
+            Pool::new(
+                connector(&config, UpstreamProtocol::Http1),
+                config.pool_max_idle,
+                config.pool_idle_timeout,
+            )
+        });
         Self {
-            client: b.build(connector),
+            client: b.build(connector(&config, config.protocol)),
+            pool,
             config,
+        }
+    }
+
+    /// Closes idle upstream connections past their idle timeout.
+    pub fn sweep_idle(&self) {
+        if let Some(p) = &self.pool {
+            p.sweep();
         }
     }
 }
@@ -399,7 +472,7 @@ pub fn rewrite_request_headers(
 /// Forwards a request that has passed authentication.
 pub async fn forward(
     upstream: &Upstream,
-    names: &std::sync::Arc<HeaderNames>,
+    names: &Arc<HeaderNames>,
     metrics: &Metrics,
     mut req: Request<Incoming>,
     ctx: ForwardContext<'_>,
@@ -442,17 +515,40 @@ pub async fn forward(
 
     let req = req.map(|inner| UpstreamBody {
         inner,
-        names: std::sync::Arc::clone(names),
+        names: Arc::clone(names),
     });
-    let mut resp = match tokio::time::timeout(cfg.response_timeout, upstream.client.request(req))
-        .await
-    {
+    // Plain HTTP/1.1 requests go through the pool; upgrades need the
+    // connection handed over, which hyper-util's client does.
+    let pool = upstream.pool.as_ref().filter(|_| !upgrade);
+    let sent = match pool {
+        Some(pool) => {
+            tokio::time::timeout(cfg.response_timeout, async {
+                pool.send(req)
+                    .await
+                    .map(|r| r.map(Body::Pooled))
+                    .map_err(|e| Box::new(e) as BoxError)
+            })
+            .await
+        }
+        None => {
+            tokio::time::timeout(cfg.response_timeout, async {
+                upstream
+                    .client
+                    .request(req)
+                    .await
+                    .map(|r| r.map(Body::Upstream))
+                    .map_err(|e| Box::new(e) as BoxError)
+            })
+            .await
+        }
+    };
+    let mut resp = match sent {
         Err(_) => {
             tracing::warn!(upstream = %cfg.name, "upstream response timed out");
             return Err(Denial::UpstreamTimeout);
         }
         Ok(Err(e)) => {
-            tracing::warn!(upstream = %cfg.name, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+            tracing::warn!(upstream = %cfg.name, error = %e, source = ?e.source(), "upstream request failed");
             return Err(Denial::UpstreamUnavailable);
         }
         Ok(Ok(resp)) => resp,
@@ -493,7 +589,7 @@ pub async fn forward(
             parts
                 .headers
                 .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-            return Ok(Response::from_parts(parts, Either::Left(body)));
+            return Ok(Response::from_parts(parts, body));
         }
         // An upgrade nobody asked for (or to another protocol) is never tunnelled.
         tracing::warn!(upstream = %cfg.name, "upstream sent 101 without a matching WebSocket upgrade request");
@@ -505,5 +601,5 @@ pub async fn forward(
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    Ok(Response::from_parts(parts, body))
 }

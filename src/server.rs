@@ -1,7 +1,7 @@
 //! Listeners, connections and shutdown.
 //!
 //! [`start`] binds the public and admin listeners and spawns their accept
-//! loops plus the last-used flusher; it returns a [`Running`] handle with
+//! loops plus the last-used flusher and the idle upstream connection sweep; it returns a [`Running`] handle with
 //! the bound addresses (tests bind `127.0.0.1:0`). Connections are served by
 //! hyper-util's auto builder (HTTP/1.1 and h2 on the same port, upgrades
 //! allowed), with a header-read timeout against slowloris clients.
@@ -111,6 +111,7 @@ pub async fn start_on(
             rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(sweep_loop(Arc::clone(&gateway), rx.clone())));
     tasks.push(tokio::spawn(flush_loop(Arc::clone(&gateway), rx)));
     tracing::info!(%public_addr, %admin_addr, "tokengate listening");
     Ok(Running {
@@ -153,7 +154,10 @@ async fn accept_loop<H, F>(
                 let _ = stream.set_nodelay(true);
                 let h = handler.clone();
                 let svc = service_fn(move |req| {
-                    let fut = h(req, peer);
+                    // Boxed once here: hyper moves the service future a few
+                    // times before polling it, and a request's future is
+                    // several kilobytes.
+                    let fut = Box::pin(h(req, peer));
                     async move { Ok::<_, std::convert::Infallible>(fut.await) }
                 });
                 let conn = builder
@@ -203,6 +207,19 @@ async fn invalidation_loop(
         }
         if let FeedEvent::Invalidate(_) = event {
             gateway.metrics.invalidations_received.inc();
+        }
+    }
+}
+
+/// Closes idle upstream connections past their timeout, also when no
+/// request comes to find them.
+async fn sweep_loop(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(gateway.sweep_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => gateway.sweep_idle_upstreams(),
+            _ = shutdown.changed() => break,
         }
     }
 }

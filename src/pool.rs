@@ -1,0 +1,406 @@
+//! The HTTP/1.1 upstream connection pool, driven on the caller's task.
+//!
+//! hyper-util's legacy client runs every upstream connection as a task of
+//! its own: a proxied request crosses from the client connection's task to
+//! the upstream connection's task (a channel), the response comes back (a
+//! oneshot), every body chunk crosses again, and after each response a task
+//! is spawned to wait for the connection to go idle and put it back. On a
+//! gateway that is most of the user-space CPU per request that is not
+//! hyper's parsing.
+//!
+//! Here an upstream connection has no task. Whoever holds it polls it: the
+//! request future while the request is written and the head comes back, then
+//! the response body ([`PooledBody`]) while the client reads it. When the
+//! body has been read to its end the connection goes back to the pool, idle
+//! and owned by nobody, and the next request picks it up (newest first,
+//! so the warm ones stay warm). That is the shape nginx has: one event loop
+//! reading one socket and writing the other, no hand-off between them.
+//!
+//! What the pool promises:
+//! - A connection is reused only after its previous response was read to the
+//!   end and hyper reports it ready for another request; a body dropped
+//!   half-read (client gone) closes the connection.
+//! - An idle connection found closed (the upstream timed it out) is dropped
+//!   at checkout. If the upstream closes it just as a request is sent, hyper
+//!   hands back the request unwritten and it goes out on another connection;
+//!   a request that was written is never sent twice.
+//! - At most `pool_max_idle` idle connections are kept, none longer than
+//!   `pool_idle_timeout`; [`Pool::sweep`] closes the expired ones when
+//!   traffic stops.
+//!
+//! Used for plain HTTP/1.1 requests. h2 upstreams (one multiplexed
+//! connection, which does want a task of its own) and WebSocket upgrades go
+//! through hyper-util's client in [`crate::proxy`].
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tower_service::Service;
+
+use crate::proxy::UpstreamBody;
+
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// Why a request could not be exchanged with the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No connection could be made (refused, unreachable, connect timeout,
+    /// TLS handshake failed).
+    #[error("connect: {0}")]
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The connection failed while the request was sent or the response
+    /// head was read.
+    #[error("exchange: {0}")]
+    Exchange(#[from] hyper::Error),
+}
+
+/// One upstream HTTP/1.1 connection: the request sender and the connection
+/// state machine that whoever holds it must poll.
+struct Conn {
+    sender: SendRequest<UpstreamBody>,
+    /// `None` once the connection has completed (closed or failed). It is
+    /// dropped then, as its task would be, so a body it was feeding ends.
+    conn: Option<Connection<Io, UpstreamBody>>,
+}
+
+impl Conn {
+    /// Drives the connection: writes what is queued, reads what arrived.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        let Some(conn) = &mut self.conn else {
+            return;
+        };
+        if let Poll::Ready(r) = conn.poll_without_shutdown(cx) {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+            self.conn = None;
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Whether it can take another request now. Polls it once (with a waker
+    /// that wakes nobody) so that a response just read to its end lets the
+    /// connection go idle, and a close already received is noticed.
+    fn settle(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.drive(&mut cx);
+        self.is_open() && self.sender.is_ready()
+    }
+}
+
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+/// What the pool holds, under one lock.
+#[derive(Default)]
+struct Shared {
+    /// Idle connections, oldest first (checkout takes the newest).
+    idle: Vec<Idle>,
+    /// Requests waiting for a connection while one is being made for them:
+    /// a connection coming back goes to the oldest, whichever is first.
+    waiters: VecDeque<oneshot::Sender<Box<Conn>>>,
+}
+
+/// The idle HTTP/1.1 connections to one upstream and how to make more.
+pub struct Pool {
+    shared: Mutex<Shared>,
+    connector: HttpsConnector<HttpConnector>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle", &self.idle_count())
+            .field("max_idle", &self.max_idle)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+/// Either a usable idle connection, or a place in the queue for the next
+/// one to come back.
+enum Checkout {
+    Idle(Box<Conn>),
+    Wait(oneshot::Receiver<Box<Conn>>),
+}
+
+impl Pool {
+    /// An empty pool that connects with `connector` (HTTP/1.1 only).
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shared: Mutex::new(Shared::default()),
+            connector,
+            max_idle,
+            idle_timeout,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // Nothing under this lock can panic half-way; a poisoned lock still
+        // holds a consistent pool.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().idle.len()
+    }
+
+    /// Closes idle connections older than the idle timeout.
+    pub fn sweep(&self) {
+        let timeout = self.idle_timeout;
+        let expired: Vec<Idle> = {
+            let mut shared = self.lock();
+            let (old, keep) = std::mem::take(&mut shared.idle)
+                .into_iter()
+                .partition(|i| i.since.elapsed() >= timeout);
+            shared.idle = keep;
+            shared.waiters.retain(|w| !w.is_closed());
+            old
+        };
+        // Closed outside the lock.
+        drop(expired);
+    }
+
+    /// Sends `req` to the upstream named by its URI (absolute-form; it is
+    /// written in origin-form) and returns the response head. The body
+    /// streams from the same connection, which goes back to the pool once
+    /// the body has been read to its end.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let (mut parts, body) = req.into_parts();
+        let target = parts.uri.clone();
+        // HTTP/1.1 requests carry the origin-form; the authority is in Host.
+        if let Some(pq) = parts.uri.path_and_query() {
+            parts.uri = Uri::from(pq.clone());
+        }
+        let mut req = Request::from_parts(parts, body);
+        loop {
+            let checkout = std::future::poll_fn(|cx| Poll::Ready(self.checkout(cx))).await;
+            let (mut conn, reused) = match checkout {
+                Checkout::Idle(c) => (c, true),
+                // Boxed: connecting is rare and its future is large.
+                Checkout::Wait(waiter) => Box::pin(self.connect_or_wait(&target, waiter)).await?,
+            };
+            let mut exchange = std::pin::pin!(conn.sender.try_send_request(req));
+            let result = std::future::poll_fn(|cx| {
+                conn.drive(cx);
+                exchange.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(resp) => {
+                    return Ok(resp.map(|inner| PooledBody {
+                        inner,
+                        conn: Some(conn),
+                        pool: Arc::clone(self),
+                    }))
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the idle connection had closed under us.
+                    Some(unsent) if reused => {
+                        tracing::debug!(error = %e.error(), "pooled upstream connection closed; resending on another");
+                        req = unsent;
+                    }
+                    _ => return Err(PoolError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The newest idle connection that is still usable (stale ones are
+    /// closed on the way), or else a place in the waiters' queue.
+    fn checkout(&self, cx: &mut Context<'_>) -> Checkout {
+        loop {
+            let idle = {
+                let mut shared = self.lock();
+                match shared.idle.pop() {
+                    Some(idle) => idle,
+                    None => {
+                        let (tx, rx) = oneshot::channel();
+                        shared.waiters.push_back(tx);
+                        return Checkout::Wait(rx);
+                    }
+                }
+            };
+            if idle.since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            let mut conn = idle.conn;
+            // Polled with this task's waker: any wake-up from now on
+            // (response bytes, the request channel) comes here.
+            conn.drive(cx);
+            if conn.is_open() && conn.sender.is_ready() {
+                return Checkout::Idle(conn);
+            }
+        }
+    }
+
+    /// Opens a connection, unless one comes back to the pool first; then
+    /// that one is used and the new one joins the pool when it is up. The
+    /// flag says whether the connection was used before.
+    async fn connect_or_wait(
+        self: &Arc<Self>,
+        target: &Uri,
+        mut waiter: oneshot::Receiver<Box<Conn>>,
+    ) -> Result<(Box<Conn>, bool), PoolError> {
+        let mut connecting = Box::pin(Arc::clone(self).connect(target.clone()));
+        tokio::select! {
+            biased;
+            Ok(conn) = &mut waiter => {
+                let pool = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Ok(conn) = connecting.await {
+                        pool.put_back(conn);
+                    }
+                });
+                Ok((conn, true))
+            }
+            made = &mut connecting => made.map(|c| (c, false)),
+        }
+    }
+
+    async fn connect(self: Arc<Self>, target: Uri) -> Result<Box<Conn>, PoolError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(PoolError::Connect)?;
+        let io = connector.call(target).await.map_err(PoolError::Connect)?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await?;
+        Ok(Box::new(Conn {
+            sender,
+            conn: Some(conn),
+        }))
+    }
+
+    /// Returns a connection whose response has been read: to the oldest
+    /// waiting request, else to the idle list (if there is room), else it
+    /// is closed.
+    fn put_back(&self, mut conn: Box<Conn>) {
+        if !conn.settle() {
+            return;
+        }
+        let mut shared = self.lock();
+        while let Some(waiter) = shared.waiters.pop_front() {
+            match waiter.send(conn) {
+                Ok(()) => return,
+                // That request gave up (or got its own connection).
+                Err(back) => conn = back,
+            }
+        }
+        if shared.idle.len() < self.max_idle {
+            shared.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// A response body read from a pooled connection, which it drives while it
+/// is read and returns to the pool at its end.
+pub struct PooledBody {
+    inner: Incoming,
+    conn: Option<Box<Conn>>,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("pooled", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl PooledBody {
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.put_back(conn);
+        }
+    }
+
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            // A broken body leaves the connection mid-message: close it.
+            Poll::Ready(Some(Err(_))) => self.conn = None,
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(r) = this.poll_inner(cx) {
+            return Poll::Ready(r);
+        }
+        // Nothing buffered: let the connection read (it hands what it reads
+        // to `inner`, waking this task), then look again.
+        match &mut this.conn {
+            Some(conn) if conn.is_open() => conn.drive(cx),
+            _ => return Poll::Pending,
+        }
+        this.poll_inner(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body with nothing left (empty, or read to its end without a
+        // final poll) leaves a reusable connection; anything else closes it.
+        if self.conn.is_some() && self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
