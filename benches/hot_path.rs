@@ -17,7 +17,7 @@ use tokengate::auth::{decide, extract_credential};
 use tokengate::cache::{AuthEntry, TokenCache};
 use tokengate::config::{CacheConfig, DatabaseUrl, HeaderNames, UpstreamConfig, UpstreamProtocol};
 use tokengate::metrics::Metrics;
-use tokengate::proxy::{rewrite_request_headers, ForwardContext};
+use tokengate::proxy::{rewrite_request_headers, ForwardContext, Peer};
 use tokengate::store::sqlite::SqliteStore;
 use tokengate::store::{
     AuthRecord, NewAccount, NewAuditEvent, NewToken, Status, TokenLookup, TokenStore,
@@ -78,6 +78,7 @@ fn pieces(c: &mut Criterion) {
         name: "api".into(),
         scheme: http::uri::Scheme::HTTP,
         authority: "127.0.0.1:3000".parse().unwrap(),
+        host_header: HeaderValue::from_static("127.0.0.1:3000"),
         base_path: String::new(),
         protocol: UpstreamProtocol::Http1,
         connect_timeout: Duration::from_secs(3),
@@ -86,6 +87,7 @@ fn pieces(c: &mut Criterion) {
         pool_max_idle: 256,
     };
     let rid = HeaderValue::from_static("0193a5b4-7c1d-7000-8000-00000000beef");
+    let peer = Peer::new("127.0.0.1:5555".parse().unwrap());
     c.bench_function("rewrite_request_headers", |b| {
         b.iter_batched_ref(
             || headers.clone(),
@@ -93,7 +95,7 @@ fn pieces(c: &mut Criterion) {
                 let ctx = ForwardContext {
                     auth: Some(&entry),
                     request_id: &rid,
-                    peer: "127.0.0.1:5555".parse().unwrap(),
+                    peer: &peer,
                     path: "/api/calls",
                     tls: false,
                 };

@@ -452,6 +452,8 @@ pub struct UpstreamConfig {
     pub scheme: http::uri::Scheme,
     /// `host:port`.
     pub authority: http::uri::Authority,
+    /// `authority` as the `Host` header HTTP/1.1 requests carry.
+    pub host_header: http::HeaderValue,
     /// Base path without trailing slash (`""` for none).
     pub base_path: String,
     /// Wire protocol.
@@ -727,9 +729,12 @@ impl Config {
                     ))
                 }
             };
+            let host_header = http::HeaderValue::from_str(authority.as_str())
+                .map_err(|_| invalid(&key("url"), "host is not a valid Host header".into()))?;
             upstreams.push(UpstreamConfig {
                 name: u.name.clone(),
                 scheme,
+                host_header,
                 authority,
                 base_path,
                 protocol,

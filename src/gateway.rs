@@ -13,7 +13,6 @@
 //! request, cached or not, against the clock. Denials become responses in one
 //! place ([`crate::error::Denial::into_response`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response};
@@ -26,7 +25,7 @@ use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
 use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
-use crate::proxy::{check_lookalike_headers, forward, Body, ForwardContext, Upstream};
+use crate::proxy::{check_lookalike_headers, forward, Body, ForwardContext, Peer, Upstream};
 use crate::route::{normalize_path, RouteMatch, RouteTable};
 use crate::store::TokenStore;
 use crate::token::{Checked, TokenHash};
@@ -125,7 +124,7 @@ impl Gateway {
 
     /// Handles one request on the public listener. Never fails: every error
     /// is a JSON response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let request_id = new_request_id();
         match self.process(req, peer, &request_id).await {
             Ok(resp) => resp,
@@ -145,7 +144,7 @@ impl Gateway {
     async fn process(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         request_id: &HeaderValue,
     ) -> Result<Response<Body>, Denial> {
         let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;

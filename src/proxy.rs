@@ -162,15 +162,7 @@ impl http_body::Body for UpstreamBody {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
-                        strip_hop_by_hop(&mut trailers);
-                        trailers.remove(header::AUTHORIZATION);
-                        trailers.remove(&TOKEN_HEADER);
-                        for n in this.names.all() {
-                            trailers.remove(n);
-                        }
-                        for n in &SPOOFABLE {
-                            trailers.remove(n);
-                        }
+                        strip_for_upstream(&mut trailers, &this.names);
                         http_body::Frame::trailers(trailers)
                     }
                     Err(frame) => frame,
@@ -270,6 +262,25 @@ impl Upstream {
     }
 }
 
+/// The client end of a connection, worked out once per connection.
+#[derive(Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Its IP as the `X-Forwarded-For` value.
+    pub ip_header: HeaderValue,
+}
+
+impl Peer {
+    /// The peer of a newly accepted connection.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+            // An IP address is always a valid header value.
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Self { addr, ip_header }
+    }
+}
+
 /// What the gateway knows about the request besides its headers.
 #[derive(Debug)]
 pub struct ForwardContext<'a> {
@@ -277,8 +288,8 @@ pub struct ForwardContext<'a> {
     pub auth: Option<&'a AuthEntry>,
     /// The request id.
     pub request_id: &'a HeaderValue,
-    /// The client's address.
-    pub peer: SocketAddr,
+    /// The client's connection.
+    pub peer: &'a Peer,
     /// The normalised path to forward.
     pub path: &'a str,
     /// Whether the client spoke TLS to us.
@@ -346,32 +357,51 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Removes every header `doomed` picks, and, when `Connection` is among
+/// those, every header it lists. One pass over the names present (a
+/// request has a handful) rather than a removal per name that might be
+/// there (some thirty, each a hash and a probe).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let mut remove: Vec<HeaderName> = Vec::new();
+    let mut listed = false;
+    for name in headers.keys() {
+        if doomed(name) {
+            listed |= name == header::CONNECTION;
+            remove.push(name.clone());
+        }
+    }
+    if listed {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        remove.extend(named);
+    }
+    for n in &remove {
+        headers.remove(n);
+    }
+}
+
 /// Removes hop-by-hop headers and every header listed in `Connection`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in [
-        header::CONNECTION,
-        KEEP_ALIVE.clone(),
-        PROXY_CONNECTION.clone(),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        HTTP2_SETTINGS.clone(),
-    ] {
-        headers.remove(n);
-    }
+    remove_where(headers, is_hop_by_hop);
+}
+
+/// Removes what must not reach an upstream from a client's headers (or
+/// trailers): hop-by-hop headers (and those `Connection` lists), the
+/// credentials, headers that would steer the upstream, and any copy of a
+/// header the gateway sets.
+fn strip_for_upstream(headers: &mut HeaderMap, names: &HeaderNames) {
+    remove_where(headers, |n| {
+        is_hop_by_hop(n)
+            || n == header::AUTHORIZATION
+            || n == TOKEN_HEADER
+            || SPOOFABLE.contains(n)
+            || names.all().contains(&n)
+    });
 }
 
 /// h2 clients may split `cookie` into several fields; HTTP/1.1 needs one,
@@ -399,73 +429,63 @@ pub fn rewrite_request_headers(
     upstream: &UpstreamConfig,
     upgrade: bool,
 ) {
-    let original_host = headers.get(header::HOST).cloned();
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(&TOKEN_HEADER);
-    for n in names.all() {
-        headers.remove(n);
-    }
-    for n in &SPOOFABLE {
-        headers.remove(n);
-    }
+    let te_trailers = upstream.protocol == UpstreamProtocol::H2
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    strip_for_upstream(headers, names);
+    // Room for what the gateway adds, so adding never regrows the map.
+    headers.reserve(12);
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if te_trailers && upstream.protocol == UpstreamProtocol::H2 {
+    if te_trailers {
         // gRPC needs `te: trailers` to reach an h2 upstream.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 
-    match upstream.protocol {
+    let original_host = match upstream.protocol {
         UpstreamProtocol::Http1 => {
-            if let Ok(h) = HeaderValue::from_str(upstream.authority.as_str()) {
-                headers.insert(header::HOST, h);
-            }
             join_cookies(headers);
+            headers.insert(header::HOST, upstream.host_header.clone())
         }
         // h2 carries the authority in the URI; a Host header would conflict.
-        UpstreamProtocol::H2 => {
-            headers.remove(header::HOST);
-        }
-    }
+        UpstreamProtocol::H2 => headers.remove(header::HOST),
+    };
 
+    // None of these is present any more (`strip_for_upstream`), so they
+    // are appended, which skips looking for values to replace.
     if let Some(a) = ctx.auth {
         if let Some(v) = &a.tenant_id {
-            headers.insert(names.tenant_id.clone(), v.clone());
+            headers.append(names.tenant_id.clone(), v.clone());
         }
         if let Some(v) = &a.account_id {
-            headers.insert(names.account_id.clone(), v.clone());
+            headers.append(names.account_id.clone(), v.clone());
         }
         if let Some(v) = &a.workspace_id {
-            headers.insert(names.workspace_id.clone(), v.clone());
+            headers.append(names.workspace_id.clone(), v.clone());
         }
-        headers.insert(names.token_id.clone(), a.token_id.clone());
-        headers.insert(names.token_name.clone(), a.token_name.clone());
-        headers.insert(names.token_abilities.clone(), a.abilities.clone());
+        headers.append(names.token_id.clone(), a.token_id.clone());
+        headers.append(names.token_name.clone(), a.token_name.clone());
+        headers.append(names.token_abilities.clone(), a.abilities.clone());
     }
-    headers.insert(names.request_id.clone(), ctx.request_id.clone());
-    if let Ok(v) = HeaderValue::from_str(&ctx.peer.ip().to_string()) {
-        headers.insert(names.forwarded_for.clone(), v);
-    }
-    headers.insert(
+    headers.append(names.request_id.clone(), ctx.request_id.clone());
+    headers.append(names.forwarded_for.clone(), ctx.peer.ip_header.clone());
+    headers.append(
         names.forwarded_proto.clone(),
         HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
     );
     if let Some(h) = original_host {
-        headers.insert(names.forwarded_host.clone(), h);
+        headers.append(names.forwarded_host.clone(), h);
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::gateway::Gateway;
-use crate::proxy::Body;
+use crate::proxy::{Body, Peer};
 use crate::store::{FeedEvent, Invalidation, InvalidationFeed};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
@@ -87,9 +87,9 @@ pub async fn start_on(
         rx.clone(),
         grace,
         header_timeout,
-        move |req, peer| {
+        move |req, peer: Arc<Peer>| {
             let g = Arc::clone(&g);
-            async move { g.handle(req, peer).await }
+            async move { g.handle(req, &peer).await }
         },
     ));
     let g = Arc::clone(&gateway);
@@ -98,7 +98,7 @@ pub async fn start_on(
         rx.clone(),
         grace,
         header_timeout,
-        move |req, _peer| {
+        move |req, _peer: Arc<Peer>| {
             let g = Arc::clone(&g);
             async move { admin::handle(&g, req).await }
         },
@@ -129,7 +129,7 @@ async fn accept_loop<H, F>(
     header_timeout: Duration,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -143,7 +143,7 @@ async fn accept_loop<H, F>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
+                let (stream, addr) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -153,11 +153,13 @@ async fn accept_loop<H, F>(
                 };
                 let _ = stream.set_nodelay(true);
                 let h = handler.clone();
+                // Worked out once per connection, not per request.
+                let peer = Arc::new(Peer::new(addr));
                 let svc = service_fn(move |req| {
                     // Boxed once here: hyper moves the service future a few
                     // times before polling it, and a request's future is
                     // several kilobytes.
-                    let fut = Box::pin(h(req, peer));
+                    let fut = Box::pin(h(req, Arc::clone(&peer)));
                     async move { Ok::<_, std::convert::Infallible>(fut.await) }
                 });
                 let conn = builder
@@ -166,7 +168,7 @@ async fn accept_loop<H, F>(
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
                     }
                 });
             }
