@@ -358,30 +358,36 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Removes every header `doomed` picks, and, when `Connection` is among
-/// those, every header it lists. One pass over the names present (a
-/// request has a handful) rather than a removal per name that might be
-/// there (some thirty, each a hash and a probe).
+/// those, every header it lists. Looks only at the names present (a
+/// message has a handful) rather than removing each name that might be
+/// there (some thirty, each a hash and a probe), and allocates nothing
+/// when there is nothing to remove.
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    let mut remove: Vec<HeaderName> = Vec::new();
-    let mut listed = false;
-    for name in headers.keys() {
-        if doomed(name) {
-            listed |= name == header::CONNECTION;
-            remove.push(name.clone());
+    // Names are removed one at a time, each found by a fresh look at the
+    // keys: a message has few names and fewer to remove. `Connection` goes
+    // last, since it says what else to remove.
+    loop {
+        let listed = headers.get_all(header::CONNECTION);
+        let is_listed = |name: &HeaderName| {
+            listed
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+        };
+        let next = headers
+            .keys()
+            .find(|n| *n != header::CONNECTION && (doomed(n) || is_listed(n)))
+            .cloned();
+        match next {
+            Some(n) => {
+                headers.remove(&n);
+            }
+            None => break,
         }
     }
-    if listed {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        remove.extend(named);
-    }
-    for n in &remove {
-        headers.remove(n);
+    if doomed(&header::CONNECTION) {
+        headers.remove(header::CONNECTION);
     }
 }
 

@@ -46,6 +46,40 @@ fn hex(b: u8) -> Option<u8> {
 ///   segment (never above the root).
 /// - A trailing slash is kept, as is the one a final `.` or `..` implies.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    if is_canonical(raw) {
+        return Ok(raw.to_owned());
+    }
+    normalize_slow(raw)
+}
+
+/// Whether `raw` is already what [`normalize_path`] would make of it: the
+/// common case, checked in one pass without building segments. Anything
+/// unusual (an escape, a backslash, a control or non-ASCII byte, an empty
+/// or dot segment before the end) takes the full path.
+fn is_canonical(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return false;
+    }
+    // Each segment: the bytes after a '/' up to the next '/' (or the end).
+    let mut segments = bytes[1..].split(|b| *b == b'/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        // Empty only as the last one (`/a/`, `/`), never `//`.
+        if (seg.is_empty() && !last) || seg == b"." || seg == b".." {
+            return false;
+        }
+        if seg
+            .iter()
+            .any(|&b| b == b'%' || b == b'\\' || !(0x20..0x7f).contains(&b))
+        {
+            return false;
+        }
+    }
+    true
+}
+
+fn normalize_slow(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -310,6 +344,16 @@ mod tests {
             if prefix_matches("/api", &n) {
                 prop_assert!(n == "/api" || n.starts_with("/api/"));
             }
+        }
+
+        /// The one-pass check for already-canonical paths agrees with the
+        /// full normalisation on every input it accepts.
+        #[test]
+        fn canonical_fast_path_agrees(
+            segs in proptest::collection::vec(prop_oneof![segment(), "[a-z/.%\\\\]{0,4}"], 0..8),
+        ) {
+            let raw = format!("/{}", segs.join("/"));
+            prop_assert_eq!(normalize_path(&raw), normalize_slow(&raw));
         }
 
         #[test]
