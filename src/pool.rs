@@ -294,6 +294,7 @@ impl Pool {
             .map_err(PoolError::Connect)?;
         let io = connector.call(target).await.map_err(PoolError::Connect)?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
             .handshake(io)
             .await?;
         Ok(Box::new(Conn {

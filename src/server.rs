@@ -138,6 +138,7 @@ async fn accept_loop<H, F>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        .writev(false)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     loop {
