@@ -66,6 +66,8 @@ pub struct AuthEntry {
     pub workspace_id: Option<HeaderValue>,
     /// Key for last-used batching.
     pub last_used_key: Arc<str>,
+    /// When it was read from the store.
+    pub loaded: Instant,
 }
 
 impl AuthEntry {
@@ -80,6 +82,7 @@ impl AuthEntry {
             account_id: int(record.account_id),
             workspace_id: int(record.workspace_id),
             last_used_key: Arc::from(record.token_id.as_str()),
+            loaded: Instant::now(),
             record,
         }
     }
@@ -141,6 +144,7 @@ pub struct TokenCache {
     dead_accounts: moka::sync::Cache<i64, u64>,
     dead_tenants: moka::sync::Cache<i64, u64>,
     store_timeout: Duration,
+    ttl: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -190,6 +194,7 @@ impl TokenCache {
             dead_tenants: tombstones(tomb_ttl, &cleared_before),
             cleared_before,
             store_timeout,
+            ttl: cfg.ttl,
             metrics,
         }
     }
@@ -256,6 +261,12 @@ impl TokenCache {
                 .is_some_and(|t| newer(self.dead_tenants.get(&t)))
     }
 
+    /// The invalidation count: it moves on every invalidation of any kind,
+    /// so an answer taken while it read `e` is still current while it does.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     fn next_epoch(&self) -> u64 {
         self.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -291,6 +302,64 @@ impl TokenCache {
     pub fn entry_count(&self) -> u64 {
         self.records.entry_count()
     }
+}
+
+/// The last token one client connection presented and its entry: clients
+/// send the same token on every request of a keep-alive connection, and
+/// this answers the repeat without hashing it or asking the cache.
+///
+/// Never less strict than the cache: the memo is used only while no
+/// invalidation of any kind has happened since the entry was checked (the
+/// cache's epoch has not moved) and while the entry is younger than the
+/// cache TTL, and only for the identical token. Unknown tokens are never
+/// memoised. The decision ([`crate::auth::decide`]) still runs on every
+/// request.
+#[derive(Default)]
+pub struct ConnectionMemo(std::sync::Mutex<Option<Memo>>);
+
+struct Memo {
+    token: Box<str>,
+    entry: Arc<AuthEntry>,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for ConnectionMemo {
+    // Never shows the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionMemo")
+    }
+}
+
+impl ConnectionMemo {
+    /// The memoised entry, if `token` is the memoised token and the entry
+    /// is still current.
+    pub fn get(&self, token: &str, cache: &TokenCache) -> Option<Arc<AuthEntry>> {
+        let slot = self.0.lock().ok()?;
+        let m = slot.as_ref()?;
+        let current = m.epoch == cache.epoch() && m.entry.loaded.elapsed() < cache.ttl;
+        (current && same_secret(&m.token, token)).then(|| Arc::clone(&m.entry))
+    }
+
+    /// Remembers `entry` for `token`; `epoch` is [`TokenCache::epoch`] read
+    /// before the lookup that produced it began.
+    pub fn put(&self, token: &str, entry: &Arc<AuthEntry>, epoch: u64) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(Memo {
+                token: token.into(),
+                entry: Arc::clone(entry),
+                epoch,
+            });
+        }
+    }
+}
+
+/// Equality that takes as long for a near miss as for a far one.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]

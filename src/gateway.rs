@@ -9,8 +9,10 @@
 //!
 //! Each step can only refuse; nothing after a refusal runs. The cheap checks
 //! (length, alphabet, prefix, CRC32) sit before the cache so that garbage and
-//! typos never cost a cache slot or a store query. The decision runs on every
-//! request, cached or not, against the clock. Denials become responses in one
+//! typos never cost a cache slot or a store query. A repeat of the token
+//! the connection's previous request presented skips the hash and the cache
+//! while no invalidation has happened since ([`ConnectionMemo`]). The
+//! decision runs on every request, cached or not, against the clock. Denials become responses in one
 //! place ([`crate::error::Denial::into_response`]).
 
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::{decide, extract_credential, kind_may_proxy};
-use crate::cache::{AuthEntry, TokenCache};
+use crate::cache::{AuthEntry, ConnectionMemo, TokenCache};
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
@@ -163,7 +165,9 @@ impl Gateway {
         };
         let entry = match route.auth {
             AuthMode::None => None,
-            AuthMode::Required | AuthMode::Optional => self.authenticate(&req, route).await?,
+            AuthMode::Required | AuthMode::Optional => {
+                self.authenticate(&req, route, &peer.memo).await?
+            }
         };
         if let Some(e) = &entry {
             self.last_used.record(&e.last_used_key, self.clock.now());
@@ -190,6 +194,7 @@ impl Gateway {
         &self,
         req: &Request<Incoming>,
         route: &RouteConfig,
+        memo: &ConnectionMemo,
     ) -> Result<Option<Arc<AuthEntry>>, Denial> {
         let Some(token) = extract_credential(req.headers())? else {
             return match route.auth {
@@ -197,7 +202,19 @@ impl Gateway {
                 _ => Err(Denial::MissingToken),
             };
         };
-        let entry = self.lookup(token).await?;
+        let entry = match memo.get(token, &self.cache) {
+            Some(entry) => {
+                self.metrics.cache_lookups.inc();
+                self.metrics.memo_hits.inc();
+                entry
+            }
+            None => {
+                let epoch = self.cache.epoch();
+                let entry = self.lookup(token).await?;
+                memo.put(token, &entry, epoch);
+                entry
+            }
+        };
         decide(
             &entry.record,
             self.clock.now(),

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub denied: DashMap<&'static str, u64>,
     /// Token lookups that went to the cache (hits and misses).
     pub cache_lookups: Counter,
+    /// Lookups answered by the connection's memo of its last token (also
+    /// counted in `cache_lookups`).
+    pub memo_hits: Counter,
     /// Queries sent to the store by the request path (cache misses).
     pub store_lookups: Counter,
     /// Last-used rows written.
@@ -84,6 +87,11 @@ impl Metrics {
             "tokengate_cache_lookups_total",
             "Token lookups made against the cache.",
             self.cache_lookups.get(),
+        );
+        counter(
+            "tokengate_memo_hits_total",
+            "Token lookups answered by the connection's memo of its last token.",
+            self.memo_hits.get(),
         );
         counter(
             "tokengate_store_lookups_total",

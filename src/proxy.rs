@@ -38,7 +38,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::auth::TOKEN_HEADER;
-use crate::cache::AuthEntry;
+use crate::cache::{AuthEntry, ConnectionMemo};
 use crate::config::{HeaderNames, UpstreamConfig, UpstreamProtocol};
 use crate::error::Denial;
 use crate::metrics::Metrics;
@@ -269,6 +269,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Its IP as the `X-Forwarded-For` value.
     pub ip_header: HeaderValue,
+    /// The token its last request presented, and what it resolved to.
+    pub memo: ConnectionMemo,
 }
 
 impl Peer {
@@ -277,7 +279,11 @@ impl Peer {
         let ip_header = HeaderValue::from_str(&addr.ip().to_string())
             // An IP address is always a valid header value.
             .unwrap_or(HeaderValue::from_static("unknown"));
-        Self { addr, ip_header }
+        Self {
+            addr,
+            ip_header,
+            memo: ConnectionMemo::default(),
+        }
     }
 }
 

@@ -208,3 +208,99 @@ async fn listings_never_show_a_secret_or_hash() {
     assert!(!text.contains(&hash), "hash in listing");
     assert!(text.contains(&t[..8]), "display prefix shown");
 }
+
+/// The token id the upstream saw on its last request.
+fn upstream_token_id(g: &TestGateway) -> String {
+    g.upstream.last().headers["x-token-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_reuses_its_token_but_never_past_a_revoke() {
+    let g = TestGateway::spawn().await;
+    let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
+    let mut conn = common::KeepAlive::open(g.addr).await;
+    for _ in 0..5 {
+        assert_eq!(conn.get("/api/x", &t).await.status, StatusCode::OK);
+    }
+    assert_eq!(g.store_lookups(), 1);
+    assert_eq!(
+        g.gateway.metrics.memo_hits.get(),
+        4,
+        "repeats skip the cache"
+    );
+
+    g.gateway
+        .issuer
+        .revoke(&id, &Default::default())
+        .await
+        .unwrap();
+    let r = conn.get("/api/x", &t).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.code(), "TOKEN_REVOKED");
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_sees_a_block_and_expiry_at_once() {
+    let g = TestGateway::spawn().await;
+    let now = g.clock.now();
+    let (t, _) = g.mint(TokenKind::Api, &["*"], Some(now + 60)).await;
+    let mut conn = common::KeepAlive::open(g.addr).await;
+    assert_eq!(conn.get("/api/x", &t).await.status, StatusCode::OK);
+    assert_eq!(conn.get("/api/x", &t).await.status, StatusCode::OK);
+
+    // Expiry is decided on every request, memo or not.
+    g.clock.advance(60);
+    assert_eq!(conn.get("/api/x", &t).await.code(), "TOKEN_EXPIRED");
+
+    let (t2, _) = g.mint(TokenKind::Api, &["*"], None).await;
+    assert_eq!(conn.get("/api/x", &t2).await.status, StatusCode::OK);
+    g.gateway
+        .issuer
+        .set_account_status(
+            g.account_id,
+            tokengate::store::Status::Blocked,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let r = conn.get("/api/x", &t2).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn tokens_alternating_on_one_connection_each_keep_their_identity() {
+    let g = TestGateway::spawn().await;
+    let (a, id_a) = g.mint(TokenKind::Api, &["*"], None).await;
+    let (b, id_b) = g.mint(TokenKind::Api, &["*"], None).await;
+    let garbage = TokenFormat::default().generate(TokenKind::Api);
+    let mut conn = common::KeepAlive::open(g.addr).await;
+    for _ in 0..3 {
+        assert_eq!(conn.get("/api/x", &a).await.status, StatusCode::OK);
+        assert_eq!(upstream_token_id(&g), id_a);
+        assert_eq!(conn.get("/api/x", &b).await.status, StatusCode::OK);
+        assert_eq!(upstream_token_id(&g), id_b);
+        // An unknown token right after a good one is not mistaken for it.
+        let r = conn.get("/api/x", garbage.expose()).await;
+        assert_eq!(r.code(), "TOKEN_INVALID");
+        assert_eq!(conn.get("/api/x", &a).await.status, StatusCode::OK);
+        assert_eq!(conn.get("/api/x", &a).await.status, StatusCode::OK);
+        assert_eq!(upstream_token_id(&g), id_a);
+    }
+}
+
+#[tokio::test]
+async fn the_memo_does_not_outlive_the_cache_ttl() {
+    let g = TestGateway::spawn_with("[cache]\nttl_seconds = 1\n").await;
+    let (t, _) = g.mint(TokenKind::Api, &["*"], None).await;
+    let mut conn = common::KeepAlive::open(g.addr).await;
+    assert_eq!(conn.get("/api/x", &t).await.status, StatusCode::OK);
+    assert_eq!(conn.get("/api/x", &t).await.status, StatusCode::OK);
+    assert_eq!(g.store_lookups(), 1);
+    // Past the TTL the entry is read again, as a cache entry would be.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(conn.get("/api/x", &t).await.status, StatusCode::OK);
+    assert_eq!(g.store_lookups(), 2);
+}

@@ -589,3 +589,41 @@ pub async fn send_bytes(
         body,
     }
 }
+
+/// One client keep-alive connection to the gateway: every request goes over
+/// the same TCP connection (the per-connection token memo sees them all).
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAlive {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    /// GET `path` with `Authorization: Bearer <token>`.
+    pub async fn get(&mut self, path: &str, token: &str) -> Reply {
+        self.sender.ready().await.expect("connection still open");
+        let req = Request::get(path)
+            .header("host", "gateway")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(req))
+            .await
+            .expect("gateway answered in time")
+            .expect("request failed");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
