@@ -238,6 +238,23 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<Proxy> {
 }
 
 async fn store_lookups(admin: SocketAddr) -> u64 {
+    metric(admin, "tokengate_store_lookups_total").await
+}
+
+/// Waits (up to 30 s) until the last-used times noted so far are written:
+/// the warm-up's uses are flushed before a measured window, so the window
+/// shows the steady state (a busy token is written once per minute), not
+/// the one-off write of a whole working set.
+async fn wait_for_last_used_flush(admin: SocketAddr, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(admin, "tokengate_last_used_written_total").await < at_least
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn metric(admin: SocketAddr, name: &str) -> u64 {
     let mut s = TcpStream::connect(admin).await.unwrap();
     let (mut r, mut w) = s.split();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -247,7 +264,7 @@ async fn store_lookups(admin: SocketAddr) -> u64 {
     let mut text = String::new();
     r.read_to_string(&mut text).await.unwrap();
     text.lines()
-        .find(|l| l.starts_with("tokengate_store_lookups_total "))
+        .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -699,7 +716,14 @@ fn main() {
             }
             if want("store-1m") {
                 let set = Arc::new(more[..WORKING_SET_1M].to_vec());
+                let written = match gw.admin {
+                    Some(admin) => metric(admin, "tokengate_last_used_written_total").await,
+                    None => 0,
+                };
                 let _ = drive(gw.addr, "/warm", Tokens::Once(Arc::clone(&set), Arc::default()), conns, 120.0).await;
+                if let Some(admin) = gw.admin {
+                    wait_for_last_used_flush(admin, written + WORKING_SET_1M as u64).await;
+                }
                 let c = gw.cpu();
                 let o = drive(gw.addr, "/api/x", Tokens::Cycle(set), conns, secs).await;
                 rows.push(row("store-1m", &o, Some((&gw, c))));

@@ -127,6 +127,9 @@ pub struct FileStore {
     pub timeout_seconds: u64,
     /// Seconds between flushes of batched last-used times. Default 10.
     pub last_used_flush_seconds: u64,
+    /// A token in constant use has its last-used time written at most once
+    /// per this many seconds. Default 60; 0 writes every flush.
+    pub last_used_resolution_seconds: u64,
 }
 
 impl Default for FileStore {
@@ -136,6 +139,7 @@ impl Default for FileStore {
             max_connections: 8,
             timeout_seconds: 5,
             last_used_flush_seconds: 10,
+            last_used_resolution_seconds: 60,
         }
     }
 }
@@ -421,6 +425,8 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// Period of last-used flushes.
     pub last_used_flush: Duration,
+    /// Least time between two writes of one token's last-used time.
+    pub last_used_resolution: Duration,
 }
 
 /// Validated `[cache]`.
@@ -654,6 +660,7 @@ impl Config {
                 "store.last_used_flush_seconds",
                 f.store.last_used_flush_seconds,
             )?),
+            last_used_resolution: Duration::from_secs(f.store.last_used_resolution_seconds),
         };
 
         let cache = CacheConfig {

@@ -86,6 +86,7 @@ impl Gateway {
             .collect();
         let routes = RouteTable::new(config.routes.clone());
         let header_names = Arc::new(config.headers.clone());
+        let last_used = LastUsed::new(config.store.last_used_resolution);
         Arc::new(Self {
             header_names,
             config,
@@ -93,7 +94,7 @@ impl Gateway {
             cache,
             issuer,
             metrics,
-            last_used: LastUsed::default(),
+            last_used,
             clock,
             routes,
             upstreams,

@@ -4,12 +4,6 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: a proxied request makes a few dozen
-/// small, short-lived allocations (header maps, bytes, futures), and glibc
-/// spends about twice the instructions on each (BENCHMARKS.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

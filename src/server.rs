@@ -233,7 +233,10 @@ async fn flush_loop(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) 
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                gateway.last_used.flush(gateway.store.as_ref(), &gateway.metrics).await;
+                gateway
+                    .last_used
+                    .flush(gateway.store.as_ref(), &gateway.metrics, gateway.clock().now())
+                    .await;
             }
             _ = shutdown.changed() => break,
         }
@@ -243,7 +246,11 @@ async fn flush_loop(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) 
     tokio::time::sleep(Duration::from_millis(50)).await;
     if !gateway
         .last_used
-        .flush(gateway.store.as_ref(), &gateway.metrics)
+        .flush(
+            gateway.store.as_ref(),
+            &gateway.metrics,
+            gateway.clock().now(),
+        )
         .await
     {
         tracing::warn!(

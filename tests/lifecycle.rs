@@ -128,7 +128,7 @@ async fn last_used_is_batched_not_written_per_request() {
     assert!(
         g.gateway
             .last_used
-            .flush(g.gateway.store.as_ref(), &g.gateway.metrics)
+            .flush(g.gateway.store.as_ref(), &g.gateway.metrics, g.clock.now())
             .await
     );
     let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
@@ -139,6 +139,40 @@ async fn last_used_is_batched_not_written_per_request() {
         "one row for twenty uses"
     );
     assert_eq!(g.gateway.last_used.pending(), 0);
+}
+
+#[tokio::test]
+async fn a_busy_token_is_written_once_per_resolution_not_once_per_flush() {
+    // The default resolution: 60 seconds.
+    let g = TestGateway::spawn().await;
+    let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
+    let flush = || async {
+        assert!(
+            g.gateway
+                .last_used
+                .flush(g.gateway.store.as_ref(), &g.gateway.metrics, g.clock.now())
+                .await
+        );
+    };
+    let written_at = g.clock.now();
+    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    flush().await;
+    // Used on through the next 59 seconds: nothing more to write.
+    for _ in 0..59 {
+        g.clock.advance(1);
+        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+        flush().await;
+    }
+    assert_eq!(g.gateway.metrics.last_used_written.get(), 1);
+    let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
+    assert_eq!(row.last_used_at, Some(written_at));
+    // A minute on, the next use is written.
+    g.clock.advance(1);
+    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    flush().await;
+    assert_eq!(g.gateway.metrics.last_used_written.get(), 2);
+    let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
+    assert_eq!(row.last_used_at, Some(written_at + 60));
 }
 
 #[tokio::test]

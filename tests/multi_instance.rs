@@ -284,7 +284,7 @@ async fn a_store_outage_fails_closed_and_recovers_without_restart() {
     assert!(
         !b.gateway
             .last_used
-            .flush(b.gateway.store.as_ref(), &b.gateway.metrics)
+            .flush(b.gateway.store.as_ref(), &b.gateway.metrics, b.clock.now())
             .await
     );
     // `cached` and `revoked` (used before its revocation) were both used on b.
@@ -319,7 +319,7 @@ async fn a_store_outage_fails_closed_and_recovers_without_restart() {
     assert!(
         b.gateway
             .last_used
-            .flush(b.gateway.store.as_ref(), &b.gateway.metrics)
+            .flush(b.gateway.store.as_ref(), &b.gateway.metrics, b.clock.now())
             .await
     );
     let row = a

@@ -70,7 +70,7 @@ async fn no_token_or_hash_is_ever_logged() {
         .await;
     g.gateway
         .last_used
-        .flush(g.gateway.store.as_ref(), &g.gateway.metrics)
+        .flush(g.gateway.store.as_ref(), &g.gateway.metrics, g.clock.now())
         .await;
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();

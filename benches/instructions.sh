@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: a figure that,
+# unlike requests/s or CPU time, does not move with what else the machine
+# is doing, so a change to the request path can be judged by one run.
+#
+#   benches/instructions.sh [SECONDS]      (default 10)
+#
+# Needs valgrind, wrk and nginx (Debian: valgrind wrk nginx-light) and a
+# release build (`cargo build --release`, or TOKENGATE_BIN=path). Counts
+# user-space instructions only: the kernel's share (socket reads and
+# writes) is the same for every proxy making the same syscalls.
+#
+# Topology: nginx serves a static 200 on core 0 as the upstream; the proxy
+# under test runs under callgrind on core 1; wrk (8 connections, core 0)
+# drives it over loopback. Cases: tokengate with a valid token (`cached`),
+# tokengate on an `auth = "none"` route (`none`), and nginx itself as a
+# plain keep-alive `proxy_pass` (`nginx`). Everything listens on 127.0.0.1.
+set -euo pipefail
+
+SECONDS_PER_CASE=${1:-10}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${TOKENGATE_BIN:-$ROOT/target/release/tokengate}
+for tool in valgrind wrk nginx taskset curl; do
+    command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
+done
+[ -x "$BIN" ] || { echo "no $BIN: run cargo build --release" >&2; exit 1; }
+
+DIR=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$DIR/up/nginx.pid" ] && kill "$(cat "$DIR/up/nginx.pid")" 2>/dev/null || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port) PUB=$(free_port) ADM=$(free_port) NGX=$(free_port)
+
+mkdir -p "$DIR/up" "$DIR/px"
+cat > "$DIR/up/nginx.conf" <<EOF
+worker_processes 1; pid $DIR/up/nginx.pid; error_log $DIR/up/err warn;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $DIR/up; proxy_temp_path $DIR/up;
+  server { listen 127.0.0.1:$UP; keepalive_requests 1000000;
+    location / { return 200 '{"ok":true}\n'; } } }
+EOF
+taskset -c 0 nginx -c "$DIR/up/nginx.conf"
+
+cat > "$DIR/tg.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PUB"
+admin_listen = "127.0.0.1:$ADM"
+[store]
+url = "sqlite://$DIR/tg.db"
+[[upstreams]]
+name = "up"
+url = "http://127.0.0.1:$UP"
+[[routes]]
+path = "/"
+upstream = "up"
+[[routes]]
+path = "/open"
+upstream = "up"
+auth = "none"
+EOF
+"$BIN" --config "$DIR/tg.toml" init >/dev/null
+"$BIN" --config "$DIR/tg.toml" tenant create --name Bench >/dev/null
+"$BIN" --config "$DIR/tg.toml" account create --tenant 1 --email b@example.com --name B >/dev/null
+TOKEN=$("$BIN" --config "$DIR/tg.toml" token issue --account 1 --name bench --ability '*' 2>/dev/null)
+
+# count LABEL URL -- COMMAND...: runs COMMAND under callgrind on core 1,
+# drives URL with wrk, prints instructions per request.
+count() {
+    local label=$1 url=$2 health=$3; shift 4
+    taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$DIR/$label.cg" "$@" \
+        >/dev/null 2>"$DIR/$label.log" &
+    local pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 200); do curl -s -o /dev/null "$health" && break; sleep 0.1; done
+    taskset -c 0 wrk -t1 -c8 -d"${SECONDS_PER_CASE}s" -H "Authorization: Bearer $TOKEN" "$url" \
+        > "$DIR/$label.wrk"
+    kill -TERM "$pid"; sleep 1; kill -QUIT "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local req ir
+    req=$(grep -oP '^\s+\K\d+(?= requests in)' "$DIR/$label.wrk")
+    ir=$(grep -oP 'summary: \K\d+' "$DIR/$label.cg")
+    if grep -q "Non-2xx" "$DIR/$label.wrk"; then echo "$label: non-2xx answers" >&2; exit 1; fi
+    printf '%-8s %9d requests %12d instructions %8d per request\n' \
+        "$label" "$req" "$ir" $((ir / req))
+}
+
+count cached "http://127.0.0.1:$PUB/x" "http://127.0.0.1:$ADM/healthz" -- \
+    env RUST_LOG=warn "$BIN" --config "$DIR/tg.toml" serve
+count none "http://127.0.0.1:$PUB/open/x" "http://127.0.0.1:$ADM/healthz" -- \
+    env RUST_LOG=warn "$BIN" --config "$DIR/tg.toml" serve
+
+cat > "$DIR/px/nginx.conf" <<EOF
+worker_processes 1; daemon off; master_process off;
+pid $DIR/px/nginx.pid; error_log $DIR/px/err warn;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $DIR/px; proxy_temp_path $DIR/px;
+  upstream up { server 127.0.0.1:$UP; keepalive 256; }
+  server { listen 127.0.0.1:$NGX;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+count nginx "http://127.0.0.1:$NGX/x" "http://127.0.0.1:$NGX/x" -- nginx -c "$DIR/px/nginx.conf"
