@@ -12,10 +12,11 @@
 //! tokens: 401, must never reach the store), `store-10k` (cycling over all
 //! 10k stored tokens, warm), `cold` (1M stored; each request a token never
 //! seen before, so every one is a cache miss), `store-1m` (1M stored, cycling
-//! over 100k of them, warm), and `nginx` (no auth). For each: requests/s,
-//! latency p50 / p99 / p99.9, the proxy's CPU time per request (from
-//! `/proc`), and its peak RSS; tokengate cases also as ratios to `direct`,
-//! and `cached` as ratios to `nginx`.
+//! over 100k of them, warm; `cold` and `store-1m` each get a fresh gateway
+//! process, so each peak RSS is its own), and `nginx` (no auth). For each:
+//! requests/s, latency p50 / p99 / p99.9, the proxy's CPU time per request
+//! (from `/proc`), and its peak RSS; tokengate cases also as ratios to
+//! `direct`, and `cached` as ratios to `nginx`.
 //!
 //! Run: `cargo bench --bench load`. Knobs (environment):
 //! `LOAD_SECONDS` (5), `LOAD_ROUNDS` (3: every case once per round,
@@ -705,9 +706,9 @@ fn main() {
             let t0 = Instant::now();
             let more = add_tokens(&db, account.id, tenant.id, 990_000).await;
             eprintln!("stored 1M tokens in all ({:.1}s more)", t0.elapsed().as_secs_f64());
-            let gw = start_tokengate(&config);
-            println!("one round each, 1M tokens stored:");
+            println!("one round each, 1M tokens stored (a fresh gateway for each, so each peak RSS is its own):");
             if want("cold") {
+                let gw = start_tokengate(&config);
                 let fresh = Arc::new(more[WORKING_SET_1M..].to_vec());
                 let c = gw.cpu();
                 let o = drive(gw.addr, "/api/x", Tokens::Once(fresh, Arc::default()), conns, secs).await;
@@ -715,6 +716,7 @@ fn main() {
                 print_row(rows.last().unwrap(), Some(&direct));
             }
             if want("store-1m") {
+                let gw = start_tokengate(&config);
                 let set = Arc::new(more[..WORKING_SET_1M].to_vec());
                 let written = match gw.admin {
                     Some(admin) => metric(admin, "tokengate_last_used_written_total").await,

@@ -244,6 +244,13 @@ impl Pool {
                 match shared.idle.pop() {
                     Some(idle) => idle,
                     None => {
+                        // Requests whose own connection won leave their
+                        // place behind; clear those out now and then
+                        // (amortised: at each power of two from 64).
+                        let n = shared.waiters.len();
+                        if n >= 64 && n.is_power_of_two() {
+                            shared.waiters.retain(|w| !w.is_closed());
+                        }
                         let (tx, rx) = oneshot::channel();
                         shared.waiters.push_back(tx);
                         return Checkout::Wait(rx);
