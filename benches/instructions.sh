@@ -64,7 +64,7 @@ path = "/open"
 upstream = "up"
 auth = "none"
 EOF
-"$BIN" --config "$DIR/tg.toml" init >/dev/null
+"$BIN" --config "$DIR/tg.toml" init >/dev/null 2>&1
 "$BIN" --config "$DIR/tg.toml" tenant create --name Bench >/dev/null
 "$BIN" --config "$DIR/tg.toml" account create --tenant 1 --email b@example.com --name B >/dev/null
 TOKEN=$("$BIN" --config "$DIR/tg.toml" token issue --account 1 --name bench --ability '*' 2>/dev/null)
@@ -73,14 +73,16 @@ TOKEN=$("$BIN" --config "$DIR/tg.toml" token issue --account 1 --name bench --ab
 # drives URL with wrk, prints instructions per request.
 count() {
     local label=$1 url=$2 health=$3; shift 4
-    taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$DIR/$label.cg" "$@" \
-        >/dev/null 2>"$DIR/$label.log" &
+    RUST_LOG=warn taskset -c 1 valgrind --tool=callgrind \
+        --callgrind-out-file="$DIR/$label.cg" "$@" >/dev/null 2>"$DIR/$label.log" &
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 200); do curl -s -o /dev/null "$health" && break; sleep 0.1; done
     taskset -c 0 wrk -t1 -c8 -d"${SECONDS_PER_CASE}s" -H "Authorization: Bearer $TOKEN" "$url" \
         > "$DIR/$label.wrk"
-    kill -TERM "$pid"; sleep 1; kill -QUIT "$pid" 2>/dev/null || true
+    # A clean exit writes the profile; give it time under valgrind.
+    kill -TERM "$pid"
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     wait "$pid" 2>/dev/null || true
     local req ir
     req=$(grep -oP '^\s+\K\d+(?= requests in)' "$DIR/$label.wrk")
@@ -91,9 +93,9 @@ count() {
 }
 
 count cached "http://127.0.0.1:$PUB/x" "http://127.0.0.1:$ADM/healthz" -- \
-    env RUST_LOG=warn "$BIN" --config "$DIR/tg.toml" serve
+    "$BIN" --config "$DIR/tg.toml" serve
 count none "http://127.0.0.1:$PUB/open/x" "http://127.0.0.1:$ADM/healthz" -- \
-    env RUST_LOG=warn "$BIN" --config "$DIR/tg.toml" serve
+    "$BIN" --config "$DIR/tg.toml" serve
 
 cat > "$DIR/px/nginx.conf" <<EOF
 worker_processes 1; daemon off; master_process off;
