@@ -577,7 +577,14 @@ pub async fn send_bytes(
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(Bytes::from(body))).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+    reply(client.request(req)).await
+}
+
+/// Waits (bounded) for a response and reads it whole.
+async fn reply<E: std::fmt::Debug>(
+    sent: impl std::future::Future<Output = Result<Response<Incoming>, E>>,
+) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(10), sent)
         .await
         .expect("gateway answered in time")
         .expect("request failed");
@@ -614,16 +621,6 @@ impl KeepAlive {
             .header("authorization", format!("Bearer {token}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(req))
-            .await
-            .expect("gateway answered in time")
-            .expect("request failed");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        reply(self.sender.send_request(req)).await
     }
 }
