@@ -24,6 +24,9 @@
 //!   at checkout. If the upstream closes it just as a request is sent, hyper
 //!   hands back the request unwritten and it goes out on another connection;
 //!   a request that was written is never sent twice.
+//! - A response that ends while its request body is still being sent (an
+//!   early 413 or 401 from the upstream) leaves the connection mid-request:
+//!   it is closed, so the rest of that upload is cut off.
 //! - At most `pool_max_idle` idle connections are kept, none longer than
 //!   `pool_idle_timeout`; [`Pool::sweep`] closes the expired ones when
 //!   traffic stops.
@@ -124,6 +127,7 @@ struct Shared {
 pub struct Pool {
     shared: Mutex<Shared>,
     connector: HttpsConnector<HttpConnector>,
+    connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -146,15 +150,18 @@ enum Checkout {
 }
 
 impl Pool {
-    /// An empty pool that connects with `connector` (HTTP/1.1 only).
+    /// An empty pool that connects with `connector` (HTTP/1.1 only); a
+    /// connection not up (TCP and TLS) within `connect_timeout` fails.
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
+        connect_timeout: Duration,
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             shared: Mutex::new(Shared::default()),
             connector,
+            connect_timeout,
             max_idle,
             idle_timeout,
         })
@@ -290,7 +297,15 @@ impl Pool {
                 });
                 Ok((conn, true))
             }
-            made = &mut connecting => made.map(|c| (c, false)),
+            made = &mut connecting => {
+                // A connection handed over while this one came up is not
+                // lost with the receiver: it goes back to the pool.
+                waiter.close();
+                if let Ok(handed) = waiter.try_recv() {
+                    self.put_back(handed);
+                }
+                made.map(|c| (c, false))
+            }
         }
     }
 
@@ -299,7 +314,13 @@ impl Pool {
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(PoolError::Connect)?;
-        let io = connector.call(target).await.map_err(PoolError::Connect)?;
+        // The connector bounds the TCP connect only; a TLS handshake the
+        // upstream never answers must end too (a connect finishing in the
+        // background has no request timeout over it).
+        let io = tokio::time::timeout(self.connect_timeout, connector.call(target))
+            .await
+            .map_err(|_| PoolError::Connect("connect (with TLS) timed out".into()))?
+            .map_err(PoolError::Connect)?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .writev(false)
             .handshake(io)
@@ -364,7 +385,10 @@ impl PooledBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            // Trailers are the last frame (hyper's server polls no further).
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() || self.inner.is_end_stream() => {
+                self.finish()
+            }
             // A broken body leaves the connection mid-message: close it.
             Poll::Ready(Some(Err(_))) => self.conn = None,
             _ => {}

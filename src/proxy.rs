@@ -243,6 +243,7 @@ impl Upstream {
         let pool = (config.protocol == UpstreamProtocol::Http1).then(|| {
             Pool::new(
                 connector(&config, UpstreamProtocol::Http1),
+                config.connect_timeout,
                 config.pool_max_idle,
                 config.pool_idle_timeout,
             )

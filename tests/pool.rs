@@ -28,6 +28,7 @@ struct Scripted {
 }
 
 /// Paths: `/raw/close` answers with `Connection: close` and closes;
+/// `/raw/trailers` answers chunked, with a trailer;
 /// `/raw/hangup` answers (keep-alive) and then closes the connection
 /// anyway, as an upstream's idle timeout would; `/raw/empty` is a 204;
 /// `/raw/big` sends `BIG` bytes; anything else a short 200.
@@ -83,6 +84,10 @@ async fn serve_scripted(mut stream: TcpStream, n: usize) {
         };
         let mut out = match path.as_str() {
             "/raw/empty" => format!("HTTP/1.1 204 No Content\r\nx-conn: {n}\r\n\r\n"),
+            "/raw/trailers" => format!(
+                "HTTP/1.1 200 OK\r\nx-conn: {n}\r\ntransfer-encoding: chunked\r\n\r\n\
+                 6\r\nconn {n}\r\n0\r\nx-checksum: 1\r\n\r\n"
+            ),
             "/raw/close" => format!(
                 "HTTP/1.1 200 OK\r\nx-conn: {n}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
                 body.len()
@@ -93,7 +98,7 @@ async fn serve_scripted(mut stream: TcpStream, n: usize) {
             ),
         }
         .into_bytes();
-        if method != "HEAD" {
+        if method != "HEAD" && path != "/raw/trailers" {
             out.extend_from_slice(&body);
         }
         if stream.write_all(&out).await.is_err() {
@@ -135,15 +140,16 @@ fn conn_of(r: &common::Reply) -> usize {
 async fn one_upstream_connection_serves_sequential_requests_of_every_shape() {
     let up = scripted().await;
     let g = gateway(&up, 60).await;
-    for i in 0..30 {
-        let r = match i % 3 {
+    for i in 0..40 {
+        let r = match i % 4 {
             0 => g.get("/raw/small", None).await,
             1 => g.send(Method::HEAD, "/raw/small", &[], b"").await,
+            2 => g.get("/raw/trailers", None).await,
             _ => g.get("/raw/empty", None).await,
         };
         assert!(r.status.is_success(), "request {i}: {}", r.status);
         assert_eq!(conn_of(&r), 1, "request {i} took a new connection");
-        if i % 3 == 0 {
+        if i % 4 == 0 || i % 4 == 2 {
             assert_eq!(&r.body[..], b"conn 1");
         }
     }
@@ -241,4 +247,37 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     .await;
     let r = g.get("/raw/small", None).await;
     assert_eq!((r.status, conn_of(&r)), (StatusCode::OK, 2));
+}
+
+#[tokio::test]
+async fn a_tls_handshake_the_upstream_never_answers_fails_at_the_connect_timeout() {
+    // Accepts TCP, then says nothing: the ClientHello is never answered.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let g = TestGateway::spawn_with(&format!(
+        r#"
+[[upstreams]]
+name = "mute"
+url = "https://{addr}"
+connect_timeout_ms = 200
+response_timeout_ms = 30000
+
+[[routes]]
+path = "/mute"
+upstream = "mute"
+auth = "none"
+"#
+    ))
+    .await;
+    // 502 from the connect bound, well before the 30 s response bound
+    // (the harness client itself gives up after 10 s).
+    let r = g.get("/mute/x", None).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
 }
