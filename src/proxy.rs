@@ -321,15 +321,20 @@ fn same_letters(a: &str, b: &str) -> bool {
 /// Refuses header names that are not one of the gateway's own but read as
 /// one once separators are ignored. Runs before anything is forwarded.
 pub fn check_lookalike_headers(headers: &HeaderMap, names: &HeaderNames) -> Result<(), Denial> {
-    for name in headers.keys() {
+    let ours = names.all();
+    'names: for name in headers.keys() {
         let s = name.as_str();
-        // Our own names are removed anyway; plain dashed names cannot be
-        // look-alikes of other dashed names with the same letters... unless
-        // their dashes sit elsewhere, which the comparison below catches.
-        if names.all().iter().any(|n| n.as_str() == s) {
-            continue;
+        // Our own names are removed anyway; any other name whose letters
+        // and digits spell one of ours is a look-alike.
+        let mut lookalike = false;
+        for n in &ours {
+            let n = n.as_str();
+            if n == s {
+                continue 'names;
+            }
+            lookalike = lookalike || same_letters(n, s);
         }
-        if names.all().iter().any(|n| same_letters(n.as_str(), s)) {
+        if lookalike {
             return Err(Denial::ForbiddenHeader);
         }
     }
@@ -635,4 +640,59 @@ pub async fn forward(
         .headers
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     Ok(Response::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut v: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go_and_nothing_else() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Foo"),
+            ("keep-alive", "timeout=5"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("close", "3"),
+            ("te", "trailers"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), vec!["close", "x-bar"]);
+
+        // `close` is removed only when `Connection` lists it.
+        let mut h = map(&[("connection", "close"), ("close", "1"), ("x-bar", "2")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), vec!["x-bar"]);
+        let mut h = map(&[("close", "1"), ("x-bar", "2")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), vec!["close", "x-bar"]);
+
+        // Several `Connection` fields, one of them unusual.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-baz"),
+            ("x-baz", "1"),
+            ("x-bar", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), vec!["x-bar"]);
+    }
 }
