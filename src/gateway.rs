@@ -12,8 +12,9 @@
 //! typos never cost a cache slot or a store query. A repeat of the token
 //! the connection's previous request presented skips the hash and the cache
 //! while no invalidation has happened since ([`ConnectionMemo`]). The
-//! decision runs on every request, cached or not, against the clock. Denials become responses in one
-//! place ([`crate::error::Denial::into_response`]).
+//! decision runs on every request, cached or not, against the clock.
+//! Denials become responses in one place
+//! ([`crate::error::Denial::into_response`]).
 
 use std::sync::Arc;
 

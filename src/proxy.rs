@@ -558,28 +558,22 @@ pub async fn forward(
     // Plain HTTP/1.1 requests go through the pool; upgrades need the
     // connection handed over, which hyper-util's client does.
     let pool = upstream.pool.as_ref().filter(|_| !upgrade);
-    let sent = match pool {
-        Some(pool) => {
-            tokio::time::timeout(cfg.response_timeout, async {
-                pool.send(req)
-                    .await
-                    .map(|r| r.map(Body::Pooled))
-                    .map_err(|e| Box::new(e) as BoxError)
-            })
-            .await
+    let sent = tokio::time::timeout(cfg.response_timeout, async {
+        match pool {
+            Some(pool) => pool
+                .send(req)
+                .await
+                .map(|r| r.map(Body::Pooled))
+                .map_err(BoxError::from),
+            None => upstream
+                .client
+                .request(req)
+                .await
+                .map(|r| r.map(Body::Upstream))
+                .map_err(BoxError::from),
         }
-        None => {
-            tokio::time::timeout(cfg.response_timeout, async {
-                upstream
-                    .client
-                    .request(req)
-                    .await
-                    .map(|r| r.map(Body::Upstream))
-                    .map_err(|e| Box::new(e) as BoxError)
-            })
-            .await
-        }
-    };
+    })
+    .await;
     let mut resp = match sent {
         Err(_) => {
             tracing::warn!(upstream = %cfg.name, "upstream response timed out");

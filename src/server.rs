@@ -1,10 +1,11 @@
 //! Listeners, connections and shutdown.
 //!
 //! [`start`] binds the public and admin listeners and spawns their accept
-//! loops plus the last-used flusher and the idle upstream connection sweep; it returns a [`Running`] handle with
-//! the bound addresses (tests bind `127.0.0.1:0`). Connections are served by
-//! hyper-util's auto builder (HTTP/1.1 and h2 on the same port, upgrades
-//! allowed), with a header-read timeout against slowloris clients.
+//! loops plus the last-used flusher and the idle upstream connection
+//! sweep; it returns a [`Running`] handle with the bound addresses (tests
+//! bind `127.0.0.1:0`). Connections are served by hyper-util's auto builder
+//! (HTTP/1.1 and h2 on the same port, upgrades allowed), with a header-read
+//! timeout against slowloris clients.
 //!
 //! Shutdown ([`Running::shutdown`], or SIGTERM / ctrl-c in `serve`): stop
 //! accepting, let in-flight requests finish for up to
