@@ -102,6 +102,9 @@ pub struct FileServer {
     pub shutdown_grace_seconds: u64,
     /// Seconds a client gets to send its request headers (slowloris bound). Default 10.
     pub header_read_timeout_seconds: u64,
+    /// Serve plain HTTP/1.1 requests on the public listener by the fast
+    /// path (`crate::fast`) rather than hyper. Default true.
+    pub fast_path: bool,
 }
 
 impl Default for FileServer {
@@ -111,6 +114,7 @@ impl Default for FileServer {
             admin_listen: "127.0.0.1:8081".into(),
             shutdown_grace_seconds: 30,
             header_read_timeout_seconds: 10,
+            fast_path: true,
         }
     }
 }
@@ -412,6 +416,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Bound on receiving request headers.
     pub header_read_timeout: Duration,
+    /// Whether plain HTTP/1.1 requests take the fast path.
+    pub fast_path: bool,
 }
 
 /// Validated `[store]`.
@@ -627,6 +633,7 @@ impl Config {
                 "server.header_read_timeout_seconds",
                 f.server.header_read_timeout_seconds,
             )?),
+            fast_path: f.server.fast_path,
         };
         if server.listen == server.admin_listen && server.listen.port() != 0 {
             return Err(invalid(

@@ -7,7 +7,7 @@
 //! carry internal detail: that goes to the log at the point of failure.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::proxy::{full, Body};
@@ -155,14 +155,22 @@ impl Denial {
     /// The JSON response, with `WWW-Authenticate` on 401 and `Retry-After`
     /// on 503.
     pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
+        let (status, headers, body) = self.parts(request_id);
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// What [`Denial::into_response`] sends, in pieces: for whoever writes
+    /// the response without a `Response` (the fast path).
+    pub fn parts(self, request_id: Option<&HeaderValue>) -> (StatusCode, HeaderMap, Bytes) {
         let body = serde_json::json!({
             "error": true,
             "code": self.code(),
             "message": self.message(),
         });
-        let mut resp = Response::new(full(Bytes::from(body.to_string())));
-        *resp.status_mut() = self.status();
-        let h = resp.headers_mut();
+        let mut h = HeaderMap::with_capacity(4);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(id) = request_id {
             h.insert(crate::proxy::X_REQUEST_ID.clone(), id.clone());
@@ -180,7 +188,7 @@ impl Denial {
             }
             _ => {}
         }
-        resp
+        (self.status(), h, Bytes::from(body.to_string()))
     }
 }
 

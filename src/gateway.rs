@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use crate::auth::{decide, extract_credential, kind_may_proxy};
 use crate::cache::{AuthEntry, ConnectionMemo, TokenCache};
 use crate::clock::Clock;
-use crate::config::{AuthMode, Config, RouteConfig};
+use crate::config::{AuthMode, Config, HeaderNames, RouteConfig};
 use crate::error::Denial;
 use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
@@ -133,16 +133,21 @@ impl Gateway {
         match self.process(req, peer, &request_id).await {
             Ok(resp) => resp,
             Err(denial) => {
-                self.metrics.deny(denial.code());
-                tracing::debug!(
-                    request_id = ?request_id,
-                    code = denial.code(),
-                    status = denial.status().as_u16(),
-                    "request refused"
-                );
+                self.count_refusal(denial, &request_id);
                 denial.into_response(Some(&request_id))
             }
         }
+    }
+
+    /// Counts and logs a refusal (its response is made by the caller).
+    pub fn count_refusal(&self, denial: Denial, request_id: &HeaderValue) {
+        self.metrics.deny(denial.code());
+        tracing::debug!(
+            request_id = ?request_id,
+            code = denial.code(),
+            status = denial.status().as_u16(),
+            "request refused"
+        );
     }
 
     async fn process(
@@ -159,25 +164,8 @@ impl Gateway {
             // would otherwise be part of every proxied request's future.
             return Ok(Box::pin(crate::flows::handle(self, flow, req)).await);
         }
-        check_lookalike_headers(req.headers(), &self.config.headers)?;
-        let route = match self.routes.find(&path, req.method()) {
-            RouteMatch::Found(r) => r,
-            RouteMatch::MethodNotAllowed => return Err(Denial::MethodNotAllowed),
-            RouteMatch::NotFound => return Err(Denial::RouteNotFound),
-        };
-        let entry = match route.auth {
-            AuthMode::None => None,
-            AuthMode::Required | AuthMode::Optional => {
-                self.authenticate(&req, route, &peer.memo).await?
-            }
-        };
-        if let Some(e) = &entry {
-            self.last_used.record(&e.last_used_key, self.clock.now());
-        }
-        let upstream = self
-            .upstreams
-            .get(route.upstream)
-            .ok_or(Denial::RouteNotFound)?;
+        let (route, upstream) = self.route(&path, req.method(), req.headers())?;
+        let entry = self.admit(route, req.headers(), &peer.memo).await?;
         let ctx = ForwardContext {
             auth: entry.as_deref(),
             request_id,
@@ -190,15 +178,68 @@ impl Gateway {
         Ok(resp)
     }
 
+    /// Whether a normalised path belongs to the seed token endpoints (served
+    /// by [`crate::flows`], never forwarded).
+    pub fn is_token_api_path(&self, path: &str) -> bool {
+        crate::flows::match_flow(&self.config.token_api, path).is_some()
+    }
+
+    /// The route and upstream for a normalised path, after refusing
+    /// look-alike headers. Has no side effects.
+    pub fn route(
+        &self,
+        path: &str,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+    ) -> Result<(&RouteConfig, &Upstream), Denial> {
+        check_lookalike_headers(headers, &self.config.headers)?;
+        let route = match self.routes.find(path, method) {
+            RouteMatch::Found(r) => r,
+            RouteMatch::MethodNotAllowed => return Err(Denial::MethodNotAllowed),
+            RouteMatch::NotFound => return Err(Denial::RouteNotFound),
+        };
+        let upstream = self
+            .upstreams
+            .get(route.upstream)
+            .ok_or(Denial::RouteNotFound)?;
+        Ok((route, upstream))
+    }
+
+    /// Authenticates the request as its route demands and records the
+    /// token's use. `Ok(None)`: no token needed, or none sent on an
+    /// `optional` route.
+    pub async fn admit(
+        &self,
+        route: &RouteConfig,
+        headers: &http::HeaderMap,
+        memo: &ConnectionMemo,
+    ) -> Result<Option<Arc<AuthEntry>>, Denial> {
+        let entry = match route.auth {
+            AuthMode::None => None,
+            AuthMode::Required | AuthMode::Optional => {
+                self.authenticate(headers, route, memo).await?
+            }
+        };
+        if let Some(e) = &entry {
+            self.last_used.record(&e.last_used_key, self.clock.now());
+        }
+        Ok(entry)
+    }
+
+    /// The header names the gateway sets and strips.
+    pub fn header_names(&self) -> &HeaderNames {
+        &self.header_names
+    }
+
     /// Finds and judges the request's token for a route. `Ok(None)`: no
     /// credential on an `optional` route.
     async fn authenticate(
         &self,
-        req: &Request<Incoming>,
+        headers: &http::HeaderMap,
         route: &RouteConfig,
         memo: &ConnectionMemo,
     ) -> Result<Option<Arc<AuthEntry>>, Denial> {
-        let Some(token) = extract_credential(req.headers())? else {
+        let Some(token) = extract_credential(headers)? else {
             return match route.auth {
                 AuthMode::Optional => Ok(None),
                 _ => Err(Denial::MissingToken),
@@ -271,7 +312,7 @@ impl Gateway {
 /// (seeded from the OS), not from `Uuid::now_v7`, which asks the OS for
 /// fresh entropy with a `getrandom` syscall on every call: an id needs to be
 /// unique, not secret.
-fn new_request_id() -> HeaderValue {
+pub fn new_request_id() -> HeaderValue {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

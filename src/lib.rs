@@ -13,6 +13,7 @@
 //! |---|---|
 //! | [`config`] | `tokengate.toml -> FileConfig -> Config`, errors that name the key |
 //! | [`server`] | listeners, connections, graceful shutdown, the last-used flusher |
+//! | [`fast`] | the HTTP/1.1 fast path: plain requests parsed and passed through without hyper |
 //! | [`gateway`] | the request path: normalise, route, authenticate, decide, forward |
 //! | [`route`] | path normalisation and the longest-prefix route table |
 //! | [`auth`] | credential extraction, abilities, the in-memory decision |
@@ -42,6 +43,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod fast;
 pub mod flows;
 pub mod gateway;
 pub mod issuer;

@@ -41,6 +41,7 @@ use crate::auth::TOKEN_HEADER;
 use crate::cache::{AuthEntry, ConnectionMemo};
 use crate::config::{HeaderNames, UpstreamConfig, UpstreamProtocol};
 use crate::error::Denial;
+use crate::fast::pool::RawPool;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PooledBody};
 
@@ -194,6 +195,8 @@ pub struct Upstream {
     pool: Option<Arc<Pool>>,
     /// h2 upstreams and WebSocket upgrades: hyper-util's pooled client.
     client: HttpsClient,
+    /// Plain `http` HTTP/1.1 upstreams: idle connections of the fast path.
+    raw: Option<RawPool>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -248,16 +251,42 @@ impl Upstream {
                 config.pool_idle_timeout,
             )
         });
+        let raw = (config.protocol == UpstreamProtocol::Http1
+            && config.scheme == http::uri::Scheme::HTTP)
+            .then(|| {
+                RawPool::new(
+                    // `[::1]` names the address `::1`.
+                    config
+                        .authority
+                        .host()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                    config.authority.port_u16().unwrap_or(80),
+                    config.connect_timeout,
+                    config.pool_max_idle,
+                    config.pool_idle_timeout,
+                )
+            });
         Self {
             client: b.build(connector(&config, config.protocol)),
             pool,
+            raw,
             config,
         }
+    }
+
+    /// The fast path's connections, for a plain `http` HTTP/1.1 upstream.
+    pub fn raw_pool(&self) -> Option<&RawPool> {
+        self.raw.as_ref()
     }
 
     /// Closes idle upstream connections past their idle timeout.
     pub fn sweep_idle(&self) {
         if let Some(p) = &self.pool {
+            p.sweep();
+        }
+        if let Some(p) = &self.raw {
             p.sweep();
         }
     }
@@ -404,7 +433,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 }
 
 /// Removes hop-by-hop headers and every header listed in `Connection`.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, is_hop_by_hop);
 }
 

@@ -3,9 +3,11 @@
 //! [`start`] binds the public and admin listeners and spawns their accept
 //! loops plus the last-used flusher and the idle upstream connection
 //! sweep; it returns a [`Running`] handle with the bound addresses (tests
-//! bind `127.0.0.1:0`). Connections are served by hyper-util's auto builder
-//! (HTTP/1.1 and h2 on the same port, upgrades allowed), with a header-read
-//! timeout against slowloris clients.
+//! bind `127.0.0.1:0`). Public connections start on the fast path
+//! ([`crate::fast`]) when `server.fast_path` is on; from the first request
+//! it hands over, and on the admin listener always, they are served by
+//! hyper-util's auto builder (HTTP/1.1 and h2 on the same port, upgrades
+//! allowed). Both bound the time to send request headers (slowloris).
 //!
 //! Shutdown ([`Running::shutdown`], or SIGTERM / ctrl-c in `serve`): stop
 //! accepting, let in-flight requests finish for up to
@@ -17,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -28,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::fast::{Ended, Prefixed};
 use crate::gateway::Gateway;
 use crate::proxy::{Body, Peer};
 use crate::store::{FeedEvent, Invalidation, InvalidationFeed};
@@ -83,11 +87,17 @@ pub async fn start_on(
     let header_timeout = gateway.config.server.header_read_timeout;
 
     let g = Arc::clone(&gateway);
+    let fast = gateway
+        .config
+        .server
+        .fast_path
+        .then(|| Arc::clone(&gateway));
     let public_task = tokio::spawn(accept_loop(
         public,
         rx.clone(),
         grace,
         header_timeout,
+        fast,
         move |req, peer: Arc<Peer>| {
             let g = Arc::clone(&g);
             async move { g.handle(req, &peer).await }
@@ -99,6 +109,7 @@ pub async fn start_on(
         rx.clone(),
         grace,
         header_timeout,
+        None,
         move |req, _peer: Arc<Peer>| {
             let g = Arc::clone(&g);
             async move { admin::handle(&g, req).await }
@@ -123,11 +134,15 @@ pub async fn start_on(
     })
 }
 
+/// Accepts connections and serves each on a task of its own: by the fast
+/// path first when `fast` is given (the public listener), by hyper (and
+/// `handler`) from the first request the fast path hands over.
 async fn accept_loop<H, F>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     header_timeout: Duration,
+    fast: Option<Arc<Gateway>>,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
@@ -142,6 +157,7 @@ async fn accept_loop<H, F>(
         .writev(false)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -154,22 +170,34 @@ async fn accept_loop<H, F>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // Held for the connection's whole life, fast path included,
+                // so shutdown waits for it.
+                let watcher = graceful.watcher();
+                let builder = Arc::clone(&builder);
                 let h = handler.clone();
-                // Worked out once per connection, not per request.
-                let peer = Arc::new(Peer::new(addr));
-                let svc = service_fn(move |req| {
-                    // Boxed once here: hyper moves the service future a few
-                    // times before polling it, and a request's future is
-                    // several kilobytes.
-                    let fut = Box::pin(h(req, Arc::clone(&peer)));
-                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
-                });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let fast = fast.clone();
+                let mut stop = shutdown.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    // Worked out once per connection, not per request.
+                    let peer = Arc::new(Peer::new(addr));
+                    let mut stream = stream;
+                    let prefix = match &fast {
+                        Some(g) => match crate::fast::serve(&mut stream, g, &peer, &mut stop).await {
+                            Ended::Closed => return,
+                            Ended::Handoff(bytes) => bytes,
+                        },
+                        None => Bytes::new(),
+                    };
+                    let svc = service_fn(move |req| {
+                        // Boxed once here: hyper moves the service future a
+                        // few times before polling it, and a request's
+                        // future is several kilobytes.
+                        let fut = Box::pin(h(req, Arc::clone(&peer)));
+                        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                    });
+                    let io = TokioIo::new(Prefixed::new(prefix, stream));
+                    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
                     }
                 });

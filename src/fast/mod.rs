@@ -1,0 +1,588 @@
+//! The fast path: plain HTTP/1.1 requests served without hyper.
+//!
+//! Through hyper a proxied request is parsed into a `Request`, handed to a
+//! service future, written out again by hyper's client dispatcher, and its
+//! response comes back the same way, each body chunk through a channel:
+//! about three quarters of the gateway's CPU per request, measured. Here a
+//! connection on the public listener is one loop on one task, the shape
+//! nginx has: read a request head, run the same policy steps the hyper path
+//! runs ([`Gateway::route`], [`Gateway::admit`], the same header rewrite),
+//! write the head to an idle upstream connection, then pass the response
+//! through, rewriting its head and copying its body as framed.
+//!
+//! # What it takes, and what it hands over
+//!
+//! It takes HTTP/1.1 requests in origin form with no body or a
+//! `Content-Length` body of at most [`wire::MAX_BUFFERED_BODY`], no
+//! `Transfer-Encoding`, `Expect` or `Upgrade`, routed to a plain `http`
+//! HTTP/1.1 upstream. Anything else (h2, HTTP/1.0, chunked or large
+//! uploads, WebSocket, the seed token endpoints, `https` and h2 upstreams,
+//! a head `httparse` refuses) is decided *before any side effect*: the
+//! connection, with every byte read so far, goes to hyper for the rest of
+//! its life ([`Ended::Handoff`]), which serves it exactly as it would have
+//! without a fast path. So the two paths never disagree on a request; they
+//! differ only in who parses it.
+//!
+//! # Promises it keeps
+//!
+//! - The same policy, in the same order, with the same refusals
+//!   ([`Denial::parts`]) and the same header rewrite
+//!   ([`rewrite_request_headers`], [`strip_hop_by_hop`]).
+//! - Headers within `server.header_read_timeout_seconds` of starting to
+//!   wait for a request (idle keep-alive included), as with hyper.
+//! - A response head within the upstream's `response_timeout_ms` (504).
+//! - Upstream connections reused only after a response read to its end
+//!   with nothing left over and no `Connection: close`. A reused connection
+//!   that closes before any byte of the response comes back had gone stale
+//!   while idle: a safe-method request (`GET`, `HEAD`, `OPTIONS`, `TRACE`)
+//!   is sent once more on a new connection (RFC 9110 9.2.2); any other is
+//!   sent only on a connection checked open just before, and never twice.
+//! - At shutdown an idle connection closes at once; one mid-request
+//!   finishes that request, answered with `Connection: close`.
+
+pub mod pool;
+pub mod wire;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::Denial;
+use crate::gateway::{new_request_id, Gateway};
+use crate::proxy::{rewrite_request_headers, strip_hop_by_hop, ForwardContext, Peer, X_REQUEST_ID};
+use crate::route::{normalize_path, PathError};
+use pool::{RawConn, RawPool};
+use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
+
+/// Read buffer size of a client connection.
+const READ_BUF: usize = 8 * 1024;
+
+/// How a fast-path connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Closed, by either side or at shutdown.
+    Closed,
+    /// To be served by hyper from here on, starting with these bytes
+    /// (already read from the socket, not yet answered).
+    Handoff(Bytes),
+}
+
+/// What to do after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    Handoff,
+}
+
+/// One client connection's state.
+struct Client<'a> {
+    stream: &'a mut TcpStream,
+    gateway: &'a Gateway,
+    peer: &'a Peer,
+    /// Bytes read from the client, not yet taken as a request.
+    buf: BytesMut,
+    /// The head (and first body bytes) being written to either side.
+    out: Vec<u8>,
+    /// The one timer a connection needs at a time: header read, then
+    /// response head.
+    timer: Pin<Box<Sleep>>,
+}
+
+/// Serves a public-listener connection for as long as its requests suit
+/// the fast path.
+pub async fn serve(
+    stream: &mut TcpStream,
+    gateway: &Gateway,
+    peer: &Peer,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let mut c = Client {
+        stream,
+        gateway,
+        peer,
+        buf: BytesMut::with_capacity(READ_BUF),
+        out: Vec::with_capacity(1024),
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+    };
+    loop {
+        let Some((head, request)) = c.read_request(shutdown).await else {
+            return Ended::Closed;
+        };
+        let Some(head) = head else {
+            return Ended::Handoff(request);
+        };
+        let shutting_down = *shutdown.borrow();
+        match c.respond(head, &request, shutting_down).await {
+            Next::KeepAlive => {}
+            Next::Close => return Ended::Closed,
+            Next::Handoff => {
+                // The request, then whatever followed it.
+                let mut bytes = BytesMut::with_capacity(request.len() + c.buf.len());
+                bytes.extend_from_slice(&request);
+                bytes.extend_from_slice(&c.buf);
+                return Ended::Handoff(bytes.freeze());
+            }
+        }
+    }
+}
+
+/// Whether a retry after a stale connection is allowed without checking.
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Where a response body is up to.
+struct Body {
+    framing: Framing,
+    /// `Length`: bytes still to come.
+    left: u64,
+    /// `Chunked`: where in the chunk framing.
+    chunks: Chunked,
+}
+
+impl Body {
+    /// How many bytes at the start of `avail` belong to the body, and
+    /// whether the body ends with them. `Err` for a malformed chunked body.
+    fn step(&mut self, avail: &[u8]) -> Result<(usize, bool), wire::BadChunk> {
+        match self.framing {
+            Framing::Empty => Ok((0, true)),
+            Framing::Length(_) => {
+                let take = self.left.min(avail.len() as u64);
+                self.left -= take;
+                Ok((take as usize, self.left == 0))
+            }
+            Framing::Chunked => {
+                let n = self.chunks.advance(avail)?;
+                Ok((n, self.chunks == Chunked::Done))
+            }
+            Framing::UntilClose => Ok((avail.len(), false)),
+        }
+    }
+}
+
+/// Why an exchange with the upstream failed before a response head.
+enum Failed {
+    /// A reused connection closed before answering: try a new one.
+    Stale,
+    /// Anything else.
+    Io(std::io::Error),
+    /// The response head was malformed.
+    BadResponse,
+}
+
+impl<'a> Client<'a> {
+    /// Reads the next request: `None` when the connection ends first;
+    /// `Some((None, bytes))` when it is not for the fast path.
+    async fn read_request(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<(Option<RequestHead>, Bytes)> {
+        let deadline = Instant::now() + self.gateway.config.server.header_read_timeout;
+        loop {
+            if !self.buf.is_empty() {
+                let bytes = self.buf.split().freeze();
+                match wire::parse_request(&bytes) {
+                    Parsed::Complete(h) if bytes.len() as u64 >= h.head_len as u64 + h.body_len => {
+                        let total = h.head_len + h.body_len as usize;
+                        // Pipelined requests wait their turn.
+                        self.buf.extend_from_slice(&bytes[total..]);
+                        return Some((Some(h), bytes.slice(..total)));
+                    }
+                    Parsed::Unsupported => return Some((None, bytes)),
+                    Parsed::Complete(_) | Parsed::Partial => {
+                        let mut whole = bytes
+                            .try_into_mut()
+                            .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                        whole.unsplit(std::mem::take(&mut self.buf));
+                        self.buf = whole;
+                        if self.buf.len() as u64 > READ_BUF as u64 * 4 + wire::MAX_BUFFERED_BODY {
+                            // A very long head: hyper applies its own limit.
+                            return Some((None, self.buf.split().freeze()));
+                        }
+                    }
+                }
+            }
+            let idle = self.buf.is_empty();
+            let stopping = *shutdown.borrow();
+            if idle && stopping {
+                return None;
+            }
+            self.buf.reserve(READ_BUF);
+            self.timer.as_mut().reset(deadline);
+            let read = tokio::select! {
+                biased;
+                r = self.stream.read_buf(&mut self.buf) => r,
+                _ = self.timer.as_mut() => return None,
+                _ = shutdown.changed(), if idle => return None,
+            };
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Runs the policy steps and answers the request.
+    async fn respond(
+        &mut self,
+        mut head: RequestHead,
+        request: &Bytes,
+        shutting_down: bool,
+    ) -> Next {
+        let g = self.gateway;
+        let path = match normalize_path(head.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                return self
+                    .refuse(Denial::BadPath(e), &new_request_id(), head.close)
+                    .await
+            }
+        };
+        if g.is_token_api_path(&path) {
+            return Next::Handoff;
+        }
+        let request_id = new_request_id();
+        let (route, upstream) = match g.route(&path, &head.method, &head.headers) {
+            Ok(x) => x,
+            Err(d) => return self.refuse(d, &request_id, head.close).await,
+        };
+        let Some(raw) = upstream.raw_pool() else {
+            return Next::Handoff;
+        };
+        let entry = match g.admit(route, &head.headers, &self.peer.memo).await {
+            Ok(e) => e,
+            Err(d) => return self.refuse(d, &request_id, head.close).await,
+        };
+        let cfg = &upstream.config;
+        let mut target = String::with_capacity(cfg.base_path.len() + path.len() + 64);
+        target.push_str(&cfg.base_path);
+        target.push_str(&path);
+        if let Some(q) = head.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        if PathAndQuery::try_from(target.as_str()).is_err() {
+            let d = Denial::BadPath(PathError::BadEscape);
+            return self.refuse(d, &request_id, head.close).await;
+        }
+        let ctx = ForwardContext {
+            auth: entry.as_deref(),
+            request_id: &request_id,
+            peer: self.peer,
+            path: &path,
+            tls: false,
+        };
+        rewrite_request_headers(&mut head.headers, g.header_names(), &ctx, cfg, false);
+        self.out.clear();
+        wire::encode_request(&mut self.out, &head.method, &target, &head.headers);
+        self.out.extend_from_slice(&request[head.head_len..]);
+
+        let deadline = Instant::now() + cfg.response_timeout;
+        self.timer.as_mut().reset(deadline);
+        let safe = is_safe(&head.method);
+        let head_request = head.method == Method::HEAD;
+        let exchange = async {
+            let mut fresh_only = false;
+            loop {
+                let conn = if fresh_only {
+                    None
+                } else {
+                    checkout(raw, safe)
+                };
+                let mut conn = match conn {
+                    Some(c) => c,
+                    None => raw.connect().await.map_err(Failed::Io)?,
+                };
+                match send(&mut conn, &self.out, head_request).await {
+                    Ok((resp, rest)) => return Ok((conn, resp, rest)),
+                    Err(Failed::Stale) if safe => fresh_only = true,
+                    Err(Failed::Stale) => {
+                        return Err(Failed::Io(std::io::ErrorKind::ConnectionReset.into()))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let sent = tokio::select! {
+            biased;
+            r = exchange => Some(r),
+            _ = self.timer.as_mut() => None,
+        };
+        let (conn, resp, rest) = match sent {
+            None => {
+                tracing::warn!(upstream = %cfg.name, "upstream response timed out");
+                return self
+                    .refuse(Denial::UpstreamTimeout, &request_id, head.close)
+                    .await;
+            }
+            Some(Err(e)) => {
+                match e {
+                    Failed::Io(e) => {
+                        tracing::warn!(upstream = %cfg.name, error = %e, "upstream request failed")
+                    }
+                    Failed::Stale => {}
+                    Failed::BadResponse => {
+                        tracing::warn!(upstream = %cfg.name, "upstream sent a malformed or unexpected response head")
+                    }
+                }
+                return self
+                    .refuse(Denial::UpstreamUnavailable, &request_id, head.close)
+                    .await;
+            }
+            Some(Ok(x)) => x,
+        };
+        g.metrics.forwarded.inc();
+        let close = head.close || shutting_down;
+        self.pass_response(conn, resp, rest, raw, &request_id, close)
+            .await
+    }
+
+    /// Writes the response head for the client, then copies the body.
+    /// `rest`: what was read after the head.
+    async fn pass_response(
+        &mut self,
+        mut conn: RawConn,
+        resp: ResponseHead,
+        rest: Bytes,
+        raw: &RawPool,
+        request_id: &HeaderValue,
+        client_close: bool,
+    ) -> Next {
+        let ResponseHead {
+            status,
+            mut headers,
+            framing,
+            close: upstream_close,
+            ..
+        } = resp;
+        let coding = headers.get(header::TRANSFER_ENCODING).cloned();
+        strip_hop_by_hop(&mut headers);
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let (Some(v), Framing::Chunked | Framing::UntilClose) = (coding, framing) {
+            headers.insert(header::TRANSFER_ENCODING, v);
+        }
+        let close = client_close || framing == Framing::UntilClose;
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        self.out.clear();
+        wire::encode_response(&mut self.out, status, &headers);
+        drop(headers);
+
+        // Body bytes already read go out with the head; anything after
+        // them (a partial chunk line, or bytes past the end) stays with
+        // the connection.
+        let mut body = Body {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunks: Chunked::Size,
+        };
+        let Ok((n, mut finished)) = body.step(&rest) else {
+            return Next::Close;
+        };
+        self.out.extend_from_slice(&rest[..n]);
+        if n < rest.len() {
+            conn.buf.extend_from_slice(&rest[n..]);
+        }
+        drop(rest);
+        if self.stream.write_all(&self.out).await.is_err() {
+            return Next::Close;
+        }
+        while !finished {
+            // What is left in the buffer is a partial chunk line at most.
+            conn.buf.reserve(READ_BUF);
+            match conn.stream.read_buf(&mut conn.buf).await {
+                Ok(0) if framing == Framing::UntilClose => break,
+                Ok(0) | Err(_) => {
+                    tracing::debug!("upstream closed mid-body");
+                    return Next::Close;
+                }
+                Ok(_) => {}
+            }
+            let Ok((n, f)) = body.step(&conn.buf) else {
+                return Next::Close;
+            };
+            finished = f;
+            if self.stream.write_all(&conn.buf[..n]).await.is_err() {
+                return Next::Close;
+            }
+            let _ = conn.buf.split_to(n);
+        }
+        if !upstream_close && conn.buf.is_empty() {
+            raw.checkin(conn);
+        }
+        if close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// Answers with a refusal.
+    async fn refuse(&mut self, denial: Denial, request_id: &HeaderValue, close: bool) -> Next {
+        self.gateway.count_refusal(denial, request_id);
+        let (status, mut headers, body) = denial.parts(Some(request_id));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        self.out.clear();
+        wire::encode_response(&mut self.out, status, &headers);
+        self.out.extend_from_slice(&body);
+        match self.stream.write_all(&self.out).await {
+            Ok(()) if !close => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+}
+
+/// An idle connection to reuse. For a method that may not be retried, one
+/// the upstream has closed (or written to) while idle is dropped here.
+fn checkout(raw: &RawPool, safe: bool) -> Option<RawConn> {
+    while let Some(conn) = raw.checkout() {
+        if safe {
+            return Some(conn);
+        }
+        let mut probe = [0u8; 1];
+        match conn.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// Writes a request and reads the response head, skipping interim (1xx)
+/// responses. A `101` is refused: the fast path never asks for an upgrade.
+async fn send(
+    conn: &mut RawConn,
+    request: &[u8],
+    head_request: bool,
+) -> Result<(ResponseHead, Bytes), Failed> {
+    let reused = conn.reused;
+    if let Err(e) = conn.stream.write_all(request).await {
+        return Err(if reused { Failed::Stale } else { Failed::Io(e) });
+    }
+    let mut any = false;
+    loop {
+        if !conn.buf.is_empty() {
+            any = true;
+            let bytes = conn.buf.split().freeze();
+            match wire::parse_response(&bytes, head_request) {
+                Parsed::Complete(h) if h.status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(Failed::BadResponse);
+                }
+                Parsed::Complete(h) if h.status.is_informational() => {
+                    conn.buf.extend_from_slice(&bytes[h.head_len..]);
+                    continue;
+                }
+                Parsed::Complete(h) => {
+                    let rest = bytes.slice(h.head_len..);
+                    return Ok((h, rest));
+                }
+                Parsed::Unsupported => return Err(Failed::BadResponse),
+                Parsed::Partial => {
+                    let mut whole = bytes
+                        .try_into_mut()
+                        .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                    whole.unsplit(std::mem::take(&mut conn.buf));
+                    conn.buf = whole;
+                    if conn.buf.len() > 64 * 1024 {
+                        return Err(Failed::BadResponse);
+                    }
+                }
+            }
+        }
+        conn.buf.reserve(READ_BUF);
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) if reused && !any => return Err(Failed::Stale),
+            Err(_) if reused && !any => return Err(Failed::Stale),
+            Ok(0) => {
+                return Err(Failed::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Err(e) => return Err(Failed::Io(e)),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A connection handed to hyper: the bytes the fast path already read,
+/// then the socket.
+#[derive(Debug)]
+pub struct Prefixed {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl Prefixed {
+    /// `stream`, to be read from after `prefix`.
+    pub fn new(prefix: Bytes, stream: TcpStream) -> Self {
+        Self { prefix, stream }
+    }
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,578 @@
+//! HTTP/1.1 on the wire, for the fast path: request and response heads
+//! parsed by `httparse` into `http` types, heads written back out, and the
+//! framing that says where a response body ends.
+//!
+//! Parsing is strict in one direction only: whatever a request does that
+//! the fast path does not handle (see [`parse_request`]) is reported as
+//! [`Parsed::Unsupported`], and the connection goes to hyper, which gives
+//! it the full treatment (including the 400 for a malformed head).
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+/// Most header fields in a head the fast path takes; more go to hyper.
+pub const MAX_HEADERS: usize = 64;
+
+/// Longest request body the fast path buffers whole; longer bodies stream
+/// through hyper.
+pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+
+/// Longest chunk-size line (with extensions) or trailer line accepted in a
+/// chunked response.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// What became of an attempt to parse a head.
+#[derive(Debug)]
+pub enum Parsed<T> {
+    /// A whole head.
+    Complete(T),
+    /// More bytes are needed.
+    Partial,
+    /// Not for the fast path (requests), or not valid (responses).
+    Unsupported,
+}
+
+/// A request head the fast path forwards.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The method.
+    pub method: Method,
+    /// The request target: origin form, as sent.
+    pub target: Bytes,
+    /// The header fields.
+    pub headers: HeaderMap,
+    /// Length of the head in bytes, up to and including the blank line.
+    pub head_len: usize,
+    /// `Content-Length` (0 when absent).
+    pub body_len: u64,
+    /// The client asked to close the connection after this exchange.
+    pub close: bool,
+}
+
+impl RequestHead {
+    /// The path part of the target.
+    pub fn path(&self) -> &str {
+        let t = self.target_str();
+        t.split_once('?').map_or(t, |(p, _)| p)
+    }
+
+    /// The query, without its `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.target_str().split_once('?').map(|(_, q)| q)
+    }
+
+    fn target_str(&self) -> &str {
+        // `httparse` admits only visible ASCII in a target.
+        std::str::from_utf8(&self.target).unwrap_or("")
+    }
+}
+
+/// Offset of `part` inside `whole`, which it is a slice of.
+fn offset(whole: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
+}
+
+/// Parses a request head at the start of `buf`. `Unsupported` for anything
+/// but a plain HTTP/1.1 request in origin form whose body, if any, has a
+/// single `Content-Length` of at most [`MAX_BUFFERED_BODY`]: no
+/// `Transfer-Encoding`, `Expect`, `Upgrade` or `CONNECT`, and no head that
+/// `httparse` refuses.
+pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Unsupported,
+    };
+    if req.version != Some(1) {
+        return Parsed::Unsupported;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::Unsupported;
+    };
+    if !path.starts_with('/') {
+        return Parsed::Unsupported;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Unsupported;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Unsupported;
+    }
+    let target = buf.slice(offset(buf, path.as_bytes())..offset(buf, path.as_bytes()) + path.len());
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 12);
+    let mut body_len = None;
+    let mut close = false;
+    for f in req.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
+            return Parsed::Unsupported;
+        };
+        let start = offset(buf, f.value);
+        let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(start..start + f.value.len()))
+        else {
+            return Parsed::Unsupported;
+        };
+        if name == header::CONTENT_LENGTH {
+            match (body_len, parse_length(f.value)) {
+                (None, Some(n)) => body_len = Some(n),
+                _ => return Parsed::Unsupported,
+            }
+        } else if name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
+        {
+            return Parsed::Unsupported;
+        } else if name == header::CONNECTION {
+            for t in f.value.split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Unsupported;
+                }
+                close |= t.eq_ignore_ascii_case(b"close");
+            }
+        }
+        headers.append(name, value);
+    }
+    let body_len = body_len.unwrap_or(0);
+    if body_len > MAX_BUFFERED_BODY {
+        return Parsed::Unsupported;
+    }
+    Parsed::Complete(RequestHead {
+        method,
+        target,
+        headers,
+        head_len,
+        body_len,
+        close,
+    })
+}
+
+/// A `Content-Length` value: digits only, no sign, no list.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding, passed through as it is.
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A response head from an upstream.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// The status.
+    pub status: StatusCode,
+    /// The header fields, as received.
+    pub headers: HeaderMap,
+    /// Length of the head in bytes.
+    pub head_len: usize,
+    /// Where the body ends.
+    pub framing: Framing,
+    /// The upstream will close the connection after this response.
+    pub close: bool,
+}
+
+/// Parses a response head at the start of `buf`; `head_request` says the
+/// request was `HEAD` (so the response has no body whatever it declares).
+/// `Unsupported` here means malformed: a version other than HTTP/1.x, an
+/// unreadable or conflicting `Content-Length`, too many fields.
+pub fn parse_response(buf: &Bytes, head_request: bool) -> Parsed<ResponseHead> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Unsupported,
+    };
+    let (Some(version), Some(code)) = (resp.version, resp.code) else {
+        return Parsed::Unsupported;
+    };
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return Parsed::Unsupported;
+    };
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_coded = false;
+    // HTTP/1.0 closes unless it says keep-alive; 1.1 keeps unless it says close.
+    let mut close = version == 0;
+    for f in resp.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
+            return Parsed::Unsupported;
+        };
+        let start = offset(buf, f.value);
+        let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(start..start + f.value.len()))
+        else {
+            return Parsed::Unsupported;
+        };
+        if name == header::CONTENT_LENGTH {
+            match (length, parse_length(f.value)) {
+                (None, Some(n)) => length = Some(n),
+                (Some(a), Some(b)) if a == b => {}
+                _ => return Parsed::Unsupported,
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_coded = true;
+            // Only the final coding decides the framing (RFC 9112 6.3).
+            chunked = f
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for t in f.value.split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if version == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let no_body = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Empty
+    } else if transfer_coded {
+        // Transfer-Encoding overrides Content-Length; a coding that does not
+        // end in chunked runs to the close.
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    if transfer_coded && length.is_some() {
+        // A message with both is suspect; never reuse the connection.
+        close = true;
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    if framing == Framing::UntilClose {
+        close = true;
+    }
+    Parsed::Complete(ResponseHead {
+        status,
+        headers,
+        head_len,
+        framing,
+        close,
+    })
+}
+
+/// Writes a request head for the upstream.
+pub fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    encode_fields(out, headers);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a response head for the client.
+pub fn encode_response(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    encode_fields(out, headers);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A malformed chunked body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked body")]
+pub struct BadChunk;
+
+/// Follows a chunked body as it passes through, to find where it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this much left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields until a blank line.
+    Trailer,
+    /// The body has ended.
+    Done,
+}
+
+impl Chunked {
+    /// Reads as far into `buf` as whole steps allow. Returns how many bytes
+    /// belong to the body: `buf[..n]` may be passed on, the rest waits for
+    /// more input (a partial size or trailer line), or, once [`Chunked::Done`],
+    /// is not part of this body.
+    pub fn advance(&mut self, buf: &[u8]) -> Result<usize, BadChunk> {
+        let mut p = 0;
+        loop {
+            let rest = &buf[p..];
+            match *self {
+                Chunked::Done => return Ok(p),
+                Chunked::Size => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((n, size))) => {
+                        p += n;
+                        *self = if size == 0 {
+                            Chunked::Trailer
+                        } else {
+                            Chunked::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if rest.len() < MAX_CHUNK_LINE => return Ok(p),
+                    _ => return Err(BadChunk),
+                },
+                Chunked::Data(left) => {
+                    if rest.is_empty() {
+                        return Ok(p);
+                    }
+                    let take = left.min(rest.len() as u64);
+                    p += take as usize;
+                    *self = if take == left {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left - take)
+                    };
+                }
+                Chunked::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok(p);
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return Err(BadChunk);
+                    }
+                    p += 2;
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailer => match rest.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => {
+                        p += 2;
+                        *self = Chunked::Done;
+                    }
+                    Some(end) if end < MAX_CHUNK_LINE => p += end + 2,
+                    None if rest.len() < MAX_CHUNK_LINE => return Ok(p),
+                    _ => return Err(BadChunk),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn req(s: &str) -> Parsed<RequestHead> {
+        parse_request(&Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn resp(s: &str, head: bool) -> ResponseHead {
+        match parse_response(&Bytes::copy_from_slice(s.as_bytes()), head) {
+            Parsed::Complete(h) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_requests_are_taken() {
+        let Parsed::Complete(h) =
+            req("GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n\r\nrest")
+        else {
+            panic!()
+        };
+        assert_eq!(h.method, Method::GET);
+        assert_eq!(h.path(), "/a/b");
+        assert_eq!(h.query(), Some("x=1"));
+        assert_eq!(h.headers["authorization"], "Bearer t");
+        assert_eq!(
+            h.head_len,
+            "GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n\r\n".len()
+        );
+        assert_eq!(h.body_len, 0);
+        assert!(!h.close);
+        let Parsed::Complete(h) =
+            req("POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!(h.body_len, 5);
+        assert!(h.close);
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\nHost: h\r\n"),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_hyper() {
+        for s in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET http://h/ HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+            "CONNECT h:443 HTTP/1.1\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n",
+            "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(req(s), Parsed::Unsupported), "{s:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert!(matches!(
+            req(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Parsed::Unsupported
+        ));
+    }
+
+    #[test]
+    fn response_framing() {
+        let h = resp("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", false);
+        assert_eq!((h.framing, h.close), (Framing::Length(3), false));
+        let h = resp("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true);
+        assert_eq!(h.framing, Framing::Empty);
+        let h = resp("HTTP/1.1 204 No Content\r\n\r\n", false);
+        assert_eq!(h.framing, Framing::Empty);
+        let h = resp(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Empty);
+        let h = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!((h.framing, h.close), (Framing::Chunked, false));
+        let h = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+        );
+        assert_eq!((h.framing, h.close), (Framing::Chunked, true));
+        assert!(!h.headers.contains_key("content-length"));
+        let h = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false);
+        assert_eq!((h.framing, h.close), (Framing::UntilClose, true));
+        let h = resp("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!((h.framing, h.close), (Framing::UntilClose, true));
+        let h = resp(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert_eq!((h.framing, h.close), (Framing::Empty, true));
+        let h = resp("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
+        assert!(h.close);
+        let h = resp(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            false,
+        );
+        assert!(!h.close);
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/2 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_response(&Bytes::from_static(bad.as_bytes()), false),
+                    Parsed::Unsupported
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn heads_are_written_back_out() {
+        let mut h = HeaderMap::new();
+        h.append("host", HeaderValue::from_static("up"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        let mut out = Vec::new();
+        encode_request(&mut out, &Method::DELETE, "/p?q", &h);
+        assert_eq!(out, b"DELETE /p?q HTTP/1.1\r\nhost: up\r\nx-a: 1\r\n\r\n");
+        out.clear();
+        encode_response(&mut out, StatusCode::NOT_FOUND, &h);
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nhost: up\r\nx-a: 1\r\n\r\n");
+    }
+
+    const BODY: &[u8] =
+        b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nx-t: 1\r\n\r\n";
+
+    #[test]
+    fn chunked_body_ends_where_it_says() {
+        let mut c = Chunked::Size;
+        let mut input = BODY.to_vec();
+        input.extend_from_slice(b"HTTP/1.1 200 OK");
+        assert_eq!(c.advance(&input), Ok(BODY.len()));
+        assert_eq!(c, Chunked::Done);
+        for bad in [&b"zz\r\n"[..], b"3\r\nabcX\r\n", b"0\r\nx\n"] {
+            let mut c = Chunked::Size;
+            let r = c.advance(bad).and_then(|n| c.advance(&bad[n..]));
+            assert!(r.is_err() || c != Chunked::Done, "{bad:?}");
+        }
+        let mut c = Chunked::Size;
+        assert_eq!(c.advance(&[b'1'; MAX_CHUNK_LINE + 1]), Err(BadChunk));
+    }
+
+    proptest! {
+        /// However the body is cut into reads, the tracker passes on the
+        /// same bytes and stops at the same place.
+        #[test]
+        fn chunked_tracking_ignores_read_boundaries(cuts in proptest::collection::vec(0..BODY.len(), 0..8)) {
+            let mut cuts = cuts;
+            cuts.push(BODY.len());
+            cuts.sort_unstable();
+            let mut c = Chunked::Size;
+            let mut pending: Vec<u8> = Vec::new();
+            let mut passed = Vec::new();
+            let mut at = 0;
+            for cut in cuts {
+                pending.extend_from_slice(&BODY[at..cut]);
+                at = cut;
+                let n = c.advance(&pending).unwrap();
+                passed.extend(pending.drain(..n));
+            }
+            prop_assert_eq!(c, Chunked::Done);
+            prop_assert_eq!(passed, BODY.to_vec());
+        }
+    }
+}
