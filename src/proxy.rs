@@ -119,6 +119,28 @@ static SPOOFABLE: [HeaderName; 9] = [
     HeaderName::from_static("x-method-override"),
 ];
 
+/// The names [`is_hop_by_hop`] picks, for code that reads names as bytes
+/// (the fast path's response heads); a test holds the two equal.
+pub const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "http2-settings",
+];
+
+/// [`is_hop_by_hop`] for a name as sent, in any letter case.
+pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// plus the de-facto `Keep-Alive` and `Proxy-Connection`.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -196,7 +218,7 @@ pub struct Upstream {
     /// h2 upstreams and WebSocket upgrades: hyper-util's pooled client.
     client: HttpsClient,
     /// Plain `http` HTTP/1.1 upstreams: idle connections of the fast path.
-    raw: Option<RawPool>,
+    raw: Option<Arc<RawPool>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -254,7 +276,7 @@ impl Upstream {
         let raw = (config.protocol == UpstreamProtocol::Http1
             && config.scheme == http::uri::Scheme::HTTP)
             .then(|| {
-                RawPool::new(
+                Arc::new(RawPool::new(
                     // `[::1]` names the address `::1`.
                     config
                         .authority
@@ -266,7 +288,7 @@ impl Upstream {
                     config.connect_timeout,
                     config.pool_max_idle,
                     config.pool_idle_timeout,
-                )
+                ))
             });
         Self {
             client: b.build(connector(&config, config.protocol)),
@@ -277,7 +299,7 @@ impl Upstream {
     }
 
     /// The fast path's connections, for a plain `http` HTTP/1.1 upstream.
-    pub fn raw_pool(&self) -> Option<&RawPool> {
+    pub fn raw_pool(&self) -> Option<&Arc<RawPool>> {
         self.raw.as_ref()
     }
 
@@ -685,6 +707,38 @@ mod tests {
         let mut v: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn hop_by_hop_lists_agree() {
+        for n in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+            assert!(
+                is_hop_by_hop_bytes(n.to_ascii_uppercase().as_bytes()),
+                "{n}"
+            );
+        }
+        for n in [
+            "host",
+            "content-length",
+            "x-request-id",
+            "connections",
+            "t",
+            "tee",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+            assert!(!is_hop_by_hop_bytes(n.as_bytes()), "{n}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The byte-level check says what the `HeaderName` one says, for
+        /// any name.
+        #[test]
+        fn hop_by_hop_checks_agree_on_any_name(name in "[a-zA-Z0-9-]{1,20}") {
+            let parsed = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(is_hop_by_hop(&parsed), is_hop_by_hop_bytes(name.as_bytes()));
+        }
     }
 
     #[test]

@@ -57,13 +57,16 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::Denial;
 use crate::gateway::{new_request_id, Gateway};
-use crate::proxy::{rewrite_request_headers, strip_hop_by_hop, ForwardContext, Peer, X_REQUEST_ID};
+use crate::proxy::{rewrite_request_headers, ForwardContext, Peer, X_REQUEST_ID};
 use crate::route::{normalize_path, PathError};
 use pool::{RawConn, RawPool};
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
 
 /// Read buffer size of a client connection.
 const READ_BUF: usize = 8 * 1024;
+
+/// Longest response head accepted from an upstream.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// How a fast-path connection ended.
 #[derive(Debug)]
@@ -89,8 +92,10 @@ struct Client<'a> {
     peer: &'a Peer,
     /// Bytes read from the client, not yet taken as a request.
     buf: BytesMut,
-    /// The head (and first body bytes) being written to either side.
+    /// The request head (and body) being written upstream; the refusals.
     out: Vec<u8>,
+    /// The response head (and first body bytes) being written to the client.
+    resp: Vec<u8>,
     /// The one timer a connection needs at a time: header read, then
     /// response head.
     timer: Pin<Box<Sleep>>,
@@ -110,6 +115,7 @@ pub async fn serve(
         peer,
         buf: BytesMut::with_capacity(READ_BUF),
         out: Vec::with_capacity(1024),
+        resp: Vec::with_capacity(1024),
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
     };
     loop {
@@ -295,17 +301,17 @@ impl<'a> Client<'a> {
         let exchange = async {
             let mut fresh_only = false;
             loop {
-                let conn = if fresh_only {
-                    None
+                let mut conn = if fresh_only {
+                    raw.connect().await
                 } else {
-                    checkout(raw, safe)
-                };
-                let mut conn = match conn {
-                    Some(c) => c,
-                    None => raw.connect().await.map_err(Failed::Io)?,
-                };
-                match send(&mut conn, &self.out, head_request).await {
-                    Ok((resp, rest)) => return Ok((conn, resp, rest)),
+                    match checkout(raw, safe) {
+                        Some(c) => Ok(c),
+                        None => raw.wait_or_connect().await,
+                    }
+                }
+                .map_err(Failed::Io)?;
+                match send(&mut conn, &self.out, head_request, &mut self.resp).await {
+                    Ok(resp) => return Ok((conn, resp)),
                     Err(Failed::Stale) if safe => fresh_only = true,
                     Err(Failed::Stale) => {
                         return Err(Failed::Io(std::io::ErrorKind::ConnectionReset.into()))
@@ -319,7 +325,7 @@ impl<'a> Client<'a> {
             r = exchange => Some(r),
             _ = self.timer.as_mut() => None,
         };
-        let (conn, resp, rest) = match sent {
+        let (conn, resp) = match sent {
             None => {
                 tracing::warn!(upstream = %cfg.name, "upstream response timed out");
                 return self
@@ -344,41 +350,31 @@ impl<'a> Client<'a> {
         };
         g.metrics.forwarded.inc();
         let close = head.close || shutting_down;
-        self.pass_response(conn, resp, rest, raw, &request_id, close)
+        self.pass_response(conn, resp, raw, &request_id, close)
             .await
     }
 
-    /// Writes the response head for the client, then copies the body.
-    /// `rest`: what was read after the head.
+    /// Finishes the response head in `self.resp` for the client, then
+    /// copies the body (its first bytes are in `conn.buf`).
     async fn pass_response(
         &mut self,
         mut conn: RawConn,
         resp: ResponseHead,
-        rest: Bytes,
         raw: &RawPool,
         request_id: &HeaderValue,
         client_close: bool,
     ) -> Next {
         let ResponseHead {
-            status,
-            mut headers,
             framing,
             close: upstream_close,
             ..
         } = resp;
-        let coding = headers.get(header::TRANSFER_ENCODING).cloned();
-        strip_hop_by_hop(&mut headers);
-        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let (Some(v), Framing::Chunked | Framing::UntilClose) = (coding, framing) {
-            headers.insert(header::TRANSFER_ENCODING, v);
-        }
+        wire::push_field(&mut self.resp, X_REQUEST_ID.as_str(), request_id.as_bytes());
         let close = client_close || framing == Framing::UntilClose;
         if close {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            wire::push_field(&mut self.resp, "connection", b"close");
         }
-        self.out.clear();
-        wire::encode_response(&mut self.out, status, &headers);
-        drop(headers);
+        self.resp.extend_from_slice(b"\r\n");
 
         // Body bytes already read go out with the head; anything after
         // them (a partial chunk line, or bytes past the end) stays with
@@ -391,15 +387,12 @@ impl<'a> Client<'a> {
             },
             chunks: Chunked::Size,
         };
-        let Ok((n, mut finished)) = body.step(&rest) else {
+        let Ok((n, mut finished)) = body.step(&conn.buf) else {
             return Next::Close;
         };
-        self.out.extend_from_slice(&rest[..n]);
-        if n < rest.len() {
-            conn.buf.extend_from_slice(&rest[n..]);
-        }
-        drop(rest);
-        if self.stream.write_all(&self.out).await.is_err() {
+        self.resp.extend_from_slice(&conn.buf[..n]);
+        let _ = conn.buf.split_to(n);
+        if self.stream.write_all(&self.resp).await.is_err() {
             return Next::Close;
         }
         while !finished {
@@ -472,7 +465,8 @@ async fn send(
     conn: &mut RawConn,
     request: &[u8],
     head_request: bool,
-) -> Result<(ResponseHead, Bytes), Failed> {
+    head: &mut Vec<u8>,
+) -> Result<ResponseHead, Failed> {
     let reused = conn.reused;
     if let Err(e) = conn.stream.write_all(request).await {
         return Err(if reused { Failed::Stale } else { Failed::Io(e) });
@@ -481,30 +475,23 @@ async fn send(
     loop {
         if !conn.buf.is_empty() {
             any = true;
-            let bytes = conn.buf.split().freeze();
-            match wire::parse_response(&bytes, head_request) {
+            head.clear();
+            match wire::parse_response(&conn.buf, head_request, head) {
                 Parsed::Complete(h) if h.status == http::StatusCode::SWITCHING_PROTOCOLS => {
                     return Err(Failed::BadResponse);
                 }
-                Parsed::Complete(h) if h.status.is_informational() => {
-                    conn.buf.extend_from_slice(&bytes[h.head_len..]);
+                Parsed::Complete(h) => {
+                    let _ = conn.buf.split_to(h.head_len);
+                    if !h.status.is_informational() {
+                        return Ok(h);
+                    }
                     continue;
                 }
-                Parsed::Complete(h) => {
-                    let rest = bytes.slice(h.head_len..);
-                    return Ok((h, rest));
-                }
                 Parsed::Unsupported => return Err(Failed::BadResponse),
-                Parsed::Partial => {
-                    let mut whole = bytes
-                        .try_into_mut()
-                        .unwrap_or_else(|b| BytesMut::from(&b[..]));
-                    whole.unsplit(std::mem::take(&mut conn.buf));
-                    conn.buf = whole;
-                    if conn.buf.len() > 64 * 1024 {
-                        return Err(Failed::BadResponse);
-                    }
+                Parsed::Partial if conn.buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(Failed::BadResponse)
                 }
+                Parsed::Partial => {}
             }
         }
         conn.buf.reserve(READ_BUF);

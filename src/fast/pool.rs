@@ -1,17 +1,23 @@
 //! Idle plain-TCP connections to one `http` upstream, for the fast path.
 //!
 //! A connection is put back only by whoever read its last response to the
-//! end with nothing left over ([`super`] decides); it is then idle and owned
-//! by nobody. Checkout takes the newest (warm) one; one idle past
-//! `pool_idle_timeout` is closed instead. At most `pool_max_idle` are kept;
-//! [`RawPool::sweep`] closes the expired ones when traffic stops.
+//! end with nothing left over ([`super`] decides). It goes to the longest
+//! waiting request if there is one, else it is idle and owned by nobody.
+//! Checkout takes the newest (warm) idle one; one idle past
+//! `pool_idle_timeout` is closed instead. A request that finds none both
+//! connects and waits, and takes whichever comes first: in a burst, a
+//! connection coming back serves it long before a thousand new ones would
+//! be accepted. At most `pool_max_idle` are kept; [`RawPool::sweep`]
+//! closes the expired ones when traffic stops.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 /// Read buffer size of an upstream connection.
 const READ_BUF: usize = 16 * 1024;
@@ -36,7 +42,15 @@ pub struct RawPool {
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
-    idle: Mutex<Vec<(RawConn, Instant)>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Newest last.
+    idle: Vec<(RawConn, Instant)>,
+    /// Requests waiting for a connection, oldest first.
+    waiters: VecDeque<oneshot::Sender<RawConn>>,
 }
 
 impl RawPool {
@@ -54,15 +68,19 @@ impl RawPool {
             connect_timeout,
             max_idle,
             idle_timeout,
-            idle: Mutex::new(Vec::new()),
+            inner: Mutex::new(Inner::default()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The newest idle connection that has not timed out, if any.
     pub fn checkout(&self) -> Option<RawConn> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((conn, since)) = idle.pop() {
+        let mut inner = self.lock();
+        while let Some((conn, since)) = inner.idle.pop() {
             if now.duration_since(since) < self.idle_timeout {
                 return Some(conn);
             }
@@ -70,25 +88,79 @@ impl RawPool {
         None
     }
 
-    /// Puts an idle connection back (or closes it, when enough are idle).
+    /// A connection for a request that found none idle: a new one, or one
+    /// put back while it connects, whichever comes first. A connect that
+    /// loses the race is not wasted: its connection joins the pool, so a
+    /// burst opens at most one connection per request in flight.
+    pub async fn wait_or_connect(self: &Arc<Self>) -> std::io::Result<RawConn> {
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut inner = self.lock();
+            // Waiters whose request went ahead on its own connection stay
+            // queued until a check-in skips them; prune them now and then.
+            let n = inner.waiters.len();
+            if n >= 64 && n.is_power_of_two() {
+                inner.waiters.retain(|w| !w.is_closed());
+            }
+            inner.waiters.push_back(tx);
+        }
+        let pool = Arc::clone(self);
+        let mut connect = Box::pin(async move { pool.connect().await });
+        tokio::select! {
+            biased;
+            Ok(conn) = &mut rx => {
+                let pool = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Ok(conn) = connect.await {
+                        pool.put(conn);
+                    }
+                });
+                Ok(conn)
+            }
+            connected = &mut connect => {
+                // One may have been handed over just now: put it back.
+                rx.close();
+                if let Ok(conn) = rx.try_recv() {
+                    self.put(conn);
+                }
+                connected
+            }
+        }
+    }
+
+    /// Puts a connection back after a response: to the oldest waiting
+    /// request, else idle (or closes it, when enough are idle).
     pub fn checkin(&self, mut conn: RawConn) {
         conn.reused = true;
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push((conn, Instant::now()));
+        self.put(conn);
+    }
+
+    fn put(&self, mut conn: RawConn) {
+        let mut inner = self.lock();
+        while let Some(w) = inner.waiters.pop_front() {
+            match w.send(conn) {
+                Ok(()) => return,
+                Err(back) => conn = back,
+            }
+        }
+        if inner.idle.len() < self.max_idle {
+            inner.idle.push((conn, Instant::now()));
         }
     }
 
     /// Closes idle connections past the idle timeout.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
+        let mut inner = self.lock();
+        inner
+            .idle
+            .retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
+        inner.waiters.retain(|w| !w.is_closed());
     }
 
     /// How many connections are idle.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().idle.len()
     }
 
     /// A new connection, within the connect timeout (name resolution

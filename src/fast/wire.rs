@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
+use crate::proxy::is_hop_by_hop_bytes;
+
 /// Most header fields in a head the fast path takes; more go to hyper.
 pub const MAX_HEADERS: usize = 64;
 
@@ -175,8 +177,6 @@ pub enum Framing {
 pub struct ResponseHead {
     /// The status.
     pub status: StatusCode,
-    /// The header fields, as received.
-    pub headers: HeaderMap,
     /// Length of the head in bytes.
     pub head_len: usize,
     /// Where the body ends.
@@ -185,11 +185,20 @@ pub struct ResponseHead {
     pub close: bool,
 }
 
-/// Parses a response head at the start of `buf`; `head_request` says the
+/// Parses a response head at the start of `buf` and, unless it is interim
+/// (1xx), writes the client's version of it to `out`: the status line and
+/// every field but the hop-by-hop ones (and those `Connection` lists), any
+/// `X-Request-Id` (the caller adds the gateway's), and a `Content-Length`
+/// that `Transfer-Encoding` overrides; `Transfer-Encoding` itself stays
+/// when the body passes through in that coding. The caller finishes the
+/// head (its own fields, then a blank line). `head_request` says the
 /// request was `HEAD` (so the response has no body whatever it declares).
+///
+/// The same rewrite as [`crate::proxy::strip_hop_by_hop`] on the hyper
+/// path, done on the bytes: no `HeaderMap` is built for a response.
 /// `Unsupported` here means malformed: a version other than HTTP/1.x, an
 /// unreadable or conflicting `Content-Length`, too many fields.
-pub fn parse_response(buf: &Bytes, head_request: bool) -> Parsed<ResponseHead> {
+pub fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>) -> Parsed<ResponseHead> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let head_len = match resp.parse(buf) {
@@ -203,28 +212,21 @@ pub fn parse_response(buf: &Bytes, head_request: bool) -> Parsed<ResponseHead> {
     let Ok(status) = StatusCode::from_u16(code) else {
         return Parsed::Unsupported;
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_coded = false;
+    let mut listed = false;
     // HTTP/1.0 closes unless it says keep-alive; 1.1 keeps unless it says close.
     let mut close = version == 0;
     for f in resp.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
-            return Parsed::Unsupported;
-        };
-        let start = offset(buf, f.value);
-        let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(start..start + f.value.len()))
-        else {
-            return Parsed::Unsupported;
-        };
-        if name == header::CONTENT_LENGTH {
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             match (length, parse_length(f.value)) {
                 (None, Some(n)) => length = Some(n),
                 (Some(a), Some(b)) if a == b => {}
                 _ => return Parsed::Unsupported,
             }
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_coded = true;
             // Only the final coding decides the framing (RFC 9112 6.3).
             chunked = f
@@ -232,22 +234,29 @@ pub fn parse_response(buf: &Bytes, head_request: bool) -> Parsed<ResponseHead> {
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for t in f.value.split(|b| *b == b',') {
                 let t = t.trim_ascii();
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if version == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
                     close = false;
+                } else if !t.is_empty() && !is_hop_by_hop_bytes(t) {
+                    listed = true;
                 }
             }
         }
-        headers.append(name, value);
     }
-    let no_body = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    if status.is_informational() {
+        return Parsed::Complete(ResponseHead {
+            status,
+            head_len,
+            framing: Framing::Empty,
+            close,
+        });
+    }
+    let no_body =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Empty
     } else if transfer_coded {
@@ -268,18 +277,64 @@ pub fn parse_response(buf: &Bytes, head_request: bool) -> Parsed<ResponseHead> {
     if transfer_coded && length.is_some() {
         // A message with both is suspect; never reuse the connection.
         close = true;
-        headers.remove(header::CONTENT_LENGTH);
     }
     if framing == Framing::UntilClose {
         close = true;
     }
+
+    push_status_line(out, status);
+    let keep_coding = matches!(framing, Framing::Chunked | Framing::UntilClose);
+    // Names `Connection` lists, other than hop-by-hop ones (rare).
+    let is_listed = |name: &[u8]| {
+        listed
+            && resp.headers.iter().any(|c| {
+                c.name.eq_ignore_ascii_case("connection")
+                    && c.value
+                        .split(|b| *b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+            })
+    };
+    for f in resp.headers.iter() {
+        let name = f.name.as_bytes();
+        let keep = if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            keep_coding
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            !transfer_coded
+        } else {
+            !is_hop_by_hop_bytes(name)
+                && !name.eq_ignore_ascii_case(b"x-request-id")
+                && !is_listed(name)
+        };
+        if keep {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(f.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     Parsed::Complete(ResponseHead {
         status,
-        headers,
         head_len,
         framing,
         close,
     })
+}
+
+/// Starts a response head: the status line, with the canonical reason.
+fn push_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a field to a head being written.
+pub fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a request head for the upstream.
@@ -294,11 +349,7 @@ pub fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers:
 
 /// Writes a response head for the client.
 pub fn encode_response(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, status);
     encode_fields(out, headers);
     out.extend_from_slice(b"\r\n");
 }
@@ -402,8 +453,13 @@ mod tests {
     }
 
     fn resp(s: &str, head: bool) -> ResponseHead {
-        match parse_response(&Bytes::copy_from_slice(s.as_bytes()), head) {
-            Parsed::Complete(h) => h,
+        resp_out(s, head).0
+    }
+
+    fn resp_out(s: &str, head: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        match parse_response(s.as_bytes(), head, &mut out) {
+            Parsed::Complete(h) => (h, String::from_utf8(out).unwrap()),
             other => panic!("{other:?}"),
         }
     }
@@ -484,12 +540,12 @@ mod tests {
             false,
         );
         assert_eq!((h.framing, h.close), (Framing::Chunked, false));
-        let h = resp(
+        let (h, out) = resp_out(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
             false,
         );
         assert_eq!((h.framing, h.close), (Framing::Chunked, true));
-        assert!(!h.headers.contains_key("content-length"));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n");
         let h = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false);
         assert_eq!((h.framing, h.close), (Framing::UntilClose, true));
         let h = resp("HTTP/1.1 200 OK\r\n\r\n", false);
@@ -513,12 +569,36 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse_response(&Bytes::from_static(bad.as_bytes()), false),
+                    parse_response(bad.as_bytes(), false, &mut Vec::new()),
                     Parsed::Unsupported
                 ),
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn response_heads_lose_what_the_hyper_path_strips() {
+        let (h, out) = resp_out(
+            "HTTP/1.1 201 Whatever\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\n\
+             Keep-Alive: timeout=5\r\nX-Hop: 1\r\nX-Request-Id: upstream\r\nUpgrade: h2c\r\n\
+             Trailer: x\r\nProxy-Authenticate: Basic\r\nContent-Length: 2\r\nX-Keep: 2\r\n\r\nok",
+            false,
+        );
+        assert_eq!(
+            (h.status, h.framing, h.close),
+            (StatusCode::CREATED, Framing::Length(2), false)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nX-Keep: 2\r\n"
+        );
+        let (h, out) = resp_out("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false);
+        assert_eq!(
+            (h.status, h.framing),
+            (StatusCode::EARLY_HINTS, Framing::Empty)
+        );
+        assert_eq!(out, "", "an interim head is not written");
     }
 
     #[test]
