@@ -17,10 +17,12 @@
 //!
 //! # Retries
 //!
-//! Only of requests that were *never written*: when a pooled connection
-//! turns out to be dead as a request is handed to it, the pool (and
-//! hyper-util's `retry_canceled_requests`, for its requests) sends it on
-//! another. No request, idempotent or not, can reach an upstream twice.
+//! Here, only of requests that were *never written*: when a pooled
+//! connection turns out to be dead as a request is handed to it, the pool
+//! (and hyper-util's `retry_canceled_requests`, for its requests) sends it
+//! on another. The fast path ([`crate::fast`]) also resends a safe-method
+//! request whose reused connection closed before answering; no request with
+//! side effects reaches an upstream twice.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -29,14 +29,16 @@
 //!   ([`Denial::parts`]) and the same header rewrite
 //!   ([`rewrite_request_headers`], [`strip_hop_by_hop`]).
 //! - Headers within `server.header_read_timeout_seconds` of starting to
-//!   wait for a request (idle keep-alive included), as with hyper.
+//!   wait for a request (idle keep-alive included), as with hyper; the body
+//!   after them has no bound of its own, as with hyper.
 //! - A response head within the upstream's `response_timeout_ms` (504).
 //! - Upstream connections reused only after a response read to its end
-//!   with nothing left over and no `Connection: close`. A reused connection
-//!   that closes before any byte of the response comes back had gone stale
-//!   while idle: a safe-method request (`GET`, `HEAD`, `OPTIONS`, `TRACE`)
-//!   is sent once more on a new connection (RFC 9110 9.2.2); any other is
-//!   sent only on a connection checked open just before, and never twice.
+//!   with nothing left over and no `Connection: close`, and only if, when
+//!   taken from the pool, the upstream has neither closed nor written to
+//!   them. One that still closes before any byte of the response comes
+//!   back had gone stale in between: a safe-method request (`GET`, `HEAD`,
+//!   `OPTIONS`, `TRACE`) is sent once more on a new connection (RFC 9110
+//!   9.2.2); any other fails (502), never sent twice.
 //! - At shutdown an idle connection closes at once; one mid-request
 //!   finishes that request, answered with `Connection: close`.
 
@@ -194,7 +196,11 @@ impl<'a> Client<'a> {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<(Option<RequestHead>, Bytes)> {
+        // The head must come within the header read timeout (as with
+        // hyper); a body, once its head is in, has no bound of its own
+        // (nor has it on the hyper path).
         let deadline = Instant::now() + self.gateway.config.server.header_read_timeout;
+        let mut head_in = false;
         loop {
             if !self.buf.is_empty() {
                 let bytes = self.buf.split().freeze();
@@ -206,7 +212,9 @@ impl<'a> Client<'a> {
                         return Some((Some(h), bytes.slice(..total)));
                     }
                     Parsed::Unsupported => return Some((None, bytes)),
-                    Parsed::Complete(_) | Parsed::Partial => {
+                    parsed @ (Parsed::Complete(_) | Parsed::Partial) => {
+                        head_in = matches!(parsed, Parsed::Complete(_));
+                        drop(parsed);
                         let mut whole = bytes
                             .try_into_mut()
                             .unwrap_or_else(|b| BytesMut::from(&b[..]));
@@ -229,7 +237,7 @@ impl<'a> Client<'a> {
             let read = tokio::select! {
                 biased;
                 r = self.stream.read_buf(&mut self.buf) => r,
-                _ = self.timer.as_mut() => return None,
+                _ = self.timer.as_mut(), if !head_in => return None,
                 _ = shutdown.changed(), if idle => return None,
             };
             match read {
@@ -304,7 +312,7 @@ impl<'a> Client<'a> {
                 let mut conn = if fresh_only {
                     raw.connect().await
                 } else {
-                    match checkout(raw, safe) {
+                    match checkout(raw) {
                         Some(c) => Ok(c),
                         None => raw.wait_or_connect().await,
                     }
@@ -443,13 +451,13 @@ impl<'a> Client<'a> {
     }
 }
 
-/// An idle connection to reuse. For a method that may not be retried, one
-/// the upstream has closed (or written to) while idle is dropped here.
-fn checkout(raw: &RawPool, safe: bool) -> Option<RawConn> {
+/// An idle connection to reuse: one the upstream has neither closed nor
+/// written to while idle (a late `408`, say, which must not pass for the
+/// next request's answer). The check costs no syscall when tokio already
+/// knows the socket has nothing to read (the usual case: the previous
+/// response's last read came up short, which clears the readiness).
+fn checkout(raw: &RawPool) -> Option<RawConn> {
     while let Some(conn) = raw.checkout() {
-        if safe {
-            return Some(conn);
-        }
         let mut probe = [0u8; 1];
         match conn.stream.try_read(&mut probe) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
