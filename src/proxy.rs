@@ -500,6 +500,25 @@ pub fn rewrite_request_headers(
     upstream: &UpstreamConfig,
     upgrade: bool,
 ) {
+    let original_host = strip_request_headers(headers, names, upstream, upgrade);
+    // Room for what the gateway adds, so adding never regrows the map.
+    headers.reserve(10);
+    // None of these is present any more, so they are appended, which skips
+    // looking for values to replace.
+    gateway_headers(names, ctx, original_host.as_ref(), |n, v| {
+        headers.append(n.clone(), v.clone());
+    });
+}
+
+/// The first half of [`rewrite_request_headers`]: removes what must not
+/// reach the upstream, keeps an agreed upgrade, sets `Host` for the
+/// upstream. Returns the client's `Host`, for `X-Forwarded-Host`.
+pub fn strip_request_headers(
+    headers: &mut HeaderMap,
+    names: &HeaderNames,
+    upstream: &UpstreamConfig,
+    upgrade: bool,
+) -> Option<HeaderValue> {
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -513,8 +532,6 @@ pub fn rewrite_request_headers(
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_for_upstream(headers, names);
-    // Room for what the gateway adds, so adding never regrows the map.
-    headers.reserve(12);
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -523,40 +540,47 @@ pub fn rewrite_request_headers(
         // gRPC needs `te: trailers` to reach an h2 upstream.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-
-    let original_host = match upstream.protocol {
+    match upstream.protocol {
         UpstreamProtocol::Http1 => {
             join_cookies(headers);
             headers.insert(header::HOST, upstream.host_header.clone())
         }
         // h2 carries the authority in the URI; a Host header would conflict.
         UpstreamProtocol::H2 => headers.remove(header::HOST),
-    };
+    }
+}
 
-    // None of these is present any more (`strip_for_upstream`), so they
-    // are appended, which skips looking for values to replace.
+/// The second half of [`rewrite_request_headers`]: the headers the gateway
+/// adds (tenant context, request id, `X-Forwarded-*`), each handed to
+/// `add`, which appends it to a map (hyper path) or writes it out (fast
+/// path).
+pub fn gateway_headers<'a>(
+    names: &'a HeaderNames,
+    ctx: &'a ForwardContext<'_>,
+    original_host: Option<&'a HeaderValue>,
+    mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
+) {
+    static HTTP: HeaderValue = HeaderValue::from_static("http");
+    static HTTPS: HeaderValue = HeaderValue::from_static("https");
     if let Some(a) = ctx.auth {
         if let Some(v) = &a.tenant_id {
-            headers.append(names.tenant_id.clone(), v.clone());
+            add(&names.tenant_id, v);
         }
         if let Some(v) = &a.account_id {
-            headers.append(names.account_id.clone(), v.clone());
+            add(&names.account_id, v);
         }
         if let Some(v) = &a.workspace_id {
-            headers.append(names.workspace_id.clone(), v.clone());
+            add(&names.workspace_id, v);
         }
-        headers.append(names.token_id.clone(), a.token_id.clone());
-        headers.append(names.token_name.clone(), a.token_name.clone());
-        headers.append(names.token_abilities.clone(), a.abilities.clone());
+        add(&names.token_id, &a.token_id);
+        add(&names.token_name, &a.token_name);
+        add(&names.token_abilities, &a.abilities);
     }
-    headers.append(names.request_id.clone(), ctx.request_id.clone());
-    headers.append(names.forwarded_for.clone(), ctx.peer.ip_header.clone());
-    headers.append(
-        names.forwarded_proto.clone(),
-        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
-    );
+    add(&names.request_id, ctx.request_id);
+    add(&names.forwarded_for, &ctx.peer.ip_header);
+    add(&names.forwarded_proto, if ctx.tls { &HTTPS } else { &HTTP });
     if let Some(h) = original_host {
-        headers.append(names.forwarded_host.clone(), h);
+        add(&names.forwarded_host, h);
     }
 }
 

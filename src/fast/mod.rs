@@ -59,7 +59,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::Denial;
 use crate::gateway::{new_request_id, Gateway};
-use crate::proxy::{rewrite_request_headers, ForwardContext, Peer, X_REQUEST_ID};
+use crate::proxy::{gateway_headers, strip_request_headers, ForwardContext, Peer, X_REQUEST_ID};
 use crate::route::{normalize_path, PathError};
 use pool::{RawConn, RawPool};
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
@@ -297,9 +297,16 @@ impl<'a> Client<'a> {
             path: &path,
             tls: false,
         };
-        rewrite_request_headers(&mut head.headers, g.header_names(), &ctx, cfg, false);
+        // The same rewrite as `rewrite_request_headers`, with the gateway's
+        // own headers written straight out rather than put in the map.
+        let names = g.header_names();
+        let host = strip_request_headers(&mut head.headers, names, cfg, false);
         self.out.clear();
-        wire::encode_request(&mut self.out, &head.method, &target, &head.headers);
+        wire::encode_request_head(&mut self.out, &head.method, &target, &head.headers);
+        gateway_headers(names, &ctx, host.as_ref(), |n, v| {
+            wire::push_field(&mut self.out, n.as_str(), v.as_bytes());
+        });
+        self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(&request[head.head_len..]);
 
         let deadline = Instant::now() + cfg.response_timeout;

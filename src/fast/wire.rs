@@ -104,7 +104,7 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
         return Parsed::Unsupported;
     }
     let target = buf.slice(offset(buf, path.as_bytes())..offset(buf, path.as_bytes()) + path.len());
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 12);
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut body_len = None;
     let mut close = false;
     for f in req.headers.iter() {
@@ -337,14 +337,14 @@ pub fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a request head for the upstream.
-pub fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+/// Writes a request head for the upstream, but for the blank line that
+/// ends it (the caller adds its own fields first).
+pub fn encode_request_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     encode_fields(out, headers);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a response head for the client.
@@ -607,8 +607,8 @@ mod tests {
         h.append("host", HeaderValue::from_static("up"));
         h.append("x-a", HeaderValue::from_static("1"));
         let mut out = Vec::new();
-        encode_request(&mut out, &Method::DELETE, "/p?q", &h);
-        assert_eq!(out, b"DELETE /p?q HTTP/1.1\r\nhost: up\r\nx-a: 1\r\n\r\n");
+        encode_request_head(&mut out, &Method::DELETE, "/p?q", &h);
+        assert_eq!(out, b"DELETE /p?q HTTP/1.1\r\nhost: up\r\nx-a: 1\r\n");
         out.clear();
         encode_response(&mut out, StatusCode::NOT_FOUND, &h);
         assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nhost: up\r\nx-a: 1\r\n\r\n");

@@ -263,10 +263,15 @@ pub struct TestGateway {
     pub dir: tempfile::TempDir,
 }
 
-/// A port nothing listens on.
+/// A port nothing listens on: bound (so no other test's socket can take it
+/// while tests run in parallel) but never listening, so a connect is
+/// refused. The socket is leaked to hold the port for the whole run.
 pub async fn dead_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = s.local_addr().unwrap().port();
+    Box::leak(Box::new(s));
+    port
 }
 
 impl TestGateway {
