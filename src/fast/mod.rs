@@ -12,7 +12,7 @@
 //!
 //! # What it takes, and what it hands over
 //!
-//! It takes HTTP/1.1 requests in origin form with no body or a
+//! It takes HTTP/1.1 requests in origin or absolute form with no body or a
 //! `Content-Length` body of at most [`wire::MAX_BUFFERED_BODY`], no
 //! `Transfer-Encoding`, `Expect` or `Upgrade`, routed to a plain `http`
 //! HTTP/1.1 upstream. Anything else (h2, HTTP/1.0, chunked or large

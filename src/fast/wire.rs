@@ -40,7 +40,7 @@ pub enum Parsed<T> {
 pub struct RequestHead {
     /// The method.
     pub method: Method,
-    /// The request target: origin form, as sent.
+    /// The path and query of the request target, as sent.
     pub target: Bytes,
     /// The header fields.
     pub headers: HeaderMap,
@@ -76,7 +76,7 @@ fn offset(whole: &[u8], part: &[u8]) -> usize {
 }
 
 /// Parses a request head at the start of `buf`. `Unsupported` for anything
-/// but a plain HTTP/1.1 request in origin form whose body, if any, has a
+/// but a plain HTTP/1.1 request in origin or absolute form whose body, if any, has a
 /// single `Content-Length` of at most [`MAX_BUFFERED_BODY`]: no
 /// `Transfer-Encoding`, `Expect`, `Upgrade` or `CONNECT`, and no head that
 /// `httparse` refuses.
@@ -94,16 +94,36 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
     let (Some(method), Some(path)) = (req.method, req.path) else {
         return Parsed::Unsupported;
     };
-    if !path.starts_with('/') {
-        return Parsed::Unsupported;
-    }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::Unsupported;
     };
     if method == Method::CONNECT {
         return Parsed::Unsupported;
     }
-    let target = buf.slice(offset(buf, path.as_bytes())..offset(buf, path.as_bytes()) + path.len());
+    let start = offset(buf, path.as_bytes());
+    let (target, authority) = if path.starts_with('/') {
+        (buf.slice(start..start + path.len()), None)
+    } else {
+        // Absolute form (RFC 9112 3.2.2), which servers must accept: the
+        // path and query are forwarded as for origin form; the authority
+        // stands in for a missing `Host`, as on the hyper path.
+        let Ok(uri) = http::Uri::from_maybe_shared(buf.slice(start..start + path.len())) else {
+            return Parsed::Unsupported;
+        };
+        let (Some(scheme), Some(authority), Some(pq)) =
+            (uri.scheme_str(), uri.authority(), uri.path_and_query())
+        else {
+            return Parsed::Unsupported;
+        };
+        if !(scheme == "http" || scheme == "https") || !pq.as_str().starts_with('/') {
+            return Parsed::Unsupported;
+        }
+        let pq_start = start + path.len() - pq.as_str().len();
+        let Ok(host) = HeaderValue::from_str(authority.as_str()) else {
+            return Parsed::Unsupported;
+        };
+        (buf.slice(pq_start..start + path.len()), Some(host))
+    };
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut body_len = None;
     let mut close = false;
@@ -140,6 +160,11 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
     let body_len = body_len.unwrap_or(0);
     if body_len > MAX_BUFFERED_BODY {
         return Parsed::Unsupported;
+    }
+    if let Some(host) = authority {
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host);
+        }
     }
     Parsed::Complete(RequestHead {
         method,
@@ -495,10 +520,29 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_is_taken_as_its_path() {
+        let Parsed::Complete(h) = req("GET http://api.example:8080/a/b?x=1 HTTP/1.1\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!((h.path(), h.query()), ("/a/b", Some("x=1")));
+        assert_eq!(h.headers["host"], "api.example:8080");
+        let Parsed::Complete(h) = req("GET http://a/p HTTP/1.1\r\nHost: b\r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!((h.path(), h.query()), ("/p", None));
+        assert_eq!(
+            h.headers["host"], "b",
+            "a Host sent is kept, as on the hyper path"
+        );
+    }
+
+    #[test]
     fn anything_unusual_goes_to_hyper() {
         for s in [
             "GET / HTTP/1.0\r\n\r\n",
-            "GET http://h/ HTTP/1.1\r\n\r\n",
+            "GET ftp://h/ HTTP/1.1\r\n\r\n",
+            "GET http:/x HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "CONNECT h:443 HTTP/1.1\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
