@@ -2,7 +2,8 @@
 //! regression in any one of them shows without the noise of sockets:
 //! credential extraction, format + checksum check, SHA-256, the ability
 //! decision, the upstream header rewrite, a cache hit, and a cache miss
-//! (a SQLite lookup with 10k tokens stored).
+//! (a SQLite lookup with 10k tokens stored); and the fast path's wire
+//! work: parsing a request head, parsing and rewriting a response head.
 //!
 //! Run: `cargo bench --bench hot_path`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -184,9 +185,39 @@ fn cache(c: &mut Criterion) {
     });
 }
 
+/// The fast path's per-request wire work, on heads like a browser's and a
+/// typical framework's.
+fn wire(c: &mut Criterion) {
+    use tokengate::fast::wire::{parse_request, parse_response, Parsed};
+    let request = bytes::Bytes::from_static(
+        b"GET /api/calls?page=2 HTTP/1.1\r\nHost: api.example.com\r\n\
+          User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: application/json\r\n\
+          Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-GB,en;q=0.9\r\n\
+          Authorization: Bearer tg_api_0123456789abcdefghijklmnopqrstuvwxyzABCDEF\r\n\
+          Connection: keep-alive\r\n\r\n",
+    );
+    c.bench_function("fast_parse_request", |b| {
+        b.iter(|| matches!(parse_request(black_box(&request)), Parsed::Complete(_)))
+    });
+    let response: &[u8] =
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 18:00:00 GMT\r\n\
+          Content-Type: application/json\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\
+          Cache-Control: no-store\r\nX-Request-Id: from-upstream\r\n\r\n{\"ok\":true}\n";
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("fast_parse_and_rewrite_response", |b| {
+        b.iter(|| {
+            out.clear();
+            matches!(
+                parse_response(black_box(response), false, &mut out),
+                Parsed::Complete(_)
+            )
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = pieces, cache
+    targets = pieces, cache, wire
 }
 criterion_main!(benches);
