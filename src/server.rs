@@ -157,7 +157,13 @@ async fn accept_loop<H, F>(
         .writev(false)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
+    // For a connection handed over after shutdown began: it serves the
+    // request it was handed and closes (hyper's graceful shutdown would
+    // close it before reading the request, unanswered).
+    let mut closing = builder.clone();
+    closing.http1().keep_alive(false);
     let builder = Arc::new(builder);
+    let closing = Arc::new(closing);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -174,6 +180,7 @@ async fn accept_loop<H, F>(
                 // so shutdown waits for it.
                 let watcher = graceful.watcher();
                 let builder = Arc::clone(&builder);
+                let closing = Arc::clone(&closing);
                 let h = handler.clone();
                 let fast = fast.clone();
                 let mut stop = shutdown.clone();
@@ -196,8 +203,16 @@ async fn accept_loop<H, F>(
                         async move { Ok::<_, std::convert::Infallible>(fut.await) }
                     });
                     let io = TokioIo::new(Prefixed::new(prefix, stream));
-                    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
+                    let served = if *stop.borrow() {
+                        // Shutdown waits for it all the same: the watcher
+                        // is held until the connection ends.
+                        let _held = watcher;
+                        closing.serve_connection_with_upgrades(io, svc).await
+                    } else {
+                        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+                        watcher.watch(conn).await
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
                     }
                 });

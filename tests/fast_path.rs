@@ -1217,3 +1217,101 @@ async fn a_slow_request_body_is_not_bound_by_the_header_read_timeout() {
     );
     assert_eq!(up.requests("/up/echo/slow-fast")[0].body, b"helloworld");
 }
+
+// ---------------------------------------------------------------------------
+// Found by review: each of these got past the first version of the fast path.
+
+/// Sends `req` on a new connection and reads until the gateway closes or
+/// goes quiet.
+async fn exchange(addr: SocketAddr, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn connection_listing_content_length_cannot_smuggle_a_request() {
+    let g = TestGateway::spawn().await;
+    let t = g.token(&[]).await;
+    let inner = "GET /api/admin/secret HTTP/1.1\r\nHost: m\r\nX-Tenant-Id: evil\r\n\r\n";
+    let req = format!(
+        "POST /api/x/echo HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {t}\r\n\
+         Connection: content-length\r\nContent-Length: {}\r\n\r\n{inner}",
+        inner.len()
+    );
+    let r = exchange(g.addr, req.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // The upstream read one request, whose body is the would-be request.
+    assert!(r.ends_with(inner), "the body came back whole: {r}");
+    let seen = g.upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, http::Method::POST);
+    assert_eq!(
+        seen[0].headers["content-length"],
+        inner.len().to_string().as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_fragment_in_the_target_cannot_change_the_route() {
+    let g = TestGateway::spawn().await;
+    let t = g.token(&[]).await;
+    let plain = exchange(
+        g.addr,
+        format!("GET /api/admin HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {t}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(plain.starts_with("HTTP/1.1 403"), "{plain}");
+    for target in ["/api/admin#x", "http://g/api/admin#x"] {
+        let r = exchange(
+            g.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {t}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(!r.starts_with("HTTP/1.1 200"), "{target}: {r}");
+    }
+    assert_eq!(g.upstream.count(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn a_response_with_many_fields_passes_as_through_hyper() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 4096];
+                let _ = s.read(&mut b).await;
+                let mut r = String::from("HTTP/1.1 200 OK\r\n");
+                for i in 0..90 {
+                    r.push_str(&format!("x-h{i}: v\r\n"));
+                }
+                r.push_str("content-length: 2\r\n\r\nok");
+                let _ = s.write_all(r.as_bytes()).await;
+                let _ = s.read(&mut b).await;
+            });
+        }
+    });
+    let g = TestGateway::spawn_with(&format!(
+        "[[upstreams]]\nname = \"many\"\nurl = \"http://{up}\"\n\
+         [[routes]]\npath = \"/many\"\nupstream = \"many\"\nauth = \"none\"\n"
+    ))
+    .await;
+    let r = exchange(
+        g.addr,
+        b"GET /many/x HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("x-h89: v\r\n") && r.ends_with("ok"), "{r}");
+}

@@ -39,8 +39,25 @@
 //!   back had gone stale in between: a safe-method request (`GET`, `HEAD`,
 //!   `OPTIONS`, `TRACE`) is sent once more on a new connection (RFC 9110
 //!   9.2.2); any other fails (502), never sent twice.
+//! - The upstream reads exactly the body the gateway read: its
+//!   `Content-Length` is written by the gateway, never copied (a
+//!   `Connection: content-length` would otherwise strip it and let the
+//!   body pass for a second, unauthenticated request).
+//! - A target with a fragment (`#`), or one `http` would refuse, goes to
+//!   hyper: routing must see the path the upstream will see.
+//! - Response heads of up to 100 fields pass, as through hyper's client.
+//!   A chunked body passes through as it came, so its framing is checked
+//!   strictly (hex sizes, CRLF only, no control bytes, well-formed trailer
+//!   fields): a bare LF that a lenient client took for a line end could
+//!   otherwise smuggle a response of the upstream's making onto the
+//!   client's connection. A body that fails the check closes both
+//!   connections.
 //! - At shutdown an idle connection closes at once; one mid-request
-//!   finishes that request, answered with `Connection: close`.
+//!   finishes that request, answered with `Connection: close`; one handed
+//!   to hyper then is served its request and closed. Closing, the fast
+//!   path lingers (FIN, then reads and drops for up to two seconds), so
+//!   requests pipelined behind the last answer do not provoke a reset
+//!   that could cut its end off.
 
 pub mod pool;
 pub mod wire;
@@ -66,6 +83,12 @@ use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
 
 /// Read buffer size of a client connection.
 const READ_BUF: usize = 8 * 1024;
+
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How much of it, at most.
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// Longest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -130,7 +153,10 @@ pub async fn serve(
         let shutting_down = *shutdown.borrow();
         match c.respond(head, &request, shutting_down).await {
             Next::KeepAlive => {}
-            Next::Close => return Ended::Closed,
+            Next::Close => {
+                c.linger().await;
+                return Ended::Closed;
+            }
             Next::Handoff => {
                 // The request, then whatever followed it.
                 let mut bytes = BytesMut::with_capacity(request.len() + c.buf.len());
@@ -301,8 +327,16 @@ impl<'a> Client<'a> {
         // own headers written straight out rather than put in the map.
         let names = g.header_names();
         let host = strip_request_headers(&mut head.headers, names, cfg, false);
+        // The body's length is stated by the gateway, from what it read:
+        // a `Connection: content-length` has just stripped the client's,
+        // and without one the upstream would read the body as a request.
+        head.headers.remove(header::CONTENT_LENGTH);
         self.out.clear();
         wire::encode_request_head(&mut self.out, &head.method, &target, &head.headers);
+        if head.has_length {
+            let n = HeaderValue::from(head.body_len);
+            wire::push_field(&mut self.out, "content-length", n.as_bytes());
+        }
         gateway_headers(names, &ctx, host.as_ref(), |n, v| {
             wire::push_field(&mut self.out, n.as_str(), v.as_bytes());
         });
@@ -440,6 +474,34 @@ impl<'a> Client<'a> {
         }
     }
 
+    /// Closes as nginx's lingering close does: the FIN first, then what the
+    /// client still sends (requests pipelined behind the last one answered)
+    /// is read and dropped for a moment. Closing with unread bytes would
+    /// make the kernel answer them with a reset, which can destroy the end
+    /// of the response before the client has read it, and a response
+    /// delimited by the close could not even be told apart from a whole one.
+    async fn linger(&mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        let drain = async {
+            loop {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        total += n;
+                        if total > LINGER_BYTES {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
     /// Answers with a refusal.
     async fn refuse(&mut self, denial: Denial, request_id: &HeaderValue, close: bool) -> Next {
         self.gateway.count_refusal(denial, request_id);
@@ -458,11 +520,14 @@ impl<'a> Client<'a> {
     }
 }
 
-/// An idle connection to reuse: one the upstream has neither closed nor
-/// written to while idle (a late `408`, say, which must not pass for the
-/// next request's answer). The check costs no syscall when tokio already
-/// knows the socket has nothing to read (the usual case: the previous
-/// response's last read came up short, which clears the readiness).
+/// An idle connection to reuse: one the upstream has, as far as tokio
+/// knows, neither closed nor written to while idle (a late `408`, say,
+/// which must not pass for the next request's answer). The check costs no
+/// syscall when tokio's readiness says the socket has nothing to read (the
+/// usual case: the previous response's last read came up short, which
+/// clears it). It cannot see what arrived after the reactor last looked:
+/// a close still in flight is caught by the retry of safe methods, and a
+/// stray response in flight is a race no HTTP/1.1 client can rule out.
 fn checkout(raw: &RawPool) -> Option<RawConn> {
     while let Some(conn) = raw.checkout() {
         let mut probe = [0u8; 1];

@@ -13,8 +13,13 @@ use http::{Method, StatusCode};
 
 use crate::proxy::is_hop_by_hop_bytes;
 
-/// Most header fields in a head the fast path takes; more go to hyper.
+/// Most header fields in a request head the fast path takes; more go to
+/// hyper.
 pub const MAX_HEADERS: usize = 64;
+
+/// Most header fields in a response head: hyper's client limit, so an
+/// upstream answer is not refused here that the hyper path would pass.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// Longest request body the fast path buffers whole; longer bodies stream
 /// through hyper.
@@ -48,6 +53,8 @@ pub struct RequestHead {
     pub head_len: usize,
     /// `Content-Length` (0 when absent).
     pub body_len: u64,
+    /// Whether the client sent a `Content-Length`.
+    pub has_length: bool,
     /// The client asked to close the connection after this exchange.
     pub close: bool,
 }
@@ -100,8 +107,17 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
     if method == Method::CONNECT {
         return Parsed::Unsupported;
     }
+    // A fragment never belongs in a request (hyper's parser drops it, so
+    // the two paths would route differently), and a target `http` would
+    // not parse is hyper's to refuse.
+    if path.contains('#') {
+        return Parsed::Unsupported;
+    }
     let start = offset(buf, path.as_bytes());
     let (target, authority) = if path.starts_with('/') {
+        if http::uri::PathAndQuery::try_from(path).is_err() {
+            return Parsed::Unsupported;
+        }
         (buf.slice(start..start + path.len()), None)
     } else {
         // Absolute form (RFC 9112 3.2.2), which servers must accept: the
@@ -157,6 +173,7 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
         }
         headers.append(name, value);
     }
+    let has_length = body_len.is_some();
     let body_len = body_len.unwrap_or(0);
     if body_len > MAX_BUFFERED_BODY {
         return Parsed::Unsupported;
@@ -172,6 +189,7 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
         headers,
         head_len,
         body_len,
+        has_length,
         close,
     })
 }
@@ -224,7 +242,7 @@ pub struct ResponseHead {
 /// `Unsupported` here means malformed: a version other than HTTP/1.x, an
 /// unreadable or conflicting `Content-Length`, too many fields.
 pub fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>) -> Parsed<ResponseHead> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -419,17 +437,17 @@ impl Chunked {
             let rest = &buf[p..];
             match *self {
                 Chunked::Done => return Ok(p),
-                Chunked::Size => match httparse::parse_chunk_size(rest) {
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        p += n;
+                Chunked::Size => match line(rest)? {
+                    None => return Ok(p),
+                    Some(l) => {
+                        let size = chunk_size(&rest[..l])?;
+                        p += l + 2;
                         *self = if size == 0 {
                             Chunked::Trailer
                         } else {
                             Chunked::Data(size)
                         };
                     }
-                    Ok(httparse::Status::Partial) if rest.len() < MAX_CHUNK_LINE => return Ok(p),
-                    _ => return Err(BadChunk),
                 },
                 Chunked::Data(left) => {
                     if rest.is_empty() {
@@ -453,18 +471,70 @@ impl Chunked {
                     p += 2;
                     *self = Chunked::Size;
                 }
-                Chunked::Trailer => match rest.windows(2).position(|w| w == b"\r\n") {
+                Chunked::Trailer => match line(rest)? {
+                    None => return Ok(p),
                     Some(0) => {
                         p += 2;
                         *self = Chunked::Done;
                     }
-                    Some(end) if end < MAX_CHUNK_LINE => p += end + 2,
-                    None if rest.len() < MAX_CHUNK_LINE => return Ok(p),
-                    _ => return Err(BadChunk),
+                    Some(l) => {
+                        // A trailer field: a name, a colon, a value.
+                        let f = &rest[..l];
+                        match f.iter().position(|b| *b == b':') {
+                            Some(c) if c > 0 && f[..c].iter().all(|b| is_token(*b)) => {}
+                            _ => return Err(BadChunk),
+                        }
+                        p += l + 2;
+                    }
                 },
             }
         }
     }
+}
+
+/// The length of the line at the start of `rest`, without its CRLF:
+/// `None` until the CRLF has arrived. Strict, because the bytes pass
+/// through to the client as they are: a line may hold no control byte but
+/// a tab (a bare CR or LF above all, which a lenient client could take
+/// as a line end and so as the end of the body), and may not be longer
+/// than [`MAX_CHUNK_LINE`].
+fn line(rest: &[u8]) -> Result<Option<usize>, BadChunk> {
+    for (i, b) in rest.iter().enumerate() {
+        if *b == b'\r' {
+            return match rest.get(i + 1) {
+                Some(b'\n') => Ok(Some(i)),
+                Some(_) => Err(BadChunk),
+                None => Ok(None),
+            };
+        }
+        if i >= MAX_CHUNK_LINE || (b.is_ascii_control() && *b != b'\t') {
+            return Err(BadChunk);
+        }
+    }
+    if rest.len() >= MAX_CHUNK_LINE {
+        return Err(BadChunk);
+    }
+    Ok(None)
+}
+
+/// A chunk-size line's size: hex digits (at most 15, so it fits), then
+/// nothing or optional whitespace and `;` extensions.
+fn chunk_size(l: &[u8]) -> Result<u64, BadChunk> {
+    let digits = l.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(BadChunk);
+    }
+    let ext = l[digits..].trim_ascii_start();
+    if !(ext.is_empty() || ext.starts_with(b";")) {
+        return Err(BadChunk);
+    }
+    let hex = std::str::from_utf8(&l[..digits]).map_err(|_| BadChunk)?;
+    u64::from_str_radix(hex, 16).map_err(|_| BadChunk)
+}
+
+/// A `tchar` (RFC 9110 5.6.2): what a field name is made of.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -556,6 +626,9 @@ mod tests {
             "GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
             "GET /\x01 HTTP/1.1\r\n\r\n",
+            "GET /api/admin#x HTTP/1.1\r\n\r\n",
+            "GET http://h/api/admin#x HTTP/1.1\r\n\r\n",
+            "GET /a<b HTTP/1.1\r\n\r\n",
         ] {
             assert!(matches!(req(s), Parsed::Unsupported), "{s:?}");
         }
@@ -675,6 +748,23 @@ mod tests {
         }
         let mut c = Chunked::Size;
         assert_eq!(c.advance(&[b'1'; MAX_CHUNK_LINE + 1]), Err(BadChunk));
+        // Whatever a lenient client could read as a line end, or an empty
+        // size, is refused rather than passed on.
+        for bad in [
+            &b"\r\n"[..],
+            b"4\n",
+            b"4;a=\nb\r\n",
+            b"4\rx",
+            b"-4\r\n",
+            b"0x4\r\n",
+            b"1000000000000000\r\n",
+            b"0\r\n\nHTTP/1.1 200 OK\r\n",
+            b"0\r\nno-colon\r\n",
+            b"0\r\n: empty-name\r\n",
+        ] {
+            let mut c = Chunked::Size;
+            assert_eq!(c.advance(bad), Err(BadChunk), "{bad:?}");
+        }
     }
 
     proptest! {
