@@ -28,7 +28,7 @@ use crate::config::{AuthMode, Config, HeaderNames, RouteConfig};
 use crate::error::Denial;
 use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
-use crate::proxy::{check_lookalike_headers, forward, Body, ForwardContext, Peer, Upstream};
+use crate::proxy::{forward, Body, ForwardContext, Lookalikes, Peer, Upstream};
 use crate::route::{normalize_path, RouteMatch, RouteTable};
 use crate::store::TokenStore;
 use crate::token::{Checked, TokenHash};
@@ -53,6 +53,7 @@ pub struct Gateway {
     upstreams: Vec<Upstream>,
     /// Shared with every request body's trailer filter.
     header_names: Arc<crate::config::HeaderNames>,
+    lookalikes: Lookalikes,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -89,6 +90,7 @@ impl Gateway {
         let header_names = Arc::new(config.headers.clone());
         let last_used = LastUsed::new(config.store.last_used_resolution);
         Arc::new(Self {
+            lookalikes: Lookalikes::new(&header_names),
             header_names,
             config,
             store,
@@ -192,7 +194,7 @@ impl Gateway {
         method: &http::Method,
         headers: &http::HeaderMap,
     ) -> Result<(&RouteConfig, &Upstream), Denial> {
-        check_lookalike_headers(headers, &self.config.headers)?;
+        self.lookalikes.check(headers)?;
         let route = match self.routes.find(path, method) {
             RouteMatch::Found(r) => r,
             RouteMatch::MethodNotAllowed => return Err(Denial::MethodNotAllowed),

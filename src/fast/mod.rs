@@ -312,7 +312,10 @@ impl<'a> Client<'a> {
             target.push('?');
             target.push_str(q);
         }
-        if PathAndQuery::try_from(target.as_str()).is_err() {
+        // The client's target was checked as it was parsed; only a path
+        // normalisation changed, or a base path added, needs a new look.
+        let changed = path != head.path() || !cfg.base_path.is_empty();
+        if changed && PathAndQuery::try_from(target.as_str()).is_err() {
             let d = Denial::BadPath(PathError::BadEscape);
             return self.refuse(d, &request_id, head.close).await;
         }
