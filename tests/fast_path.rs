@@ -1315,3 +1315,40 @@ async fn a_response_with_many_fields_passes_as_through_hyper() {
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(r.contains("x-h89: v\r\n") && r.ends_with("ok"), "{r}");
 }
+
+#[tokio::test]
+async fn a_request_handed_to_hyper_during_shutdown_is_still_answered() {
+    let mut g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    // Half a head: the connection is mid-request, not idle, when shutdown
+    // begins.
+    s.write_all(b"POST /api/x/echo HTTP/1.1\r\nHost: g\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shutdown = tokio::spawn(g.running.take().unwrap().shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!shutdown.is_finished(), "shutdown waits for the request");
+    // The rest of it makes a chunked upload, which goes to hyper.
+    s.write_all(
+        format!(
+            "Authorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes after answering")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("hello"), "{got}");
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown completes once the request is answered")
+        .unwrap();
+}
