@@ -232,14 +232,20 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// The connector for one upstream: TCP (no-delay, keep-alive probes,
-/// connect timeout), then TLS for `https` URLs, offering only `protocol`.
-fn connector(config: &UpstreamConfig, protocol: UpstreamProtocol) -> HttpsConnector<HttpConnector> {
+/// The TCP part of every upstream connection, for the hyper clients and the
+/// fast path's pool alike: no-delay, keep-alive probes, connect timeout.
+fn tcp_connector(config: &UpstreamConfig) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    http
+}
+
+/// The connector for one upstream: [`tcp_connector`], then TLS for `https` URLs, offering only `protocol`.
+fn connector(config: &UpstreamConfig, protocol: UpstreamProtocol) -> HttpsConnector<HttpConnector> {
+    let http = tcp_connector(config);
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let connector = match builder
         .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
@@ -279,14 +285,14 @@ impl Upstream {
             && config.scheme == http::uri::Scheme::HTTP)
             .then(|| {
                 Arc::new(RawPool::new(
-                    // `[::1]` names the address `::1`.
-                    config
-                        .authority
-                        .host()
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_owned(),
-                    config.authority.port_u16().unwrap_or(80),
+                    tcp_connector(&config),
+                    Uri::builder()
+                        .scheme(config.scheme.clone())
+                        .authority(config.authority.clone())
+                        .path_and_query("/")
+                        .build()
+                        // Scheme and authority were checked with the config.
+                        .unwrap_or_default(),
                     config.connect_timeout,
                     config.pool_max_idle,
                     config.pool_idle_timeout,

@@ -11,13 +11,15 @@
 //! closes the expired ones when traffic stops.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tower_service::Service;
 
 /// Read buffer size of an upstream connection.
 const READ_BUF: usize = 16 * 1024;
@@ -37,8 +39,10 @@ pub struct RawConn {
 /// Idle connections to one upstream.
 #[derive(Debug)]
 pub struct RawPool {
-    host: String,
-    port: u16,
+    /// The same TCP connector the hyper clients use (`proxy::tcp_connector`).
+    connector: HttpConnector,
+    /// The upstream, as the connector takes it.
+    target: Uri,
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
@@ -54,17 +58,18 @@ struct Inner {
 }
 
 impl RawPool {
-    /// A pool for `host:port`; nothing connects until asked.
+    /// A pool for `target` (scheme and authority), connecting through
+    /// `connector`; nothing connects until asked.
     pub fn new(
-        host: String,
-        port: u16,
+        connector: HttpConnector,
+        target: Uri,
         connect_timeout: Duration,
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Self {
         Self {
-            host,
-            port,
+            connector,
+            target,
             connect_timeout,
             max_idle,
             idle_timeout,
@@ -158,48 +163,28 @@ impl RawPool {
         inner.waiters.retain(|w| !w.is_closed());
     }
 
-    /// How many connections are idle.
-    pub fn idle_count(&self) -> usize {
-        self.lock().idle.len()
-    }
-
     /// A new connection, within the connect timeout (name resolution
     /// included).
     pub async fn connect(&self) -> std::io::Result<RawConn> {
+        let mut connector = self.connector.clone();
         let connect = async {
-            let mut last = None;
-            for addr in tokio::net::lookup_host((self.host.as_str(), self.port)).await? {
-                match connect_one(addr).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "upstream host has no address")
-            }))
+            std::future::poll_fn(|cx| connector.poll_ready(cx))
+                .await
+                .map_err(std::io::Error::other)?;
+            connector
+                .call(self.target.clone())
+                .await
+                .map_err(std::io::Error::other)
         };
-        let stream = tokio::time::timeout(self.connect_timeout, connect)
+        let io = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         Ok(RawConn {
-            stream,
+            stream: io.into_inner(),
             buf: BytesMut::with_capacity(READ_BUF),
             reused: false,
         })
     }
-}
-
-async fn connect_one(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // Notice an upstream that vanished while a connection sat idle.
-    socket.set_keepalive(true)?;
-    let stream = socket.connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
