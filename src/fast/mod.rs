@@ -365,9 +365,6 @@ impl<'a> Client<'a> {
                 match send(&mut conn, &self.out, head_request, &mut self.resp).await {
                     Ok(resp) => return Ok((conn, resp)),
                     Err(Failed::Stale) if safe => fresh_only = true,
-                    Err(Failed::Stale) => {
-                        return Err(Failed::Io(std::io::ErrorKind::ConnectionReset.into()))
-                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -389,7 +386,9 @@ impl<'a> Client<'a> {
                     Failed::Io(e) => {
                         tracing::warn!(upstream = %cfg.name, error = %e, "upstream request failed")
                     }
-                    Failed::Stale => {}
+                    Failed::Stale => {
+                        tracing::warn!(upstream = %cfg.name, "upstream closed a reused connection before answering")
+                    }
                     Failed::BadResponse => {
                         tracing::warn!(upstream = %cfg.name, "upstream sent a malformed or unexpected response head")
                     }
