@@ -120,7 +120,51 @@ struct Shared {
     idle: Vec<Idle>,
     /// Requests waiting for a connection while one is being made for them:
     /// a connection coming back goes to the oldest, whichever is first.
-    waiters: VecDeque<oneshot::Sender<Box<Conn>>>,
+    waiters: Waiters<Box<Conn>>,
+}
+
+/// Requests waiting for a connection, oldest first: the queue both pools
+/// (this one and the fast path's) hand returning connections through.
+#[derive(Debug)]
+pub struct Waiters<T>(VecDeque<oneshot::Sender<T>>);
+
+impl<T> Default for Waiters<T> {
+    fn default() -> Self {
+        Self(VecDeque::new())
+    }
+}
+
+impl<T> Waiters<T> {
+    /// Joins the queue. Requests whose own connection won leave their place
+    /// behind; those are cleared out now and then (amortised: at each power
+    /// of two from 64), and at every [`Waiters::prune`].
+    pub fn join(&mut self) -> oneshot::Receiver<T> {
+        let n = self.0.len();
+        if n >= 64 && n.is_power_of_two() {
+            self.prune();
+        }
+        let (tx, rx) = oneshot::channel();
+        self.0.push_back(tx);
+        rx
+    }
+
+    /// Gives `conn` to the oldest request still waiting; hands it back if
+    /// there is none.
+    pub fn hand_over(&mut self, mut conn: T) -> Option<T> {
+        while let Some(waiter) = self.0.pop_front() {
+            match waiter.send(conn) {
+                Ok(()) => return None,
+                // That request gave up (or got its own connection).
+                Err(back) => conn = back,
+            }
+        }
+        Some(conn)
+    }
+
+    /// Drops the places of requests that stopped waiting.
+    pub fn prune(&mut self) {
+        self.0.retain(|w| !w.is_closed());
+    }
 }
 
 /// The idle HTTP/1.1 connections to one upstream and how to make more.
@@ -187,7 +231,7 @@ impl Pool {
                 .into_iter()
                 .partition(|i| i.since.elapsed() >= timeout);
             shared.idle = keep;
-            shared.waiters.retain(|w| !w.is_closed());
+            shared.waiters.prune();
             old
         };
         // Closed outside the lock.
@@ -250,18 +294,7 @@ impl Pool {
                 let mut shared = self.lock();
                 match shared.idle.pop() {
                     Some(idle) => idle,
-                    None => {
-                        // Requests whose own connection won leave their
-                        // place behind; clear those out now and then
-                        // (amortised: at each power of two from 64).
-                        let n = shared.waiters.len();
-                        if n >= 64 && n.is_power_of_two() {
-                            shared.waiters.retain(|w| !w.is_closed());
-                        }
-                        let (tx, rx) = oneshot::channel();
-                        shared.waiters.push_back(tx);
-                        return Checkout::Wait(rx);
-                    }
+                    None => return Checkout::Wait(shared.waiters.join()),
                 }
             };
             if idle.since.elapsed() >= self.idle_timeout {
@@ -339,13 +372,9 @@ impl Pool {
             return;
         }
         let mut shared = self.lock();
-        while let Some(waiter) = shared.waiters.pop_front() {
-            match waiter.send(conn) {
-                Ok(()) => return,
-                // That request gave up (or got its own connection).
-                Err(back) => conn = back,
-            }
-        }
+        let Some(conn) = shared.waiters.hand_over(conn) else {
+            return;
+        };
         if shared.idle.len() < self.max_idle {
             shared.idle.push(Idle {
                 conn,

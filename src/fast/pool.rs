@@ -10,7 +10,6 @@
 //! be accepted. At most `pool_max_idle` are kept; [`RawPool::sweep`]
 //! closes the expired ones when traffic stops.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +17,9 @@ use bytes::BytesMut;
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tower_service::Service;
+
+use crate::pool::Waiters;
 
 /// Read buffer size of an upstream connection.
 const READ_BUF: usize = 16 * 1024;
@@ -54,7 +54,7 @@ struct Inner {
     /// Newest last.
     idle: Vec<(RawConn, Instant)>,
     /// Requests waiting for a connection, oldest first.
-    waiters: VecDeque<oneshot::Sender<RawConn>>,
+    waiters: Waiters<RawConn>,
 }
 
 impl RawPool {
@@ -98,17 +98,7 @@ impl RawPool {
     /// loses the race is not wasted: its connection joins the pool, so a
     /// burst opens at most one connection per request in flight.
     pub async fn wait_or_connect(self: &Arc<Self>) -> std::io::Result<RawConn> {
-        let (tx, mut rx) = oneshot::channel();
-        {
-            let mut inner = self.lock();
-            // Waiters whose request went ahead on its own connection stay
-            // queued until a check-in skips them; prune them now and then.
-            let n = inner.waiters.len();
-            if n >= 64 && n.is_power_of_two() {
-                inner.waiters.retain(|w| !w.is_closed());
-            }
-            inner.waiters.push_back(tx);
-        }
+        let mut rx = self.lock().waiters.join();
         let pool = Arc::clone(self);
         let mut connect = Box::pin(async move { pool.connect().await });
         tokio::select! {
@@ -140,14 +130,11 @@ impl RawPool {
         self.put(conn);
     }
 
-    fn put(&self, mut conn: RawConn) {
+    fn put(&self, conn: RawConn) {
         let mut inner = self.lock();
-        while let Some(w) = inner.waiters.pop_front() {
-            match w.send(conn) {
-                Ok(()) => return,
-                Err(back) => conn = back,
-            }
-        }
+        let Some(conn) = inner.waiters.hand_over(conn) else {
+            return;
+        };
         if inner.idle.len() < self.max_idle {
             inner.idle.push((conn, Instant::now()));
         }
@@ -160,7 +147,7 @@ impl RawPool {
         inner
             .idle
             .retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
-        inner.waiters.retain(|w| !w.is_closed());
+        inner.waiters.prune();
     }
 
     /// A new connection, within the connect timeout (name resolution
