@@ -7,10 +7,11 @@
 
 use std::fmt;
 
-use http::header::{HeaderMap, AUTHORIZATION};
+use http::header::AUTHORIZATION;
 use http::HeaderName;
 
 use crate::error::Denial;
+use crate::proxy::RequestFields;
 use crate::store::{AuthRecord, Status};
 use crate::token::TokenKind;
 
@@ -112,8 +113,8 @@ impl fmt::Display for Ability {
 /// `Ok(None)`: no credential at all. Errors: two different credentials
 /// (400), several `Authorization` or `token` headers that disagree (400), or
 /// an `Authorization` header in another scheme or with no token (401).
-pub fn extract_credential(headers: &HeaderMap) -> Result<Option<&str>, Denial> {
-    let bearer = single(headers, &AUTHORIZATION)?
+pub fn extract_credential(headers: &(impl RequestFields + ?Sized)) -> Result<Option<&str>, Denial> {
+    let bearer = single(headers.values(&AUTHORIZATION))?
         .map(|v| {
             let (scheme, rest) = v.split_once(' ').ok_or(Denial::MalformedToken)?;
             if !scheme.eq_ignore_ascii_case("bearer") {
@@ -127,7 +128,7 @@ pub fn extract_credential(headers: &HeaderMap) -> Result<Option<&str>, Denial> {
             }
         })
         .transpose()?;
-    let token = single(headers, &TOKEN_HEADER)?
+    let token = single(headers.values(&TOKEN_HEADER))?
         .map(|v| v.trim_matches(' '))
         .filter(|t| !t.is_empty());
     match (bearer, token) {
@@ -138,16 +139,24 @@ pub fn extract_credential(headers: &HeaderMap) -> Result<Option<&str>, Denial> {
 }
 
 /// The one value of a header; repeated identical values count as one.
-fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, Denial> {
-    let mut values = headers.get_all(name).iter();
+fn single<'h>(mut values: impl Iterator<Item = &'h [u8]>) -> Result<Option<&'h str>, Denial> {
     let Some(first) = values.next() else {
         return Ok(None);
     };
     if values.any(|v| v != first) {
         return Err(Denial::ConflictingCredentials);
     }
-    // Non-ASCII can never be one of our tokens.
-    first.to_str().map(Some).map_err(|_| Denial::MalformedToken)
+    // Non-ASCII can never be one of our tokens (`HeaderValue::to_str`'s
+    // rule: visible ASCII, spaces and tabs).
+    if !first
+        .iter()
+        .all(|b| (0x20..0x7f).contains(b) || *b == b'\t')
+    {
+        return Err(Denial::MalformedToken);
+    }
+    std::str::from_utf8(first)
+        .map(Some)
+        .map_err(|_| Denial::MalformedToken)
 }
 
 /// Token kinds that may call upstream APIs through the proxy. Root and
@@ -187,7 +196,7 @@ pub fn decide<'a>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
     use proptest::prelude::*;
 
     #[test]

@@ -26,7 +26,7 @@
 //! eviction raises `cleared_before`, which treats every older entry as stale:
 //! correctness is kept at the price of some reloads.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,8 @@ pub struct AuthEntry {
     pub last_used_key: Arc<str>,
     /// When it was read from the store.
     pub loaded: Instant,
+    /// The last second in which it was used (see [`AuthEntry::first_use_in`]).
+    used_in: AtomicI64,
 }
 
 impl AuthEntry {
@@ -83,8 +85,18 @@ impl AuthEntry {
             workspace_id: int(record.workspace_id),
             last_used_key: Arc::from(record.token_id.as_str()),
             loaded: Instant::now(),
+            used_in: AtomicI64::new(i64::MIN),
             record,
         }
+    }
+
+    /// Notes a use in second `now` (Unix); `false` when this entry was
+    /// already used in that second. A use's time need only be recorded
+    /// once a second ([`crate::usage::LastUsed::record`] keeps whole
+    /// seconds), so a busy token costs one atomic swap per request instead
+    /// of a map lookup.
+    pub fn first_use_in(&self, now: i64) -> bool {
+        self.used_in.swap(now, Ordering::Relaxed) != now
     }
 }
 

@@ -28,7 +28,9 @@ use crate::config::{AuthMode, Config, HeaderNames, RouteConfig};
 use crate::error::Denial;
 use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
-use crate::proxy::{forward, Body, ForwardContext, Lookalikes, Peer, Upstream};
+use crate::proxy::{
+    forward, Body, ForwardContext, Lookalikes, Peer, RequestFields, StripSet, Upstream,
+};
 use crate::route::{normalize_path, RouteMatch, RouteTable};
 use crate::store::TokenStore;
 use crate::token::{Checked, TokenHash};
@@ -54,6 +56,7 @@ pub struct Gateway {
     /// Shared with every request body's trailer filter.
     header_names: Arc<crate::config::HeaderNames>,
     lookalikes: Lookalikes,
+    strip: StripSet,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -91,6 +94,7 @@ impl Gateway {
         let last_used = LastUsed::new(config.store.last_used_resolution);
         Arc::new(Self {
             lookalikes: Lookalikes::new(&header_names),
+            strip: StripSet::new(&header_names),
             header_names,
             config,
             store,
@@ -192,7 +196,7 @@ impl Gateway {
         &self,
         path: &str,
         method: &http::Method,
-        headers: &http::HeaderMap,
+        headers: &(impl RequestFields + ?Sized),
     ) -> Result<(&RouteConfig, &Upstream), Denial> {
         self.lookalikes.check(headers)?;
         let route = match self.routes.find(path, method) {
@@ -213,17 +217,21 @@ impl Gateway {
     pub async fn admit(
         &self,
         route: &RouteConfig,
-        headers: &http::HeaderMap,
+        headers: &(impl RequestFields + ?Sized),
         memo: &ConnectionMemo,
     ) -> Result<Option<Arc<AuthEntry>>, Denial> {
         let entry = match route.auth {
             AuthMode::None => None,
             AuthMode::Required | AuthMode::Optional => {
-                self.authenticate(headers, route, memo).await?
+                self.authenticate(extract_credential(headers)?, route, memo)
+                    .await?
             }
         };
         if let Some(e) = &entry {
-            self.last_used.record(&e.last_used_key, self.clock.now());
+            let now = self.clock.now();
+            if e.first_use_in(now) {
+                self.last_used.record(&e.last_used_key, now);
+            }
         }
         Ok(entry)
     }
@@ -233,15 +241,21 @@ impl Gateway {
         &self.header_names
     }
 
+    /// Every request header name the gateway strips, for reading names as
+    /// bytes (the fast path).
+    pub fn strip_set(&self) -> &StripSet {
+        &self.strip
+    }
+
     /// Finds and judges the request's token for a route. `Ok(None)`: no
     /// credential on an `optional` route.
     async fn authenticate(
         &self,
-        headers: &http::HeaderMap,
+        credential: Option<&str>,
         route: &RouteConfig,
         memo: &ConnectionMemo,
     ) -> Result<Option<Arc<AuthEntry>>, Denial> {
-        let Some(token) = extract_credential(headers)? else {
+        let Some(token) = credential else {
             return match route.auth {
                 AuthMode::Optional => Ok(None),
                 _ => Err(Denial::MissingToken),

@@ -27,7 +27,9 @@
 //!
 //! - The same policy, in the same order, with the same refusals
 //!   ([`Denial::parts`]) and the same header rewrite
-//!   ([`rewrite_request_headers`], [`strip_hop_by_hop`]).
+//!   ([`strip_request_fields`]: [`crate::proxy::rewrite_request_headers`]
+//!   on the bytes, with a property test holding the two equal; the byte
+//!   form of [`crate::proxy::strip_hop_by_hop`] for responses).
 //! - Headers within `server.header_read_timeout_seconds` of starting to
 //!   wait for a request (idle keep-alive included), as with hyper; the body
 //!   after them has no bound of its own, as with hyper.
@@ -76,7 +78,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::Denial;
 use crate::gateway::{new_request_id, Gateway};
-use crate::proxy::{gateway_headers, strip_request_headers, ForwardContext, Peer, X_REQUEST_ID};
+use crate::proxy::{gateway_headers, strip_request_fields, ForwardContext, Peer, X_REQUEST_ID};
 use crate::route::{normalize_path, PathError};
 use pool::{RawConn, RawPool};
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
@@ -121,9 +123,10 @@ struct Client<'a> {
     out: Vec<u8>,
     /// The response head (and first body bytes) being written to the client.
     resp: Vec<u8>,
-    /// The one timer a connection needs at a time: header read, then
-    /// response head.
-    timer: Pin<Box<Sleep>>,
+    /// The header read timeout.
+    header_timer: Deadline,
+    /// The response head timeout.
+    response_timer: Deadline,
 }
 
 /// Serves a public-listener connection for as long as its requests suit
@@ -141,7 +144,8 @@ pub async fn serve(
         buf: BytesMut::with_capacity(READ_BUF),
         out: Vec::with_capacity(1024),
         resp: Vec::with_capacity(1024),
-        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        header_timer: Deadline::new(),
+        response_timer: Deadline::new(),
     };
     loop {
         let Some((head, request)) = c.read_request(shutdown).await else {
@@ -164,6 +168,43 @@ pub async fn serve(
                 bytes.extend_from_slice(&c.buf);
                 return Ended::Handoff(bytes.freeze());
             }
+        }
+    }
+}
+
+/// A deadline that is cheap to move later, as every request moves it: the
+/// timer underneath is re-armed only when it goes off before the deadline
+/// (at most once per timeout period) or must go off sooner. Re-arming a
+/// tokio timer on every request was a measurable share of the fast path.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    at: Instant,
+}
+
+impl Deadline {
+    fn new() -> Self {
+        let sleep = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let at = sleep.deadline();
+        Self { sleep, at }
+    }
+
+    /// Moves the deadline.
+    fn set(&mut self, at: Instant) {
+        if at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
+        }
+        self.at = at;
+    }
+
+    /// Completes once the deadline has passed.
+    async fn expired(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if Instant::now() >= self.at {
+                return;
+            }
+            let at = self.at;
+            self.sleep.as_mut().reset(at);
         }
     }
 }
@@ -259,11 +300,11 @@ impl<'a> Client<'a> {
                 return None;
             }
             self.buf.reserve(READ_BUF);
-            self.timer.as_mut().reset(deadline);
+            self.header_timer.set(deadline);
             let read = tokio::select! {
                 biased;
                 r = self.stream.read_buf(&mut self.buf) => r,
-                _ = self.timer.as_mut(), if !head_in => return None,
+                _ = self.header_timer.expired(), if !head_in => return None,
                 _ = shutdown.changed(), if idle => return None,
             };
             match read {
@@ -274,12 +315,7 @@ impl<'a> Client<'a> {
     }
 
     /// Runs the policy steps and answers the request.
-    async fn respond(
-        &mut self,
-        mut head: RequestHead,
-        request: &Bytes,
-        shutting_down: bool,
-    ) -> Next {
+    async fn respond(&mut self, head: RequestHead, request: &Bytes, shutting_down: bool) -> Next {
         let g = self.gateway;
         let path = match normalize_path(head.path()) {
             Ok(p) => p,
@@ -293,14 +329,14 @@ impl<'a> Client<'a> {
             return Next::Handoff;
         }
         let request_id = new_request_id();
-        let (route, upstream) = match g.route(&path, &head.method, &head.headers) {
+        let (route, upstream) = match g.route(&path, &head.method, &head) {
             Ok(x) => x,
             Err(d) => return self.refuse(d, &request_id, head.close).await,
         };
         let Some(raw) = upstream.raw_pool() else {
             return Next::Handoff;
         };
-        let entry = match g.admit(route, &head.headers, &self.peer.memo).await {
+        let entry = match g.admit(route, &head, &self.peer.memo).await {
             Ok(e) => e,
             Err(d) => return self.refuse(d, &request_id, head.close).await,
         };
@@ -326,28 +362,37 @@ impl<'a> Client<'a> {
             path: &path,
             tls: false,
         };
-        // The same rewrite as `rewrite_request_headers`, with the gateway's
-        // own headers written straight out rather than put in the map.
+        // The same rewrite as `rewrite_request_headers`, on the fields as
+        // they came, written straight out.
         let names = g.header_names();
-        let host = strip_request_headers(&mut head.headers, names, cfg, false);
-        // The body's length is stated by the gateway, from what it read:
-        // a `Connection: content-length` has just stripped the client's,
-        // and without one the upstream would read the body as a request.
-        head.headers.remove(header::CONTENT_LENGTH);
         self.out.clear();
-        wire::encode_request_head(&mut self.out, &head.method, &target, &head.headers);
+        wire::push_request_line(&mut self.out, &head.method, &target);
+        let out = &mut self.out;
+        let host = strip_request_fields(&head, g.strip_set(), cfg, |n, v| {
+            // The body's length is stated by the gateway, from what it
+            // read: a `Connection: content-length` would strip the
+            // client's, and without one the upstream would read the body
+            // as a request.
+            if !n.eq_ignore_ascii_case(b"content-length") {
+                wire::push_field(out, n, v);
+            }
+        });
         if head.has_length {
             let n = HeaderValue::from(head.body_len);
-            wire::push_field(&mut self.out, "content-length", n.as_bytes());
+            wire::push_field(&mut self.out, b"content-length", n.as_bytes());
         }
-        gateway_headers(names, &ctx, host.as_ref(), |n, v| {
-            wire::push_field(&mut self.out, n.as_str(), v.as_bytes());
+        gateway_headers(names, &ctx, None, |n, v| {
+            wire::push_field(&mut self.out, n.as_str().as_bytes(), v.as_bytes());
         });
+        // `gateway_headers`' `X-Forwarded-Host`, from the bytes.
+        if let Some(h) = host {
+            wire::push_field(&mut self.out, names.forwarded_host.as_str().as_bytes(), h);
+        }
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(&request[head.head_len..]);
 
-        let deadline = Instant::now() + cfg.response_timeout;
-        self.timer.as_mut().reset(deadline);
+        self.response_timer
+            .set(Instant::now() + cfg.response_timeout);
         let safe = is_safe(&head.method);
         let head_request = head.method == Method::HEAD;
         let exchange = async {
@@ -372,7 +417,7 @@ impl<'a> Client<'a> {
         let sent = tokio::select! {
             biased;
             r = exchange => Some(r),
-            _ = self.timer.as_mut() => None,
+            _ = self.response_timer.expired() => None,
         };
         let (conn, resp) = match sent {
             None => {
@@ -420,10 +465,14 @@ impl<'a> Client<'a> {
             close: upstream_close,
             ..
         } = resp;
-        wire::push_field(&mut self.resp, X_REQUEST_ID.as_str(), request_id.as_bytes());
+        wire::push_field(
+            &mut self.resp,
+            X_REQUEST_ID.as_str().as_bytes(),
+            request_id.as_bytes(),
+        );
         let close = client_close || framing == Framing::UntilClose;
         if close {
-            wire::push_field(&mut self.resp, "connection", b"close");
+            wire::push_field(&mut self.resp, b"connection", b"close");
         }
         self.resp.extend_from_slice(b"\r\n");
 

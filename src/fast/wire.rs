@@ -7,11 +7,13 @@
 //! [`Parsed::Unsupported`], and the connection goes to hyper, which gives
 //! it the full treatment (including the 400 for a malformed head).
 
+use std::mem::MaybeUninit;
+
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 
-use crate::proxy::is_hop_by_hop_bytes;
+use crate::proxy::{is_hop_by_hop_bytes, RequestFields};
 
 /// Most header fields in a request head the fast path takes; more go to
 /// hyper.
@@ -40,15 +42,15 @@ pub enum Parsed<T> {
     Unsupported,
 }
 
-/// A request head the fast path forwards.
+/// A request head the fast path forwards. Its fields stay as they came,
+/// as offsets into the request's bytes: no `HeaderMap` is built for a
+/// request, and the policy steps read it through [`RequestFields`].
 #[derive(Debug)]
 pub struct RequestHead {
     /// The method.
     pub method: Method,
     /// The path and query of the request target, as sent.
     pub target: Bytes,
-    /// The header fields.
-    pub headers: HeaderMap,
     /// Length of the head in bytes, up to and including the blank line.
     pub head_len: usize,
     /// `Content-Length` (0 when absent).
@@ -57,6 +59,20 @@ pub struct RequestHead {
     pub has_length: bool,
     /// The client asked to close the connection after this exchange.
     pub close: bool,
+    /// The bytes the fields are in.
+    buf: Bytes,
+    /// Each field's name and value, as offsets into `buf`.
+    fields: Vec<Field>,
+    /// An absolute-form target's authority, when no `Host` was sent: it
+    /// reads as the `Host` field, as on the hyper path.
+    authority: Option<Bytes>,
+}
+
+/// Where a field's name and value are in the head.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 impl RequestHead {
@@ -75,6 +91,28 @@ impl RequestHead {
         // `httparse` admits only visible ASCII in a target.
         std::str::from_utf8(&self.target).unwrap_or("")
     }
+
+    fn span(&self, (start, end): (u32, u32)) -> &[u8] {
+        self.buf
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+}
+
+impl RequestFields for RequestHead {
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|f| (self.span(f.name), self.span(f.value)))
+            .chain(self.authority.as_deref().map(|a| (&b"host"[..], a)))
+    }
+
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let name = name.as_str().as_bytes();
+        self.fields()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
 }
 
 /// Offset of `part` inside `whole`, which it is a slice of.
@@ -85,12 +123,17 @@ fn offset(whole: &[u8], part: &[u8]) -> usize {
 /// Parses a request head at the start of `buf`. `Unsupported` for anything
 /// but a plain HTTP/1.1 request in origin or absolute form whose body, if any, has a
 /// single `Content-Length` of at most [`MAX_BUFFERED_BODY`]: no
-/// `Transfer-Encoding`, `Expect`, `Upgrade` or `CONNECT`, and no head that
-/// `httparse` refuses.
+/// `Transfer-Encoding`, `Expect` or `Upgrade`, no `CONNECT`, and no head
+/// that `httparse` refuses.
+///
+/// Fields are taken as `httparse` checked them: names are tokens and
+/// values visible ASCII, spaces, tabs and obs-text, exactly what
+/// `HeaderName` and `HeaderValue` accept (a property test holds the two
+/// equal), so the fast path takes no field the hyper path would refuse.
 pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let head_len = match req.parse(buf) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Unsupported,
@@ -135,34 +178,26 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
             return Parsed::Unsupported;
         }
         let pq_start = start + path.len() - pq.as_str().len();
-        let Ok(host) = HeaderValue::from_str(authority.as_str()) else {
-            return Parsed::Unsupported;
-        };
-        (buf.slice(pq_start..start + path.len()), Some(host))
+        let authority = Bytes::copy_from_slice(authority.as_str().as_bytes());
+        (buf.slice(pq_start..start + path.len()), Some(authority))
     };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut spans = Vec::with_capacity(req.headers.len());
     let mut body_len = None;
     let mut close = false;
+    let mut has_host = false;
     for f in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
-            return Parsed::Unsupported;
-        };
-        let start = offset(buf, f.value);
-        let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(start..start + f.value.len()))
-        else {
-            return Parsed::Unsupported;
-        };
-        if name == header::CONTENT_LENGTH {
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             match (body_len, parse_length(f.value)) {
                 (None, Some(n)) => body_len = Some(n),
                 _ => return Parsed::Unsupported,
             }
-        } else if name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || name == header::UPGRADE
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
         {
             return Parsed::Unsupported;
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for t in f.value.split(|b| *b == b',') {
                 let t = t.trim_ascii();
                 if t.eq_ignore_ascii_case(b"upgrade") {
@@ -170,27 +205,32 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
                 }
                 close |= t.eq_ignore_ascii_case(b"close");
             }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            has_host = true;
         }
-        headers.append(name, value);
+        let (n, v) = (offset(buf, name), offset(buf, f.value));
+        // A head is far shorter than 4 GiB (see the read limit).
+        let at = |a: usize, len: usize| (a as u32, (a + len) as u32);
+        spans.push(Field {
+            name: at(n, name.len()),
+            value: at(v, f.value.len()),
+        });
     }
     let has_length = body_len.is_some();
     let body_len = body_len.unwrap_or(0);
     if body_len > MAX_BUFFERED_BODY {
         return Parsed::Unsupported;
     }
-    if let Some(host) = authority {
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host);
-        }
-    }
     Parsed::Complete(RequestHead {
         method,
         target,
-        headers,
         head_len,
         body_len,
         has_length,
         close,
+        buf: buf.clone(),
+        fields: spans,
+        authority: authority.filter(|_| !has_host),
     })
 }
 
@@ -242,13 +282,33 @@ pub struct ResponseHead {
 /// `Unsupported` here means malformed: a version other than HTTP/1.x, an
 /// unreadable or conflicting `Content-Length`, too many fields.
 pub fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>) -> Parsed<ResponseHead> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
+    // Most responses have a handful of fields: a small array first (an
+    // array of 100 costs more to clear than the head costs to parse), the
+    // full limit only when it runs out.
+    let mut few = [httparse::EMPTY_HEADER; 16];
+    let mut resp = httparse::Response::new(&mut few);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => return rewrite_response(&resp, n, head_request, out),
         Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => {}
         Err(_) => return Parsed::Unsupported,
-    };
+    }
+    let mut many = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut many);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => rewrite_response(&resp, n, head_request, out),
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(_) => Parsed::Unsupported,
+    }
+}
+
+/// The rest of [`parse_response`], on a parsed head.
+fn rewrite_response(
+    resp: &httparse::Response<'_, '_>,
+    head_len: usize,
+    head_request: bool,
+    out: &mut Vec<u8>,
+) -> Parsed<ResponseHead> {
     let (Some(version), Some(code)) = (resp.version, resp.code) else {
         return Parsed::Unsupported;
     };
@@ -373,21 +433,20 @@ fn push_status_line(out: &mut Vec<u8>, status: StatusCode) {
 }
 
 /// Appends a field to a head being written.
-pub fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a request head for the upstream, but for the blank line that
-/// ends it (the caller adds its own fields first).
-pub fn encode_request_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+/// Starts a request head for the upstream: the request line. The caller
+/// adds the fields and the blank line.
+pub fn push_request_line(out: &mut Vec<u8>, method: &Method, target: &str) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    encode_fields(out, headers);
 }
 
 /// Writes a response head for the client.
@@ -547,6 +606,14 @@ mod tests {
         parse_request(&Bytes::copy_from_slice(s.as_bytes()))
     }
 
+    /// The one value of a field, by name in any case.
+    fn value(h: &RequestHead, name: &'static str) -> Vec<u8> {
+        let name = HeaderName::from_static(name);
+        let mut v = h.values(&name).collect::<Vec<_>>();
+        assert_eq!(v.len(), 1, "{name}");
+        v.remove(0).to_vec()
+    }
+
     fn resp(s: &str, head: bool) -> ResponseHead {
         resp_out(s, head).0
     }
@@ -569,7 +636,7 @@ mod tests {
         assert_eq!(h.method, Method::GET);
         assert_eq!(h.path(), "/a/b");
         assert_eq!(h.query(), Some("x=1"));
-        assert_eq!(h.headers["authorization"], "Bearer t");
+        assert_eq!(value(&h, "authorization"), b"Bearer t");
         assert_eq!(
             h.head_len,
             "GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n\r\n".len()
@@ -596,13 +663,14 @@ mod tests {
             panic!()
         };
         assert_eq!((h.path(), h.query()), ("/a/b", Some("x=1")));
-        assert_eq!(h.headers["host"], "api.example:8080");
+        assert_eq!(value(&h, "host"), b"api.example:8080");
         let Parsed::Complete(h) = req("GET http://a/p HTTP/1.1\r\nHost: b\r\n\r\n") else {
             panic!()
         };
         assert_eq!((h.path(), h.query()), ("/p", None));
         assert_eq!(
-            h.headers["host"], "b",
+            value(&h, "host"),
+            b"b",
             "a Host sent is kept, as on the hyper path"
         );
     }
@@ -720,15 +788,35 @@ mod tests {
 
     #[test]
     fn heads_are_written_back_out() {
-        let mut h = HeaderMap::new();
-        h.append("host", HeaderValue::from_static("up"));
-        h.append("x-a", HeaderValue::from_static("1"));
         let mut out = Vec::new();
-        encode_request_head(&mut out, &Method::DELETE, "/p?q", &h);
-        assert_eq!(out, b"DELETE /p?q HTTP/1.1\r\nhost: up\r\nx-a: 1\r\n");
+        push_request_line(&mut out, &Method::DELETE, "/p?q");
+        push_field(&mut out, b"host", b"up");
+        assert_eq!(out, b"DELETE /p?q HTTP/1.1\r\nhost: up\r\n");
+        let mut h = HeaderMap::new();
+        h.append("host", http::HeaderValue::from_static("up"));
+        h.append("x-a", http::HeaderValue::from_static("1"));
         out.clear();
         encode_response(&mut out, StatusCode::NOT_FOUND, &h);
         assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nhost: up\r\nx-a: 1\r\n\r\n");
+    }
+
+    #[test]
+    fn responses_with_many_fields_are_read_whole() {
+        let many: String = (0..40).map(|i| format!("x-{i}: v\r\n")).collect();
+        let (h, out) = resp_out(
+            &format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n"),
+            false,
+        );
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(out.matches("\r\n").count(), 42, "{out}");
+        let too_many: String = (0..=MAX_RESPONSE_HEADERS)
+            .map(|i| format!("x-{i}: v\r\n"))
+            .collect();
+        let head = format!("HTTP/1.1 200 OK\r\n{too_many}\r\n");
+        assert!(matches!(
+            parse_response(head.as_bytes(), false, &mut Vec::new()),
+            Parsed::Unsupported
+        ));
     }
 
     const BODY: &[u8] =
@@ -787,6 +875,160 @@ mod tests {
             }
             prop_assert_eq!(c, Chunked::Done);
             prop_assert_eq!(passed, BODY.to_vec());
+        }
+    }
+
+    /// Field names and values the rewrite treats specially, in assorted
+    /// letter cases, and some it must leave alone.
+    const NAMES: &[&str] = &[
+        "Host",
+        "HOST",
+        "Cookie",
+        "cookie",
+        "Connection",
+        "connection",
+        "Keep-Alive",
+        "Authorization",
+        "authorization",
+        "token",
+        "TOKEN",
+        "X-Tenant-Id",
+        "x-tenant-id",
+        "x_tenant_id",
+        "X.Tenant.Id",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "Forwarded",
+        "X-Real-IP",
+        "X-Foo",
+        "x-bar",
+        "TE",
+        "Trailer",
+        "Proxy-Authorization",
+        "Accept",
+        "close",
+        "X-Request-Id",
+        "Content-Length",
+    ];
+    const VALUES: &[&str] = &[
+        "",
+        "1",
+        "abc",
+        "Bearer abc",
+        "bearer  abc ",
+        "Bearer xyz",
+        "Basic x",
+        "keep-alive, x-foo",
+        "close",
+        "x-bar, host",
+        "cookie, X-Tenant-Id",
+        "a=1",
+        "b=2",
+        "content-length",
+        "trailers",
+        "caf\u{e9}",
+        "X-FOO , ,x-bar",
+    ];
+
+    fn field() -> impl Strategy<Value = (String, String)> {
+        let name = prop_oneof![
+            3 => proptest::sample::select(NAMES).prop_map(String::from),
+            1 => "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}",
+        ];
+        let value = prop_oneof![
+            3 => proptest::sample::select(VALUES).prop_map(String::from),
+            1 => "[ -~]{0,16}",
+        ];
+        (name, value)
+    }
+
+    fn upstream() -> crate::config::UpstreamConfig {
+        crate::config::UpstreamConfig {
+            name: "up".into(),
+            scheme: http::uri::Scheme::HTTP,
+            authority: "up.internal:8080".parse().unwrap(),
+            host_header: http::HeaderValue::from_static("up.internal:8080"),
+            base_path: String::new(),
+            protocol: crate::config::UpstreamProtocol::Http1,
+            connect_timeout: std::time::Duration::from_secs(1),
+            response_timeout: std::time::Duration::from_secs(1),
+            pool_idle_timeout: std::time::Duration::from_secs(1),
+            pool_max_idle: 1,
+        }
+    }
+
+    proptest! {
+        /// What `httparse` takes as a field, `http` takes too: the fast
+        /// path never forwards a field the hyper path would refuse.
+        #[test]
+        fn parsed_fields_are_valid_http_fields(
+            fields in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 1..8),
+                 proptest::collection::vec(any::<u8>(), 0..12)),
+                0..6,
+            )
+        ) {
+            let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+            for (n, v) in &fields {
+                raw.extend_from_slice(n);
+                raw.extend_from_slice(b": ");
+                raw.extend_from_slice(v);
+                raw.extend_from_slice(b"\r\n");
+            }
+            raw.extend_from_slice(b"\r\n");
+            if let Parsed::Complete(h) = parse_request(&Bytes::from(raw)) {
+                for (n, v) in h.fields() {
+                    prop_assert!(HeaderName::from_bytes(n).is_ok(), "{n:?}");
+                    prop_assert!(http::HeaderValue::from_bytes(v).is_ok(), "{v:?}");
+                }
+            }
+        }
+
+        /// The fast path's policy on the bytes decides as the hyper path's
+        /// on a `HeaderMap` of the same fields: the same fields forwarded
+        /// (content-length aside, which each path states itself), the same
+        /// `X-Forwarded-Host`, the same credential, the same look-alike
+        /// verdict.
+        #[test]
+        fn policy_on_the_bytes_matches_the_header_map(
+            fields in proptest::collection::vec(field(), 0..10),
+            absolute in any::<bool>(),
+        ) {
+            use crate::proxy::{strip_request_fields, strip_request_headers, Lookalikes, StripSet};
+            let target = if absolute { "http://client.example:81/p" } else { "/p" };
+            let mut s = format!("GET {target} HTTP/1.1\r\n");
+            for (n, v) in &fields {
+                s.push_str(&format!("{n}: {v}\r\n"));
+            }
+            s.push_str("\r\n");
+            let Parsed::Complete(head) = parse_request(&Bytes::from(s)) else {
+                return Ok(());
+            };
+            let mut map = HeaderMap::new();
+            for (n, v) in head.fields() {
+                map.append(
+                    HeaderName::from_bytes(n).unwrap(),
+                    http::HeaderValue::from_bytes(v).unwrap(),
+                );
+            }
+            let names = crate::config::HeaderNames::default();
+            let lookalikes = Lookalikes::new(&names);
+            prop_assert_eq!(lookalikes.check(&head), lookalikes.check(&map));
+            prop_assert_eq!(
+                crate::auth::extract_credential(&head),
+                crate::auth::extract_credential(&map)
+            );
+            let up = upstream();
+            let mut emitted = HeaderMap::new();
+            let host = strip_request_fields(&head, &StripSet::new(&names), &up, |n, v| {
+                emitted.append(
+                    HeaderName::from_bytes(n).unwrap(),
+                    http::HeaderValue::from_bytes(v).unwrap(),
+                );
+            });
+            let hyper_host = strip_request_headers(&mut map, &names, &up, false);
+            prop_assert_eq!(host, hyper_host.as_ref().map(|h| h.as_bytes()));
+            prop_assert_eq!(emitted, map);
         }
     }
 }
