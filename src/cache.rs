@@ -27,7 +27,7 @@
 //! correctness is kept at the price of some reloads.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -70,6 +70,9 @@ pub struct AuthEntry {
     pub loaded: Instant,
     /// The last second in which it was used (see [`AuthEntry::first_use_in`]).
     used_in: AtomicI64,
+    /// [`crate::proxy::caller_headers`] as written on the wire, made on
+    /// the fast path's first use of the entry.
+    pub wire: OnceLock<Vec<u8>>,
 }
 
 impl AuthEntry {
@@ -86,6 +89,7 @@ impl AuthEntry {
             last_used_key: Arc::from(record.token_id.as_str()),
             loaded: Instant::now(),
             used_in: AtomicI64::new(i64::MIN),
+            wire: OnceLock::new(),
             record,
         }
     }

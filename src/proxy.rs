@@ -705,22 +705,44 @@ pub fn gateway_headers<'a>(
     original_host: Option<&'a HeaderValue>,
     mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
 ) {
+    if let Some(a) = ctx.auth {
+        caller_headers(names, a, &mut add);
+    }
+    request_headers(names, ctx, original_host, add);
+}
+
+/// The first part of [`gateway_headers`]: who is calling. The same for
+/// every request a token makes, so the fast path writes them once per
+/// cache entry ([`AuthEntry::wire`]).
+pub fn caller_headers<'a>(
+    names: &'a HeaderNames,
+    a: &'a AuthEntry,
+    mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
+) {
+    if let Some(v) = &a.tenant_id {
+        add(&names.tenant_id, v);
+    }
+    if let Some(v) = &a.account_id {
+        add(&names.account_id, v);
+    }
+    if let Some(v) = &a.workspace_id {
+        add(&names.workspace_id, v);
+    }
+    add(&names.token_id, &a.token_id);
+    add(&names.token_name, &a.token_name);
+    add(&names.token_abilities, &a.abilities);
+}
+
+/// The second part of [`gateway_headers`]: this request's id and where it
+/// came from.
+pub fn request_headers<'a>(
+    names: &'a HeaderNames,
+    ctx: &'a ForwardContext<'_>,
+    original_host: Option<&'a HeaderValue>,
+    mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
+) {
     static HTTP: HeaderValue = HeaderValue::from_static("http");
     static HTTPS: HeaderValue = HeaderValue::from_static("https");
-    if let Some(a) = ctx.auth {
-        if let Some(v) = &a.tenant_id {
-            add(&names.tenant_id, v);
-        }
-        if let Some(v) = &a.account_id {
-            add(&names.account_id, v);
-        }
-        if let Some(v) = &a.workspace_id {
-            add(&names.workspace_id, v);
-        }
-        add(&names.token_id, &a.token_id);
-        add(&names.token_name, &a.token_name);
-        add(&names.token_abilities, &a.abilities);
-    }
     add(&names.request_id, ctx.request_id);
     add(&names.forwarded_for, &ctx.peer.ip_header);
     add(&names.forwarded_proto, if ctx.tls { &HTTPS } else { &HTTP });

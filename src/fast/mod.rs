@@ -78,7 +78,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::Denial;
 use crate::gateway::{new_request_id, Gateway};
-use crate::proxy::{gateway_headers, strip_request_fields, ForwardContext, Peer, X_REQUEST_ID};
+use crate::proxy::{
+    caller_headers, request_headers, strip_request_fields, ForwardContext, Peer, X_REQUEST_ID,
+};
 use crate::route::{normalize_path, PathError};
 use pool::{RawConn, RawPool};
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
@@ -381,10 +383,21 @@ impl<'a> Client<'a> {
             let n = HeaderValue::from(head.body_len);
             wire::push_field(&mut self.out, b"content-length", n.as_bytes());
         }
-        gateway_headers(names, &ctx, None, |n, v| {
+        // `gateway_headers`: the caller's, written once per cache entry,
+        // then this request's, with `X-Forwarded-Host` from the bytes.
+        if let Some(a) = ctx.auth {
+            let fields = a.wire.get_or_init(|| {
+                let mut fields = Vec::new();
+                caller_headers(names, a, |n, v| {
+                    wire::push_field(&mut fields, n.as_str().as_bytes(), v.as_bytes());
+                });
+                fields
+            });
+            self.out.extend_from_slice(fields);
+        }
+        request_headers(names, &ctx, None, |n, v| {
             wire::push_field(&mut self.out, n.as_str().as_bytes(), v.as_bytes());
         });
-        // `gateway_headers`' `X-Forwarded-Host`, from the bytes.
         if let Some(h) = host {
             wire::push_field(&mut self.out, names.forwarded_host.as_str().as_bytes(), h);
         }

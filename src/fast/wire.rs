@@ -11,6 +11,7 @@ use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 
 use crate::proxy::{is_hop_by_hop_bytes, RequestFields};
@@ -50,7 +51,7 @@ pub struct RequestHead {
     /// The method.
     pub method: Method,
     /// The path and query of the request target, as sent.
-    pub target: Bytes,
+    pub target: PathAndQuery,
     /// Length of the head in bytes, up to and including the blank line.
     pub head_len: usize,
     /// `Content-Length` (0 when absent).
@@ -78,18 +79,12 @@ struct Field {
 impl RequestHead {
     /// The path part of the target.
     pub fn path(&self) -> &str {
-        let t = self.target_str();
-        t.split_once('?').map_or(t, |(p, _)| p)
+        self.target.path()
     }
 
     /// The query, without its `?`.
     pub fn query(&self) -> Option<&str> {
-        self.target_str().split_once('?').map(|(_, q)| q)
-    }
-
-    fn target_str(&self) -> &str {
-        // `httparse` admits only visible ASCII in a target.
-        std::str::from_utf8(&self.target).unwrap_or("")
+        self.target.query()
     }
 
     fn span(&self, (start, end): (u32, u32)) -> &[u8] {
@@ -158,10 +153,10 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
     }
     let start = offset(buf, path.as_bytes());
     let (target, authority) = if path.starts_with('/') {
-        if http::uri::PathAndQuery::try_from(path).is_err() {
-            return Parsed::Unsupported;
+        match PathAndQuery::from_maybe_shared(buf.slice(start..start + path.len())) {
+            Ok(pq) => (pq, None),
+            Err(_) => return Parsed::Unsupported,
         }
-        (buf.slice(start..start + path.len()), None)
     } else {
         // Absolute form (RFC 9112 3.2.2), which servers must accept: the
         // path and query are forwarded as for origin form; the authority
@@ -177,9 +172,8 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
         if !(scheme == "http" || scheme == "https") || !pq.as_str().starts_with('/') {
             return Parsed::Unsupported;
         }
-        let pq_start = start + path.len() - pq.as_str().len();
         let authority = Bytes::copy_from_slice(authority.as_str().as_bytes());
-        (buf.slice(pq_start..start + path.len()), Some(authority))
+        (pq.clone(), Some(authority))
     };
     let mut spans = Vec::with_capacity(req.headers.len());
     let mut body_len = None;
