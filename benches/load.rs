@@ -492,6 +492,12 @@ fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, f64)>) -> Row {
     }
 }
 
+/// The median (the upper one of an even count).
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn print_row(r: &Row, direct: Option<&Row>) {
     let ratio = direct.map_or(String::new(), |d| format!("{:.2}x", r.rps / d.rps));
     println!(
@@ -670,15 +676,35 @@ fn main() {
         }
         drop(nginx);
         drop(gw);
+        // The nginx comparison round by round as well: each round's two
+        // cases ran seconds apart, so their ratio is not moved by the
+        // machine drifting between rounds, and the median of those ratios
+        // is the steadier figure.
+        let of = |name: &str| -> Vec<&Row> {
+            samples.iter().filter(|(n, _)| *n == name).map(|(_, r)| r).collect()
+        };
+        let (c_rounds, n_rounds) = (of("cached"), of("nginx"));
+        let paired = (!n_rounds.is_empty() && c_rounds.len() == n_rounds.len()).then(|| {
+            let tput: Vec<f64> = c_rounds.iter().zip(&n_rounds).map(|(c, n)| c.rps / n.rps).collect();
+            let cpu: Vec<f64> = c_rounds
+                .iter()
+                .zip(&n_rounds)
+                .filter_map(|(c, n)| Some(c.cpu_us? / n.cpu_us?))
+                .collect();
+            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+            println!(
+                "cached / nginx, round by round: throughput {}; CPU per request {}",
+                list(&tput),
+                list(&cpu)
+            );
+            (median_of(tput), median_of(cpu))
+        });
         let median = |name: &str| -> Option<Row> {
             let of: Vec<&Row> = samples.iter().filter(|(n, _)| *n == name).map(|(_, r)| r).collect();
             if of.is_empty() {
                 return None;
             }
-            let mid = |mut v: Vec<f64>| {
-                v.sort_by(|a, b| a.total_cmp(b));
-                v[v.len() / 2]
-            };
+            let mid = median_of;
             Some(Row {
                 name: name.to_string(),
                 rps: mid(of.iter().map(|r| r.rps).collect()),
@@ -765,6 +791,11 @@ fn main() {
                 "tokengate cached / nginx no-auth: throughput {:.2}x (target >= 1.0), CPU per request {:.2}x (target <= 1.0)",
                 c.rps / n.rps,
                 c.cpu_us.unwrap_or(0.0) / n.cpu_us.unwrap_or(f64::NAN)
+            );
+        }
+        if let Some((tput, cpu)) = paired {
+            println!(
+                "  the same as medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x"
             );
         }
     });
