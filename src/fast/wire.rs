@@ -24,6 +24,10 @@ pub const MAX_HEADERS: usize = 64;
 /// upstream answer is not refused here that the hyper path would pass.
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 
+/// Longest field name `http` accepts (`HeaderName`'s limit, which
+/// `httparse` does not have); a longer one goes to hyper, which refuses it.
+const MAX_NAME_LEN: usize = 65535;
+
 /// Longest request body the fast path buffers whole; longer bodies stream
 /// through hyper.
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
@@ -124,7 +128,8 @@ fn offset(whole: &[u8], part: &[u8]) -> usize {
 /// Fields are taken as `httparse` checked them: names are tokens and
 /// values visible ASCII, spaces, tabs and obs-text, exactly what
 /// `HeaderName` and `HeaderValue` accept (a property test holds the two
-/// equal), so the fast path takes no field the hyper path would refuse.
+/// equal), but for `HeaderName`'s length limit, checked here: the fast
+/// path takes no field the hyper path would refuse.
 pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -181,6 +186,9 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
     let mut has_host = false;
     for f in req.headers.iter() {
         let name = f.name.as_bytes();
+        if name.len() > MAX_NAME_LEN {
+            return Parsed::Unsupported;
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             match (body_len, parse_length(f.value)) {
                 (None, Some(n)) => body_len = Some(n),
@@ -694,6 +702,13 @@ mod tests {
         ] {
             assert!(matches!(req(s), Parsed::Unsupported), "{s:?}");
         }
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        assert!(matches!(
+            req(&format!("GET / HTTP/1.1\r\n{long}: 1\r\n\r\n")),
+            Parsed::Unsupported
+        ));
+        assert!(HeaderName::from_bytes(long.as_bytes()).is_err());
+        assert!(HeaderName::from_bytes(&long.as_bytes()[1..]).is_ok());
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
         assert!(matches!(
             req(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
