@@ -704,14 +704,13 @@ fn main() {
             if of.is_empty() {
                 return None;
             }
-            let mid = median_of;
             Some(Row {
                 name: name.to_string(),
-                rps: mid(of.iter().map(|r| r.rps).collect()),
-                p50: mid(of.iter().map(|r| r.p50 as f64).collect()) as u64,
-                p99: mid(of.iter().map(|r| r.p99 as f64).collect()) as u64,
-                p999: mid(of.iter().map(|r| r.p999 as f64).collect()) as u64,
-                cpu_us: of[0].cpu_us.map(|_| mid(of.iter().filter_map(|r| r.cpu_us).collect())),
+                rps: median_of(of.iter().map(|r| r.rps).collect()),
+                p50: median_of(of.iter().map(|r| r.p50 as f64).collect()) as u64,
+                p99: median_of(of.iter().map(|r| r.p99 as f64).collect()) as u64,
+                p999: median_of(of.iter().map(|r| r.p999 as f64).collect()) as u64,
+                cpu_us: of[0].cpu_us.map(|_| median_of(of.iter().filter_map(|r| r.cpu_us).collect())),
                 rss: of.iter().filter_map(|r| r.rss).reduce(f64::max),
                 non_2xx: of.iter().map(|r| r.non_2xx).sum(),
             })

@@ -11,7 +11,7 @@ use http::header::AUTHORIZATION;
 use http::HeaderName;
 
 use crate::error::Denial;
-use crate::proxy::RequestFields;
+use crate::proxy::{is_visible_ascii, RequestFields};
 use crate::store::{AuthRecord, Status};
 use crate::token::TokenKind;
 
@@ -146,13 +146,8 @@ fn single<'h>(mut values: impl Iterator<Item = &'h [u8]>) -> Result<Option<&'h s
     if values.any(|v| v != first) {
         return Err(Denial::ConflictingCredentials);
     }
-    // Non-ASCII can never be one of our tokens (`HeaderValue::to_str`'s
-    // rule: visible ASCII, spaces and tabs).
-    // Checked without an early exit, which the compiler vectorises.
-    let visible = first.iter().fold(true, |ok, &b| {
-        ok & ((b.wrapping_sub(0x20) < 0x5f) | (b == b'\t'))
-    });
-    if !visible {
+    // Non-ASCII can never be one of our tokens.
+    if !is_visible_ascii(first) {
         return Err(Denial::MalformedToken);
     }
     std::str::from_utf8(first)
@@ -194,7 +189,7 @@ pub fn decide<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use http::{HeaderMap, HeaderValue};
@@ -229,7 +224,8 @@ mod tests {
         assert_eq!(Ability::parse(&"a".repeat(129)), Err(AbilityError::Length));
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map of these fields, in order (for tests here and elsewhere).
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(

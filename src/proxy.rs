@@ -136,6 +136,14 @@ pub const HOP_BY_HOP: [&str; 10] = [
     "http2-settings",
 ];
 
+/// `HeaderValue::to_str`'s rule for bytes: visible ASCII, spaces and tabs
+/// only. Checked without an early exit, which the compiler vectorises.
+pub fn is_visible_ascii(v: &[u8]) -> bool {
+    v.iter().fold(true, |ok, &b| {
+        ok & ((b.wrapping_sub(0x20) < 0x5f) | (b == b'\t'))
+    })
+}
+
 /// [`is_hop_by_hop`] for a name as sent, in any letter case.
 pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
     HOP_BY_HOP
@@ -645,24 +653,18 @@ pub fn strip_request_fields<'h>(
     mut emit: impl FnMut(&[u8], &[u8]),
 ) -> Option<&'h [u8]> {
     // As `remove_where` reads `Connection`: values of visible ASCII only.
-    let mut connection = fields
+    // (No `Connection` field, no allocation.)
+    let listed: Vec<&[u8]> = fields
         .values(&header::CONNECTION)
-        .filter(|v| v.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\t'))
-        .peekable();
-    let listed: Option<Vec<&[u8]>> = connection.peek().is_some().then(|| {
-        connection
-            .flat_map(|v| v.split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .collect()
-    });
-    let is_listed = |name: &[u8]| {
-        listed
-            .as_ref()
-            .is_some_and(|l| l.iter().any(|t| t.eq_ignore_ascii_case(name)))
-    };
+        .filter(|v| is_visible_ascii(v))
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    let is_listed = |name: &[u8]| listed.iter().any(|t| t.eq_ignore_ascii_case(name));
     let mut host = None;
-    let mut cookies: Option<Vec<u8>> = None;
+    // The first cookie, and all of them joined once there is a second.
     let mut cookie: Option<&[u8]> = None;
+    let mut cookies: Option<Vec<u8>> = None;
     for (name, value) in fields.fields() {
         if strip.contains(name) || is_listed(name) {
             continue;
@@ -670,19 +672,13 @@ pub fn strip_request_fields<'h>(
         if name.eq_ignore_ascii_case(b"host") {
             host = host.or(Some(value));
         } else if name.eq_ignore_ascii_case(b"cookie") {
-            match (&mut cookies, cookie) {
-                (Some(joined), _) => {
+            match cookie {
+                None => cookie = Some(value),
+                Some(first) => {
+                    let joined = cookies.get_or_insert_with(|| first.to_vec());
                     joined.extend_from_slice(b"; ");
                     joined.extend_from_slice(value);
                 }
-                (None, Some(first)) => {
-                    let mut joined = Vec::with_capacity(first.len() + 2 + value.len());
-                    joined.extend_from_slice(first);
-                    joined.extend_from_slice(b"; ");
-                    joined.extend_from_slice(value);
-                    cookies = Some(joined);
-                }
-                (None, None) => cookie = Some(value),
             }
         } else {
             emit(name, value);
@@ -885,16 +881,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::auth::tests::headers as map;
 
     fn names(h: &HeaderMap) -> Vec<&str> {
         let mut v: Vec<&str> = h.keys().map(|k| k.as_str()).collect();

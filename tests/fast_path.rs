@@ -55,12 +55,17 @@ struct UpReq {
 
 impl UpReq {
     fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values(&self.headers, name)
     }
+}
+
+/// The values of the fields called `name` (lower case), in order.
+fn values<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 struct Upstream {
@@ -437,18 +442,11 @@ struct Resp {
 
 impl Resp {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        values(&self.headers, name).first().copied()
     }
 
     fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values(&self.headers, name)
     }
 
     fn conn(&self) -> usize {
@@ -544,6 +542,12 @@ impl Client {
     }
 
     /// Reads one response; `head_request` says it answers a HEAD.
+    /// Sends a GET for `path` and reads its response.
+    async fn get(&mut self, path: &str) -> Resp {
+        self.send(get(path).as_bytes()).await;
+        self.response(false).await
+    }
+
     async fn response(&mut self, head_request: bool) -> Resp {
         let mut resp = self.head().await;
         self.body(&mut resp, head_request).await;
@@ -645,8 +649,7 @@ async fn chunked_response_passes_through_byte_exact_and_the_connection_is_reused
     let g = gateway(&up).await;
     let mut c = Client::connect(g.addr).await;
 
-    c.send(get("/up/chunked").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/chunked").await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert!(
         !r.served_by_hyper(),
@@ -660,16 +663,14 @@ async fn chunked_response_passes_through_byte_exact_and_the_connection_is_reused
 
     // Same client connection, next request: the upstream connection the
     // chunked body ended on cleanly is reused.
-    c.send(get("/up/small").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/small").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body_str(), format!("GET /up/small conn {first}"));
     assert_eq!(r.conn(), first);
 
     // And from another client connection too.
     let mut c2 = Client::connect(g.addr).await;
-    c2.send(get("/up/chunked").as_bytes()).await;
-    let r = c2.response(false).await;
+    let r = c2.get("/up/chunked").await;
     assert_eq!((r.status, r.conn()), (200, first));
     assert_eq!(r.body, CHUNKED_BODY);
     assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
@@ -695,8 +696,7 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(r3.body_str(), format!("GET /up/third conn {}", r3.conn()));
 
     // Still open and in sync.
-    c.send(get("/up/fourth").as_bytes()).await;
-    let r4 = c.response(false).await;
+    let r4 = c.get("/up/fourth").await;
     assert_eq!(r4.body_str(), format!("GET /up/fourth conn {}", r4.conn()));
     let order: Vec<String> = up
         .seen
@@ -737,8 +737,7 @@ async fn a_chunked_upload_hands_the_connection_to_hyper_mid_stream() {
     let g = gateway(&up).await;
     let mut c = Client::connect(g.addr).await;
 
-    c.send(get("/up/before").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/before").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body_str(), format!("GET /up/before conn {}", r.conn()));
     assert!(!r.served_by_hyper(), "{}", r.head);
@@ -762,8 +761,7 @@ async fn a_chunked_upload_hands_the_connection_to_hyper_mid_stream() {
     assert_eq!(seen[0].body, b"hello, world");
 
     // The connection stays with hyper, and keeps working.
-    c.send(get("/up/after").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/after").await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert!(r.served_by_hyper(), "{}", r.head);
     assert_eq!(r.body_str(), format!("GET /up/after conn {}", r.conn()));
@@ -840,8 +838,7 @@ async fn head_gets_the_length_but_no_body_and_the_connection_goes_on() {
 
     // Had any body bytes followed the HEAD response, this response would
     // not start where the client expects it.
-    c.send(get("/up/head").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/head").await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(r.body_str(), "hello world");
     // The HEAD left the upstream connection clean: reused.
@@ -877,12 +874,10 @@ async fn an_upstream_closing_an_idle_connection_costs_no_request() {
 
     // GET: the stale connection is found out by sending, and the request
     // is sent again on a new connection.
-    c.send(get("/up/hangup/1").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/hangup/1").await;
     assert_eq!((r.status, r.conn()), (200, 1));
     up.wait_closed(1).await;
-    c.send(get("/up/after-hangup").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/after-hangup").await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(r.conn(), 2);
     let seen = up.requests("/up/after-hangup");
@@ -891,8 +886,7 @@ async fn an_upstream_closing_an_idle_connection_costs_no_request() {
 
     // POST: never sent twice, so the closed connection must be noticed
     // before it is used.
-    c.send(get("/up/hangup/2").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/hangup/2").await;
     assert_eq!((r.status, r.conn()), (200, 2));
     up.wait_closed(2).await;
     c.send(post("/up/echo/after-hangup", "once only").as_bytes())
@@ -914,14 +908,12 @@ async fn interim_responses_are_skipped() {
     let up = upstream().await;
     let g = gateway(&up).await;
     let mut c = Client::connect(g.addr).await;
-    c.send(get("/up/hints").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/hints").await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert!(r.header("link").is_none(), "{}", r.head);
     assert_eq!(r.body_str(), "after hints");
     // Nothing of the 103 trails behind either.
-    c.send(get("/up/hints").as_bytes()).await;
-    let r2 = c.response(false).await;
+    let r2 = c.get("/up/hints").await;
     assert_eq!((r2.status, r2.body_str().as_str()), (200, "after hints"));
     assert_eq!(r2.conn(), r.conn());
 }
@@ -932,8 +924,7 @@ async fn unasked_upgrades_and_malformed_status_lines_are_502() {
     let g = gateway(&up).await;
     let mut c = Client::connect(g.addr).await;
 
-    c.send(get("/up/switch").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/switch").await;
     assert_eq!(r.status, 502, "{}\n{}", r.head, r.body_str());
     assert!(
         r.body_str().contains("UPSTREAM_UNAVAILABLE"),
@@ -942,8 +933,7 @@ async fn unasked_upgrades_and_malformed_status_lines_are_502() {
     );
     assert!(!r.body_str().contains("raw bytes"));
 
-    c.send(get("/up/garbage").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/garbage").await;
     assert_eq!(r.status, 502, "{}\n{}", r.head, r.body_str());
     assert!(
         r.body_str().contains("UPSTREAM_UNAVAILABLE"),
@@ -953,8 +943,7 @@ async fn unasked_upgrades_and_malformed_status_lines_are_502() {
 
     // The client connection is fine, and neither broken upstream
     // connection is reused.
-    c.send(get("/up/small").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/small").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.conn(), 3);
     assert_eq!(up.count("/up/switch"), 1);
@@ -1081,8 +1070,7 @@ async fn fast_path_off_still_serves_requests() {
     let up = upstream().await;
     let (addr, _running, _dir) = gateway_with_server("fast_path = false", &up).await;
     let mut c = Client::connect(addr).await;
-    c.send(get("/up/plain").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/plain").await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(r.body_str(), format!("GET /up/plain conn {}", r.conn()));
     // Served by hyper: the marker the other tests use to tell the paths
@@ -1095,8 +1083,7 @@ async fn fast_path_off_still_serves_requests() {
     // With it on (the default), the same request is answered without.
     let (addr, _running2, _dir2) = gateway_with_server("", &up).await;
     let mut c = Client::connect(addr).await;
-    c.send(get("/up/plain").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/plain").await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert!(!r.served_by_hyper(), "{}", r.head);
 }
@@ -1106,8 +1093,7 @@ async fn repeated_response_fields_all_reach_the_client() {
     let up = upstream().await;
     let g = gateway(&up).await;
     let mut c = Client::connect(g.addr).await;
-    c.send(get("/up/cookies").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/cookies").await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert!(!r.served_by_hyper(), "{}", r.head);
     assert_eq!(r.values("set-cookie"), ["a=1", "b=2"], "{}", r.head);
@@ -1134,8 +1120,7 @@ async fn transfer_coding_over_two_field_lines_keeps_its_chunked_framing() {
     c.body(&mut r, false).await;
     assert_eq!(r.body, b"3\r\nabc\r\n0\r\n\r\n");
     // And the connection is still in step.
-    c.send(get("/up/small").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/small").await;
     assert_eq!(r.body_str(), format!("GET /up/small conn {}", r.conn()));
 }
 
@@ -1144,14 +1129,12 @@ async fn an_unsolicited_response_on_an_idle_connection_is_not_taken_as_the_next_
     let up = upstream().await;
     let g = gateway(&up).await;
     let mut c = Client::connect(g.addr).await;
-    c.send(get("/up/stray").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/stray").await;
     assert_eq!((r.status, r.conn()), (200, 1));
     // Connection 1 has written its stray 408 and closed while idle.
     up.wait_closed(1).await;
 
-    c.send(get("/up/after-stray").as_bytes()).await;
-    let r = c.response(false).await;
+    let r = c.get("/up/after-stray").await;
     assert_eq!(
         r.status, 200,
         "a request the upstream never saw was answered with:\n{}",
