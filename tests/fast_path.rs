@@ -9,11 +9,12 @@
 //! request is recorded (head and decoded body) so tests can count what
 //! reached the upstream.
 //!
-//! Which path served a response: hyper's server adds a `date` header to
-//! every response, the fast path writes only the headers the upstream sent
-//! (plus its own), and the scripted upstream sends no `date`. So a response
-//! with `date` came through hyper; [`fast_path_off_still_serves_requests`]
-//! pins that down, and the hand-off test relies on it.
+//! Which path served a response: the scripted upstream writes its marker
+//! field as `X-Conn`; the fast path passes field names on byte for byte,
+//! while hyper keeps them in a `HeaderMap` and writes them in lower case.
+//! So a response with `x-conn` came through hyper;
+//! [`fast_path_off_still_serves_requests`] pins that down, and the
+//! hand-off test relies on it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -35,6 +36,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// quoted value) and a trailer field, to be passed through byte for byte.
 const CHUNKED_BODY: &[u8] = b"4;ext=1\r\nWiki\r\n5;a=b;c=\"d e\"\r\npedia\r\n\
 E\r\n in\r\n\r\nchunks.\r\n0\r\nx-checksum: abc\r\nx-other: 2\r\n\r\n";
+
+/// The `Date` the upstream sends on `/up/dated`.
+const UPSTREAM_DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
 
 // ---------------------------------------------------------------------------
 // The scripted upstream.
@@ -254,7 +258,7 @@ async fn serve_upstream(mut stream: TcpStream, n: usize, seen: &Mutex<Vec<UpReq>
         let kind = path.split('/').nth(2).unwrap_or("");
         let ok = |extra: &str, body: &[u8]| {
             let mut out = format!(
-                "HTTP/1.1 200 OK\r\nx-conn: {n}\r\n{extra}content-length: {}\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nX-Conn: {n}\r\n{extra}content-length: {}\r\n\r\n",
                 body.len()
             )
             .into_bytes();
@@ -269,7 +273,7 @@ async fn serve_upstream(mut stream: TcpStream, n: usize, seen: &Mutex<Vec<UpReq>
                 // Head and part of the body, then the rest: the gateway has
                 // to keep following the chunks across reads.
                 let mut first =
-                    format!("HTTP/1.1 200 OK\r\nx-conn: {n}\r\ntransfer-encoding: chunked\r\n\r\n")
+                    format!("HTTP/1.1 200 OK\r\nX-Conn: {n}\r\ntransfer-encoding: chunked\r\n\r\n")
                         .into_bytes();
                 let cut = 12;
                 first.extend_from_slice(&CHUNKED_BODY[..cut]);
@@ -281,7 +285,7 @@ async fn serve_upstream(mut stream: TcpStream, n: usize, seen: &Mutex<Vec<UpReq>
             "head" => stream.write_all(&ok("", b"hello world")).await.is_ok(),
             "until-close" => {
                 close = true;
-                let first = format!("HTTP/1.1 200 OK\r\nx-conn: {n}\r\n\r\npart one, ");
+                let first = format!("HTTP/1.1 200 OK\r\nX-Conn: {n}\r\n\r\npart one, ");
                 let ok = stream.write_all(first.as_bytes()).await.is_ok();
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 ok && stream.write_all(b"part two").await.is_ok()
@@ -307,7 +311,7 @@ async fn serve_upstream(mut stream: TcpStream, n: usize, seen: &Mutex<Vec<UpReq>
                 // One transfer coding per field line: the framing is
                 // decided by the last, chunked.
                 let mut out = format!(
-                    "HTTP/1.1 200 OK\r\nx-conn: {n}\r\ntransfer-encoding: gzip\r\n\
+                    "HTTP/1.1 200 OK\r\nX-Conn: {n}\r\ntransfer-encoding: gzip\r\n\
                      transfer-encoding: chunked\r\n\r\n"
                 )
                 .into_bytes();
@@ -328,6 +332,10 @@ async fn serve_upstream(mut stream: TcpStream, n: usize, seen: &Mutex<Vec<UpReq>
                     )
                     .await
                     .is_ok()
+            }
+            "dated" => {
+                let extra = format!("date: {UPSTREAM_DATE}\r\n");
+                stream.write_all(&ok(&extra, b"dated")).await.is_ok()
             }
             "cookies" => {
                 let extra =
@@ -462,7 +470,7 @@ impl Resp {
     /// Whether hyper (not the fast path) wrote this response (see the
     /// module docs).
     fn served_by_hyper(&self) -> bool {
-        self.header("date").is_some()
+        self.head.contains("\r\nx-conn:")
     }
 
     fn says_close(&self) -> bool {
@@ -1334,4 +1342,35 @@ async fn a_request_handed_to_hyper_during_shutdown_is_still_answered() {
         .await
         .expect("shutdown completes once the request is answered")
         .unwrap();
+}
+
+#[tokio::test]
+async fn every_response_carries_one_date_on_both_paths() {
+    let up = upstream().await;
+    let g = gateway(&up).await;
+    let (hyper_only, _running, _dir) = gateway_with_server("fast_path = false", &up).await;
+    for (addr, fast) in [(g.addr, true), (hyper_only, false)] {
+        let mut c = Client::connect(addr).await;
+        // The upstream's own `Date` passes on as it came, alone.
+        let r = c.get("/up/dated").await;
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(r.served_by_hyper(), !fast, "{}", r.head);
+        assert_eq!(r.values("date"), [UPSTREAM_DATE], "{}", r.head);
+        // Without one, the gateway dates the response, as RFC 9110 6.6.1
+        // asks of a forwarding recipient with a clock; its refusals too.
+        let proxied = c.get("/up/plain").await;
+        assert_eq!(proxied.status, 200, "{}", proxied.head);
+        let refused = c.get("/authed/x").await;
+        assert_eq!(refused.status, 401, "{}", refused.head);
+        for r in [proxied, refused] {
+            let dates = r.values("date");
+            assert_eq!(dates.len(), 1, "{}", r.head);
+            let at = httpdate::parse_http_date(dates[0]).unwrap();
+            // The current time, not a fixed or stale one.
+            let age = std::time::SystemTime::now()
+                .duration_since(at)
+                .unwrap_or_default();
+            assert!(age < Duration::from_secs(300), "{}", r.head);
+        }
+    }
 }

@@ -34,6 +34,9 @@
 //!   wait for a request (idle keep-alive included), as with hyper; the body
 //!   after them has no bound of its own, as with hyper.
 //! - A response head within the upstream's `response_timeout_ms` (504).
+//! - Every response it writes carries one `Date`, as through hyper's
+//!   server: the upstream's as it came, else the gateway's clock (RFC 9110
+//!   6.6.1), its refusals included.
 //! - Upstream connections reused only after a response read to its end
 //!   with nothing left over and no `Connection: close`, and only if, when
 //!   taken from the pool, the upstream has neither closed nor written to
@@ -476,8 +479,12 @@ impl<'a> Client<'a> {
         let ResponseHead {
             framing,
             close: upstream_close,
+            dated,
             ..
         } = resp;
+        if !dated {
+            wire::with_date(|d| wire::push_field(&mut self.resp, b"date", d));
+        }
         wire::push_field(
             &mut self.resp,
             X_REQUEST_ID.as_str().as_bytes(),
@@ -571,6 +578,10 @@ impl<'a> Client<'a> {
         self.gateway.count_refusal(denial, request_id);
         let (status, mut headers, body) = denial.parts(Some(request_id));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        // As hyper's server dates every response it writes.
+        if let Ok(date) = wire::with_date(HeaderValue::from_bytes) {
+            headers.insert(header::DATE, date);
+        }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

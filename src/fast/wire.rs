@@ -7,7 +7,9 @@
 //! [`Parsed::Unsupported`], and the connection goes to hyper, which gives
 //! it the full treatment (including the 400 for a malformed head).
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
@@ -268,6 +270,10 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The upstream will close the connection after this response.
     pub close: bool,
+    /// The upstream sent a `Date` field (else the gateway adds one, as
+    /// hyper's server does and RFC 9110 6.6.1 asks of a forwarding
+    /// recipient with a clock).
+    pub dated: bool,
 }
 
 /// Parses a response head at the start of `buf` and, unless it is interim
@@ -321,6 +327,7 @@ fn rewrite_response(
     let mut chunked = false;
     let mut transfer_coded = false;
     let mut listed = false;
+    let mut dated = false;
     // HTTP/1.0 closes unless it says keep-alive; 1.1 keeps unless it says close.
     let mut close = version == 0;
     for f in resp.headers.iter() {
@@ -339,6 +346,8 @@ fn rewrite_response(
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"date") {
+            dated = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for t in f.value.split(|b| *b == b',') {
                 let t = t.trim_ascii();
@@ -358,6 +367,7 @@ fn rewrite_response(
             head_len,
             framing: Framing::Empty,
             close,
+            dated,
         });
     }
     let no_body =
@@ -422,6 +432,7 @@ fn rewrite_response(
         head_len,
         framing,
         close,
+        dated,
     })
 }
 
@@ -440,6 +451,27 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Calls `f` with the current time as an HTTP-date (IMF-fixdate, RFC 9110
+/// 5.6.7), formatted at most once a second per thread, as hyper's server
+/// caches its own.
+pub fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cached| match cached.try_borrow_mut() {
+        Ok(mut cached) => {
+            if cached.0 != secs {
+                *cached = (secs, httpdate::fmt_http_date(now));
+            }
+            f(cached.1.as_bytes())
+        }
+        // Only if `f` itself asked for the date again.
+        Err(_) => f(httpdate::fmt_http_date(now).as_bytes()),
+    })
 }
 
 /// Starts a request head for the upstream: the request line. The caller
