@@ -15,8 +15,11 @@
 //! over 100k of them, warm; `cold` and `store-1m` each get a fresh gateway
 //! process, so each peak RSS is its own), and `nginx` (no auth). For each:
 //! requests/s, latency p50 / p99 / p99.9, the proxy's CPU time per request
-//! (from `/proc`), and its peak RSS; tokengate cases also as ratios to
-//! `direct`, and `cached` as ratios to `nginx`.
+//! (from `/proc`), how often per request it slept waiting for a socket
+//! (voluntary context switches), and its peak RSS; tokengate cases also as
+//! ratios to `direct`, and `cached` as ratios to `none` and `nginx`, those
+//! two also round by round. Every other round runs its cases in reverse
+//! order.
 //!
 //! Run: `cargo bench --bench load`. Knobs (environment):
 //! `LOAD_SECONDS` (5), `LOAD_ROUNDS` (3: every case once per round,
@@ -97,6 +100,24 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Times a process's threads gave up the CPU waiting for something
+/// (voluntary context switches): for an event loop, how often it found
+/// nothing to do and slept until woken, which across cores costs a wakeup.
+fn sleeps(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -105,6 +126,12 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A proxy's counters before a case.
+struct Mark {
+    cpu: f64,
+    sleeps: u64,
 }
 
 /// A proxy under test: its address and the processes whose CPU counts.
@@ -118,6 +145,18 @@ struct Proxy {
 impl Proxy {
     fn cpu(&self) -> f64 {
         self.pids.iter().map(|p| cpu_seconds(*p)).sum()
+    }
+
+    fn sleeps(&self) -> u64 {
+        self.pids.iter().map(|p| sleeps(*p)).sum()
+    }
+
+    /// What [`row`] measures the proxy's share from.
+    fn mark(&self) -> Mark {
+        Mark {
+            cpu: self.cpu(),
+            sleeps: self.sleeps(),
+        }
     }
 
     fn rss(&self) -> f64 {
@@ -474,12 +513,20 @@ struct Row {
     p99: u64,
     p999: u64,
     cpu_us: Option<f64>,
+    /// The proxy's voluntary context switches per request.
+    sleeps: Option<f64>,
     rss: Option<f64>,
     non_2xx: u64,
 }
 
-fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, f64)>) -> Row {
-    let cpu_us = proxy.map(|(p, before)| (p.cpu() - before) * 1e6 / o.requests.max(1) as f64);
+fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, Mark)>) -> Row {
+    let n = o.requests.max(1) as f64;
+    let cpu_us = proxy
+        .as_ref()
+        .map(|(p, before)| (p.cpu() - before.cpu) * 1e6 / n);
+    let sleeps = proxy
+        .as_ref()
+        .map(|(p, before)| p.sleeps().saturating_sub(before.sleeps) as f64 / n);
     Row {
         name: name.to_string(),
         rps: o.requests as f64 / o.elapsed.as_secs_f64(),
@@ -487,6 +534,7 @@ fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, f64)>) -> Row {
         p99: o.hist.value_at_quantile(0.99),
         p999: o.hist.value_at_quantile(0.999),
         cpu_us,
+        sleeps,
         rss: proxy.map(|(p, _)| p.rss()),
         non_2xx: o.non_2xx,
     }
@@ -501,13 +549,14 @@ fn median_of(mut v: Vec<f64>) -> f64 {
 fn print_row(r: &Row, direct: Option<&Row>) {
     let ratio = direct.map_or(String::new(), |d| format!("{:.2}x", r.rps / d.rps));
     println!(
-        "{:<10} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>7}",
+        "{:<10} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>8} {:>7}",
         r.name,
         r.rps,
         r.p50,
         r.p99,
         r.p999,
         r.cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
+        r.sleeps.map_or("-".into(), |c| format!("{c:.3}")),
         r.rss.map_or("-".into(), |m| format!("{m:.1}")),
         r.non_2xx,
         ratio
@@ -603,8 +652,8 @@ fn main() {
             if use_wrk { "wrk for fixed-token cases" } else { "built-in" }
         );
         println!(
-            "{:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>7}",
-            "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "rss MiB", "non-2xx", "/direct"
+            "{:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>8} {:>7}",
+            "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "sleeps/req", "rss MiB", "non-2xx", "/direct"
         );
         // Interleaved rounds: every case once per round, medians reported,
         // so that a noisy moment hurts one sample, not one case.
@@ -635,70 +684,94 @@ fn main() {
         }
         let mut samples: Vec<(&'static str, Row)> = Vec::new();
         let mut garbage_reached = 0u64;
-        for _ in 0..rounds {
-            let o = run(up, "/direct", Tokens::None).await;
-            samples.push(("direct", row("direct", &o, None)));
-            if want("none") {
-                let c = gw.cpu();
-                let o = run(gw.addr, "/none/x", Tokens::None).await;
-                samples.push(("none", row("none", &o, Some((&gw, c)))));
+        // Every other round runs its cases in reverse order, so no case
+        // always runs right after the same one: an order effect (a case
+        // measured differently for running second) would otherwise move
+        // every round's ratio the same way.
+        let order = ["direct", "none", "cached", "garbage", "store-10k", "latency", "nginx"];
+        for round in 0..rounds {
+            let mut cases = order;
+            if round % 2 == 1 {
+                cases.reverse();
             }
-            if want("cached") {
-                let c = gw.cpu();
-                let o = run(gw.addr, "/api/x", hot.clone()).await;
-                samples.push(("cached", row("cached", &o, Some((&gw, c)))));
-            }
-            if want("garbage") {
-                let before = store_lookups(admin).await;
-                let c = gw.cpu();
-                let o = drive(gw.addr, "/api/x", Tokens::Cycle(Arc::clone(&junk)), conns, secs).await;
-                garbage_reached += store_lookups(admin).await - before;
-                samples.push(("garbage", row("garbage", &o, Some((&gw, c)))));
-            }
-            if want("store-10k") {
-                let c = gw.cpu();
-                let o = run(gw.addr, "/api/x", Tokens::Cycle(Arc::clone(&tokens))).await;
-                samples.push(("store-10k", row("store-10k", &o, Some((&gw, c)))));
-            }
-            if want("cached") && want("none") {
-                // One connection, no queueing: latency is service time, so
-                // the difference is what the auth step adds.
-                let o = drive(gw.addr, "/none/x", Tokens::None, 1, secs / 2.0).await;
-                samples.push(("lat-none", row("lat-none", &o, None)));
-                let o = drive(gw.addr, "/api/x", hot.clone(), 1, secs / 2.0).await;
-                samples.push(("lat-cached", row("lat-cached", &o, None)));
-            }
-            if let Some(ng) = &nginx {
-                let c = ng.cpu();
-                let o = run(ng.addr, "/nginx", Tokens::None).await;
-                samples.push(("nginx", row("nginx", &o, Some((ng, c)))));
+            for case in cases {
+                match case {
+                    "direct" => {
+                        let o = run(up, "/direct", Tokens::None).await;
+                        samples.push(("direct", row("direct", &o, None)));
+                    }
+                    "none" if want("none") => {
+                        let c = gw.mark();
+                        let o = run(gw.addr, "/none/x", Tokens::None).await;
+                        samples.push(("none", row("none", &o, Some((&gw, c)))));
+                    }
+                    "cached" if want("cached") => {
+                        let c = gw.mark();
+                        let o = run(gw.addr, "/api/x", hot.clone()).await;
+                        samples.push(("cached", row("cached", &o, Some((&gw, c)))));
+                    }
+                    "garbage" if want("garbage") => {
+                        let before = store_lookups(admin).await;
+                        let c = gw.mark();
+                        let o = drive(gw.addr, "/api/x", Tokens::Cycle(Arc::clone(&junk)), conns, secs).await;
+                        garbage_reached += store_lookups(admin).await - before;
+                        samples.push(("garbage", row("garbage", &o, Some((&gw, c)))));
+                    }
+                    "store-10k" if want("store-10k") => {
+                        let c = gw.mark();
+                        let o = run(gw.addr, "/api/x", Tokens::Cycle(Arc::clone(&tokens))).await;
+                        samples.push(("store-10k", row("store-10k", &o, Some((&gw, c)))));
+                    }
+                    "latency" if want("cached") && want("none") => {
+                        // One connection, no queueing: latency is service
+                        // time, so the difference is what the auth step adds.
+                        let mut pair = [("lat-none", "/none/x", Tokens::None), ("lat-cached", "/api/x", hot.clone())];
+                        if round % 2 == 1 {
+                            pair.reverse();
+                        }
+                        for (name, path, t) in pair {
+                            let o = drive(gw.addr, path, t, 1, secs / 2.0).await;
+                            samples.push((name, row(name, &o, None)));
+                        }
+                    }
+                    "nginx" => {
+                        if let Some(ng) = &nginx {
+                            let c = ng.mark();
+                            let o = run(ng.addr, "/nginx", Tokens::None).await;
+                            samples.push(("nginx", row("nginx", &o, Some((ng, c)))));
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         drop(nginx);
         drop(gw);
-        // The nginx comparison round by round as well: each round's two
-        // cases ran seconds apart, so their ratio is not moved by the
-        // machine drifting between rounds, and the median of those ratios
-        // is the steadier figure.
+        // The two ratio targets round by round as well: each round's cases
+        // ran seconds apart, so their ratio is not moved by the machine
+        // drifting between rounds, and the median of those ratios is the
+        // steadier figure.
         let of = |name: &str| -> Vec<&Row> {
             samples.iter().filter(|(n, _)| *n == name).map(|(_, r)| r).collect()
         };
-        let (c_rounds, n_rounds) = (of("cached"), of("nginx"));
-        let paired = (!n_rounds.is_empty() && c_rounds.len() == n_rounds.len()).then(|| {
-            let tput: Vec<f64> = c_rounds.iter().zip(&n_rounds).map(|(c, n)| c.rps / n.rps).collect();
-            let cpu: Vec<f64> = c_rounds
-                .iter()
-                .zip(&n_rounds)
-                .filter_map(|(c, n)| Some(c.cpu_us? / n.cpu_us?))
-                .collect();
+        let paired = |a: &str, b: &str| -> Option<(f64, f64)> {
+            let (a_rounds, b_rounds) = (of(a), of(b));
+            if b_rounds.is_empty() || a_rounds.len() != b_rounds.len() {
+                return None;
+            }
+            let pairs = || a_rounds.iter().zip(&b_rounds);
+            let tput: Vec<f64> = pairs().map(|(x, y)| x.rps / y.rps).collect();
+            let cpu: Vec<f64> = pairs().filter_map(|(x, y)| Some(x.cpu_us? / y.cpu_us?)).collect();
             let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
             println!(
-                "cached / nginx, round by round: throughput {}; CPU per request {}",
+                "{a} / {b}, round by round: throughput {}; CPU per request {}",
                 list(&tput),
                 list(&cpu)
             );
-            (median_of(tput), median_of(cpu))
-        });
+            Some((median_of(tput), median_of(cpu)))
+        };
+        let paired_none = paired("cached", "none");
+        let paired_nginx = paired("cached", "nginx");
         let median = |name: &str| -> Option<Row> {
             let of: Vec<&Row> = samples.iter().filter(|(n, _)| *n == name).map(|(_, r)| r).collect();
             if of.is_empty() {
@@ -711,6 +784,7 @@ fn main() {
                 p99: median_of(of.iter().map(|r| r.p99 as f64).collect()) as u64,
                 p999: median_of(of.iter().map(|r| r.p999 as f64).collect()) as u64,
                 cpu_us: of[0].cpu_us.map(|_| median_of(of.iter().filter_map(|r| r.cpu_us).collect())),
+                sleeps: of[0].sleeps.map(|_| median_of(of.iter().filter_map(|r| r.sleeps).collect())),
                 rss: of.iter().filter_map(|r| r.rss).reduce(f64::max),
                 non_2xx: of.iter().map(|r| r.non_2xx).sum(),
             })
@@ -741,7 +815,7 @@ fn main() {
             if want("cold") {
                 let gw = start_tokengate(&config);
                 let fresh = Arc::new(more[WORKING_SET_1M..].to_vec());
-                let c = gw.cpu();
+                let c = gw.mark();
                 let o = drive(gw.addr, "/api/x", Tokens::Once(fresh, Arc::default()), conns, secs).await;
                 rows.push(row("cold", &o, Some((&gw, c))));
                 print_row(rows.last().unwrap(), Some(&direct));
@@ -757,7 +831,7 @@ fn main() {
                 if let Some(admin) = gw.admin {
                     wait_for_last_used_flush(admin, written + WORKING_SET_1M as u64).await;
                 }
-                let c = gw.cpu();
+                let c = gw.mark();
                 let o = drive(gw.addr, "/api/x", Tokens::Cycle(set), conns, secs).await;
                 rows.push(row("store-1m", &o, Some((&gw, c))));
                 print_row(rows.last().unwrap(), Some(&direct));
@@ -770,6 +844,9 @@ fn main() {
         println!();
         if let (Some(c), Some(n)) = (get("cached"), get("none")) {
             println!("cached / auth=none throughput: {:.2} (target >= 0.90)", c.rps / n.rps);
+        }
+        if let Some((tput, _)) = paired_none {
+            println!("  the same as the median of the per-round ratios: {tput:.2}");
         }
         if let (Some(c), Some(n)) = (get("lat-cached"), get("lat-none")) {
             println!(
@@ -792,7 +869,7 @@ fn main() {
                 c.cpu_us.unwrap_or(0.0) / n.cpu_us.unwrap_or(f64::NAN)
             );
         }
-        if let Some((tput, cpu)) = paired {
+        if let Some((tput, cpu)) = paired_nginx {
             println!(
                 "  the same as medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x"
             );
