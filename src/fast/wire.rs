@@ -327,7 +327,6 @@ fn rewrite_response(
     let mut chunked = false;
     let mut transfer_coded = false;
     let mut listed = false;
-    let mut dated = false;
     // HTTP/1.0 closes unless it says keep-alive; 1.1 keeps unless it says close.
     let mut close = version == 0;
     for f in resp.headers.iter() {
@@ -346,8 +345,6 @@ fn rewrite_response(
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"date") {
-            dated = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for t in f.value.split(|b| *b == b',') {
                 let t = t.trim_ascii();
@@ -367,7 +364,7 @@ fn rewrite_response(
             head_len,
             framing: Framing::Empty,
             close,
-            dated,
+            dated: false,
         });
     }
     let no_body =
@@ -409,6 +406,7 @@ fn rewrite_response(
                         .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
             })
     };
+    let mut dated = false;
     for f in resp.headers.iter() {
         let name = f.name.as_bytes();
         let keep = if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -421,6 +419,9 @@ fn rewrite_response(
                 && !is_listed(name)
         };
         if keep {
+            // Only a `Date` that reaches the client counts (one the
+            // upstream listed in `Connection` does not).
+            dated |= name.eq_ignore_ascii_case(b"date");
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             out.extend_from_slice(f.value);
@@ -658,6 +659,28 @@ mod tests {
             Parsed::Complete(h) => (h, String::from_utf8(out).unwrap()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_date_counts_only_if_it_reaches_the_client() {
+        let (h, out) = resp_out(
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 0\r\n\r\n",
+            false,
+        );
+        assert!(h.dated);
+        assert!(
+            out.contains("\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"),
+            "{out}"
+        );
+        // Listed in `Connection`, it is stripped, so the gateway must add
+        // its own (as hyper's server would after the same strip).
+        let (h, out) = resp_out(
+            "HTTP/1.1 200 OK\r\nConnection: date\r\nDate: x\r\ncontent-length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!h.dated);
+        assert!(!out.to_ascii_lowercase().contains("date"), "{out}");
+        assert!(!resp("HTTP/1.1 204 No Content\r\n\r\n", false).dated);
     }
 
     #[test]
