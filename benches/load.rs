@@ -13,7 +13,10 @@
 //! 10k stored tokens, warm), `cold` (1M stored; each request a token never
 //! seen before, so every one is a cache miss), `store-1m` (1M stored, cycling
 //! over 100k of them, warm; `cold` and `store-1m` each get a fresh gateway
-//! process, so each peak RSS is its own), and `nginx` (no auth). For each:
+//! process, so each peak RSS is its own; `store-1m` runs in rounds paired
+//! with `10k-paired`, a second fresh gateway over a copy of the 10k-token
+//! store, which the 1M / 10k ratio is taken against), and `nginx` (no
+//! auth). For each:
 //! requests/s, latency p50 / p99 / p99.9, the proxy's CPU time per request
 //! (from `/proc`), how often per request it slept waiting for a socket
 //! (voluntary context switches), and its peak RSS; tokengate cases also as
@@ -540,6 +543,56 @@ fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, Mark)>) -> Row {
     }
 }
 
+/// One row of the medians of a case's rounds.
+fn median_row(name: &str, of: &[&Row]) -> Option<Row> {
+    let first = of.first()?;
+    Some(Row {
+        name: name.to_string(),
+        rps: median_of(of.iter().map(|r| r.rps).collect()),
+        p50: median_of(of.iter().map(|r| r.p50 as f64).collect()) as u64,
+        p99: median_of(of.iter().map(|r| r.p99 as f64).collect()) as u64,
+        p999: median_of(of.iter().map(|r| r.p999 as f64).collect()) as u64,
+        cpu_us: first
+            .cpu_us
+            .map(|_| median_of(of.iter().filter_map(|r| r.cpu_us).collect())),
+        sleeps: first
+            .sleeps
+            .map(|_| median_of(of.iter().filter_map(|r| r.sleeps).collect())),
+        rss: of.iter().filter_map(|r| r.rss).reduce(f64::max),
+        non_2xx: of.iter().map(|r| r.non_2xx).sum(),
+    })
+}
+
+/// Prints case `a` against case `b` round by round (each round's two ran
+/// seconds apart) and returns the medians of those paired ratios:
+/// throughput, CPU per request.
+fn paired_ratios(a: &str, a_rounds: &[&Row], b: &str, b_rounds: &[&Row]) -> Option<(f64, f64)> {
+    if b_rounds.is_empty() || a_rounds.len() != b_rounds.len() {
+        return None;
+    }
+    let pairs = || a_rounds.iter().zip(b_rounds);
+    let tput: Vec<f64> = pairs().map(|(x, y)| x.rps / y.rps).collect();
+    let cpu: Vec<f64> = pairs()
+        .filter_map(|(x, y)| Some(x.cpu_us? / y.cpu_us?))
+        .collect();
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "{a} / {b}, round by round: throughput {}; CPU per request {}",
+        list(&tput),
+        list(&cpu)
+    );
+    Some((median_of(tput), median_of(cpu)))
+}
+
+fn refs(rows: &[Row]) -> Vec<&Row> {
+    rows.iter().collect()
+}
+
 /// The median (the upper one of an even count).
 fn median_of(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -618,19 +671,23 @@ fn main() {
         let tokens = Arc::new(add_tokens(&db, account.id, tenant.id, 10_000).await);
         eprintln!("stored 10k tokens in {:.1}s", t0.elapsed().as_secs_f64());
 
-        let config = dir.path().join("tokengate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-                 [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n\
-                 [[upstreams]]\nname = \"up\"\nurl = \"http://{up}\"\n\
-                 [[routes]]\npath = \"/\"\nupstream = \"up\"\n\
-                 [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n",
-                db.display()
-            ),
-        )
-        .unwrap();
+        let write_config = |name: &str, db: &Path| {
+            let config = dir.path().join(name);
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                     [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n\
+                     [[upstreams]]\nname = \"up\"\nurl = \"http://{up}\"\n\
+                     [[routes]]\npath = \"/\"\nupstream = \"up\"\n\
+                     [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n",
+                    db.display()
+                ),
+            )
+            .unwrap();
+            config
+        };
+        let config = write_config("tokengate.toml", &db);
 
         let mut rows: Vec<Row> = Vec::new();
         let run = |addr: SocketAddr, path: &'static str, t: Tokens| async move {
@@ -754,41 +811,10 @@ fn main() {
         let of = |name: &str| -> Vec<&Row> {
             samples.iter().filter(|(n, _)| *n == name).map(|(_, r)| r).collect()
         };
-        let paired = |a: &str, b: &str| -> Option<(f64, f64)> {
-            let (a_rounds, b_rounds) = (of(a), of(b));
-            if b_rounds.is_empty() || a_rounds.len() != b_rounds.len() {
-                return None;
-            }
-            let pairs = || a_rounds.iter().zip(&b_rounds);
-            let tput: Vec<f64> = pairs().map(|(x, y)| x.rps / y.rps).collect();
-            let cpu: Vec<f64> = pairs().filter_map(|(x, y)| Some(x.cpu_us? / y.cpu_us?)).collect();
-            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
-            println!(
-                "{a} / {b}, round by round: throughput {}; CPU per request {}",
-                list(&tput),
-                list(&cpu)
-            );
-            Some((median_of(tput), median_of(cpu)))
-        };
+        let paired = |a: &str, b: &str| paired_ratios(a, &of(a), b, &of(b));
         let paired_none = paired("cached", "none");
         let paired_nginx = paired("cached", "nginx");
-        let median = |name: &str| -> Option<Row> {
-            let of: Vec<&Row> = samples.iter().filter(|(n, _)| *n == name).map(|(_, r)| r).collect();
-            if of.is_empty() {
-                return None;
-            }
-            Some(Row {
-                name: name.to_string(),
-                rps: median_of(of.iter().map(|r| r.rps).collect()),
-                p50: median_of(of.iter().map(|r| r.p50 as f64).collect()) as u64,
-                p99: median_of(of.iter().map(|r| r.p99 as f64).collect()) as u64,
-                p999: median_of(of.iter().map(|r| r.p999 as f64).collect()) as u64,
-                cpu_us: of[0].cpu_us.map(|_| median_of(of.iter().filter_map(|r| r.cpu_us).collect())),
-                sleeps: of[0].sleeps.map(|_| median_of(of.iter().filter_map(|r| r.sleeps).collect())),
-                rss: of.iter().filter_map(|r| r.rss).reduce(f64::max),
-                non_2xx: of.iter().map(|r| r.non_2xx).sum(),
-            })
-        };
+        let median = |name: &str| median_row(name, &of(name));
         println!("medians of {rounds} interleaved rounds:");
         let direct = median("direct").unwrap();
         print_row(&direct, None);
@@ -807,11 +833,25 @@ fn main() {
             }
         }
 
+        let mut paired_store = None;
         if big && (want("cold") || want("store-1m")) {
+            // A copy of the 10k-token store, for `store-10k` rounds paired
+            // with `store-1m`'s.
+            let small_db = dir.path().join("small.db");
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            sqlx::query("VACUUM INTO ?")
+                .bind(small_db.display().to_string())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            drop(conn);
+            let small_config = write_config("small.toml", &small_db);
             let t0 = Instant::now();
             let more = add_tokens(&db, account.id, tenant.id, 990_000).await;
             eprintln!("stored 1M tokens in all ({:.1}s more)", t0.elapsed().as_secs_f64());
-            println!("one round each, 1M tokens stored (a fresh gateway for each, so each peak RSS is its own):");
+            println!("1M tokens stored (a fresh gateway for each case, so each peak RSS is its own):");
             if want("cold") {
                 let gw = start_tokengate(&config);
                 let fresh = Arc::new(more[WORKING_SET_1M..].to_vec());
@@ -821,21 +861,43 @@ fn main() {
                 print_row(rows.last().unwrap(), Some(&direct));
             }
             if want("store-1m") {
-                let gw = start_tokengate(&config);
-                let set = Arc::new(more[..WORKING_SET_1M].to_vec());
-                let written = match gw.admin {
-                    Some(admin) => metric(admin, "tokengate_last_used_written_total").await,
-                    None => 0,
+                // Each gateway warmed on its whole working set, its
+                // last-used times flushed, then the two cases in paired
+                // rounds (order reversed every other round): one round
+                // each would set a noisy moment against a median.
+                let warm = |gw: Proxy, set: Arc<Vec<HeaderValue>>| async move {
+                    let admin = gw.admin.unwrap();
+                    let written = metric(admin, "tokengate_last_used_written_total").await;
+                    let n = set.len() as u64;
+                    let _ = drive(gw.addr, "/warm", Tokens::Once(set, Arc::default()), conns, 120.0).await;
+                    wait_for_last_used_flush(admin, written + n).await;
+                    gw
                 };
-                let _ = drive(gw.addr, "/warm", Tokens::Once(Arc::clone(&set), Arc::default()), conns, 120.0).await;
-                if let Some(admin) = gw.admin {
-                    wait_for_last_used_flush(admin, written + WORKING_SET_1M as u64).await;
+                let set = Arc::new(more[..WORKING_SET_1M].to_vec());
+                let gw = warm(start_tokengate(&config), Arc::clone(&set)).await;
+                let small = warm(start_tokengate(&small_config), Arc::clone(&tokens)).await;
+                let (mut big_rounds, mut small_rounds) = (Vec::new(), Vec::new());
+                for round in 0..rounds {
+                    for first in [round % 2 == 0, round % 2 == 1] {
+                        if first {
+                            let c = gw.mark();
+                            let o = drive(gw.addr, "/api/x", Tokens::Cycle(Arc::clone(&set)), conns, secs).await;
+                            big_rounds.push(row("store-1m", &o, Some((&gw, c))));
+                        } else {
+                            let c = small.mark();
+                            let o = drive(small.addr, "/api/x", Tokens::Cycle(Arc::clone(&tokens)), conns, secs).await;
+                            small_rounds.push(row("10k-paired", &o, Some((&small, c))));
+                        }
+                    }
                 }
-                let c = gw.mark();
-                let o = drive(gw.addr, "/api/x", Tokens::Cycle(set), conns, secs).await;
-                rows.push(row("store-1m", &o, Some((&gw, c))));
-                print_row(rows.last().unwrap(), Some(&direct));
+                println!("store-1m and a 10k-token store in {rounds} paired rounds:");
+                for (name, rs) in [("10k-paired", &small_rounds), ("store-1m", &big_rounds)] {
+                    let r = median_row(name, &refs(rs)).unwrap();
+                    print_row(&r, Some(&direct));
+                    rows.push(r);
+                }
                 println!("           (1M stored, {WORKING_SET_1M} cached: peak RSS above)");
+                paired_store = paired_ratios("store-1m", &refs(&big_rounds), "10k-paired", &refs(&small_rounds));
             }
         }
 
@@ -855,12 +917,15 @@ fn main() {
                 c.p99 as i64 - n.p99 as i64
             );
         }
-        if let (Some(big), Some(small)) = (get("store-1m"), get("store-10k")) {
+        if let (Some(big), Some(small)) = (get("store-1m"), get("10k-paired")) {
             println!(
                 "1M-token store / 10k-token store throughput: {:.2} (target >= 0.90); RSS with 1M stored, 100k cached: {:.1} MiB (target < 256)",
                 big.rps / small.rps,
                 big.rss.unwrap_or(0.0)
             );
+        }
+        if let Some((tput, _)) = paired_store {
+            println!("  the same as the median of the per-round ratios: {tput:.2}");
         }
         if let (Some(c), Some(n)) = (get("cached"), nginx_row.as_ref()) {
             println!(
