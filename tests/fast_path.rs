@@ -5,7 +5,7 @@
 //!
 //! Clients are raw TCP so the test controls every byte and sees every byte
 //! back. The upstream is scripted on raw TCP too: every response says which
-//! upstream connection carried it (`x-conn: N`, counted from 1), and every
+//! upstream connection carried it (`X-Conn: N`, counted from 1), and every
 //! request is recorded (head and decoded body) so tests can count what
 //! reached the upstream.
 //!
@@ -470,7 +470,17 @@ impl Resp {
     /// Whether hyper (not the fast path) wrote this response (see the
     /// module docs).
     fn served_by_hyper(&self) -> bool {
-        self.head.contains("\r\nx-conn:")
+        match (
+            self.head.contains("\r\nx-conn:"),
+            self.head.contains("\r\nX-Conn:"),
+        ) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => panic!(
+                "no single upstream marker to tell the paths by:\n{}",
+                self.head
+            ),
+        }
     }
 
     fn says_close(&self) -> bool {

@@ -34,9 +34,11 @@
 //!   wait for a request (idle keep-alive included), as with hyper; the body
 //!   after them has no bound of its own, as with hyper.
 //! - A response head within the upstream's `response_timeout_ms` (504).
-//! - Every response it writes carries one `Date`, as through hyper's
-//!   server: the upstream's as it came, else the gateway's clock (RFC 9110
-//!   6.6.1), its refusals included.
+//! - Every response it writes is dated, as through hyper's server: the
+//!   upstream's `Date` fields pass as they came, and only when none reaches
+//!   the client (none sent, or one the upstream listed in `Connection`)
+//!   does the gateway add one from its clock (RFC 9110 6.6.1); its
+//!   refusals are dated too.
 //! - Upstream connections reused only after a response read to its end
 //!   with nothing left over and no `Connection: close`, and only if, when
 //!   taken from the pool, the upstream has neither closed nor written to

@@ -461,7 +461,9 @@ pub fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
-    let now = SystemTime::now();
+    // `httpdate` refuses (panics on) a time before 1970: a clock set that
+    // far back dates responses 1970 rather than taking the gateway down.
+    let now = SystemTime::now().max(UNIX_EPOCH);
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     DATE.with(|cached| match cached.try_borrow_mut() {
         Ok(mut cached) => {
