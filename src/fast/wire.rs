@@ -16,7 +16,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 
-use crate::proxy::{is_hop_by_hop_bytes, RequestFields};
+use crate::proxy::{is_hop_by_hop_bytes, is_visible_ascii, RequestFields};
 
 /// Most header fields in a request head the fast path takes; more go to
 /// hyper.
@@ -396,11 +396,14 @@ fn rewrite_response(
 
     push_status_line(out, status);
     let keep_coding = matches!(framing, Framing::Chunked | Framing::UntilClose);
-    // Names `Connection` lists, other than hop-by-hop ones (rare).
+    // Names `Connection` lists, other than hop-by-hop ones (rare). A
+    // `Connection` line that is not visible ASCII lists nothing, as in
+    // `proxy::strip_hop_by_hop`, which reads it with `to_str`.
     let is_listed = |name: &[u8]| {
         listed
             && resp.headers.iter().any(|c| {
                 c.name.eq_ignore_ascii_case("connection")
+                    && is_visible_ascii(c.value)
                     && c.value
                         .split(|b| *b == b',')
                         .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
@@ -683,6 +686,18 @@ mod tests {
         assert!(!h.dated);
         assert!(!out.to_ascii_lowercase().contains("date"), "{out}");
         assert!(!resp("HTTP/1.1 204 No Content\r\n\r\n", false).dated);
+    }
+
+    #[test]
+    fn a_connection_line_that_is_not_visible_ascii_lists_nothing() {
+        // As on the hyper path, where `to_str` fails on it and the line is
+        // skipped: `Date` stays, and the gateway adds none of its own.
+        let (h, out) = resp_out(
+            "HTTP/1.1 200 OK\r\nConnection: date, caf\u{e9}\r\nDate: x\r\ncontent-length: 0\r\n\r\n",
+            false,
+        );
+        assert!(h.dated);
+        assert!(out.contains("\r\nDate: x\r\n"), "{out}");
     }
 
     #[test]
