@@ -997,6 +997,35 @@ async fn a_stalled_request_head_is_cut_off_at_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_stalled_request_body_ends_as_it_does_through_hyper() {
+    // Half a body, then nothing. Through hyper, the request is forwarded
+    // as its head arrives and the upstream's response timeout (5 s for
+    // `/up`) cuts it off: 504. The fast path used to wait for the rest
+    // without end; it now hands the connection to hyper once the header
+    // read timeout is up, so the client gets the same answer.
+    let up = upstream().await;
+    let stalled = |addr: SocketAddr| async move {
+        let mut c = Client::connect(addr).await;
+        c.send(b"POST /up/echo/stalled HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\nhello")
+            .await;
+        c.response(false).await
+    };
+    let (hyper_addr, _r1, _d1) =
+        gateway_with_server("header_read_timeout_seconds = 1\nfast_path = false", &up).await;
+    let (fast_addr, _r2, _d2) = gateway_with_server("header_read_timeout_seconds = 1", &up).await;
+    let (via_hyper, via_fast) = tokio::join!(stalled(hyper_addr), stalled(fast_addr));
+    assert_eq!(via_hyper.status, 504, "control (hyper): {}", via_hyper.head);
+    assert_eq!(via_fast.status, 504, "fast path: {}", via_fast.head);
+    assert!(
+        via_fast.body_str().contains("UPSTREAM_TIMEOUT"),
+        "{}",
+        via_fast.body_str()
+    );
+    // Neither upstream request was complete, so none was recorded.
+    assert_eq!(up.count("/up/echo/stalled"), 0);
+}
+
+#[tokio::test]
 async fn client_connection_close_is_honoured() {
     let up = upstream().await;
     let g = gateway(&up).await;

@@ -31,8 +31,10 @@
 //!   on the bytes, with a property test holding the two equal; the byte
 //!   form of [`crate::proxy::strip_hop_by_hop`] for responses).
 //! - Headers within `server.header_read_timeout_seconds` of starting to
-//!   wait for a request (idle keep-alive included), as with hyper; the body
-//!   after them has no bound of its own, as with hyper.
+//!   wait for a request (idle keep-alive included), as with hyper. A body
+//!   still arriving when that time is up goes to hyper with the bytes read
+//!   so far ([`Ended::Handoff`]; no policy has run yet), which streams it
+//!   upstream under the upstream's `response_timeout_ms`, as any body.
 //! - A response head within the upstream's `response_timeout_ms` (504).
 //! - Every response it writes is dated, as through hyper's server: the
 //!   upstream's `Date` fields pass as they came, and only when none reaches
@@ -271,8 +273,7 @@ impl<'a> Client<'a> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<(Option<RequestHead>, Bytes)> {
         // The head must come within the header read timeout (as with
-        // hyper); a body, once its head is in, has no bound of its own
-        // (nor has it on the hyper path).
+        // hyper); a body not in by then goes to hyper (see the module docs).
         let deadline = Instant::now() + self.gateway.config.server.header_read_timeout;
         let mut head_in = false;
         loop {
@@ -311,7 +312,16 @@ impl<'a> Client<'a> {
             let read = tokio::select! {
                 biased;
                 r = self.stream.read_buf(&mut self.buf) => r,
-                _ = self.header_timer.expired(), if !head_in => return None,
+                _ = self.header_timer.expired() => {
+                    if !head_in {
+                        return None;
+                    }
+                    // The head is in and its body still coming: hyper
+                    // takes it from here, with every byte read so far, and
+                    // streams it upstream under the upstream's response
+                    // timeout, as any body.
+                    return Some((None, self.buf.split().freeze()));
+                }
                 _ = shutdown.changed(), if idle => return None,
             };
             match read {
