@@ -144,6 +144,18 @@ pub fn is_visible_ascii(v: &[u8]) -> bool {
     })
 }
 
+/// The names `Connection` field values list, as every strip reads them:
+/// a value that is not visible ASCII lists nothing (`HeaderValue::to_str`
+/// refuses it); the others are split at commas and trimmed.
+pub fn connection_tokens<'a>(
+    values: impl Iterator<Item = &'a [u8]> + 'a,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    values
+        .filter(|v| is_visible_ascii(v))
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
 /// [`is_hop_by_hop`] for a name as sent, in any letter case.
 pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
     HOP_BY_HOP
@@ -491,11 +503,8 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     loop {
         let listed = headers.get_all(header::CONNECTION);
         let is_listed = |name: &HeaderName| {
-            listed
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+            connection_tokens(listed.iter().map(HeaderValue::as_bytes))
+                .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()))
         };
         let next = headers
             .keys()
@@ -652,14 +661,8 @@ pub fn strip_request_fields<'h>(
     upstream: &UpstreamConfig,
     mut emit: impl FnMut(&[u8], &[u8]),
 ) -> Option<&'h [u8]> {
-    // As `remove_where` reads `Connection`: values of visible ASCII only.
     // (No `Connection` field, no allocation.)
-    let listed: Vec<&[u8]> = fields
-        .values(&header::CONNECTION)
-        .filter(|v| is_visible_ascii(v))
-        .flat_map(|v| v.split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .collect();
+    let listed: Vec<&[u8]> = connection_tokens(fields.values(&header::CONNECTION)).collect();
     let is_listed = |name: &[u8]| listed.iter().any(|t| t.eq_ignore_ascii_case(name));
     let mut host = None;
     // The first cookie, and all of them joined once there is a second.
