@@ -331,11 +331,36 @@ struct Outcome {
     non_2xx: u64,
     elapsed: Duration,
     hist: Histogram<u64>,
+    /// How busy core 0 (load client and upstream) was over the window.
+    load_core: f64,
+}
+
+/// Core 0's busy and total time so far (`/proc/stat`, in ticks).
+fn core0_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu0 ")) else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = f.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th.
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Core 0's busy share between two [`core0_ticks`] readings.
+fn busy_between(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return f64::NAN;
+    }
+    after.0.saturating_sub(before.0) as f64 / total as f64
 }
 
 async fn drive(addr: SocketAddr, path: &str, tokens: Tokens, conns: usize, secs: f64) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
+    let core0 = core0_ticks();
     let mut tasks = Vec::new();
     for c in 0..conns {
         let tokens = tokens.clone();
@@ -404,6 +429,7 @@ async fn drive(addr: SocketAddr, path: &str, tokens: Tokens, conns: usize, secs:
         non_2xx,
         elapsed: start.elapsed(),
         hist: total,
+        load_core: busy_between(core0, core0_ticks()),
     }
 }
 
@@ -423,7 +449,9 @@ fn drive_wrk(
         cmd.arg("-H")
             .arg(format!("Authorization: {}", t.to_str().ok()?));
     }
+    let core0 = core0_ticks();
     let out = cmd.arg(format!("http://{addr}{path}")).output().ok()?;
+    let load_core = busy_between(core0, core0_ticks());
     let text = String::from_utf8_lossy(&out.stdout);
     let num = |line: &str, i: usize| -> Option<f64> {
         let v = line.split_whitespace().nth(i)?;
@@ -457,6 +485,7 @@ fn drive_wrk(
         non_2xx: 0,
         elapsed: Duration::from_secs_f64(secs.ceil()),
         hist,
+        load_core,
     })
 }
 
@@ -520,6 +549,9 @@ struct Row {
     sleeps: Option<f64>,
     rss: Option<f64>,
     non_2xx: u64,
+    /// Core 0's busy share: at 100% the load client and upstream, not the
+    /// proxy, set the pace.
+    load_core: f64,
 }
 
 fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, Mark)>) -> Row {
@@ -540,6 +572,7 @@ fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, Mark)>) -> Row {
         sleeps,
         rss: proxy.map(|(p, _)| p.rss()),
         non_2xx: o.non_2xx,
+        load_core: o.load_core,
     }
 }
 
@@ -560,6 +593,7 @@ fn median_row(name: &str, of: &[&Row]) -> Option<Row> {
             .map(|_| median_of(of.iter().filter_map(|r| r.sleeps).collect())),
         rss: of.iter().filter_map(|r| r.rss).reduce(f64::max),
         non_2xx: of.iter().map(|r| r.non_2xx).sum(),
+        load_core: median_of(of.iter().map(|r| r.load_core).collect()),
     })
 }
 
@@ -602,7 +636,7 @@ fn median_of(mut v: Vec<f64>) -> f64 {
 fn print_row(r: &Row, direct: Option<&Row>) {
     let ratio = direct.map_or(String::new(), |d| format!("{:.2}x", r.rps / d.rps));
     println!(
-        "{:<10} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>8} {:>7}",
+        "{:<10} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7.0}% {:>9} {:>8} {:>7}",
         r.name,
         r.rps,
         r.p50,
@@ -610,6 +644,7 @@ fn print_row(r: &Row, direct: Option<&Row>) {
         r.p999,
         r.cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
         r.sleeps.map_or("-".into(), |c| format!("{c:.3}")),
+        r.load_core * 100.0,
         r.rss.map_or("-".into(), |m| format!("{m:.1}")),
         r.non_2xx,
         ratio
@@ -709,8 +744,8 @@ fn main() {
             if use_wrk { "wrk for fixed-token cases" } else { "built-in" }
         );
         println!(
-            "{:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>8} {:>7}",
-            "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "sleeps/req", "rss MiB", "non-2xx", "/direct"
+            "{:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>7}",
+            "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "sleeps/req", "core 0", "rss MiB", "non-2xx", "/direct"
         );
         // Interleaved rounds: every case once per round, medians reported,
         // so that a noisy moment hurts one sample, not one case.
@@ -938,6 +973,16 @@ fn main() {
             println!(
                 "  the same as medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x"
             );
+        }
+        if let (Some(c), Some(n)) = (get("cached"), nginx_row.as_ref()) {
+            if c.load_core.min(n.load_core) > 0.95 {
+                println!(
+                    "  core 0 (load client and upstream) was {:.0}% / {:.0}% busy: the load core, not the proxy, set the pace, so this ratio \
+                     is mostly what each proxy's traffic costs the upstream and client there (see BENCHMARKS.md)",
+                    c.load_core * 100.0,
+                    n.load_core * 100.0
+                );
+            }
         }
     });
 }
