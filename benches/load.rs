@@ -341,7 +341,11 @@ fn core0_ticks() -> (u64, u64) {
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu0 ")) else {
         return (0, 0);
     };
-    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let total: u64 = f.iter().take(8).sum();
     // idle and iowait are the 4th and 5th.
     let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);

@@ -226,6 +226,10 @@ pub struct FileHeaders {
     pub forwarded_proto: String,
     /// Default `X-Forwarded-Host`.
     pub forwarded_host: String,
+    /// Headers not to send, by key (`token_name`, `forwarded_host`, ...).
+    /// Default none: all ten are sent. Client-sent copies of an omitted
+    /// header are still removed, so an upstream never sees a forged one.
+    pub omit: Vec<String>,
 }
 
 impl Default for FileHeaders {
@@ -241,6 +245,7 @@ impl Default for FileHeaders {
             forwarded_for: "X-Forwarded-For".into(),
             forwarded_proto: "X-Forwarded-Proto".into(),
             forwarded_host: "X-Forwarded-Host".into(),
+            omit: Vec::new(),
         }
     }
 }
@@ -529,9 +534,57 @@ pub struct HeaderNames {
     pub forwarded_proto: HeaderName,
     /// Host the client asked for.
     pub forwarded_host: HeaderName,
+    /// Bit `i` set: `all()[i]` is not sent (`headers.omit`).
+    omit: u16,
+}
+
+/// The `[headers]` keys, in [`HeaderNames::all`]'s order.
+pub const HEADER_KEYS: [&str; 10] = [
+    "tenant_id",
+    "account_id",
+    "workspace_id",
+    "token_id",
+    "token_name",
+    "token_abilities",
+    "request_id",
+    "forwarded_for",
+    "forwarded_proto",
+    "forwarded_host",
+];
+
+/// One of the gateway's headers, as an index into [`HeaderNames::all`].
+#[derive(Clone, Copy, Debug)]
+#[repr(u8)]
+pub enum GatewayHeader {
+    /// `X-Tenant-Id`.
+    TenantId,
+    /// `X-Account-Id`.
+    AccountId,
+    /// `X-Workspace-Id`.
+    WorkspaceId,
+    /// `X-Token-Id`.
+    TokenId,
+    /// `X-Token-Name`.
+    TokenName,
+    /// `X-Token-Abilities`.
+    TokenAbilities,
+    /// `X-Request-Id`.
+    RequestId,
+    /// `X-Forwarded-For`.
+    ForwardedFor,
+    /// `X-Forwarded-Proto`.
+    ForwardedProto,
+    /// `X-Forwarded-Host`.
+    ForwardedHost,
 }
 
 impl HeaderNames {
+    /// Whether `h` is sent upstream (not listed in `headers.omit`).
+    #[inline]
+    pub fn sends(&self, h: GatewayHeader) -> bool {
+        self.omit & (1 << h as u8) == 0
+    }
+
     /// Every header the gateway itself sets upstream. Client-sent copies of
     /// these are always removed.
     pub fn all(&self) -> [&HeaderName; 10] {
@@ -564,6 +617,7 @@ impl Default for HeaderNames {
             forwarded_for: h("x-forwarded-for"),
             forwarded_proto: h("x-forwarded-proto"),
             forwarded_host: h("x-forwarded-host"),
+            omit: 0,
         }
     }
 }
@@ -859,6 +913,20 @@ impl Config {
     }
 }
 
+/// `headers.omit` as bits of [`HEADER_KEYS`] positions.
+fn omitted(path: &Path, keys: &[String]) -> Result<u16, ConfigError> {
+    keys.iter().try_fold(0u16, |bits, key| {
+        match HEADER_KEYS.iter().position(|k| k == key) {
+            Some(i) => Ok(bits | 1 << i),
+            None => Err(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key: "headers.omit".into(),
+                message: format!("{key:?} is not one of {}", HEADER_KEYS.join(", ")),
+            }),
+        }
+    })
+}
+
 fn validate_headers(path: &Path, h: &FileHeaders) -> Result<HeaderNames, ConfigError> {
     let name = |key: &str, v: &str| {
         HeaderName::from_bytes(v.as_bytes()).map_err(|_| ConfigError::Invalid {
@@ -878,6 +946,7 @@ fn validate_headers(path: &Path, h: &FileHeaders) -> Result<HeaderNames, ConfigE
         forwarded_for: name("forwarded_for", &h.forwarded_for)?,
         forwarded_proto: name("forwarded_proto", &h.forwarded_proto)?,
         forwarded_host: name("forwarded_host", &h.forwarded_host)?,
+        omit: omitted(path, &h.omit)?,
     };
     let mut seen = HashSet::new();
     for n in names.all() {
@@ -957,6 +1026,16 @@ mod tests {
         assert_eq!(c.cache.negative_ttl, Duration::from_secs(5));
         assert_eq!(c.routes[0].auth, AuthMode::Required);
         assert_eq!(c.headers.tenant_id.as_str(), "x-tenant-id");
+        assert!(c.headers.sends(GatewayHeader::TokenName));
+        let c = parse(&format!("{MINIMAL}\n[headers]\nomit = [\"token_name\"]\n")).unwrap();
+        assert!(!c.headers.sends(GatewayHeader::TokenName));
+        assert!(c.headers.sends(GatewayHeader::TokenId));
+        // Still stripped from what clients send.
+        assert!(c
+            .headers
+            .all()
+            .contains(&&HeaderName::from_static("x-token-name")));
+        let c = parse(MINIMAL).unwrap();
         assert_eq!(
             c.token_api.white_label_token.as_deref(),
             Some("/api/white-label/token")
@@ -987,6 +1066,7 @@ mod tests {
             ("[tokens]\napi_prefix = \"tgr\"\n", "tokens.api_prefix"),
             ("[headers]\ntenant_id = \"bad header\"\n", "headers.tenant_id"),
             ("[headers]\ntenant_id = \"Authorization\"\n", "headers"),
+            ("[headers]\nomit = [\"token_name\", \"x-token-name\"]\n", "headers.omit"),
             (
                 "[[upstreams]]\nname = \"a\"\nurl = \"ftp://x\"\n",
                 "upstreams[0].url",

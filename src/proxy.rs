@@ -41,7 +41,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::auth::TOKEN_HEADER;
 use crate::cache::{AuthEntry, ConnectionMemo};
-use crate::config::{HeaderNames, UpstreamConfig, UpstreamProtocol};
+use crate::config::{GatewayHeader, HeaderNames, UpstreamConfig, UpstreamProtocol};
 use crate::error::Denial;
 use crate::fast::pool::RawPool;
 use crate::metrics::Metrics;
@@ -718,18 +718,24 @@ pub fn caller_headers<'a>(
     a: &'a AuthEntry,
     mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
 ) {
+    use GatewayHeader as G;
+    let mut add = |h: G, n: &'a HeaderName, v: &'a HeaderValue| {
+        if names.sends(h) {
+            add(n, v);
+        }
+    };
     if let Some(v) = &a.tenant_id {
-        add(&names.tenant_id, v);
+        add(G::TenantId, &names.tenant_id, v);
     }
     if let Some(v) = &a.account_id {
-        add(&names.account_id, v);
+        add(G::AccountId, &names.account_id, v);
     }
     if let Some(v) = &a.workspace_id {
-        add(&names.workspace_id, v);
+        add(G::WorkspaceId, &names.workspace_id, v);
     }
-    add(&names.token_id, &a.token_id);
-    add(&names.token_name, &a.token_name);
-    add(&names.token_abilities, &a.abilities);
+    add(G::TokenId, &names.token_id, &a.token_id);
+    add(G::TokenName, &names.token_name, &a.token_name);
+    add(G::TokenAbilities, &names.token_abilities, &a.abilities);
 }
 
 /// The second part of [`gateway_headers`]: this request's id and where it
@@ -742,11 +748,18 @@ pub fn request_headers<'a>(
 ) {
     static HTTP: HeaderValue = HeaderValue::from_static("http");
     static HTTPS: HeaderValue = HeaderValue::from_static("https");
-    add(&names.request_id, ctx.request_id);
-    add(&names.forwarded_for, &ctx.peer.ip_header);
-    add(&names.forwarded_proto, if ctx.tls { &HTTPS } else { &HTTP });
+    use GatewayHeader as G;
+    let mut add = |h: G, n: &'a HeaderName, v: &'a HeaderValue| {
+        if names.sends(h) {
+            add(n, v);
+        }
+    };
+    add(G::RequestId, &names.request_id, ctx.request_id);
+    add(G::ForwardedFor, &names.forwarded_for, &ctx.peer.ip_header);
+    let proto = if ctx.tls { &HTTPS } else { &HTTP };
+    add(G::ForwardedProto, &names.forwarded_proto, proto);
     if let Some(h) = original_host {
-        add(&names.forwarded_host, h);
+        add(G::ForwardedHost, &names.forwarded_host, h);
     }
 }
 

@@ -329,6 +329,63 @@ async fn websocket_echo_through_the_gateway() {
 }
 
 #[tokio::test]
+async fn omitted_gateway_headers_are_not_sent_and_client_copies_still_go() {
+    let g = TestGateway::spawn_with(
+        "[headers]\nomit = [\"token_name\", \"token_abilities\", \"forwarded_host\", \"request_id\"]\n",
+    )
+    .await;
+    let t = g.token(&["*"]).await;
+    let forged = "X-Token-Name: forged\r\nX-Token-Abilities: *\r\n\
+                  X-Forwarded-Host: evil\r\nX-Request-Id: forged\r\n";
+    // HTTP/1.1 upstream (the fast path), then h2 (hyper's client).
+    let head = raw(
+        &g,
+        format!(
+            "GET /api/x HTTP/1.1\r\nHost: public.example\r\nAuthorization: Bearer {t}\r\n\
+             {forged}Connection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let head2 = raw(
+        &g,
+        format!(
+            "GET /h2/x HTTP/1.1\r\nHost: public.example\r\nAuthorization: Bearer {t}\r\n\
+             {forged}Connection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head2.starts_with("HTTP/1.1 200"), "{head2}");
+    for (seen, head) in [(g.upstream.last(), head), (g.h2_upstream.last(), head2)] {
+        for gone in [
+            "x-token-name",
+            "x-token-abilities",
+            "x-forwarded-host",
+            "x-request-id",
+        ] {
+            assert!(
+                !seen.headers.contains_key(gone),
+                "{gone} reached the upstream"
+            );
+        }
+        // The rest are sent as always.
+        assert_eq!(values(&seen, "x-tenant-id"), vec![g.tenant_id.to_string()]);
+        assert_eq!(
+            values(&seen, "x-account-id"),
+            vec![g.account_id.to_string()]
+        );
+        assert_eq!(values(&seen, "x-forwarded-for"), vec!["127.0.0.1"]);
+        assert_eq!(values(&seen, "x-forwarded-proto"), vec!["http"]);
+        assert_eq!(values(&seen, "x-token-id").len(), 1);
+        // The client still gets its request id.
+        assert!(
+            head.to_ascii_lowercase().contains("x-request-id: "),
+            "{head}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn h2_upstream_and_h2_client() {
     let g = TestGateway::spawn().await;
     let t = g.token(&["*"]).await;

@@ -83,6 +83,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::config::GatewayHeader;
 use crate::error::Denial;
 use crate::gateway::{new_request_id, Gateway};
 use crate::proxy::{
@@ -413,7 +414,7 @@ impl<'a> Client<'a> {
         request_headers(names, &ctx, None, |n, v| {
             wire::push_field(&mut self.out, n.as_str().as_bytes(), v.as_bytes());
         });
-        if let Some(h) = host {
+        if let Some(h) = host.filter(|_| names.sends(GatewayHeader::ForwardedHost)) {
             wire::push_field(&mut self.out, names.forwarded_host.as_str().as_bytes(), h);
         }
         self.out.extend_from_slice(b"\r\n");
