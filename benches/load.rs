@@ -8,7 +8,10 @@
 //! worker and plain `proxy_pass` (keep-alive upstream, no auth at all).
 //!
 //! Cases: `direct` (client to upstream), `none` (through tokengate, route with
-//! `auth = "none"`), `cached` (one valid token, warm), `garbage` (random
+//! `auth = "none"`), `cached` (one valid token, warm), `bare` (the same
+//! through a second gateway that sends none of its ten headers upstream,
+//! `headers.omit`, as nginx sends none: a reference for what the upstream
+//! spends reading those headers on the core it shares), `garbage` (random
 //! tokens: 401, must never reach the store), `store-10k` (cycling over all
 //! 10k stored tokens, warm), `cold` (1M stored; each request a token never
 //! seen before, so every one is a cache miss), `store-1m` (1M stored, cycling
@@ -19,7 +22,9 @@
 //! auth). For each:
 //! requests/s, latency p50 / p99 / p99.9, the proxy's CPU time per request
 //! (from `/proc`), how often per request it slept waiting for a socket
-//! (voluntary context switches), and its peak RSS; tokengate cases also as
+//! (voluntary context switches), how busy core 0 was (at 100% the load
+//! client and upstream, not the proxy, set the pace), and its peak RSS;
+//! tokengate cases also as
 //! ratios to `direct`, and `cached` as ratios to `none` and `nginx`, those
 //! two also round by round. Every other round runs its cases in reverse
 //! order.
@@ -710,7 +715,7 @@ fn main() {
         let tokens = Arc::new(add_tokens(&db, account.id, tenant.id, 10_000).await);
         eprintln!("stored 10k tokens in {:.1}s", t0.elapsed().as_secs_f64());
 
-        let write_config = |name: &str, db: &Path| {
+        let write_config = |name: &str, db: &Path, extra: &str| {
             let config = dir.path().join(name);
             std::fs::write(
                 &config,
@@ -719,14 +724,22 @@ fn main() {
                      [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n\
                      [[upstreams]]\nname = \"up\"\nurl = \"http://{up}\"\n\
                      [[routes]]\npath = \"/\"\nupstream = \"up\"\n\
-                     [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n",
+                     [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n{extra}",
                     db.display()
                 ),
             )
             .unwrap();
             config
         };
-        let config = write_config("tokengate.toml", &db);
+        let config = write_config("tokengate.toml", &db, "");
+        // The same gateway sending none of its ten headers upstream, as
+        // nginx sends none: what the gateway costs apart from what the
+        // upstream spends reading those headers on the shared core.
+        let bare_config = write_config(
+            "bare.toml",
+            &db,
+            &format!("[headers]\nomit = {:?}\n", tokengate::config::HEADER_KEYS),
+        );
 
         let mut rows: Vec<Row> = Vec::new();
         let run = |addr: SocketAddr, path: &'static str, t: Tokens| async move {
@@ -757,6 +770,7 @@ fn main() {
         let gw = start_tokengate(&config);
         let admin = gw.admin.unwrap();
         let hot = Tokens::One(tokens[0].clone());
+        let bare = want("bare").then(|| start_tokengate(&bare_config));
         let _ = drive(gw.addr, "/warm", hot.clone(), 1, 0.2).await;
         let _ = drive(gw.addr, "/warm", Tokens::Once(Arc::clone(&tokens), Arc::default()), conns, 60.0).await;
         let format = TokenFormat::default();
@@ -784,7 +798,7 @@ fn main() {
         // always runs right after the same one: an order effect (a case
         // measured differently for running second) would otherwise move
         // every round's ratio the same way.
-        let order = ["direct", "none", "cached", "garbage", "store-10k", "latency", "nginx"];
+        let order = ["direct", "none", "cached", "bare", "garbage", "store-10k", "latency", "nginx"];
         for round in 0..rounds {
             let mut cases = order;
             if round % 2 == 1 {
@@ -805,6 +819,13 @@ fn main() {
                         let c = gw.mark();
                         let o = run(gw.addr, "/api/x", hot.clone()).await;
                         samples.push(("cached", row("cached", &o, Some((&gw, c)))));
+                    }
+                    "bare" => {
+                        if let Some(b) = &bare {
+                            let c = b.mark();
+                            let o = run(b.addr, "/api/x", hot.clone()).await;
+                            samples.push(("bare", row("bare", &o, Some((b, c)))));
+                        }
                     }
                     "garbage" if want("garbage") => {
                         let before = store_lookups(admin).await;
@@ -843,6 +864,7 @@ fn main() {
         }
         drop(nginx);
         drop(gw);
+        drop(bare);
         // The two ratio targets round by round as well: each round's cases
         // ran seconds apart, so their ratio is not moved by the machine
         // drifting between rounds, and the median of those ratios is the
@@ -853,12 +875,13 @@ fn main() {
         let paired = |a: &str, b: &str| paired_ratios(a, &of(a), b, &of(b));
         let paired_none = paired("cached", "none");
         let paired_nginx = paired("cached", "nginx");
+        let paired_bare = paired("bare", "nginx");
         let median = |name: &str| median_row(name, &of(name));
         println!("medians of {rounds} interleaved rounds:");
         let direct = median("direct").unwrap();
         print_row(&direct, None);
         let mut nginx_row = None;
-        for name in ["none", "cached", "garbage", "store-10k", "lat-none", "lat-cached", "nginx"] {
+        for name in ["none", "cached", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "nginx"] {
             if let Some(r) = median(name) {
                 print_row(&r, Some(&direct));
                 if name == "garbage" {
@@ -886,7 +909,7 @@ fn main() {
                 .await
                 .unwrap();
             drop(conn);
-            let small_config = write_config("small.toml", &small_db);
+            let small_config = write_config("small.toml", &small_db, "");
             let t0 = Instant::now();
             let more = add_tokens(&db, account.id, tenant.id, 990_000).await;
             eprintln!("stored 1M tokens in all ({:.1}s more)", t0.elapsed().as_secs_f64());
@@ -977,6 +1000,16 @@ fn main() {
             println!(
                 "  the same as medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x"
             );
+        }
+        if let (Some(b), Some(n)) = (get("bare"), nginx_row.as_ref()) {
+            println!(
+                "  reference: the same, sending none of the ten gateway headers upstream (headers.omit), as nginx sends none: throughput {:.2}x, CPU per request {:.2}x",
+                b.rps / n.rps,
+                b.cpu_us.unwrap_or(0.0) / n.cpu_us.unwrap_or(f64::NAN)
+            );
+            if let Some((tput, cpu)) = paired_bare {
+                println!("    medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");
+            }
         }
         if let (Some(c), Some(n)) = (get("cached"), nginx_row.as_ref()) {
             if c.load_core.min(n.load_core) > 0.95 {
