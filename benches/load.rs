@@ -25,9 +25,10 @@
 //! (voluntary context switches), how busy core 0 was (at 100% the load
 //! client and upstream, not the proxy, set the pace), and its peak RSS;
 //! tokengate cases also as
-//! ratios to `direct`, and `cached` as ratios to `none` and `nginx`, those
-//! two also round by round. Every other round runs its cases in reverse
-//! order.
+//! ratios to `direct`, `cached` as ratios to `none` and `nginx` and `bare`
+//! to `nginx`, also round by round; the paired `store-1m` rounds also
+//! print the last-used rows each window wrote. Every other round runs its
+//! cases in reverse order.
 //!
 //! Run: `cargo bench --bench load`. Knobs (environment):
 //! `LOAD_SECONDS` (5), `LOAD_ROUNDS` (3: every case once per round,
@@ -771,6 +772,9 @@ fn main() {
         let admin = gw.admin.unwrap();
         let hot = Tokens::One(tokens[0].clone());
         let bare = want("bare").then(|| start_tokengate(&bare_config));
+        if let Some(b) = &bare {
+            let _ = drive(b.addr, "/warm", hot.clone(), 1, 0.2).await;
+        }
         let _ = drive(gw.addr, "/warm", hot.clone(), 1, 0.2).await;
         let _ = drive(gw.addr, "/warm", Tokens::Once(Arc::clone(&tokens), Arc::default()), conns, 60.0).await;
         let format = TokenFormat::default();
@@ -939,15 +943,22 @@ fn main() {
                 let gw = warm(start_tokengate(&config), Arc::clone(&set)).await;
                 let small = warm(start_tokengate(&small_config), Arc::clone(&tokens)).await;
                 let (mut big_rounds, mut small_rounds) = (Vec::new(), Vec::new());
+                // Last-used rows each window wrote: a busy token is
+                // written once per `last_used_resolution_seconds`, so the
+                // warm-up's tokens all come due together a minute later.
+                let (mut big_written, mut small_written) = (Vec::new(), Vec::new());
+                let written = |p: &Proxy| metric(p.admin.unwrap(), "tokengate_last_used_written_total");
                 for round in 0..rounds {
                     for first in [round % 2 == 0, round % 2 == 1] {
                         if first {
-                            let c = gw.mark();
+                            let (c, w) = (gw.mark(), written(&gw).await);
                             let o = drive(gw.addr, "/api/x", Tokens::Cycle(Arc::clone(&set)), conns, secs).await;
+                            big_written.push(written(&gw).await - w);
                             big_rounds.push(row("store-1m", &o, Some((&gw, c))));
                         } else {
-                            let c = small.mark();
+                            let (c, w) = (small.mark(), written(&small).await);
                             let o = drive(small.addr, "/api/x", Tokens::Cycle(Arc::clone(&tokens)), conns, secs).await;
+                            small_written.push(written(&small).await - w);
                             small_rounds.push(row("10k-paired", &o, Some((&small, c))));
                         }
                     }
@@ -959,6 +970,9 @@ fn main() {
                     rows.push(r);
                 }
                 println!("           (1M stored, {WORKING_SET_1M} cached: peak RSS above)");
+                println!(
+                    "           last-used rows written in each round's window: store-1m {big_written:?}, 10k-paired {small_written:?}"
+                );
                 paired_store = paired_ratios("store-1m", &refs(&big_rounds), "10k-paired", &refs(&small_rounds));
             }
         }
@@ -1014,8 +1028,8 @@ fn main() {
         if let (Some(c), Some(n)) = (get("cached"), nginx_row.as_ref()) {
             if c.load_core.min(n.load_core) > 0.95 {
                 println!(
-                    "  core 0 (load client and upstream) was {:.0}% / {:.0}% busy: the load core, not the proxy, set the pace, so this ratio \
-                     is mostly what each proxy's traffic costs the upstream and client there (see BENCHMARKS.md)",
+                    "  core 0 (load client and upstream) was {:.0}% / {:.0}% busy: the load core limits both proxies, so this ratio also \
+                     carries what each proxy's traffic costs the upstream and client there (BENCHMARKS.md, sixth session)",
                     c.load_core * 100.0,
                     n.load_core * 100.0
                 );

@@ -1027,14 +1027,29 @@ mod tests {
         assert_eq!(c.routes[0].auth, AuthMode::Required);
         assert_eq!(c.headers.tenant_id.as_str(), "x-tenant-id");
         assert!(c.headers.sends(GatewayHeader::TokenName));
-        let c = parse(&format!("{MINIMAL}\n[headers]\nomit = [\"token_name\"]\n")).unwrap();
-        assert!(!c.headers.sends(GatewayHeader::TokenName));
-        assert!(c.headers.sends(GatewayHeader::TokenId));
-        // Still stripped from what clients send.
-        assert!(c
-            .headers
-            .all()
-            .contains(&&HeaderName::from_static("x-token-name")));
+        // Each key turns off its own header and no other, and a client's
+        // copy of it is still stripped (it stays in `all()`).
+        use GatewayHeader as G;
+        let every = [
+            G::TenantId,
+            G::AccountId,
+            G::WorkspaceId,
+            G::TokenId,
+            G::TokenName,
+            G::TokenAbilities,
+            G::RequestId,
+            G::ForwardedFor,
+            G::ForwardedProto,
+            G::ForwardedHost,
+        ];
+        for (i, key) in HEADER_KEYS.iter().enumerate() {
+            let c = parse(&format!("{MINIMAL}\n[headers]\nomit = [\"{key}\"]\n")).unwrap();
+            for (j, h) in every.iter().enumerate() {
+                assert_eq!(c.headers.sends(*h), i != j, "omit {key}: {h:?}");
+            }
+            let name = c.headers.all()[i].as_str().to_string();
+            assert_eq!(name, format!("x-{}", key.replace('_', "-")));
+        }
         let c = parse(MINIMAL).unwrap();
         assert_eq!(
             c.token_api.white_label_token.as_deref(),
