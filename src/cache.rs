@@ -162,6 +162,9 @@ pub struct TokenCache {
     store_timeout: Duration,
     ttl: Duration,
     metrics: Arc<Metrics>,
+    /// The epoch, for whoever must act on an invalidation rather than
+    /// check at its next read (an open tunnel).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -212,6 +215,7 @@ impl TokenCache {
             store_timeout,
             ttl: cfg.ttl,
             metrics,
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -287,24 +291,40 @@ impl TokenCache {
         self.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
 
+    /// Wakes on every invalidation (after the cache has forgotten what it
+    /// names), for holders of a long-lived admission to check it again.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// How long a record is trusted: what a holder of a long-lived
+    /// admission re-checks it by when no invalidation tells it sooner (a
+    /// change made by another process on SQLite, or an expiry).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Forgets a token: after a revocation, or after a mint (so that a
     /// negative entry for its hash cannot outlive it).
     pub async fn invalidate_token(&self, hash: TokenHash) {
         let e = self.next_epoch();
         self.dead_tokens.insert(hash, e);
         self.records.invalidate(&hash).await;
+        self.changes.send_replace(e);
     }
 
     /// Forgets every token of an account (blocked or unblocked).
     pub fn invalidate_account(&self, account_id: i64) {
         let e = self.next_epoch();
         self.dead_accounts.insert(account_id, e);
+        self.changes.send_replace(e);
     }
 
     /// Forgets every token of a tenant (blocked or unblocked).
     pub fn invalidate_tenant(&self, tenant_id: i64) {
         let e = self.next_epoch();
         self.dead_tenants.insert(tenant_id, e);
+        self.changes.send_replace(e);
     }
 
     /// Forgets everything (e.g. after missing invalidation events).
@@ -312,6 +332,7 @@ impl TokenCache {
         let e = self.next_epoch();
         self.cleared_before.fetch_max(e, Ordering::AcqRel);
         self.records.invalidate_all();
+        self.changes.send_replace(e);
     }
 
     /// Entries currently held (approximate; for metrics).

@@ -17,6 +17,7 @@
 //! ([`crate::error::Denial::into_response`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -29,7 +30,7 @@ use crate::error::Denial;
 use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
 use crate::proxy::{
-    forward, Body, ForwardContext, Lookalikes, Peer, RequestFields, StripSet, Upstream,
+    forward, Body, ForwardContext, Lookalikes, Peer, RequestFields, StripSet, TunnelEnd, Upstream,
 };
 use crate::route::{normalize_path, RouteMatch, RouteTable};
 use crate::store::TokenStore;
@@ -134,7 +135,7 @@ impl Gateway {
 
     /// Handles one request on the public listener. Never fails: every error
     /// is a JSON response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let request_id = new_request_id();
         match self.process(req, peer, &request_id).await {
             Ok(resp) => resp,
@@ -157,7 +158,7 @@ impl Gateway {
     }
 
     async fn process(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         peer: &Peer,
         request_id: &HeaderValue,
@@ -172,6 +173,15 @@ impl Gateway {
         }
         let (route, upstream) = self.route(&path, req.method(), req.headers())?;
         let entry = self.admit(route, req.headers(), &peer.memo).await?;
+        // A tunnel the upstream agrees to outlives this request, so its
+        // admission is checked again for as long as it stays open.
+        let tunnel_end = match &entry {
+            Some(_) if req.headers().contains_key(http::header::UPGRADE) => {
+                extract_credential(req.headers())?
+                    .map(|c| self.tunnel_end(c.to_owned(), route.clone()))
+            }
+            _ => None,
+        };
         let ctx = ForwardContext {
             auth: entry.as_deref(),
             request_id,
@@ -179,9 +189,50 @@ impl Gateway {
             path: &path,
             tls: false,
         };
-        let resp = forward(upstream, &self.header_names, &self.metrics, req, ctx).await?;
+        let resp = forward(
+            upstream,
+            &self.header_names,
+            &self.metrics,
+            req,
+            ctx,
+            tunnel_end,
+        )
+        .await?;
         self.metrics.forwarded.inc();
         Ok(resp)
+    }
+
+    /// Resolves when `credential` no longer admits a request to `route`
+    /// (revoked, expired, blocked, abilities gone): checked again on every
+    /// invalidation this instance applies, and at least once per cache TTL
+    /// (a change made by another process on SQLite, or the expiry time
+    /// passing). A store that cannot answer ends nothing: a tunnel is not
+    /// cut for an outage, only for a refusal.
+    fn tunnel_end(self: &Arc<Self>, credential: String, route: RouteConfig) -> TunnelEnd {
+        let gateway = Arc::clone(self);
+        let mut changes = self.cache.changes();
+        Box::pin(async move {
+            let every = gateway.cache.ttl().max(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    // The sender lives in the cache, which `gateway` keeps.
+                    _ = changes.changed() => {}
+                    () = tokio::time::sleep(every) => {}
+                }
+                let memo = ConnectionMemo::default();
+                match gateway.authenticate(Some(&credential), &route, &memo).await {
+                    Err(d) if d.status().is_client_error() => {
+                        gateway.metrics.tunnels_refused.inc();
+                        tracing::info!(
+                            code = d.code(),
+                            "closing an upgraded tunnel: its token no longer admits it"
+                        );
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        })
     }
 
     /// Whether a normalised path belongs to the seed token endpoints (served

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub last_used_flush_failures: Counter,
     /// WebSocket / upgrade tunnels opened.
     pub upgrades: Counter,
+    /// Tunnels closed because their token stopped admitting them.
+    pub tunnels_refused: Counter,
     /// Invalidations received from the shared store's feed.
     pub invalidations_received: Counter,
     /// Times the invalidation feed reconnected and the cache was cleared.
@@ -112,6 +114,11 @@ impl Metrics {
             "tokengate_upgrades_total",
             "Upgraded (WebSocket) connections tunnelled.",
             self.upgrades.get(),
+        );
+        counter(
+            "tokengate_tunnels_refused_total",
+            "Upgraded tunnels closed because their token was revoked, expired or blocked, or lost the route's abilities.",
+            self.tunnels_refused.get(),
         );
         counter(
             "tokengate_invalidations_received_total",

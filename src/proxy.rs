@@ -763,13 +763,20 @@ pub fn request_headers<'a>(
     }
 }
 
-/// Forwards a request that has passed authentication.
+/// Resolves when an upgraded tunnel must be closed (its token no longer
+/// admits it); see `Gateway::tunnel_end`.
+pub type TunnelEnd = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Forwards a request that has passed authentication. An agreed upgrade
+/// becomes a tunnel that lasts until either side closes or `tunnel_end`
+/// resolves.
 pub async fn forward(
     upstream: &Upstream,
     names: &Arc<HeaderNames>,
     metrics: &Metrics,
     mut req: Request<Incoming>,
     ctx: ForwardContext<'_>,
+    tunnel_end: Option<TunnelEnd>,
 ) -> Result<Response<Body>, Denial> {
     let cfg = &upstream.config;
     let upgrade = wants_upgrade(&req)?;
@@ -856,8 +863,21 @@ pub async fn forward(
                     (Ok(c), Ok(u)) => {
                         let mut c = TokioIo::new(c);
                         let mut u = TokioIo::new(u);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                            tracing::debug!(upstream = %name, error = %e, "upgraded tunnel closed");
+                        let end = async {
+                            match tunnel_end {
+                                Some(end) => end.await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        // Ending drops both sides: the client and the
+                        // upstream see their connections close.
+                        tokio::select! {
+                            r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                                if let Err(e) = r {
+                                    tracing::debug!(upstream = %name, error = %e, "upgraded tunnel closed");
+                                }
+                            }
+                            () = end => {}
                         }
                     }
                     (c, u) => {

@@ -329,6 +329,62 @@ async fn websocket_echo_through_the_gateway() {
 }
 
 #[tokio::test]
+async fn a_websocket_tunnel_is_closed_when_its_token_is_revoked() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokengate::token::TokenKind;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let g = TestGateway::spawn().await;
+    let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
+    let (_, other_id) = g.mint(TokenKind::Api, &["*"], None).await;
+    let mut req = format!("ws://{}/ws/chat", g.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    let stream = TcpStream::connect(g.addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+
+    // Another token's revocation is checked against this tunnel and leaves
+    // it open.
+    g.gateway
+        .issuer
+        .revoke(&other_id, &Default::default())
+        .await
+        .unwrap();
+    for msg in ["before", "after another revocation"] {
+        ws.send(Message::Text(msg.into())).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_text().unwrap(), msg);
+    }
+    assert_eq!(g.gateway.metrics.tunnels_refused.get(), 0);
+
+    // Its own closes it, at once: the cache TTL is far longer than the wait.
+    g.gateway
+        .issuer
+        .revoke(&id, &Default::default())
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the tunnel outlived its token's revocation");
+    assert_eq!(g.gateway.metrics.tunnels_refused.get(), 1);
+}
+
+#[tokio::test]
 async fn omitted_gateway_headers_are_not_sent_and_client_copies_still_go() {
     let g = TestGateway::spawn_with(
         "[headers]\nomit = [\"token_name\", \"token_abilities\", \"forwarded_host\", \"request_id\"]\n",
