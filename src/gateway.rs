@@ -37,6 +37,11 @@ use crate::store::TokenStore;
 use crate::token::{Checked, TokenHash};
 use crate::usage::LastUsed;
 
+/// The least time between two checks of an open tunnel's token, however
+/// many invalidations arrive: what a burst of them (mints invalidate too)
+/// costs each tunnel, against how much later a revocation may close it.
+pub const TUNNEL_RECHECK_GAP: Duration = Duration::from_millis(100);
+
 /// Everything the request path and the control plane share.
 pub struct Gateway {
     /// The validated configuration.
@@ -172,14 +177,19 @@ impl Gateway {
             return Ok(Box::pin(crate::flows::handle(self, flow, req)).await);
         }
         let (route, upstream) = self.route(&path, req.method(), req.headers())?;
-        let entry = self.admit(route, req.headers(), &peer.memo).await?;
         // A tunnel the upstream agrees to outlives this request, so its
-        // admission is checked again for as long as it stays open.
-        let tunnel_end = match &entry {
-            Some(_) if req.headers().contains_key(http::header::UPGRADE) => {
-                extract_credential(req.headers())?
-                    .map(|c| self.tunnel_end(c.to_owned(), route.clone()))
-            }
+        // admission is checked again for as long as it stays open, from
+        // the invalidations after this point on.
+        let changes = req
+            .headers()
+            .contains_key(http::header::UPGRADE)
+            .then(|| self.cache.changes());
+        let entry = self.admit(route, req.headers(), &peer.memo).await?;
+        let tunnel_end = match (&entry, changes) {
+            (Some(e), Some(changes)) => extract_credential(req.headers())?.map(|c| {
+                let expires_at = e.record.expires_at;
+                self.tunnel_end(c.to_owned(), route.clone(), changes, expires_at)
+            }),
             _ => None,
         };
         let ctx = ForwardContext {
@@ -203,25 +213,54 @@ impl Gateway {
     }
 
     /// Resolves when `credential` no longer admits a request to `route`
-    /// (revoked, expired, blocked, abilities gone): checked again on every
-    /// invalidation this instance applies, and at least once per cache TTL
-    /// (a change made by another process on SQLite, or the expiry time
-    /// passing). A store that cannot answer ends nothing: a tunnel is not
-    /// cut for an outage, only for a refusal.
-    fn tunnel_end(self: &Arc<Self>, credential: String, route: RouteConfig) -> TunnelEnd {
+    /// (revoked, expired, blocked, abilities gone). `changes` must have
+    /// been taken before the admission, so that no invalidation falls
+    /// between the two. Checked again on every invalidation this instance
+    /// applies (at most one check per [`TUNNEL_RECHECK_GAP`], so a burst of
+    /// them costs each tunnel one check), at the token's expiry, and at
+    /// least once per cache TTL (a change made by another process on
+    /// SQLite). A store that cannot answer ends nothing: a tunnel is cut for
+    /// a refusal, not for an outage.
+    fn tunnel_end(
+        self: &Arc<Self>,
+        credential: String,
+        route: RouteConfig,
+        mut changes: tokio::sync::watch::Receiver<u64>,
+        expires_at: Option<i64>,
+    ) -> TunnelEnd {
         let gateway = Arc::clone(self);
-        let mut changes = self.cache.changes();
         Box::pin(async move {
-            let every = gateway.cache.ttl().max(Duration::from_secs(1));
+            let ttl = gateway.cache.ttl().max(Duration::from_secs(1));
+            let mut expires_at = expires_at;
             loop {
+                let until_expiry = expires_at.map(|at| {
+                    let left = at.saturating_sub(gateway.clock.now()).max(0);
+                    Duration::from_secs(u64::try_from(left).unwrap_or(0))
+                });
+                let wait = until_expiry.map_or(ttl, |e| e.min(ttl));
                 tokio::select! {
-                    // The sender lives in the cache, which `gateway` keeps.
-                    _ = changes.changed() => {}
-                    () = tokio::time::sleep(every) => {}
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            // The cache is gone (it cannot be while
+                            // `gateway` is held); fall back to the timer.
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    () = tokio::time::sleep(wait) => {}
                 }
                 let memo = ConnectionMemo::default();
                 match gateway.authenticate(Some(&credential), &route, &memo).await {
-                    Err(d) if d.status().is_client_error() => {
+                    Ok(entry) => expires_at = entry.and_then(|e| e.record.expires_at),
+                    Err(
+                        d @ (Denial::MalformedToken
+                        | Denial::UnknownToken
+                        | Denial::TokenRevoked
+                        | Denial::TokenExpired
+                        | Denial::AbilityMissing
+                        | Denial::AccountBlocked
+                        | Denial::TenantBlocked
+                        | Denial::TokenKindNotAllowed),
+                    ) => {
                         gateway.metrics.tunnels_refused.inc();
                         tracing::info!(
                             code = d.code(),
@@ -229,8 +268,9 @@ impl Gateway {
                         );
                         return;
                     }
-                    _ => {}
+                    Err(_) => {}
                 }
+                tokio::time::sleep(TUNNEL_RECHECK_GAP).await;
             }
         })
     }
