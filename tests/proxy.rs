@@ -283,30 +283,60 @@ async fn large_bodies_stream_both_ways_without_being_buffered() {
     assert_eq!(got.finalize(), expected.finalize());
 }
 
-#[tokio::test]
-async fn websocket_echo_through_the_gateway() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message;
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
-    let g = TestGateway::spawn().await;
-    let t = g.token(&["*"]).await;
+/// A WebSocket through the gateway to the mock's echo, with token `t`.
+async fn open_ws(g: &TestGateway, t: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://{}/ws/chat", g.addr)
         .into_client_request()
         .unwrap();
     req.headers_mut()
         .insert("authorization", format!("Bearer {t}").parse().unwrap());
     let stream = TcpStream::connect(g.addr).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+/// Sends `msg` and expects it back.
+async fn echo(ws: &mut Ws, msg: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Text(msg.into())).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.into_text().unwrap(), msg);
+}
+
+/// Whether the gateway closes the tunnel within `secs`.
+async fn closed_within(ws: &mut Ws, secs: u64) -> bool {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_gateway() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let g = TestGateway::spawn().await;
+    let t = g.token(&["*"]).await;
+    let mut ws = open_ws(&g, &t).await;
     for msg in ["hello", "again"] {
-        ws.send(Message::Text(msg.into())).await.unwrap();
-        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(back.into_text().unwrap(), msg);
+        echo(&mut ws, msg).await;
     }
     ws.close(None).await.unwrap();
     assert_eq!(
@@ -330,57 +360,46 @@ async fn websocket_echo_through_the_gateway() {
 
 #[tokio::test]
 async fn a_websocket_tunnel_is_closed_when_its_token_is_revoked() {
-    use futures_util::{SinkExt, StreamExt};
     use tokengate::token::TokenKind;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message;
 
     let g = TestGateway::spawn().await;
     let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
     let (_, other_id) = g.mint(TokenKind::Api, &["*"], None).await;
-    let mut req = format!("ws://{}/ws/chat", g.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    let stream = TcpStream::connect(g.addr).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut ws = open_ws(&g, &t).await;
+    echo(&mut ws, "before").await;
 
     // Another token's revocation is checked against this tunnel and leaves
     // it open.
-    g.gateway
-        .issuer
-        .revoke(&other_id, &Default::default())
-        .await
-        .unwrap();
-    for msg in ["before", "after another revocation"] {
-        ws.send(Message::Text(msg.into())).await.unwrap();
-        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(back.into_text().unwrap(), msg);
-    }
+    let actor = Default::default();
+    g.gateway.issuer.revoke(&other_id, &actor).await.unwrap();
+    echo(&mut ws, "after another revocation").await;
     assert_eq!(g.gateway.metrics.tunnels_refused.get(), 0);
 
-    // Its own closes it, at once: the cache TTL is far longer than the wait.
-    g.gateway
-        .issuer
-        .revoke(&id, &Default::default())
-        .await
-        .unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the tunnel outlived its token's revocation");
+    // Its own closes it, at once: the cache TTL (30 s) is far longer.
+    g.gateway.issuer.revoke(&id, &actor).await.unwrap();
+    assert!(
+        closed_within(&mut ws, 5).await,
+        "the tunnel outlived its token's revocation"
+    );
+    assert_eq!(g.gateway.metrics.tunnels_refused.get(), 1);
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_is_closed_when_its_token_expires() {
+    use tokengate::token::TokenKind;
+
+    let g = TestGateway::spawn().await;
+    let now = g.clock.now();
+    let (t, _) = g.mint(TokenKind::Api, &["*"], Some(now + 1)).await;
+    let mut ws = open_ws(&g, &t).await;
+    echo(&mut ws, "before expiry").await;
+    // The tunnel wakes about a second from now to check the expiry; the
+    // (manual) clock is past it by then.
+    g.clock.advance(2);
+    assert!(
+        closed_within(&mut ws, 5).await,
+        "the tunnel outlived its token's expiry"
+    );
     assert_eq!(g.gateway.metrics.tunnels_refused.get(), 1);
 }
 
