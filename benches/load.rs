@@ -1003,11 +1003,14 @@ fn main() {
         if let Some((tput, _)) = paired_store {
             println!("  the same as the median of the per-round ratios: {tput:.2}");
         }
-        if let (Some(c), Some(n)) = (get("cached"), nginx_row.as_ref()) {
+        // Throughput and CPU per request as ratios to nginx's.
+        let vs_nginx = |r: &Row| {
+            let n = nginx_row.as_ref()?;
+            Some((r.rps / n.rps, r.cpu_us.unwrap_or(0.0) / n.cpu_us.unwrap_or(f64::NAN)))
+        };
+        if let Some((tput, cpu)) = get("cached").and_then(vs_nginx) {
             println!(
-                "tokengate cached / nginx no-auth: throughput {:.2}x (target >= 1.0), CPU per request {:.2}x (target <= 1.0)",
-                c.rps / n.rps,
-                c.cpu_us.unwrap_or(0.0) / n.cpu_us.unwrap_or(f64::NAN)
+                "tokengate cached / nginx no-auth: throughput {tput:.2}x (target >= 1.0), CPU per request {cpu:.2}x (target <= 1.0)"
             );
         }
         if let Some((tput, cpu)) = paired_nginx {
@@ -1015,11 +1018,9 @@ fn main() {
                 "  the same as medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x"
             );
         }
-        if let (Some(b), Some(n)) = (get("bare"), nginx_row.as_ref()) {
+        if let Some((tput, cpu)) = get("bare").and_then(vs_nginx) {
             println!(
-                "  reference: the same, sending none of the ten gateway headers upstream (headers.omit), as nginx sends none: throughput {:.2}x, CPU per request {:.2}x",
-                b.rps / n.rps,
-                b.cpu_us.unwrap_or(0.0) / n.cpu_us.unwrap_or(f64::NAN)
+                "  reference: the same, sending none of the ten gateway headers upstream (headers.omit), as nginx sends none: throughput {tput:.2}x, CPU per request {cpu:.2}x"
             );
             if let Some((tput, cpu)) = paired_bare {
                 println!("    medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Uri};
 use serde::Deserialize;
 
@@ -470,7 +470,7 @@ pub struct UpstreamConfig {
     /// `host:port`.
     pub authority: http::uri::Authority,
     /// `authority` as the `Host` header HTTP/1.1 requests carry.
-    pub host_header: http::HeaderValue,
+    pub host_header: HeaderValue,
     /// Base path without trailing slash (`""` for none).
     pub base_path: String,
     /// Wire protocol.
@@ -578,6 +578,22 @@ pub enum GatewayHeader {
     ForwardedHost,
 }
 
+impl GatewayHeader {
+    /// All ten, in [`HeaderNames::all`]'s and [`HEADER_KEYS`]' order.
+    pub const ALL: [GatewayHeader; 10] = [
+        GatewayHeader::TenantId,
+        GatewayHeader::AccountId,
+        GatewayHeader::WorkspaceId,
+        GatewayHeader::TokenId,
+        GatewayHeader::TokenName,
+        GatewayHeader::TokenAbilities,
+        GatewayHeader::RequestId,
+        GatewayHeader::ForwardedFor,
+        GatewayHeader::ForwardedProto,
+        GatewayHeader::ForwardedHost,
+    ];
+}
+
 impl HeaderNames {
     /// Whether `h` is sent upstream (not listed in `headers.omit`).
     #[inline]
@@ -585,21 +601,41 @@ impl HeaderNames {
         self.omit & (1 << h as u8) == 0
     }
 
+    /// The configured name of `h`.
+    pub fn name(&self, h: GatewayHeader) -> &HeaderName {
+        use GatewayHeader as G;
+        match h {
+            G::TenantId => &self.tenant_id,
+            G::AccountId => &self.account_id,
+            G::WorkspaceId => &self.workspace_id,
+            G::TokenId => &self.token_id,
+            G::TokenName => &self.token_name,
+            G::TokenAbilities => &self.token_abilities,
+            G::RequestId => &self.request_id,
+            G::ForwardedFor => &self.forwarded_for,
+            G::ForwardedProto => &self.forwarded_proto,
+            G::ForwardedHost => &self.forwarded_host,
+        }
+    }
+
+    /// `add` for the headers that are sent: each call names the header and
+    /// gives its value; omitted ones are dropped here.
+    #[inline]
+    pub fn sender<'a>(
+        &'a self,
+        mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
+    ) -> impl FnMut(GatewayHeader, &'a HeaderValue) {
+        move |h, v| {
+            if self.sends(h) {
+                add(self.name(h), v);
+            }
+        }
+    }
+
     /// Every header the gateway itself sets upstream. Client-sent copies of
     /// these are always removed.
     pub fn all(&self) -> [&HeaderName; 10] {
-        [
-            &self.tenant_id,
-            &self.account_id,
-            &self.workspace_id,
-            &self.token_id,
-            &self.token_name,
-            &self.token_abilities,
-            &self.request_id,
-            &self.forwarded_for,
-            &self.forwarded_proto,
-            &self.forwarded_host,
-        ]
+        GatewayHeader::ALL.map(|h| self.name(h))
     }
 }
 
@@ -1029,22 +1065,9 @@ mod tests {
         assert!(c.headers.sends(GatewayHeader::TokenName));
         // Each key turns off its own header and no other, and a client's
         // copy of it is still stripped (it stays in `all()`).
-        use GatewayHeader as G;
-        let every = [
-            G::TenantId,
-            G::AccountId,
-            G::WorkspaceId,
-            G::TokenId,
-            G::TokenName,
-            G::TokenAbilities,
-            G::RequestId,
-            G::ForwardedFor,
-            G::ForwardedProto,
-            G::ForwardedHost,
-        ];
         for (i, key) in HEADER_KEYS.iter().enumerate() {
             let c = parse(&format!("{MINIMAL}\n[headers]\nomit = [\"{key}\"]\n")).unwrap();
-            for (j, h) in every.iter().enumerate() {
+            for (j, h) in GatewayHeader::ALL.iter().enumerate() {
                 assert_eq!(c.headers.sends(*h), i != j, "omit {key}: {h:?}");
             }
             let name = c.headers.all()[i].as_str().to_string();

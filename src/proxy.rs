@@ -716,26 +716,22 @@ pub fn gateway_headers<'a>(
 pub fn caller_headers<'a>(
     names: &'a HeaderNames,
     a: &'a AuthEntry,
-    mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
+    add: impl FnMut(&'a HeaderName, &'a HeaderValue),
 ) {
     use GatewayHeader as G;
-    let mut add = |h: G, n: &'a HeaderName, v: &'a HeaderValue| {
-        if names.sends(h) {
-            add(n, v);
-        }
-    };
+    let mut add = names.sender(add);
     if let Some(v) = &a.tenant_id {
-        add(G::TenantId, &names.tenant_id, v);
+        add(G::TenantId, v);
     }
     if let Some(v) = &a.account_id {
-        add(G::AccountId, &names.account_id, v);
+        add(G::AccountId, v);
     }
     if let Some(v) = &a.workspace_id {
-        add(G::WorkspaceId, &names.workspace_id, v);
+        add(G::WorkspaceId, v);
     }
-    add(G::TokenId, &names.token_id, &a.token_id);
-    add(G::TokenName, &names.token_name, &a.token_name);
-    add(G::TokenAbilities, &names.token_abilities, &a.abilities);
+    add(G::TokenId, &a.token_id);
+    add(G::TokenName, &a.token_name);
+    add(G::TokenAbilities, &a.abilities);
 }
 
 /// The second part of [`gateway_headers`]: this request's id and where it
@@ -744,22 +740,17 @@ pub fn request_headers<'a>(
     names: &'a HeaderNames,
     ctx: &'a ForwardContext<'_>,
     original_host: Option<&'a HeaderValue>,
-    mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
+    add: impl FnMut(&'a HeaderName, &'a HeaderValue),
 ) {
     static HTTP: HeaderValue = HeaderValue::from_static("http");
     static HTTPS: HeaderValue = HeaderValue::from_static("https");
     use GatewayHeader as G;
-    let mut add = |h: G, n: &'a HeaderName, v: &'a HeaderValue| {
-        if names.sends(h) {
-            add(n, v);
-        }
-    };
-    add(G::RequestId, &names.request_id, ctx.request_id);
-    add(G::ForwardedFor, &names.forwarded_for, &ctx.peer.ip_header);
-    let proto = if ctx.tls { &HTTPS } else { &HTTP };
-    add(G::ForwardedProto, &names.forwarded_proto, proto);
+    let mut add = names.sender(add);
+    add(G::RequestId, ctx.request_id);
+    add(G::ForwardedFor, &ctx.peer.ip_header);
+    add(G::ForwardedProto, if ctx.tls { &HTTPS } else { &HTTP });
     if let Some(h) = original_host {
-        add(G::ForwardedHost, &names.forwarded_host, h);
+        add(G::ForwardedHost, h);
     }
 }
 
