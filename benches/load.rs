@@ -39,7 +39,6 @@
 //! instead of the built-in client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -48,18 +47,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::HeaderValue;
 use sqlx::Connection;
 use tokengate::config::DatabaseUrl;
 use tokengate::store::sqlite::SqliteStore;
 use tokengate::store::{NewAccount, TokenStore};
 use tokengate::token::{TokenFormat, TokenKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const WORKING_SET_1M: usize = 100_000;
@@ -73,6 +69,15 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 
 // ------------------------------------------------------------------ upstream
 
+/// The upstream's one answer.
+const UPSTREAM_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{\"ok\":true}\n";
+
+/// A minimal HTTP/1.1 keep-alive upstream: it reads each request head with
+/// `httparse` (no allocation per header), skips any `Content-Length` body and
+/// answers one fixed 200. It shares core 0 with the load client, so the less
+/// it spends per request the more of the run measures the proxy on core 1
+/// rather than this core (BENCHMARKS.md, seventh session).
 async fn upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -82,19 +87,71 @@ async fn upstream() -> SocketAddr {
                 return;
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = service_fn(|_req: Request<Incoming>| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                        b"{\"ok\":true}\n",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+            tokio::spawn(serve_upstream(stream));
         }
     });
     addr
+}
+
+/// One upstream connection: answers every complete request in what has been
+/// read, in order, then reads more. Ends on EOF, a malformed head, a
+/// chunked body (nothing here sends one) or `Connection: close`.
+async fn serve_upstream(mut stream: TcpStream) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out = Vec::with_capacity(UPSTREAM_RESPONSE.len() * 4);
+    let mut body_left = 0usize;
+    loop {
+        let mut close = false;
+        loop {
+            let skip = body_left.min(buf.len());
+            buf.advance(skip);
+            body_left -= skip;
+            if body_left > 0 {
+                break;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            let Ok(status) = req.parse(&buf) else {
+                return;
+            };
+            let httparse::Status::Complete(head) = status else {
+                break;
+            };
+            for h in req.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    let Some(n) = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                    else {
+                        return;
+                    };
+                    body_left = n;
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    return;
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    close |= h.value.eq_ignore_ascii_case(b"close");
+                }
+            }
+            buf.advance(head);
+            out.extend_from_slice(UPSTREAM_RESPONSE);
+            if close {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close {
+            return;
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 // ------------------------------------------------------------------ proxies
@@ -306,7 +363,6 @@ async fn wait_for_last_used_flush(admin: SocketAddr, at_least: u64) {
 async fn metric(admin: SocketAddr, name: &str) -> u64 {
     let mut s = TcpStream::connect(admin).await.unwrap();
     let (mut r, mut w) = s.split();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     w.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -367,59 +423,99 @@ fn busy_between(before: (u64, u64), after: (u64, u64)) -> f64 {
     after.0.saturating_sub(before.0) as f64 / total as f64
 }
 
+/// Reads one response from `stream` (buffered in `buf`, which keeps any
+/// bytes after it): its status and whether the server will close the
+/// connection. `None` on EOF, a malformed head, or a body framed other than
+/// by `Content-Length` (neither proxy nor the upstream sends one here).
+async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<(u16, bool)> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head) = resp.parse(buf).ok()? {
+            let mut length = None;
+            let mut close = false;
+            for h in resp.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    length = std::str::from_utf8(h.value).ok()?.parse::<usize>().ok();
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    close = h.value.eq_ignore_ascii_case(b"close");
+                }
+            }
+            let status = resp.code?;
+            let total = head + length?;
+            while buf.len() < total {
+                if stream.read_buf(buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+            buf.advance(total);
+            return Some((status, close));
+        }
+        if stream.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// The built-in load client: `conns` keep-alive HTTP/1.1 connections, each
+/// sending one request at a time for `secs`. It writes each request head
+/// itself and reads responses with `httparse`, so it costs core 0 little
+/// (core 0 is shared with the upstream; what it spends there is not spent
+/// on the proxy's traffic).
 async fn drive(addr: SocketAddr, path: &str, tokens: Tokens, conns: usize, secs: f64) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
     let core0 = core0_ticks();
+    // Origin form, as browsers, curl and wrk send it.
+    let head = Arc::new(format!("GET {path} HTTP/1.1\r\nhost: bench\r\n"));
     let mut tasks = Vec::new();
     for c in 0..conns {
         let tokens = tokens.clone();
-        // Origin form, as browsers, curl and wrk send it.
-        let uri: http::Uri = path.parse().unwrap();
+        let head = Arc::clone(&head);
         tasks.push(tokio::spawn(async move {
-            let stream = TcpStream::connect(addr).await.unwrap();
+            let mut stream = TcpStream::connect(addr).await.unwrap();
             stream.set_nodelay(true).unwrap();
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut req = Vec::with_capacity(1024);
+            let mut buf = BytesMut::with_capacity(16 * 1024);
             let (mut n, mut bad, mut i) = (0u64, 0u64, c * 7919);
             while Instant::now() < deadline {
-                let mut req = Request::get(uri.clone())
-                    .header("host", "bench")
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
                 let auth = match &tokens {
                     Tokens::None => None,
-                    Tokens::One(v) => Some(v.clone()),
+                    Tokens::One(v) => Some(v),
                     Tokens::Cycle(list) => {
                         i += 1;
-                        Some(list[i % list.len()].clone())
+                        Some(&list[i % list.len()])
                     }
                     Tokens::Once(list, next) => {
                         let k = next.fetch_add(1, Ordering::Relaxed);
                         if k >= list.len() {
                             break;
                         }
-                        Some(list[k].clone())
+                        Some(&list[k])
                     }
                 };
+                req.clear();
+                req.extend_from_slice(head.as_bytes());
                 if let Some(v) = auth {
-                    req.headers_mut().insert("authorization", v);
+                    req.extend_from_slice(b"authorization: ");
+                    req.extend_from_slice(v.as_bytes());
+                    req.extend_from_slice(b"\r\n");
                 }
+                req.extend_from_slice(b"\r\n");
                 let t0 = Instant::now();
-                let Ok(resp) = send.send_request(req).await else {
+                if stream.write_all(&req).await.is_err() {
+                    break;
+                }
+                let Some((status, close)) = read_response(&mut stream, &mut buf).await else {
                     break;
                 };
-                let ok = resp.status().is_success();
-                let _ = resp.into_body().collect().await;
                 hist.record(t0.elapsed().as_micros().max(1) as u64).unwrap();
                 n += 1;
-                if !ok {
+                if !(200..300).contains(&status) {
                     bad += 1;
                 }
-                if send.ready().await.is_err() {
+                if close {
                     break;
                 }
             }
