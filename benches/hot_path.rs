@@ -2,8 +2,10 @@
 //! regression in any one of them shows without the noise of sockets:
 //! credential extraction, format + checksum check, SHA-256, the ability
 //! decision, the upstream header rewrite, a cache hit, and a cache miss
-//! (a SQLite lookup with 10k tokens stored); and the fast path's wire
-//! work: parsing a request head, parsing and rewriting a response head.
+//! (a SQLite lookup with 10k tokens stored); a warm token's whole in-memory
+//! check with 10k and 100k tokens cached, visited in a scattered order
+//! (what a bigger working set costs in memory traffic); and the fast path's
+//! wire work: parsing a request head, parsing and rewriting a response head.
 //!
 //! Run: `cargo bench --bench hot_path`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -185,6 +187,87 @@ fn cache(c: &mut Criterion) {
     });
 }
 
+/// Finds every hash: a record like a minted token's, named after the hash.
+struct Everything;
+
+#[async_trait::async_trait]
+impl TokenLookup for Everything {
+    async fn lookup(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<AuthRecord>, tokengate::store::StoreError> {
+        let mut r = record();
+        r.token_id = hash.to_hex();
+        Ok(Some(r))
+    }
+}
+
+/// A warm token's whole in-memory check, as the fast path runs it for a
+/// token its connection did not just use: the cache hit, the decision, the
+/// last-used note and the caller headers copied out. Over `n` cached tokens
+/// visited in a scattered order, so the figure includes the memory traffic
+/// of a working set that size (the load bench's 1M-store case keeps 100k).
+fn working_set(c: &mut Criterion) {
+    use tokengate::fast::wire::push_field;
+    use tokengate::proxy::caller_headers;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let names = HeaderNames::default();
+    let mut group = c.benchmark_group("warm_check");
+    for n in [10_000usize, 100_000] {
+        let cache = TokenCache::new(
+            &CacheConfig {
+                ttl: Duration::from_secs(3600),
+                negative_ttl: Duration::from_secs(5),
+                max_entries: 200_000,
+            },
+            Duration::from_secs(5),
+            Arc::new(Metrics::default()),
+        );
+        let hashes: Vec<TokenHash> = (0..n)
+            .map(|i| TokenHash::of(&format!("token-{i}")))
+            .collect();
+        rt.block_on(async {
+            for h in &hashes {
+                cache.get(*h, &Everything).await.unwrap().unwrap();
+            }
+        });
+        // A stride coprime with n: every token once per pass, neighbours far apart.
+        let order: Vec<TokenHash> = (0..n).map(|i| hashes[(i * 7919) % n]).collect();
+        let mut i = 0usize;
+        let (cache, names) = (&cache, &names);
+        group.bench_function(format!("{}k", n / 1000), |b| {
+            b.to_async(&rt).iter(|| {
+                i = (i + 1) % n;
+                let hash = order[i];
+                async move {
+                    let e = cache
+                        .get(black_box(hash), &Everything)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    decide(&e.record, 1_800_000_000, ["calls:read"]).unwrap();
+                    black_box(e.first_use_in(1_800_000_000));
+                    let wire = e.wire.get_or_init(|| {
+                        let mut fields = Vec::new();
+                        caller_headers(names, &e, |n, v| {
+                            push_field(&mut fields, n.as_str().as_bytes(), v.as_bytes())
+                        });
+                        fields
+                    });
+                    let mut out = [0u8; 1024];
+                    let len = wire.len().min(out.len());
+                    out[..len].copy_from_slice(&wire[..len]);
+                    black_box(out);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 /// The fast path's per-request wire work, on heads like a browser's and a
 /// typical framework's.
 fn wire(c: &mut Criterion) {
@@ -218,6 +301,6 @@ fn wire(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = pieces, cache, wire
+    targets = pieces, cache, working_set, wire
 }
 criterion_main!(benches);
