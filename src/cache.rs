@@ -6,6 +6,16 @@
 //!   concurrent requests for one cold token cause one store query.
 //! - The cache never decides anything: the caller runs [`crate::auth::decide`]
 //!   on every hit, so expiry is judged by the clock, not by the TTL.
+//! - Hits are read from a dashmap *index* of the same entries, not from moka:
+//!   a moka hit follows about five pointers (bucket array, bucket, value
+//!   entry, then its recency list and frequency counters) into memory that a
+//!   working set of 100k tokens keeps out of the CPU cache, and it dirties
+//!   most of them. The index holds entry and key in one slot. moka stays the
+//!   authority on what is held: entries enter the index only from a moka
+//!   load, and leave it through moka's eviction listener (capacity, TTL,
+//!   invalidation), so the index never holds more than moka does. Every
+//!   sixteenth hit on an entry is also read through moka, so that its
+//!   recency and frequency still rank what capacity evicts.
 //!
 //! # Revocation races
 //!
@@ -26,10 +36,11 @@
 //! eviction raises `cleared_before`, which treats every older entry as stale:
 //! correctness is kept at the price of some reloads.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
 use http::HeaderValue;
 use moka::notification::RemovalCause;
 
@@ -45,6 +56,11 @@ const MAX_TOMBSTONES: u64 = 100_000;
 /// Times a stale entry is reloaded within one request before the request
 /// is answered from a direct, uncached load.
 const MAX_RELOADS: usize = 3;
+
+/// One hit in this many on an entry is also read through moka (see the
+/// module doc): often enough for its eviction policy to rank a busy token
+/// above an idle one, rarely enough not to pay moka's cost on every hit.
+const POLICY_READ_EVERY: u32 = 16;
 
 /// A found token, with the header values the proxy sends upstream already
 /// encoded (done once per load, not once per request).
@@ -70,6 +86,8 @@ pub struct AuthEntry {
     pub loaded: Instant,
     /// The last second in which it was used (see [`AuthEntry::first_use_in`]).
     used_in: AtomicI64,
+    /// Hits served from the cache's index (see [`POLICY_READ_EVERY`]).
+    hits: AtomicU32,
     /// [`crate::proxy::caller_headers`] as written on the wire, made on
     /// the fast path's first use of the entry.
     pub wire: OnceLock<Vec<u8>>,
@@ -89,6 +107,7 @@ impl AuthEntry {
             last_used_key: Arc::from(record.token_id.as_str()),
             loaded: Instant::now(),
             used_in: AtomicI64::new(i64::MIN),
+            hits: AtomicU32::new(0),
             wire: OnceLock::new(),
             record,
         }
@@ -124,11 +143,29 @@ pub fn header_text(s: &str) -> HeaderValue {
 }
 
 /// What the cache holds for a hash: the record or "unknown", and the epoch
-/// read before the query that produced it.
-#[derive(Debug)]
+/// read before the query that produced it. Held by value (moka clones it on
+/// a hit: one reference count), not behind another `Arc`, so a hit follows
+/// one pointer fewer into memory that a big working set keeps cold.
+#[derive(Clone, Debug)]
 struct Cached {
     loaded_at: u64,
     entry: Option<Arc<AuthEntry>>,
+    /// When it was loaded: the index's expiry check, and (with the above)
+    /// which load this is.
+    at: Instant,
+}
+
+impl Cached {
+    /// The same load (not merely an equal record).
+    fn is(&self, other: &Cached) -> bool {
+        self.loaded_at == other.loaded_at
+            && self.at == other.at
+            && match (&self.entry, &other.entry) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
 }
 
 struct Expiry {
@@ -136,11 +173,11 @@ struct Expiry {
     negative_ttl: Duration,
 }
 
-impl moka::Expiry<TokenHash, Arc<Cached>> for Expiry {
+impl moka::Expiry<TokenHash, Cached> for Expiry {
     fn expire_after_create(
         &self,
         _key: &TokenHash,
-        value: &Arc<Cached>,
+        value: &Cached,
         _now: Instant,
     ) -> Option<Duration> {
         Some(if value.entry.is_some() {
@@ -153,7 +190,10 @@ impl moka::Expiry<TokenHash, Arc<Cached>> for Expiry {
 
 /// The token-record cache. Cheap to share behind an `Arc`.
 pub struct TokenCache {
-    records: moka::future::Cache<TokenHash, Arc<Cached>>,
+    /// What is held: capacity, TTL, single-flight loads, invalidation.
+    records: moka::future::Cache<TokenHash, Cached>,
+    /// The same entries, for hits (see the module doc).
+    index: Arc<DashMap<TokenHash, Cached>>,
     epoch: AtomicU64,
     cleared_before: Arc<AtomicU64>,
     dead_tokens: moka::sync::Cache<TokenHash, u64>,
@@ -161,6 +201,8 @@ pub struct TokenCache {
     dead_tenants: moka::sync::Cache<i64, u64>,
     store_timeout: Duration,
     ttl: Duration,
+    negative_ttl: Duration,
+    max_entries: u64,
     metrics: Arc<Metrics>,
     /// The epoch, for whoever must act on an invalidation rather than
     /// check at its next read (an open tunnel).
@@ -199,6 +241,8 @@ impl TokenCache {
     pub fn new(cfg: &CacheConfig, store_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         let cleared_before = Arc::new(AtomicU64::new(0));
         let tomb_ttl = cfg.ttl + store_timeout + Duration::from_secs(1);
+        let index: Arc<DashMap<TokenHash, Cached>> = Arc::new(DashMap::new());
+        let unindex = Arc::clone(&index);
         Self {
             records: moka::future::Cache::builder()
                 .max_capacity(cfg.max_entries)
@@ -206,7 +250,13 @@ impl TokenCache {
                     ttl: cfg.ttl,
                     negative_ttl: cfg.negative_ttl,
                 })
+                // Whatever moka lets go of, for whatever cause, leaves the
+                // index too; a newer load of the same hash stays.
+                .eviction_listener(move |hash: Arc<TokenHash>, gone: Cached, _cause| {
+                    unindex.remove_if(&*hash, |_, held| held.is(&gone));
+                })
                 .build(),
+            index,
             epoch: AtomicU64::new(0),
             dead_tokens: tombstones(tomb_ttl, &cleared_before),
             dead_accounts: tombstones(tomb_ttl, &cleared_before),
@@ -214,6 +264,8 @@ impl TokenCache {
             cleared_before,
             store_timeout,
             ttl: cfg.ttl,
+            negative_ttl: cfg.negative_ttl,
+            max_entries: cfg.max_entries,
             metrics,
             changes: tokio::sync::watch::Sender::new(0),
         }
@@ -227,36 +279,82 @@ impl TokenCache {
         hash: TokenHash,
         store: &dyn TokenLookup,
     ) -> Result<Option<Arc<AuthEntry>>, StoreError> {
+        if let Some(hit) = self.indexed(&hash).await {
+            return Ok(hit.entry);
+        }
         for _ in 0..MAX_RELOADS {
             let cached = self
                 .records
-                .try_get_with(hash, self.load(hash, store))
+                .try_get_with(hash, self.load_and_index(hash, store))
                 .await
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             if !self.is_stale(&hash, &cached) {
-                return Ok(cached.entry.clone());
+                return Ok(cached.entry);
             }
             self.records.invalidate(&hash).await;
         }
         // Invalidations keep landing on this token: answer from the store
         // directly rather than loop.
-        Ok(self.load(hash, store).await?.entry.clone())
+        Ok(self.load(hash, store).await?.entry)
     }
 
-    async fn load(
+    /// A current entry from the index: not past its TTL, not stale. Anything
+    /// else goes the long way, through moka, which reloads it.
+    async fn indexed(&self, hash: &TokenHash) -> Option<Cached> {
+        // Cloned and the shard's lock let go within this statement.
+        let hit = self.index.get(hash).map(|c| c.clone())?;
+        let ttl = match hit.entry {
+            Some(_) => self.ttl,
+            None => self.negative_ttl,
+        };
+        if hit.at.elapsed() >= ttl || self.is_stale(hash, &hit) {
+            return None;
+        }
+        if let Some(e) = &hit.entry {
+            if e.hits.fetch_add(1, Ordering::Relaxed) % POLICY_READ_EVERY == 0 {
+                let _ = self.records.get(hash).await;
+            }
+        }
+        Some(hit)
+    }
+
+    /// A load for moka to insert, indexed first: moka inserts it after this
+    /// returns, so its eviction (which unindexes it) can only come later.
+    async fn load_and_index(
         &self,
         hash: TokenHash,
         store: &dyn TokenLookup,
-    ) -> Result<Arc<Cached>, StoreError> {
+    ) -> Result<Cached, StoreError> {
+        let loaded = self.load(hash, store).await?;
+        self.index.insert(hash, loaded.clone());
+        if self.index.len() as u64 > self.max_entries + self.max_entries / 64 + 64 {
+            self.drop_strays(&hash);
+        }
+        Ok(loaded)
+    }
+
+    /// Unindexes what moka does not hold, but for `loading` (which moka
+    /// inserts next). Only a load whose value moka never inserted (its
+    /// request cancelled between the two) can leave such a stray, so this
+    /// runs only when the index has outgrown moka's capacity: the index
+    /// stays bounded whatever happens. Another load in flight meanwhile is
+    /// unindexed too, and served by moka until it is loaded again.
+    fn drop_strays(&self, loading: &TokenHash) {
+        self.index
+            .retain(|hash, _| hash == loading || self.records.contains_key(hash));
+    }
+
+    async fn load(&self, hash: TokenHash, store: &dyn TokenLookup) -> Result<Cached, StoreError> {
         let loaded_at = self.epoch.load(Ordering::Acquire);
         self.metrics.store_lookups.inc();
         let found = tokio::time::timeout(self.store_timeout, store.lookup(&hash))
             .await
             .map_err(|_| StoreError::Unavailable("lookup timed out".into()))??;
-        Ok(Arc::new(Cached {
+        Ok(Cached {
             loaded_at,
             entry: found.map(|r| Arc::new(AuthEntry::new(r))),
-        }))
+            at: Instant::now(),
+        })
     }
 
     fn is_stale(&self, hash: &TokenHash, c: &Cached) -> bool {
@@ -332,6 +430,7 @@ impl TokenCache {
         let e = self.next_epoch();
         self.cleared_before.fetch_max(e, Ordering::AcqRel);
         self.records.invalidate_all();
+        self.index.clear();
         self.changes.send_replace(e);
     }
 
@@ -520,6 +619,91 @@ mod tests {
         cache.invalidate_all();
         cache.get(hash, &store).await.unwrap();
         assert_eq!(cache.metrics.store_lookups.get(), 3, "clearing reloads");
+    }
+
+    fn open_store() -> GatedStore {
+        GatedStore {
+            revoked: AtomicBool::new(false),
+            gate: AtomicBool::new(false),
+            reached: Notify::new(),
+            release: Notify::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_index_never_holds_what_moka_has_let_go() {
+        let cache = cache(); // room for 100
+        let store = open_store();
+        for i in 0..1_000 {
+            let hash = TokenHash::of(&format!("tok-{i}"));
+            cache.get(hash, &store).await.unwrap();
+            cache.get(hash, &store).await.unwrap();
+        }
+        cache.records.run_pending_tasks().await;
+        let held = cache.records.entry_count();
+        assert!(held <= 100, "moka holds {held}");
+        assert_eq!(cache.index.len() as u64, held, "index and moka agree");
+        for entry in cache.index.iter() {
+            assert!(
+                cache.records.contains_key(entry.key()),
+                "indexed but evicted"
+            );
+        }
+
+        cache.invalidate_token(TokenHash::of("tok-999")).await;
+        assert!(!cache.index.contains_key(&TokenHash::of("tok-999")));
+        cache.invalidate_all();
+        assert!(cache.index.is_empty(), "clearing empties the index");
+    }
+
+    #[tokio::test]
+    async fn strays_are_dropped_once_the_index_outgrows_moka() {
+        let cache = cache(); // room for 100
+        let store = open_store();
+        let held = TokenHash::of("held");
+        cache.get(held, &store).await.unwrap();
+        // Loads moka never inserted (their requests cancelled in between).
+        let stray = cache.index.get(&held).map(|c| c.clone()).unwrap();
+        for i in 0..200 {
+            cache
+                .index
+                .insert(TokenHash::of(&format!("stray-{i}")), stray.clone());
+        }
+        let next = TokenHash::of("next");
+        cache.get(next, &store).await.unwrap();
+        assert_eq!(cache.index.len(), 2, "only what moka holds is left");
+        assert!(cache.index.contains_key(&held));
+        assert!(
+            cache.index.contains_key(&next),
+            "the load that found them stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_indexed_entry_past_its_ttl_is_loaded_again() {
+        let cache = TokenCache::new(
+            &CacheConfig {
+                ttl: Duration::from_millis(200),
+                negative_ttl: Duration::from_millis(200),
+                max_entries: 100,
+            },
+            Duration::from_secs(5),
+            Arc::new(Metrics::default()),
+        );
+        let store = open_store();
+        let hash = TokenHash::of("tok");
+        cache.get(hash, &store).await.unwrap();
+        cache.get(hash, &store).await.unwrap();
+        assert_eq!(cache.metrics.store_lookups.get(), 1, "second get is a hit");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cache.get(hash, &store).await.unwrap();
+        assert_eq!(
+            cache.metrics.store_lookups.get(),
+            2,
+            "expired: loaded again"
+        );
+        cache.get(hash, &store).await.unwrap();
+        assert_eq!(cache.metrics.store_lookups.get(), 2, "and indexed again");
     }
 
     #[test]

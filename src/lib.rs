@@ -18,7 +18,7 @@
 //! | [`route`] | path normalisation and the longest-prefix route table |
 //! | [`auth`] | credential extraction, abilities, the in-memory decision |
 //! | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
-//! | [`cache`] | moka cache of token records, single-flight loads, revocation races |
+//! | [`cache`] | moka cache of token records (hits read from a dashmap index), single-flight loads, revocation races |
 //! | [`store`] | the `TokenStore` trait and its SQLite implementation |
 //! | [`proxy`] | forwarding: header rewriting, streaming, upgrades, h2 upstreams |
 //! | [`pool`] | HTTP/1.1 upstream connections, pooled and driven on the request's task |
