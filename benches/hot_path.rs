@@ -249,7 +249,7 @@ fn working_set(c: &mut Criterion) {
                         .unwrap()
                         .unwrap();
                     decide(&e.record, 1_800_000_000, ["calls:read"]).unwrap();
-                    black_box(e.first_use_in(1_800_000_000));
+                    black_box(e.use_to_note(1_800_000_000, 60));
                     let wire = e.wire.get_or_init(|| {
                         let mut fields = Vec::new();
                         caller_headers(names, &e, |n, v| {

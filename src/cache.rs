@@ -84,8 +84,9 @@ pub struct AuthEntry {
     pub last_used_key: Arc<str>,
     /// When it was read from the store.
     pub loaded: Instant,
-    /// The last second in which it was used (see [`AuthEntry::first_use_in`]).
-    used_in: AtomicI64,
+    /// When a use was last passed on to last-used batching (see
+    /// [`AuthEntry::use_to_note`]).
+    noted: AtomicI64,
     /// Hits served from the cache's index (see [`POLICY_READ_EVERY`]).
     hits: AtomicU32,
     /// [`crate::proxy::caller_headers`] as written on the wire, made on
@@ -106,20 +107,30 @@ impl AuthEntry {
             workspace_id: int(record.workspace_id),
             last_used_key: Arc::from(record.token_id.as_str()),
             loaded: Instant::now(),
-            used_in: AtomicI64::new(i64::MIN),
+            noted: AtomicI64::new(i64::MIN),
             hits: AtomicU32::new(0),
             wire: OnceLock::new(),
             record,
         }
     }
 
-    /// Notes a use in second `now` (Unix); `false` when this entry was
-    /// already used in that second. A use's time need only be recorded
-    /// once a second ([`crate::usage::LastUsed::record`] keeps whole
-    /// seconds), so a busy token costs one atomic swap per request instead
-    /// of a map lookup.
-    pub fn first_use_in(&self, now: i64) -> bool {
-        self.used_in.swap(now, Ordering::Relaxed) != now
+    /// Whether a use at `now` (Unix seconds) is to be passed on to
+    /// [`crate::usage::LastUsed::record`]: the entry's first use, then the
+    /// first at least `every` seconds (at least one) after the last one
+    /// passed on. [`crate::usage::LastUsed`] writes a token at most once
+    /// per resolution period, so with `every` set to that period nothing it
+    /// would write is lost, and a token is looked up in its maps once a
+    /// period instead of once a second: with 100k tokens each in use about
+    /// once a second, that lookup was on nearly every request. Most calls
+    /// only read the atomic, so they leave the entry's cache line clean.
+    pub fn use_to_note(&self, now: i64, every: i64) -> bool {
+        let last = self.noted.load(Ordering::Relaxed);
+        if last != i64::MIN && now.saturating_sub(last) < every.max(1) {
+            return false;
+        }
+        self.noted
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 }
 
@@ -704,6 +715,21 @@ mod tests {
         );
         cache.get(hash, &store).await.unwrap();
         assert_eq!(cache.metrics.store_lookups.get(), 2, "and indexed again");
+    }
+
+    #[test]
+    fn a_use_is_passed_on_once_per_resolution() {
+        let e = AuthEntry::new(record(false));
+        assert!(e.use_to_note(1_000, 60), "the first use");
+        assert!(!e.use_to_note(1_000, 60), "the same second");
+        assert!(!e.use_to_note(1_059, 60), "within the period");
+        assert!(e.use_to_note(1_060, 60), "a period on");
+        assert!(!e.use_to_note(1_061, 60));
+        // Resolution 0 (write every flush): once a second.
+        let e = AuthEntry::new(record(false));
+        assert!(e.use_to_note(1_000, 0));
+        assert!(!e.use_to_note(1_000, 0));
+        assert!(e.use_to_note(1_001, 0));
     }
 
     #[test]

@@ -60,6 +60,12 @@ impl LastUsed {
             .or_insert(now);
     }
 
+    /// Least seconds between two writes of one token: uses closer together
+    /// than this need not all be noted (see [`crate::cache::AuthEntry::use_to_note`]).
+    pub fn resolution(&self) -> i64 {
+        self.resolution
+    }
+
     /// Tokens waiting to be flushed.
     pub fn pending(&self) -> usize {
         self.pending.len()
