@@ -23,7 +23,10 @@
 //! requests/s, latency p50 / p99 / p99.9, the proxy's CPU time per request
 //! (from `/proc`), how often per request it slept waiting for a socket
 //! (voluntary context switches), how busy core 0 was (at 100% the load
-//! client and upstream, not the proxy, set the pace), and its peak RSS;
+//! client and upstream, not the proxy, set the pace), its peak RSS, and
+//! how many connections the server closed and the client opened again
+//! (nginx closes a client connection after 1000 requests by default; the
+//! client reopens it, as wrk does, so every case runs its whole window);
 //! tokengate cases also as
 //! ratios to `direct`, `cached` as ratios to `none` and `nginx` and `bare`
 //! to `nginx`, also round by round; the paired `store-1m` rounds also
@@ -390,7 +393,10 @@ enum Tokens {
 
 struct Outcome {
     requests: u64,
+    /// Responses other than 2xx, and requests that failed (connection lost).
     non_2xx: u64,
+    /// Connections opened again after the server closed them.
+    reopened: u64,
     elapsed: Duration,
     hist: Histogram<u64>,
     /// How busy core 0 (load client and upstream) was over the window.
@@ -473,66 +479,82 @@ async fn drive(addr: SocketAddr, path: &str, tokens: Tokens, conns: usize, secs:
         let tokens = tokens.clone();
         let head = Arc::clone(&head);
         tasks.push(tokio::spawn(async move {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream.set_nodelay(true).unwrap();
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut req = Vec::with_capacity(1024);
             let mut buf = BytesMut::with_capacity(16 * 1024);
-            let (mut n, mut bad, mut i) = (0u64, 0u64, c * 7919);
-            while Instant::now() < deadline {
-                let auth = match &tokens {
-                    Tokens::None => None,
-                    Tokens::One(v) => Some(v),
-                    Tokens::Cycle(list) => {
-                        i += 1;
-                        Some(&list[i % list.len()])
-                    }
-                    Tokens::Once(list, next) => {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        if k >= list.len() {
-                            break;
-                        }
-                        Some(&list[k])
-                    }
-                };
-                req.clear();
-                req.extend_from_slice(head.as_bytes());
-                if let Some(v) = auth {
-                    req.extend_from_slice(b"authorization: ");
-                    req.extend_from_slice(v.as_bytes());
-                    req.extend_from_slice(b"\r\n");
-                }
-                req.extend_from_slice(b"\r\n");
-                let t0 = Instant::now();
-                if stream.write_all(&req).await.is_err() {
-                    break;
-                }
-                let Some((status, close)) = read_response(&mut stream, &mut buf).await else {
-                    break;
-                };
-                hist.record(t0.elapsed().as_micros().max(1) as u64).unwrap();
-                n += 1;
-                if !(200..300).contains(&status) {
+            let (mut n, mut bad, mut reopened, mut i) = (0u64, 0u64, 0u64, c * 7919);
+            // A connection the server closes (nginx does after 1000 requests,
+            // its `keepalive_requests` default) or that breaks is opened
+            // again, as wrk does, so that every case runs its whole window.
+            let mut opened = false;
+            'conn: while Instant::now() < deadline {
+                reopened += u64::from(opened);
+                opened = true;
+                let Ok(mut stream) = TcpStream::connect(addr).await else {
                     bad += 1;
-                }
-                if close {
                     break;
+                };
+                stream.set_nodelay(true).unwrap();
+                buf.clear();
+                while Instant::now() < deadline {
+                    let auth = match &tokens {
+                        Tokens::None => None,
+                        Tokens::One(v) => Some(v),
+                        Tokens::Cycle(list) => {
+                            i += 1;
+                            Some(&list[i % list.len()])
+                        }
+                        Tokens::Once(list, next) => {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            if k >= list.len() {
+                                break 'conn;
+                            }
+                            Some(&list[k])
+                        }
+                    };
+                    req.clear();
+                    req.extend_from_slice(head.as_bytes());
+                    if let Some(v) = auth {
+                        req.extend_from_slice(b"authorization: ");
+                        req.extend_from_slice(v.as_bytes());
+                        req.extend_from_slice(b"\r\n");
+                    }
+                    req.extend_from_slice(b"\r\n");
+                    let t0 = Instant::now();
+                    if stream.write_all(&req).await.is_err() {
+                        bad += 1;
+                        break;
+                    }
+                    let Some((status, close)) = read_response(&mut stream, &mut buf).await else {
+                        bad += 1;
+                        break;
+                    };
+                    hist.record(t0.elapsed().as_micros().max(1) as u64).unwrap();
+                    n += 1;
+                    if !(200..300).contains(&status) {
+                        bad += 1;
+                    }
+                    if close {
+                        break;
+                    }
                 }
             }
-            (n, bad, hist)
+            (n, bad, reopened, hist)
         }));
     }
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let (mut requests, mut non_2xx) = (0, 0);
+    let (mut requests, mut non_2xx, mut reopened) = (0, 0, 0);
     for t in tasks {
-        let (n, bad, h) = t.await.unwrap();
+        let (n, bad, again, h) = t.await.unwrap();
         requests += n;
         non_2xx += bad;
+        reopened += again;
         total.add(h).unwrap();
     }
     Outcome {
         requests,
         non_2xx,
+        reopened,
         elapsed: start.elapsed(),
         hist: total,
         load_core: busy_between(core0, core0_ticks()),
@@ -589,6 +611,7 @@ fn drive_wrk(
     Some(Outcome {
         requests,
         non_2xx: 0,
+        reopened: 0,
         elapsed: Duration::from_secs_f64(secs.ceil()),
         hist,
         load_core,
@@ -655,6 +678,8 @@ struct Row {
     sleeps: Option<f64>,
     rss: Option<f64>,
     non_2xx: u64,
+    /// Connections the server closed and the client opened again.
+    reopened: u64,
     /// Core 0's busy share: at 100% the load client and upstream, not the
     /// proxy, set the pace.
     load_core: f64,
@@ -678,6 +703,7 @@ fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, Mark)>) -> Row {
         sleeps,
         rss: proxy.map(|(p, _)| p.rss()),
         non_2xx: o.non_2xx,
+        reopened: o.reopened,
         load_core: o.load_core,
     }
 }
@@ -699,6 +725,7 @@ fn median_row(name: &str, of: &[&Row]) -> Option<Row> {
             .map(|_| median_of(of.iter().filter_map(|r| r.sleeps).collect())),
         rss: of.iter().filter_map(|r| r.rss).reduce(f64::max),
         non_2xx: of.iter().map(|r| r.non_2xx).sum(),
+        reopened: of.iter().map(|r| r.reopened).sum(),
         load_core: median_of(of.iter().map(|r| r.load_core).collect()),
     })
 }
@@ -742,7 +769,7 @@ fn median_of(mut v: Vec<f64>) -> f64 {
 fn print_row(r: &Row, direct: Option<&Row>) {
     let ratio = direct.map_or(String::new(), |d| format!("{:.2}x", r.rps / d.rps));
     println!(
-        "{:<10} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7.0}% {:>9} {:>8} {:>7}",
+        "{:<10} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7.0}% {:>9} {:>8} {:>8} {:>7}",
         r.name,
         r.rps,
         r.p50,
@@ -753,6 +780,7 @@ fn print_row(r: &Row, direct: Option<&Row>) {
         r.load_core * 100.0,
         r.rss.map_or("-".into(), |m| format!("{m:.1}")),
         r.non_2xx,
+        r.reopened,
         ratio
     );
 }
@@ -858,8 +886,8 @@ fn main() {
             if use_wrk { "wrk for fixed-token cases" } else { "built-in" }
         );
         println!(
-            "{:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>7}",
-            "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "sleeps/req", "core 0", "rss MiB", "non-2xx", "/direct"
+            "{:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>7}",
+            "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "sleeps/req", "core 0", "rss MiB", "non-2xx", "reopened", "/direct"
         );
         // Interleaved rounds: every case once per round, medians reported,
         // so that a noisy moment hurts one sample, not one case.
