@@ -694,8 +694,10 @@ mod tests {
     async fn an_indexed_entry_past_its_ttl_is_loaded_again() {
         let cache = TokenCache::new(
             &CacheConfig {
-                ttl: Duration::from_millis(200),
-                negative_ttl: Duration::from_millis(200),
+                // Long enough that a busy machine cannot age the entry
+                // between the first two gets.
+                ttl: Duration::from_secs(2),
+                negative_ttl: Duration::from_secs(2),
                 max_entries: 100,
             },
             Duration::from_secs(5),
@@ -706,7 +708,7 @@ mod tests {
         cache.get(hash, &store).await.unwrap();
         cache.get(hash, &store).await.unwrap();
         assert_eq!(cache.metrics.store_lookups.get(), 1, "second get is a hit");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
         cache.get(hash, &store).await.unwrap();
         assert_eq!(
             cache.metrics.store_lookups.get(),
