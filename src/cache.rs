@@ -108,7 +108,11 @@ impl AuthEntry {
             last_used_key: Arc::from(record.token_id.as_str()),
             loaded: Instant::now(),
             noted: AtomicI64::new(i64::MIN),
-            hits: AtomicU32::new(0),
+            // The load was moka's first sight of the token: the first read
+            // through moka is the sixteenth hit, not the first (with 100k
+            // tokens in turn, a first pass would otherwise pay moka's cost
+            // on every request).
+            hits: AtomicU32::new(1),
             wire: OnceLock::new(),
             record,
         }
