@@ -13,9 +13,14 @@
 //!   most of them. The index holds entry and key in one slot. moka stays the
 //!   authority on what is held: entries enter the index only from a moka
 //!   load, and leave it through moka's eviction listener (capacity, TTL,
-//!   invalidation), so the index never holds more than moka does. Every
-//!   sixteenth hit on an entry is also read through moka, so that its
-//!   recency and frequency still rank what capacity evicts.
+//!   invalidation); clearing everything clears it too. A load moka never
+//!   inserts (its request cancelled in between) can leave a stray, which is
+//!   still checked like any entry and is swept out once the index outgrows
+//!   moka's capacity. One index hit in sixteen on each runtime thread is
+//!   also read through moka, a sample in proportion to each token's use,
+//!   so that recency and frequency still rank what capacity evicts. The
+//!   index is never trusted for correctness: the TTL and staleness checks
+//!   below run on every hit.
 //!
 //! # Revocation races
 //!
@@ -36,7 +41,7 @@
 //! eviction raises `cleared_before`, which treats every older entry as stale:
 //! correctness is kept at the price of some reloads.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -57,10 +62,22 @@ const MAX_TOMBSTONES: u64 = 100_000;
 /// is answered from a direct, uncached load.
 const MAX_RELOADS: usize = 3;
 
-/// One hit in this many on an entry is also read through moka (see the
-/// module doc): often enough for its eviction policy to rank a busy token
-/// above an idle one, rarely enough not to pay moka's cost on every hit.
+/// One index hit in this many (per runtime thread) is also read through
+/// moka (see the module doc): often enough for its eviction policy to rank
+/// a busy token above an idle one, rarely enough not to pay moka's cost on
+/// every hit.
 const POLICY_READ_EVERY: u32 = 16;
+
+/// Slack over `cache.max_entries` before the index is swept for strays:
+/// moka itself may hold a few hundred entries over capacity until its
+/// pending writes are processed.
+const INDEX_SLACK: u64 = 1_024;
+
+thread_local! {
+    /// Index hits on this thread, for [`POLICY_READ_EVERY`]: counted here,
+    /// not on the entry, so a hit writes to no shared memory.
+    static INDEX_HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
 /// A found token, with the header values the proxy sends upstream already
 /// encoded (done once per load, not once per request).
@@ -87,8 +104,6 @@ pub struct AuthEntry {
     /// When a use was last passed on to last-used batching (see
     /// [`AuthEntry::use_to_note`]).
     noted: AtomicI64,
-    /// Hits served from the cache's index (see [`POLICY_READ_EVERY`]).
-    hits: AtomicU32,
     /// [`crate::proxy::caller_headers`] as written on the wire, made on
     /// the fast path's first use of the entry.
     pub wire: OnceLock<Vec<u8>>,
@@ -108,11 +123,6 @@ impl AuthEntry {
             last_used_key: Arc::from(record.token_id.as_str()),
             loaded: Instant::now(),
             noted: AtomicI64::new(i64::MIN),
-            // The load was moka's first sight of the token: the first read
-            // through moka is the sixteenth hit, not the first (with 100k
-            // tokens in turn, a first pass would otherwise pay moka's cost
-            // on every request).
-            hits: AtomicU32::new(1),
             wire: OnceLock::new(),
             record,
         }
@@ -120,13 +130,16 @@ impl AuthEntry {
 
     /// Whether a use at `now` (Unix seconds) is to be passed on to
     /// [`crate::usage::LastUsed::record`]: the entry's first use, then the
-    /// first at least `every` seconds (at least one) after the last one
-    /// passed on. [`crate::usage::LastUsed`] writes a token at most once
-    /// per resolution period, so with `every` set to that period nothing it
-    /// would write is lost, and a token is looked up in its maps once a
-    /// period instead of once a second: with 100k tokens each in use about
-    /// once a second, that lookup was on nearly every request. Most calls
-    /// only read the atomic, so they leave the entry's cache line clean.
+    /// first at least `every` seconds (at least one) after the time its
+    /// window was last set from (see [`AuthEntry::noted_from`]).
+    /// [`crate::usage::LastUsed`] writes a token at most once per
+    /// resolution period, so with `every` set to that period and the window
+    /// set from what `record` answers, a token is looked up in its maps once
+    /// a period instead of once a second (with 100k tokens each in use
+    /// about once a second, that lookup was on nearly every request), and
+    /// the stored time keeps its bound: at most the resolution plus the
+    /// flush period behind the last use. Most calls only read the atomic,
+    /// so they leave the entry's cache line clean.
     pub fn use_to_note(&self, now: i64, every: i64) -> bool {
         let last = self.noted.load(Ordering::Relaxed);
         if last != i64::MIN && now.saturating_sub(last) < every.max(1) {
@@ -135,6 +148,14 @@ impl AuthEntry {
         self.noted
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// Sets the start of the window [`AuthEntry::use_to_note`] measures
+    /// from: what [`crate::usage::LastUsed::record`] answered, which is
+    /// earlier than the use when the token was written recently (by this
+    /// entry or one loaded before it).
+    pub fn noted_from(&self, since: i64) {
+        self.noted.fetch_min(since, Ordering::Relaxed);
     }
 }
 
@@ -325,10 +346,12 @@ impl TokenCache {
         if hit.at.elapsed() >= ttl || self.is_stale(hash, &hit) {
             return None;
         }
-        if let Some(e) = &hit.entry {
-            if e.hits.fetch_add(1, Ordering::Relaxed) % POLICY_READ_EVERY == 0 {
-                let _ = self.records.get(hash).await;
-            }
+        let n = INDEX_HITS.with(|n| {
+            n.set(n.get().wrapping_add(1));
+            n.get()
+        });
+        if n.is_multiple_of(POLICY_READ_EVERY) {
+            let _ = self.records.get(hash).await;
         }
         Some(hit)
     }
@@ -342,7 +365,7 @@ impl TokenCache {
     ) -> Result<Cached, StoreError> {
         let loaded = self.load(hash, store).await?;
         self.index.insert(hash, loaded.clone());
-        if self.index.len() as u64 > self.max_entries + self.max_entries / 64 + 64 {
+        if self.index.len() as u64 > self.max_entries + self.max_entries / 64 + INDEX_SLACK {
             self.drop_strays(&hash);
         }
         Ok(loaded)
@@ -679,7 +702,8 @@ mod tests {
         cache.get(held, &store).await.unwrap();
         // Loads moka never inserted (their requests cancelled in between).
         let stray = cache.index.get(&held).map(|c| c.clone()).unwrap();
-        for i in 0..200 {
+        // Past capacity plus the slack moka itself may run over by.
+        for i in 0..1_200 {
             cache
                 .index
                 .insert(TokenHash::of(&format!("stray-{i}")), stray.clone());
@@ -736,6 +760,13 @@ mod tests {
         assert!(e.use_to_note(1_000, 0));
         assert!(!e.use_to_note(1_000, 0));
         assert!(e.use_to_note(1_001, 0));
+        // A new entry for a token written 40 s before: its window runs
+        // from that write, not from its own first use.
+        let e = AuthEntry::new(record(false));
+        assert!(e.use_to_note(1_040, 60));
+        e.noted_from(1_000);
+        assert!(!e.use_to_note(1_059, 60));
+        assert!(e.use_to_note(1_060, 60), "a period after the write");
     }
 
     #[test]

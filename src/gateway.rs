@@ -321,7 +321,7 @@ impl Gateway {
         if let Some(e) = &entry {
             let now = self.clock.now();
             if e.use_to_note(now, self.last_used.resolution()) {
-                self.last_used.record(&e.last_used_key, now);
+                e.noted_from(self.last_used.record(&e.last_used_key, now));
             }
         }
         Ok(entry)

@@ -11,6 +11,11 @@
 //! period, not one per flush (100k busy tokens written every 10 s took a
 //! sixth of a core on SQLite). The stored time is then at most the
 //! resolution plus the flush period behind the true last use.
+//!
+//! Each cache entry holds back a token's uses until a period after the
+//! time [`LastUsed::record`] answers (its last write, or the use it noted),
+//! so a token in constant use reaches these maps once a period, not once
+//! a second ([`crate::cache::AuthEntry::use_to_note`]).
 
 use std::sync::Arc;
 
@@ -38,26 +43,28 @@ impl LastUsed {
         }
     }
 
-    /// Notes a use. Only ever moves a token's time forward.
-    pub fn record(&self, token_id: &Arc<str>, now: i64) {
+    /// Notes a use. Only ever moves a token's time forward. Answers the
+    /// time from which the token's uses within one resolution period need
+    /// not be noted: when it was last written, if that is within the
+    /// period, else `now`.
+    pub fn record(&self, token_id: &Arc<str>, now: i64) -> i64 {
         // Written recently enough: nothing to note until the resolution
         // period has passed.
-        if self.resolution > 0
-            && self
-                .written
-                .get(token_id)
-                .is_some_and(|t| now.saturating_sub(*t) < self.resolution)
-        {
-            return;
+        if self.resolution > 0 {
+            let written = self.written.get(token_id).map(|t| *t);
+            if let Some(t) = written.filter(|t| now.saturating_sub(*t) < self.resolution) {
+                return t;
+            }
         }
         // Already noted for this second; skip the write lock.
         if self.pending.get(token_id).is_some_and(|t| *t >= now) {
-            return;
+            return now;
         }
         self.pending
             .entry(Arc::clone(token_id))
             .and_modify(|t| *t = (*t).max(now))
             .or_insert(now);
+        now
     }
 
     /// Least seconds between two writes of one token: uses closer together

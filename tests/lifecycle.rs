@@ -176,6 +176,37 @@ async fn a_busy_token_is_written_once_per_resolution_not_once_per_flush() {
 }
 
 #[tokio::test]
+async fn a_token_reloaded_within_the_resolution_is_still_written_a_period_after_its_last_write() {
+    let g = TestGateway::spawn().await;
+    let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
+    let flush = || async {
+        assert!(
+            g.gateway
+                .last_used
+                .flush(g.gateway.store.as_ref(), &g.gateway.metrics, g.clock.now())
+                .await
+        );
+    };
+    let written_at = g.clock.now();
+    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    flush().await;
+    // 40 s on, the token is loaded again (a new cache entry) and used.
+    g.clock.advance(40);
+    g.gateway.cache.invalidate_all();
+    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    flush().await;
+    assert_eq!(g.gateway.metrics.last_used_written.get(), 1);
+    // 65 s after the write, 25 s after the new entry's first use: written,
+    // because the period runs from the write, whichever entry made it.
+    g.clock.advance(25);
+    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    flush().await;
+    assert_eq!(g.gateway.metrics.last_used_written.get(), 2);
+    let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
+    assert_eq!(row.last_used_at, Some(written_at + 65));
+}
+
+#[tokio::test]
 async fn shutdown_finishes_in_flight_requests_then_stops_accepting_and_flushes() {
     let mut g = TestGateway::spawn().await;
     let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
