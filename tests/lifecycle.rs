@@ -141,35 +141,40 @@ async fn last_used_is_batched_not_written_per_request() {
     assert_eq!(g.gateway.last_used.pending(), 0);
 }
 
+/// One request with `token`, then a flush.
+async fn use_then_flush(g: &TestGateway, token: &str) {
+    assert_eq!(g.get("/api/x", Some(token)).await.status, StatusCode::OK);
+    flush_last_used(g).await;
+}
+
+/// Writes the pending last-used times now, as the periodic flush would.
+async fn flush_last_used(g: &TestGateway) {
+    assert!(
+        g.gateway
+            .last_used
+            .flush(g.gateway.store.as_ref(), &g.gateway.metrics, g.clock.now())
+            .await
+    );
+}
+
 #[tokio::test]
 async fn a_busy_token_is_written_once_per_resolution_not_once_per_flush() {
     // The default resolution: 60 seconds.
     let g = TestGateway::spawn().await;
     let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
-    let flush = || async {
-        assert!(
-            g.gateway
-                .last_used
-                .flush(g.gateway.store.as_ref(), &g.gateway.metrics, g.clock.now())
-                .await
-        );
-    };
     let written_at = g.clock.now();
-    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
-    flush().await;
+    use_then_flush(&g, &t).await;
     // Used on through the next 59 seconds: nothing more to write.
     for _ in 0..59 {
         g.clock.advance(1);
-        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
-        flush().await;
+        use_then_flush(&g, &t).await;
     }
     assert_eq!(g.gateway.metrics.last_used_written.get(), 1);
     let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
     assert_eq!(row.last_used_at, Some(written_at));
     // A minute on, the next use is written.
     g.clock.advance(1);
-    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
-    flush().await;
+    use_then_flush(&g, &t).await;
     assert_eq!(g.gateway.metrics.last_used_written.get(), 2);
     let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
     assert_eq!(row.last_used_at, Some(written_at + 60));
@@ -179,28 +184,17 @@ async fn a_busy_token_is_written_once_per_resolution_not_once_per_flush() {
 async fn a_token_reloaded_within_the_resolution_is_still_written_a_period_after_its_last_write() {
     let g = TestGateway::spawn().await;
     let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
-    let flush = || async {
-        assert!(
-            g.gateway
-                .last_used
-                .flush(g.gateway.store.as_ref(), &g.gateway.metrics, g.clock.now())
-                .await
-        );
-    };
     let written_at = g.clock.now();
-    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
-    flush().await;
+    use_then_flush(&g, &t).await;
     // 40 s on, the token is loaded again (a new cache entry) and used.
     g.clock.advance(40);
     g.gateway.cache.invalidate_all();
-    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
-    flush().await;
+    use_then_flush(&g, &t).await;
     assert_eq!(g.gateway.metrics.last_used_written.get(), 1);
     // 65 s after the write, 25 s after the new entry's first use: written,
     // because the period runs from the write, whichever entry made it.
     g.clock.advance(25);
-    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
-    flush().await;
+    use_then_flush(&g, &t).await;
     assert_eq!(g.gateway.metrics.last_used_written.get(), 2);
     let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
     assert_eq!(row.last_used_at, Some(written_at + 65));
