@@ -109,6 +109,20 @@ fn pieces(c: &mut Criterion) {
     });
 }
 
+/// A token cache trusting found records for `ttl`, with room for
+/// `max_entries`.
+fn token_cache(ttl: Duration, max_entries: u64) -> TokenCache {
+    TokenCache::new(
+        &CacheConfig {
+            ttl,
+            negative_ttl: Duration::from_secs(5),
+            max_entries,
+        },
+        Duration::from_secs(5),
+        Arc::new(Metrics::default()),
+    )
+}
+
 fn cache(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -159,15 +173,7 @@ fn cache(c: &mut Criterion) {
         }
         (Arc::new(store), hashes)
     });
-    let cache = TokenCache::new(
-        &CacheConfig {
-            ttl: Duration::from_secs(300),
-            negative_ttl: Duration::from_secs(5),
-            max_entries: 100_000,
-        },
-        Duration::from_secs(5),
-        Arc::new(Metrics::default()),
-    );
+    let cache = token_cache(Duration::from_secs(300), 100_000);
     let hot = hashes[0];
     rt.block_on(cache.get(hot, store.as_ref()))
         .unwrap()
@@ -208,8 +214,7 @@ impl TokenLookup for Everything {
 /// visited in a scattered order, so the figure includes the memory traffic
 /// of a working set that size (the load bench's 1M-store case keeps 100k).
 fn working_set(c: &mut Criterion) {
-    use tokengate::fast::wire::push_field;
-    use tokengate::proxy::caller_headers;
+    use tokengate::fast::caller_fields;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -217,15 +222,7 @@ fn working_set(c: &mut Criterion) {
     let names = HeaderNames::default();
     let mut group = c.benchmark_group("warm_check");
     for n in [10_000usize, 100_000] {
-        let cache = TokenCache::new(
-            &CacheConfig {
-                ttl: Duration::from_secs(3600),
-                negative_ttl: Duration::from_secs(5),
-                max_entries: 200_000,
-            },
-            Duration::from_secs(5),
-            Arc::new(Metrics::default()),
-        );
+        let cache = token_cache(Duration::from_secs(3600), 200_000);
         let hashes: Vec<TokenHash> = (0..n)
             .map(|i| TokenHash::of(&format!("token-{i}")))
             .collect();
@@ -250,13 +247,7 @@ fn working_set(c: &mut Criterion) {
                         .unwrap();
                     decide(&e.record, 1_800_000_000, ["calls:read"]).unwrap();
                     black_box(e.use_to_note(1_800_000_000, 60));
-                    let wire = e.wire.get_or_init(|| {
-                        let mut fields = Vec::new();
-                        caller_headers(names, &e, |n, v| {
-                            push_field(&mut fields, n.as_str().as_bytes(), v.as_bytes())
-                        });
-                        fields
-                    });
+                    let wire = caller_fields(names, &e);
                     let mut out = [0u8; 1024];
                     let len = wire.len().min(out.len());
                     out[..len].copy_from_slice(&wire[..len]);

@@ -96,6 +96,34 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
+/// How a message (request or response) is framed, as far as this bench's
+/// upstream and client read one.
+struct Framing {
+    /// `Content-Length`, if sent.
+    length: Option<usize>,
+    /// `Connection: close`.
+    close: bool,
+}
+
+/// `None` for a chunked body or a malformed length: nothing here sends one,
+/// and neither side reads one.
+fn framing(headers: &[httparse::Header<'_>]) -> Option<Framing> {
+    let mut framing = Framing {
+        length: None,
+        close: false,
+    };
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            framing.length = Some(std::str::from_utf8(h.value).ok()?.parse().ok()?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            framing.close |= h.value.eq_ignore_ascii_case(b"close");
+        }
+    }
+    Some(framing)
+}
+
 /// One upstream connection: answers every complete request in what has been
 /// read, in order, then reads more. Ends on EOF, a malformed head, a
 /// chunked body (nothing here sends one) or `Connection: close`.
@@ -120,21 +148,11 @@ async fn serve_upstream(mut stream: TcpStream) {
             let httparse::Status::Complete(head) = status else {
                 break;
             };
-            for h in req.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    let Some(n) = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                    else {
-                        return;
-                    };
-                    body_left = n;
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    return;
-                } else if h.name.eq_ignore_ascii_case("connection") {
-                    close |= h.value.eq_ignore_ascii_case(b"close");
-                }
-            }
+            let Some(framing) = framing(req.headers) else {
+                return;
+            };
+            body_left = framing.length.unwrap_or(0);
+            close = framing.close;
             buf.advance(head);
             out.extend_from_slice(UPSTREAM_RESPONSE);
             if close {
@@ -438,24 +456,16 @@ async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<(u1
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
         if let httparse::Status::Complete(head) = resp.parse(buf).ok()? {
-            let mut length = None;
-            let mut close = false;
-            for h in resp.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    length = std::str::from_utf8(h.value).ok()?.parse::<usize>().ok();
-                } else if h.name.eq_ignore_ascii_case("connection") {
-                    close = h.value.eq_ignore_ascii_case(b"close");
-                }
-            }
+            let framing = framing(resp.headers)?;
             let status = resp.code?;
-            let total = head + length?;
+            let total = head + framing.length?;
             while buf.len() < total {
                 if stream.read_buf(buf).await.ok()? == 0 {
                     return None;
                 }
             }
             buf.advance(total);
-            return Some((status, close));
+            return Some((status, framing.close));
         }
         if stream.read_buf(buf).await.ok()? == 0 {
             return None;

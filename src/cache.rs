@@ -204,9 +204,21 @@ impl Cached {
     }
 }
 
+/// How long a load is trusted: found records for the TTL, unknown hashes
+/// for the negative TTL. moka expires by it; the index checks hits by it.
+#[derive(Clone, Copy)]
 struct Expiry {
     ttl: Duration,
     negative_ttl: Duration,
+}
+
+impl Expiry {
+    fn of(&self, c: &Cached) -> Duration {
+        match c.entry {
+            Some(_) => self.ttl,
+            None => self.negative_ttl,
+        }
+    }
 }
 
 impl moka::Expiry<TokenHash, Cached> for Expiry {
@@ -216,11 +228,7 @@ impl moka::Expiry<TokenHash, Cached> for Expiry {
         value: &Cached,
         _now: Instant,
     ) -> Option<Duration> {
-        Some(if value.entry.is_some() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        })
+        Some(self.of(value))
     }
 }
 
@@ -236,8 +244,7 @@ pub struct TokenCache {
     dead_accounts: moka::sync::Cache<i64, u64>,
     dead_tenants: moka::sync::Cache<i64, u64>,
     store_timeout: Duration,
-    ttl: Duration,
-    negative_ttl: Duration,
+    expiry: Expiry,
     max_entries: u64,
     metrics: Arc<Metrics>,
     /// The epoch, for whoever must act on an invalidation rather than
@@ -277,15 +284,16 @@ impl TokenCache {
     pub fn new(cfg: &CacheConfig, store_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         let cleared_before = Arc::new(AtomicU64::new(0));
         let tomb_ttl = cfg.ttl + store_timeout + Duration::from_secs(1);
+        let expiry = Expiry {
+            ttl: cfg.ttl,
+            negative_ttl: cfg.negative_ttl,
+        };
         let index: Arc<DashMap<TokenHash, Cached>> = Arc::new(DashMap::new());
         let unindex = Arc::clone(&index);
         Self {
             records: moka::future::Cache::builder()
                 .max_capacity(cfg.max_entries)
-                .expire_after(Expiry {
-                    ttl: cfg.ttl,
-                    negative_ttl: cfg.negative_ttl,
-                })
+                .expire_after(expiry)
                 // Whatever moka lets go of, for whatever cause, leaves the
                 // index too; a newer load of the same hash stays.
                 .eviction_listener(move |hash: Arc<TokenHash>, gone: Cached, _cause| {
@@ -299,8 +307,7 @@ impl TokenCache {
             dead_tenants: tombstones(tomb_ttl, &cleared_before),
             cleared_before,
             store_timeout,
-            ttl: cfg.ttl,
-            negative_ttl: cfg.negative_ttl,
+            expiry,
             max_entries: cfg.max_entries,
             metrics,
             changes: tokio::sync::watch::Sender::new(0),
@@ -339,11 +346,7 @@ impl TokenCache {
     async fn indexed(&self, hash: &TokenHash) -> Option<Cached> {
         // Cloned and the shard's lock let go within this statement.
         let hit = self.index.get(hash).map(|c| c.clone())?;
-        let ttl = match hit.entry {
-            Some(_) => self.ttl,
-            None => self.negative_ttl,
-        };
-        if hit.at.elapsed() >= ttl || self.is_stale(hash, &hit) {
+        if hit.at.elapsed() >= self.expiry.of(&hit) || self.is_stale(hash, &hit) {
             return None;
         }
         let n = INDEX_HITS.with(|n| {
@@ -437,7 +440,7 @@ impl TokenCache {
     /// admission re-checks it by when no invalidation tells it sooner (a
     /// change made by another process on SQLite, or an expiry).
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        self.expiry.ttl
     }
 
     /// Forgets a token: after a revocation, or after a mint (so that a
@@ -510,7 +513,7 @@ impl ConnectionMemo {
     pub fn get(&self, token: &str, cache: &TokenCache) -> Option<Arc<AuthEntry>> {
         let slot = self.0.lock().ok()?;
         let m = slot.as_ref()?;
-        let current = m.epoch == cache.epoch() && m.entry.loaded.elapsed() < cache.ttl;
+        let current = m.epoch == cache.epoch() && m.entry.loaded.elapsed() < cache.expiry.ttl;
         (current && same_secret(&m.token, token)).then(|| Arc::clone(&m.entry))
     }
 
@@ -583,10 +586,21 @@ mod tests {
         }
     }
 
-    fn cache() -> TokenCache {
+    /// A store that answers at once (see [`GatedStore`] for the gate).
+    fn open_store() -> GatedStore {
+        GatedStore {
+            revoked: AtomicBool::new(false),
+            gate: AtomicBool::new(false),
+            reached: Notify::new(),
+            release: Notify::new(),
+        }
+    }
+
+    /// Room for 100 entries, found records trusted for `ttl`.
+    fn cache_with(ttl: Duration) -> TokenCache {
         TokenCache::new(
             &CacheConfig {
-                ttl: Duration::from_secs(60),
+                ttl,
                 negative_ttl: Duration::from_secs(5),
                 max_entries: 100,
             },
@@ -595,14 +609,16 @@ mod tests {
         )
     }
 
+    fn cache() -> TokenCache {
+        cache_with(Duration::from_secs(60))
+    }
+
     #[tokio::test]
     async fn a_fill_racing_a_revocation_never_caches_the_revoked_token_as_valid() {
         let cache = Arc::new(cache());
         let store = Arc::new(GatedStore {
-            revoked: AtomicBool::new(false),
             gate: AtomicBool::new(true),
-            reached: Notify::new(),
-            release: Notify::new(),
+            ..open_store()
         });
         let hash = TokenHash::of("tok");
         let (c, s) = (Arc::clone(&cache), Arc::clone(&store));
@@ -630,12 +646,7 @@ mod tests {
     #[tokio::test]
     async fn account_block_makes_older_entries_stale() {
         let cache = cache();
-        let store = GatedStore {
-            revoked: AtomicBool::new(false),
-            gate: AtomicBool::new(false),
-            reached: Notify::new(),
-            release: Notify::new(),
-        };
+        let store = open_store();
         let hash = TokenHash::of("tok");
         cache.get(hash, &store).await.unwrap();
         cache.get(hash, &store).await.unwrap();
@@ -657,15 +668,6 @@ mod tests {
         cache.invalidate_all();
         cache.get(hash, &store).await.unwrap();
         assert_eq!(cache.metrics.store_lookups.get(), 3, "clearing reloads");
-    }
-
-    fn open_store() -> GatedStore {
-        GatedStore {
-            revoked: AtomicBool::new(false),
-            gate: AtomicBool::new(false),
-            reached: Notify::new(),
-            release: Notify::new(),
-        }
     }
 
     #[tokio::test]
@@ -720,17 +722,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_indexed_entry_past_its_ttl_is_loaded_again() {
-        let cache = TokenCache::new(
-            &CacheConfig {
-                // Long enough that a busy machine cannot age the entry
-                // between the first two gets.
-                ttl: Duration::from_secs(2),
-                negative_ttl: Duration::from_secs(2),
-                max_entries: 100,
-            },
-            Duration::from_secs(5),
-            Arc::new(Metrics::default()),
-        );
+        // Long enough that a busy machine cannot age the entry between the
+        // first two gets.
+        let cache = cache_with(Duration::from_secs(2));
         let store = open_store();
         let hash = TokenHash::of("tok");
         cache.get(hash, &store).await.unwrap();

@@ -319,10 +319,7 @@ impl Gateway {
             }
         };
         if let Some(e) = &entry {
-            let now = self.clock.now();
-            if e.use_to_note(now, self.last_used.resolution()) {
-                e.noted_from(self.last_used.record(&e.last_used_key, now));
-            }
+            self.last_used.note_use(e, self.clock.now());
         }
         Ok(entry)
     }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::cache::AuthEntry;
 use crate::metrics::Metrics;
 use crate::store::TokenStore;
 
@@ -40,6 +41,15 @@ impl LastUsed {
         Self {
             resolution: i64::try_from(resolution.as_secs()).unwrap_or(i64::MAX),
             ..Self::default()
+        }
+    }
+
+    /// Notes a use of a cached token: passed on to [`LastUsed::record`] only
+    /// when the entry's window allows it, and the window then set from
+    /// what `record` answers.
+    pub fn note_use(&self, entry: &AuthEntry, now: i64) {
+        if entry.use_to_note(now, self.resolution) {
+            entry.noted_from(self.record(&entry.last_used_key, now));
         }
     }
 
@@ -65,12 +75,6 @@ impl LastUsed {
             .and_modify(|t| *t = (*t).max(now))
             .or_insert(now);
         now
-    }
-
-    /// Least seconds between two writes of one token: uses closer together
-    /// than this need not all be noted (see [`crate::cache::AuthEntry::use_to_note`]).
-    pub fn resolution(&self) -> i64 {
-        self.resolution
     }
 
     /// Tokens waiting to be flushed.

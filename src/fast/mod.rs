@@ -83,7 +83,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use crate::config::GatewayHeader;
+use crate::cache::AuthEntry;
+use crate::config::{GatewayHeader, HeaderNames};
 use crate::error::Denial;
 use crate::gateway::{new_request_id, Gateway};
 use crate::proxy::{
@@ -217,6 +218,19 @@ impl Deadline {
             self.sleep.as_mut().reset(at);
         }
     }
+}
+
+/// The caller's gateway headers ([`caller_headers`]) as written on the
+/// wire: made on an entry's first use and kept with it, so a request copies
+/// them rather than writing them field by field.
+pub fn caller_fields<'a>(names: &HeaderNames, a: &'a AuthEntry) -> &'a [u8] {
+    a.wire.get_or_init(|| {
+        let mut fields = Vec::new();
+        caller_headers(names, a, |n, v| {
+            wire::push_field(&mut fields, n.as_str().as_bytes(), v.as_bytes());
+        });
+        fields
+    })
 }
 
 /// Whether a retry after a stale connection is allowed without checking.
@@ -402,14 +416,7 @@ impl<'a> Client<'a> {
         // `gateway_headers`: the caller's, written once per cache entry,
         // then this request's, with `X-Forwarded-Host` from the bytes.
         if let Some(a) = ctx.auth {
-            let fields = a.wire.get_or_init(|| {
-                let mut fields = Vec::new();
-                caller_headers(names, a, |n, v| {
-                    wire::push_field(&mut fields, n.as_str().as_bytes(), v.as_bytes());
-                });
-                fields
-            });
-            self.out.extend_from_slice(fields);
+            self.out.extend_from_slice(caller_fields(names, a));
         }
         request_headers(names, &ctx, None, |n, v| {
             wire::push_field(&mut self.out, n.as_str().as_bytes(), v.as_bytes());
