@@ -88,6 +88,7 @@ fn pieces(c: &mut Criterion) {
         response_timeout: Duration::from_secs(30),
         pool_idle_timeout: Duration::from_secs(60),
         pool_max_idle: 256,
+        max_connections: 512,
     };
     let rid = HeaderValue::from_static("0193a5b4-7c1d-7000-8000-00000000beef");
     let peer = Peer::new("127.0.0.1:5555".parse().unwrap());

@@ -102,6 +102,13 @@ pub struct FileServer {
     pub shutdown_grace_seconds: u64,
     /// Seconds a client gets to send its request headers (slowloris bound). Default 10.
     pub header_read_timeout_seconds: u64,
+    /// Seconds a connection with no request in flight is kept open:
+    /// HTTP/1.1 keep-alive between requests, HTTP/2 with no open stream.
+    /// Default 60.
+    pub idle_timeout_seconds: u64,
+    /// Streams one HTTP/2 client connection may have open at once.
+    /// Default 100.
+    pub h2_max_concurrent_streams: u32,
     /// Serve plain HTTP/1.1 requests on the public listener by the fast
     /// path (`crate::fast`) rather than hyper. Default true.
     pub fast_path: bool,
@@ -114,6 +121,8 @@ impl Default for FileServer {
             admin_listen: "127.0.0.1:8081".into(),
             shutdown_grace_seconds: 30,
             header_read_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            h2_max_concurrent_streams: 100,
             fast_path: true,
         }
     }
@@ -274,6 +283,11 @@ pub struct FileUpstream {
     /// Idle pooled connections kept per host. Default 256.
     #[serde(default)]
     pub pool_max_idle: Option<usize>,
+    /// Connections open to this upstream at once, idle or busy, across
+    /// both paths. A request that finds none free within the connect
+    /// timeout is answered 503 `UPSTREAM_BUSY`. Default 512.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// `[[routes]]`: which requests go where, and what they need.
@@ -419,8 +433,13 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Bound on finishing in-flight requests at shutdown.
     pub shutdown_grace: Duration,
-    /// Bound on receiving request headers.
+    /// Bound on receiving request headers (the first request's from the
+    /// accept, a later one's from its first byte).
     pub header_read_timeout: Duration,
+    /// Bound on a connection with no request in flight.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams per client connection.
+    pub h2_max_concurrent_streams: u32,
     /// Whether plain HTTP/1.1 requests take the fast path.
     pub fast_path: bool,
 }
@@ -483,6 +502,8 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections per host.
     pub pool_max_idle: usize,
+    /// Connections open at once, idle or busy, across both paths.
+    pub max_connections: usize,
 }
 
 /// Whether a route needs a token.
@@ -723,6 +744,15 @@ impl Config {
                 "server.header_read_timeout_seconds",
                 f.server.header_read_timeout_seconds,
             )?),
+            idle_timeout: Duration::from_secs(positive(
+                "server.idle_timeout_seconds",
+                f.server.idle_timeout_seconds,
+            )?),
+            h2_max_concurrent_streams: u32::try_from(positive(
+                "server.h2_max_concurrent_streams",
+                u64::from(f.server.h2_max_concurrent_streams),
+            )?)
+            .unwrap_or(u32::MAX),
             fast_path: f.server.fast_path,
         };
         if server.listen == server.admin_listen && server.listen.port() != 0 {
@@ -852,6 +882,11 @@ impl Config {
                 )?),
                 pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_seconds.unwrap_or(60)),
                 pool_max_idle: u.pool_max_idle.unwrap_or(256),
+                max_connections: usize::try_from(positive(
+                    &key("max_connections"),
+                    u.max_connections.unwrap_or(512) as u64,
+                )?)
+                .unwrap_or(usize::MAX),
             });
         }
 

@@ -30,6 +30,10 @@ pub enum Denial {
     /// An `Upgrade` to anything but WebSocket (e.g. `h2c`).
     #[error("upgrade not allowed")]
     UpgradeNotAllowed,
+    /// A case variant of a standard method (`get`, `Post`): methods are
+    /// case-sensitive, so it would slip past every route's method list.
+    #[error("bad method")]
+    BadMethod,
     /// No route for this path.
     #[error("no route")]
     RouteNotFound,
@@ -72,6 +76,10 @@ pub enum Denial {
     /// The upstream did not answer in time.
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// Every connection the upstream may have (`max_connections`) stayed
+    /// busy for the connect timeout.
+    #[error("upstream busy")]
+    UpstreamBusy,
 }
 
 impl Denial {
@@ -81,7 +89,8 @@ impl Denial {
             Denial::ConflictingCredentials
             | Denial::BadPath(_)
             | Denial::ForbiddenHeader
-            | Denial::UpgradeNotAllowed => StatusCode::BAD_REQUEST,
+            | Denial::UpgradeNotAllowed
+            | Denial::BadMethod => StatusCode::BAD_REQUEST,
             Denial::MissingToken
             | Denial::MalformedToken
             | Denial::UnknownToken
@@ -93,7 +102,7 @@ impl Denial {
             | Denial::TokenKindNotAllowed => StatusCode::FORBIDDEN,
             Denial::RouteNotFound => StatusCode::NOT_FOUND,
             Denial::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Denial::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Denial::StoreUnavailable | Denial::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             Denial::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Denial::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -106,6 +115,7 @@ impl Denial {
             Denial::BadPath(_) => "BAD_PATH",
             Denial::ForbiddenHeader => "FORBIDDEN_HEADER",
             Denial::UpgradeNotAllowed => "UPGRADE_NOT_ALLOWED",
+            Denial::BadMethod => "BAD_METHOD",
             Denial::RouteNotFound => "ROUTE_NOT_FOUND",
             Denial::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Denial::MissingToken => "TOKEN_MISSING",
@@ -120,6 +130,7 @@ impl Denial {
             Denial::StoreUnavailable => "STORE_UNAVAILABLE",
             Denial::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Denial::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Denial::UpstreamBusy => "UPSTREAM_BUSY",
         }
     }
 
@@ -135,6 +146,7 @@ impl Denial {
             Denial::BadPath(_) => "the request path is malformed",
             Denial::ForbiddenHeader => "a header name collides with a gateway header",
             Denial::UpgradeNotAllowed => "only WebSocket upgrades are allowed",
+            Denial::BadMethod => "methods are case-sensitive: use the standard upper-case name",
             Denial::RouteNotFound => "no route matches this path",
             Denial::MethodNotAllowed => "this method is not allowed on this path",
             Denial::MissingToken => "an API token is required",
@@ -149,6 +161,7 @@ impl Denial {
             Denial::StoreUnavailable => "the token store is unavailable; retry shortly",
             Denial::UpstreamUnavailable => "the upstream service is unavailable",
             Denial::UpstreamTimeout => "the upstream service did not answer in time",
+            Denial::UpstreamBusy => "the upstream service is at its connection limit; retry shortly",
         }
     }
 
@@ -212,6 +225,7 @@ mod tests {
             ),
             (Denial::ForbiddenHeader, 400, "FORBIDDEN_HEADER"),
             (Denial::UpgradeNotAllowed, 400, "UPGRADE_NOT_ALLOWED"),
+            (Denial::BadMethod, 400, "BAD_METHOD"),
             (Denial::RouteNotFound, 404, "ROUTE_NOT_FOUND"),
             (Denial::MethodNotAllowed, 405, "METHOD_NOT_ALLOWED"),
             (Denial::MissingToken, 401, "TOKEN_MISSING"),
@@ -226,6 +240,7 @@ mod tests {
             (Denial::StoreUnavailable, 503, "STORE_UNAVAILABLE"),
             (Denial::UpstreamUnavailable, 502, "UPSTREAM_UNAVAILABLE"),
             (Denial::UpstreamTimeout, 504, "UPSTREAM_TIMEOUT"),
+            (Denial::UpstreamBusy, 503, "UPSTREAM_BUSY"),
         ];
         for (d, status, code) in table {
             assert_eq!(d.status().as_u16(), status, "{d:?}");

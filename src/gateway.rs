@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{
     forward, Body, ForwardContext, Lookalikes, Peer, RequestFields, StripSet, TunnelEnd, Upstream,
 };
-use crate::route::{normalize_path, RouteMatch, RouteTable};
+use crate::route::{is_miscased_method, normalize_path, RouteMatch, RouteTable};
 use crate::store::TokenStore;
 use crate::token::{Checked, TokenHash};
 use crate::usage::LastUsed;
@@ -169,6 +169,7 @@ impl Gateway {
         request_id: &HeaderValue,
     ) -> Result<Response<Body>, Denial> {
         let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
+        check_method(req.method())?;
         // The seed token endpoints are served here, never forwarded.
         if let Some(flow) = crate::flows::match_flow(&self.config.token_api, &path) {
             self.metrics.token_api_requests.inc();
@@ -289,6 +290,7 @@ impl Gateway {
         method: &http::Method,
         headers: &(impl RequestFields + ?Sized),
     ) -> Result<(&RouteConfig, &Upstream), Denial> {
+        check_method(method)?;
         self.lookalikes.check(headers)?;
         let route = match self.routes.find(path, method) {
             RouteMatch::Found(r) => r,
@@ -409,6 +411,15 @@ impl Gateway {
         }
         Ok(entry)
     }
+}
+
+/// Refuses a case variant of a standard method ([`is_miscased_method`]),
+/// before anything matches on the method: the seed flows and the routes.
+fn check_method(method: &http::Method) -> Result<(), Denial> {
+    if is_miscased_method(method) {
+        return Err(Denial::BadMethod);
+    }
+    Ok(())
 }
 
 /// A fresh request id (UUIDv7: sortable by time, unique without

@@ -13,6 +13,7 @@
 //! |---|---|
 //! | [`config`] | `tokengate.toml -> FileConfig -> Config`, errors that name the key |
 //! | [`server`] | listeners, connections, graceful shutdown, the last-used flusher |
+//! | [`deadline`] | the deadlines of connections served by hyper: first head, idle, head after idle |
 //! | [`fast`] | the HTTP/1.1 fast path: plain requests parsed and passed through without hyper |
 //! | [`gateway`] | the request path: normalise, route, authenticate, decide, forward |
 //! | [`route`] | path normalisation and the longest-prefix route table |
@@ -22,6 +23,8 @@
 //! | [`store`] | the `TokenStore` trait and its SQLite implementation |
 //! | [`proxy`] | forwarding: header rewriting, streaming, upgrades, h2 upstreams |
 //! | [`pool`] | HTTP/1.1 upstream connections, pooled and driven on the request's task |
+//! | [`cap`] | the cap on connections to one upstream, across both paths |
+//! | [`tunnel`] | WebSocket tunnels: bytes both ways, ended by the gateway with close 1008 |
 //! | [`error`] | every request-path denial mapped to its JSON response, in one place |
 //! | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
 //! | [`admin`] | the admin listener: the native API, health, readiness, metrics, OpenAPI |
@@ -39,9 +42,11 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod cap;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod fast;
 pub mod flows;
@@ -54,4 +59,5 @@ pub mod route;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod tunnel;
 pub mod usage;

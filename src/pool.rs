@@ -54,6 +54,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
+use crate::cap::{Busy, ConnCap};
 use crate::proxy::UpstreamBody;
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
@@ -65,6 +66,9 @@ pub enum PoolError {
     /// TLS handshake failed).
     #[error("connect: {0}")]
     Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The upstream's connection cap stayed full for the connect timeout.
+    #[error("{0}")]
+    Busy(#[from] Busy),
     /// The connection failed while the request was sent or the response
     /// head was read.
     #[error("exchange: {0}")]
@@ -78,6 +82,9 @@ struct Conn {
     /// `None` once the connection has completed (closed or failed). It is
     /// dropped then, as its task would be, so a body it was feeding ends.
     conn: Option<Connection<Io, UpstreamBody>>,
+    /// Its place under the upstream's connection cap, given back when it
+    /// closes.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Conn {
@@ -174,6 +181,7 @@ pub struct Pool {
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
+    cap: ConnCap,
 }
 
 impl std::fmt::Debug for Pool {
@@ -194,13 +202,15 @@ enum Checkout {
 }
 
 impl Pool {
-    /// An empty pool that connects with `connector` (HTTP/1.1 only); a
-    /// connection not up (TCP and TLS) within `connect_timeout` fails.
+    /// An empty pool that connects with `connector` (HTTP/1.1 only) under
+    /// `cap`; a connection not up (TCP and TLS) within `connect_timeout`
+    /// fails.
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
         connect_timeout: Duration,
         max_idle: usize,
         idle_timeout: Duration,
+        cap: ConnCap,
     ) -> Arc<Self> {
         Arc::new(Self {
             shared: Mutex::new(Shared::default()),
@@ -208,6 +218,7 @@ impl Pool {
             connect_timeout,
             max_idle,
             idle_timeout,
+            cap,
         })
     }
 
@@ -343,6 +354,7 @@ impl Pool {
     }
 
     async fn connect(self: Arc<Self>, target: Uri) -> Result<Box<Conn>, PoolError> {
+        let permit = self.cap.acquire().await?;
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -361,6 +373,7 @@ impl Pool {
         Ok(Box::new(Conn {
             sender,
             conn: Some(conn),
+            _permit: permit,
         }))
     }
 

@@ -24,7 +24,10 @@
 //! request whose reused connection closed before answering; no request with
 //! side effects reaches an upstream twice.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +45,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::auth::TOKEN_HEADER;
 use crate::cache::{AuthEntry, ConnectionMemo};
 use crate::config::{GatewayHeader, HeaderNames, UpstreamConfig, UpstreamProtocol};
+use crate::cap::{is_busy, CappedConnector, ConnCap};
 use crate::error::Denial;
 use crate::fast::pool::RawPool;
 use crate::metrics::Metrics;
@@ -52,9 +56,9 @@ use crate::pool::{Pool, PooledBody};
 #[derive(Debug)]
 pub enum Body {
     /// Streamed from a pooled HTTP/1.1 upstream connection ([`crate::pool`]).
-    Pooled(PooledBody),
+    Pooled(Stalling<PooledBody>),
     /// Streamed from hyper-util's client (h2 upstreams, upgrades).
-    Upstream(Incoming),
+    Upstream(Stalling<Incoming>),
     /// Written by the gateway itself.
     Local(Full<Bytes>),
 }
@@ -66,16 +70,16 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Body::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Body::Upstream(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Body::Local(b) => std::pin::Pin::new(b)
+            Body::Pooled(b) => Pin::new(b).poll_frame(cx),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Body::Local(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|never| match never {}))),
         }
@@ -83,18 +87,92 @@ impl http_body::Body for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Pooled(b) => b.is_end_stream(),
-            Body::Upstream(b) => b.is_end_stream(),
+            Body::Pooled(b) => b.inner.is_end_stream(),
+            Body::Upstream(b) => b.inner.is_end_stream(),
             Body::Local(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            Body::Pooled(b) => b.size_hint(),
-            Body::Upstream(b) => b.size_hint(),
+            Body::Pooled(b) => b.inner.size_hint(),
+            Body::Upstream(b) => b.inner.size_hint(),
             Body::Local(b) => b.size_hint(),
         }
+    }
+}
+
+/// The upstream sent nothing of its response body for its
+/// `response_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body stalled")]
+pub struct BodyStalled;
+
+/// An upstream's response body that must keep coming: nothing for `limit`
+/// ends it with [`BodyStalled`] (the response is cut off, and its upstream
+/// connection closed, not reused).
+#[derive(Debug)]
+pub struct Stalling<B> {
+    inner: B,
+    limit: Duration,
+    /// Armed when the body first waits after a frame.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since the timer was armed.
+    moved: bool,
+}
+
+impl<B> Stalling<B> {
+    fn new(inner: B, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            timer: None,
+            moved: true,
+        }
+    }
+}
+
+impl<B> http_body::Body for Stalling<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(f) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.moved = true;
+            return Poll::Ready(f.map(|r| r.map_err(Into::into)));
+        }
+        let deadline = tokio::time::Instant::now() + this.limit;
+        if this.moved {
+            this.moved = false;
+            match &mut this.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let stalled = this
+            .timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if stalled {
+            return Poll::Ready(Some(Err(BoxError::from(BodyStalled))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -229,7 +307,7 @@ impl http_body::Body for UpstreamBody {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+type HttpsClient = Client<CappedConnector<HttpsConnector<HttpConnector>>, UpstreamBody>;
 
 /// A configured upstream and its connections.
 pub struct Upstream {
@@ -285,6 +363,9 @@ impl Upstream {
     /// Builds the connection pool and client for an upstream. Nothing
     /// connects until the first request.
     pub fn new(config: UpstreamConfig) -> Self {
+        // One cap over every connection to this upstream, whichever pool
+        // or client opens it.
+        let cap = ConnCap::new(config.max_connections, config.connect_timeout);
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle)
@@ -299,6 +380,7 @@ impl Upstream {
                 config.connect_timeout,
                 config.pool_max_idle,
                 config.pool_idle_timeout,
+                cap.clone(),
             )
         });
         let raw = (config.protocol == UpstreamProtocol::Http1
@@ -316,10 +398,14 @@ impl Upstream {
                     config.connect_timeout,
                     config.pool_max_idle,
                     config.pool_idle_timeout,
+                    cap.clone(),
                 ))
             });
         Self {
-            client: b.build(connector(&config, config.protocol)),
+            client: b.build(CappedConnector::new(
+                connector(&config, config.protocol),
+                cap,
+            )),
             pool,
             raw,
             config,
@@ -817,13 +903,13 @@ pub async fn forward(
             Some(pool) => pool
                 .send(req)
                 .await
-                .map(|r| r.map(Body::Pooled))
+                .map(|r| r.map(|b| Body::Pooled(Stalling::new(b, cfg.response_timeout))))
                 .map_err(BoxError::from),
             None => upstream
                 .client
                 .request(req)
                 .await
-                .map(|r| r.map(Body::Upstream))
+                .map(|r| r.map(|b| Body::Upstream(Stalling::new(b, cfg.response_timeout))))
                 .map_err(BoxError::from),
         }
     })
@@ -832,6 +918,10 @@ pub async fn forward(
         Err(_) => {
             tracing::warn!(upstream = %cfg.name, "upstream response timed out");
             return Err(Denial::UpstreamTimeout);
+        }
+        Ok(Err(e)) if is_busy(e.as_ref()) => {
+            tracing::warn!(upstream = %cfg.name, "upstream connection limit reached");
+            return Err(Denial::UpstreamBusy);
         }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %cfg.name, error = %e, source = ?e.source(), "upstream request failed");
@@ -852,24 +942,14 @@ pub async fn forward(
             tokio::spawn(async move {
                 match tokio::join!(client_upgrade, upstream_upgrade) {
                     (Ok(c), Ok(u)) => {
-                        let mut c = TokioIo::new(c);
-                        let mut u = TokioIo::new(u);
                         let end = async {
                             match tunnel_end {
                                 Some(end) => end.await,
                                 None => std::future::pending().await,
                             }
                         };
-                        // Ending drops both sides: the client and the
-                        // upstream see their connections close.
-                        tokio::select! {
-                            r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
-                                if let Err(e) = r {
-                                    tracing::debug!(upstream = %name, error = %e, "upgraded tunnel closed");
-                                }
-                            }
-                            () = end => {}
-                        }
+                        crate::tunnel::run(TokioIo::new(c), TokioIo::new(u), end).await;
+                        tracing::debug!(upstream = %name, "upgraded tunnel closed");
                     }
                     (c, u) => {
                         tracing::warn!(upstream = %name, client = ?c.err(), upstream_err = ?u.err(), "upgrade failed");

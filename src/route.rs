@@ -175,6 +175,23 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// The standard methods (RFC 9110 section 9, and PATCH, RFC 5789).
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Whether `method` is a case variant of a standard method (`get`,
+/// `Post`). Methods are case-sensitive (RFC 9110 9.1), so such a request
+/// matches no route's method list and would fall through to a route that
+/// allows every method, while many upstream frameworks read it as the
+/// standard one. It is refused instead (400 `BAD_METHOD`), as nginx does.
+pub fn is_miscased_method(method: &Method) -> bool {
+    let m = method.as_str();
+    STANDARD_METHODS
+        .iter()
+        .any(|s| *s != m && s.eq_ignore_ascii_case(m))
+}
+
 /// The outcome of matching a request against the routes.
 #[derive(Debug)]
 pub enum RouteMatch<'a> {
@@ -226,6 +243,18 @@ mod tests {
     use super::*;
     use crate::config::AuthMode;
     use proptest::prelude::*;
+
+    #[test]
+    fn case_variants_of_standard_methods_are_told_apart() {
+        for m in ["get", "Get", "gEt", "post", "Post", "delete", "patch", "Options", "head"] {
+            let method = Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(is_miscased_method(&method), "{m}");
+        }
+        for m in ["GET", "POST", "PATCH", "PROPFIND", "propfind", "BREW", "GETS"] {
+            let method = Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(!is_miscased_method(&method), "{m}");
+        }
+    }
 
     #[test]
     fn normalises_the_classic_bypasses() {

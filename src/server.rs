@@ -26,11 +26,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::config::ServerConfig;
+use crate::deadline::{Activity, Deadlines, Expired, Tracked, Watched};
 use crate::fast::{Ended, Prefixed};
 use crate::gateway::Gateway;
 use crate::proxy::{Body, Peer};
@@ -83,8 +85,7 @@ pub async fn start_on(
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let (tx, rx) = watch::channel(false);
-    let grace = gateway.config.server.shutdown_grace;
-    let header_timeout = gateway.config.server.header_read_timeout;
+    let server = gateway.config.server.clone();
 
     let g = Arc::clone(&gateway);
     let fast = gateway
@@ -95,8 +96,7 @@ pub async fn start_on(
     let public_task = tokio::spawn(accept_loop(
         public,
         rx.clone(),
-        grace,
-        header_timeout,
+        server.clone(),
         fast,
         move |req, peer: Arc<Peer>| {
             let g = Arc::clone(&g);
@@ -107,8 +107,7 @@ pub async fn start_on(
     let admin_task = tokio::spawn(accept_loop(
         admin,
         rx.clone(),
-        grace,
-        header_timeout,
+        server,
         None,
         move |req, _peer: Arc<Peer>| {
             let g = Arc::clone(&g);
@@ -134,14 +133,17 @@ pub async fn start_on(
     })
 }
 
+/// How long an idle connection told to close (HTTP/2 `GOAWAY`) gets to
+/// finish closing before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Accepts connections and serves each on a task of its own: by the fast
 /// path first when `fast` is given (the public listener), by hyper (and
 /// `handler`) from the first request the fast path hands over.
 async fn accept_loop<H, F>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
-    header_timeout: Duration,
+    server: ServerConfig,
     fast: Option<Arc<Gateway>>,
     handler: H,
 ) where
@@ -149,21 +151,29 @@ async fn accept_loop<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let deadlines = Deadlines {
+        header: server.header_read_timeout,
+        idle: server.idle_timeout,
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timer would also run while a keep-alive
+    // connection is idle; `crate::deadline` keeps every deadline instead.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(None)
         .writev(false)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.h2_max_concurrent_streams);
     // For a connection handed over after shutdown began: it serves the
     // request it was handed and closes (hyper's graceful shutdown would
     // close it before reading the request, unanswered).
     let mut closing = builder.clone();
     closing.http1().keep_alive(false);
-    let builder = Arc::new(builder);
-    let closing = Arc::new(closing);
+    let builders = Arc::new((builder, closing));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -178,43 +188,14 @@ async fn accept_loop<H, F>(
                 let _ = stream.set_nodelay(true);
                 // Held for the connection's whole life, fast path included,
                 // so shutdown waits for it.
-                let watcher = graceful.watcher();
-                let builder = Arc::clone(&builder);
-                let closing = Arc::clone(&closing);
+                let held = graceful.watcher();
+                let builders = Arc::clone(&builders);
                 let h = handler.clone();
                 let fast = fast.clone();
-                let mut stop = shutdown.clone();
+                let stop = shutdown.clone();
                 tokio::spawn(async move {
-                    // Worked out once per connection, not per request.
-                    let peer = Arc::new(Peer::new(addr));
-                    let mut stream = stream;
-                    let prefix = match &fast {
-                        Some(g) => match crate::fast::serve(&mut stream, g, &peer, &mut stop).await {
-                            Ended::Closed => return,
-                            Ended::Handoff(bytes) => bytes,
-                        },
-                        None => Bytes::new(),
-                    };
-                    let svc = service_fn(move |req| {
-                        // Boxed once here: hyper moves the service future a
-                        // few times before polling it, and a request's
-                        // future is several kilobytes.
-                        let fut = Box::pin(h(req, Arc::clone(&peer)));
-                        async move { Ok::<_, std::convert::Infallible>(fut.await) }
-                    });
-                    let io = TokioIo::new(Prefixed::new(prefix, stream));
-                    let served = if *stop.borrow() {
-                        // Shutdown waits for it all the same: the watcher
-                        // is held until the connection ends.
-                        let _held = watcher;
-                        closing.serve_connection_with_upgrades(io, svc).await
-                    } else {
-                        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-                        watcher.watch(conn).await
-                    };
-                    if let Err(e) = served {
-                        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-                    }
+                    let _held = held;
+                    serve_connection(stream, addr, fast, h, builders, stop, deadlines).await;
                 });
             }
             _ = shutdown.changed() => break,
@@ -223,9 +204,94 @@ async fn accept_loop<H, F>(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => tracing::debug!("all connections finished"),
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!(grace_seconds = grace.as_secs(), "shutdown grace expired; closing remaining connections");
+        _ = tokio::time::sleep(server.shutdown_grace) => {
+            tracing::warn!(grace_seconds = server.shutdown_grace.as_secs(), "shutdown grace expired; closing remaining connections");
         }
+    }
+}
+
+/// Serves one client connection: the fast path first when given, then
+/// hyper, held to its [`Deadlines`] throughout.
+async fn serve_connection<H, F>(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    fast: Option<Arc<Gateway>>,
+    handler: H,
+    builders: Arc<(auto::Builder<TokioExecutor>, auto::Builder<TokioExecutor>)>,
+    mut stop: watch::Receiver<bool>,
+    deadlines: Deadlines,
+) where
+    H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    // Worked out once per connection, not per request.
+    let peer = Arc::new(Peer::new(addr));
+    let prefix = match &fast {
+        Some(g) => match crate::fast::serve(&mut stream, g, &peer, &mut stop).await {
+            Ended::Closed => return,
+            Ended::Handoff(bytes) => bytes,
+        },
+        None => Bytes::new(),
+    };
+    // From here hyper serves it; its first request head is due within the
+    // header timeout of now.
+    let activity = Activity::new(deadlines.header);
+    let svc = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |req: Request<Incoming>| {
+            let in_flight = activity.begin(req.version());
+            // Boxed once here: hyper moves the service future a few times
+            // before polling it, and a request's future is several
+            // kilobytes.
+            let fut = Box::pin(handler(req, Arc::clone(&peer)));
+            async move {
+                let resp = fut.await;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
+        })
+    };
+    let io = TokioIo::new(Watched::new(
+        Prefixed::new(prefix, stream),
+        Arc::clone(&activity),
+    ));
+    let (builder, closing) = &*builders;
+    let shutting_down = *stop.borrow();
+    let builder = if shutting_down { closing } else { builder };
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    // Set once the connection has been told to close: by then it must be
+    // gone (`None`: shutdown, bounded by the listener's grace).
+    let mut closing_by: Option<Option<tokio::time::Instant>> = None;
+    let served = loop {
+        let give_up = async {
+            match closing_by {
+                Some(Some(at)) => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            changed = stop.changed(), if closing_by.is_none() && !shutting_down => {
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                    closing_by = Some(None);
+                }
+            }
+            why = activity.expired(deadlines), if closing_by.is_none() => match why {
+                Expired::Head => {
+                    tracing::debug!(peer = %addr, "no complete request head in time; closing");
+                    return;
+                }
+                Expired::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    closing_by = Some(Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE));
+                }
+            },
+            () = give_up => return,
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
     }
 }
 

@@ -84,7 +84,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::cache::AuthEntry;
-use crate::config::{GatewayHeader, HeaderNames};
+use crate::config::{GatewayHeader, HeaderNames, UpstreamConfig};
 use crate::error::Denial;
 use crate::gateway::{new_request_id, Gateway};
 use crate::proxy::{
@@ -102,6 +102,11 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// How much of it, at most.
 const LINGER_BYTES: usize = 256 * 1024;
+
+/// How much a client may send ahead (pipelined requests) while a response
+/// body is passed to it; beyond it, the client is not read from until the
+/// response is done.
+const MAX_PIPELINED: usize = 64 * 1024;
 
 /// Longest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -134,7 +139,14 @@ struct Client<'a> {
     out: Vec<u8>,
     /// The response head (and first body bytes) being written to the client.
     resp: Vec<u8>,
-    /// The header read timeout.
+    /// When the connection was accepted: its first request head is due
+    /// within the header read timeout of it.
+    accepted: Instant,
+    /// Whether a request has been answered on it (later ones may wait
+    /// `idle_timeout` before their first byte).
+    answered: bool,
+    /// The connection's deadline while it waits for a request: first
+    /// head, idle, or a head begun after idle.
     header_timer: Deadline,
     /// The response head timeout.
     response_timer: Deadline,
@@ -155,6 +167,8 @@ pub async fn serve(
         buf: BytesMut::with_capacity(READ_BUF),
         out: Vec::with_capacity(1024),
         resp: Vec::with_capacity(1024),
+        accepted: Instant::now(),
+        answered: false,
         header_timer: Deadline::new(),
         response_timer: Deadline::new(),
     };
@@ -166,6 +180,7 @@ pub async fn serve(
             return Ended::Handoff(request);
         };
         let shutting_down = *shutdown.borrow();
+        c.answered = true;
         match c.respond(head, &request, shutting_down).await {
             Next::KeepAlive => {}
             Next::Close => {
@@ -274,6 +289,8 @@ impl Body {
 enum Failed {
     /// A reused connection closed before answering: try a new one.
     Stale,
+    /// The upstream's connection cap stayed full.
+    Busy,
     /// Anything else.
     Io(std::io::Error),
     /// The response head was malformed.
@@ -287,9 +304,20 @@ impl<'a> Client<'a> {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<(Option<RequestHead>, Bytes)> {
-        // The head must come within the header read timeout (as with
-        // hyper); a body not in by then goes to hyper (see the module docs).
-        let deadline = Instant::now() + self.gateway.config.server.header_read_timeout;
+        // The first request's head must come within the header read
+        // timeout of the accept; a later one may be awaited for the idle
+        // timeout, then must be complete within the header read timeout of
+        // its first byte (as `crate::deadline` holds hyper's connections
+        // to). A body not in by then goes to hyper (see the module docs).
+        let server = &self.gateway.config.server;
+        let mut head_begun = !self.answered || !self.buf.is_empty();
+        let mut deadline = if !self.answered {
+            self.accepted + server.header_read_timeout
+        } else if head_begun {
+            Instant::now() + server.header_read_timeout
+        } else {
+            Instant::now() + server.idle_timeout
+        };
         let mut head_in = false;
         loop {
             if !self.buf.is_empty() {
@@ -342,6 +370,10 @@ impl<'a> Client<'a> {
             match read {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
+            }
+            if !head_begun {
+                head_begun = true;
+                deadline = Instant::now() + server.header_read_timeout;
             }
         }
     }
@@ -442,7 +474,10 @@ impl<'a> Client<'a> {
                         None => raw.wait_or_connect().await,
                     }
                 }
-                .map_err(Failed::Io)?;
+                .map_err(|e| match e {
+                    pool::ConnectError::Busy(_) => Failed::Busy,
+                    pool::ConnectError::Io(e) => Failed::Io(e),
+                })?;
                 match send(&mut conn, &self.out, head_request, &mut self.resp).await {
                     Ok(resp) => return Ok((conn, resp)),
                     Err(Failed::Stale) if safe => fresh_only = true,
@@ -463,26 +498,31 @@ impl<'a> Client<'a> {
                     .await;
             }
             Some(Err(e)) => {
-                match e {
+                let denial = match e {
+                    Failed::Busy => {
+                        tracing::warn!(upstream = %cfg.name, "upstream connection limit reached");
+                        Denial::UpstreamBusy
+                    }
                     Failed::Io(e) => {
-                        tracing::warn!(upstream = %cfg.name, error = %e, "upstream request failed")
+                        tracing::warn!(upstream = %cfg.name, error = %e, "upstream request failed");
+                        Denial::UpstreamUnavailable
                     }
                     Failed::Stale => {
-                        tracing::warn!(upstream = %cfg.name, "upstream closed a reused connection before answering")
+                        tracing::warn!(upstream = %cfg.name, "upstream closed a reused connection before answering");
+                        Denial::UpstreamUnavailable
                     }
                     Failed::BadResponse => {
-                        tracing::warn!(upstream = %cfg.name, "upstream sent a malformed or unexpected response head")
+                        tracing::warn!(upstream = %cfg.name, "upstream sent a malformed or unexpected response head");
+                        Denial::UpstreamUnavailable
                     }
-                }
-                return self
-                    .refuse(Denial::UpstreamUnavailable, &request_id, head.close)
-                    .await;
+                };
+                return self.refuse(denial, &request_id, head.close).await;
             }
             Some(Ok(x)) => x,
         };
         g.metrics.forwarded.inc();
         let close = head.close || shutting_down;
-        self.pass_response(conn, resp, raw, &request_id, close)
+        self.pass_response(conn, resp, raw, cfg, &request_id, close)
             .await
     }
 
@@ -493,9 +533,12 @@ impl<'a> Client<'a> {
         mut conn: RawConn,
         resp: ResponseHead,
         raw: &RawPool,
+        upstream: &UpstreamConfig,
         request_id: &HeaderValue,
         client_close: bool,
     ) -> Next {
+        let idle_body = upstream.response_timeout;
+        let upstream_name = &upstream.name;
         let ResponseHead {
             framing,
             close: upstream_close,
@@ -535,16 +578,43 @@ impl<'a> Client<'a> {
         if self.stream.write_all(&self.resp).await.is_err() {
             return Next::Close;
         }
+        if !finished {
+            self.response_timer.set(Instant::now() + idle_body);
+        }
         while !finished {
             // What is left in the buffer is a partial chunk line at most.
             conn.buf.reserve(READ_BUF);
-            match conn.stream.read_buf(&mut conn.buf).await {
+            // The upstream must keep the body coming (`response_timeout`
+            // between reads), and the exchange ends as soon as the client
+            // is gone: a stalled upstream holds nothing for a client that
+            // left. What the client sends meanwhile (a pipelined request)
+            // is kept for later, up to a bound.
+            let watch_client = self.buf.len() < MAX_PIPELINED;
+            if watch_client {
+                self.buf.reserve(READ_BUF);
+            }
+            let read = tokio::select! {
+                biased;
+                r = conn.stream.read_buf(&mut conn.buf) => r,
+                r = self.stream.read_buf(&mut self.buf), if watch_client => {
+                    if matches!(r, Ok(0) | Err(_)) {
+                        tracing::debug!("client went away mid-response; closing the upstream connection");
+                        return Next::Close;
+                    }
+                    continue;
+                }
+                () = self.response_timer.expired() => {
+                    tracing::warn!(upstream = %upstream_name, "upstream response body stalled; closing");
+                    return Next::Close;
+                }
+            };
+            match read {
                 Ok(0) if framing == Framing::UntilClose => break,
                 Ok(0) | Err(_) => {
                     tracing::debug!("upstream closed mid-body");
                     return Next::Close;
                 }
-                Ok(_) => {}
+                Ok(_) => self.response_timer.set(Instant::now() + idle_body),
             }
             let Ok((n, f)) = body.step(&conn.buf) else {
                 return Next::Close;

@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use crate::cap::{Busy, ConnCap};
 use crate::pool::Waiters;
 
 /// Read buffer size of an upstream connection.
@@ -34,6 +35,20 @@ pub struct RawConn {
     /// Whether it has carried a request before (and so may have been
     /// closed by the upstream while idle).
     pub reused: bool,
+    /// Its place under the upstream's connection cap, given back when it
+    /// closes.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The upstream's connection cap stayed full for the connect timeout.
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    /// Connecting failed or timed out.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Idle connections to one upstream.
@@ -46,6 +61,7 @@ pub struct RawPool {
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
+    cap: ConnCap,
     inner: Mutex<Inner>,
 }
 
@@ -59,13 +75,14 @@ struct Inner {
 
 impl RawPool {
     /// A pool for `target` (scheme and authority), connecting through
-    /// `connector`; nothing connects until asked.
+    /// `connector` under `cap`; nothing connects until asked.
     pub fn new(
         connector: HttpConnector,
         target: Uri,
         connect_timeout: Duration,
         max_idle: usize,
         idle_timeout: Duration,
+        cap: ConnCap,
     ) -> Self {
         Self {
             connector,
@@ -73,6 +90,7 @@ impl RawPool {
             connect_timeout,
             max_idle,
             idle_timeout,
+            cap,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -97,7 +115,7 @@ impl RawPool {
     /// put back while it connects, whichever comes first. A connect that
     /// loses the race is not wasted: its connection joins the pool, so a
     /// burst opens at most one connection per request in flight.
-    pub async fn wait_or_connect(self: &Arc<Self>) -> std::io::Result<RawConn> {
+    pub async fn wait_or_connect(self: &Arc<Self>) -> Result<RawConn, ConnectError> {
         let mut rx = self.lock().waiters.join();
         let pool = Arc::clone(self);
         let mut connect = Box::pin(async move { pool.connect().await });
@@ -151,8 +169,10 @@ impl RawPool {
     }
 
     /// A new connection, within the connect timeout (name resolution
-    /// included).
-    pub async fn connect(&self) -> std::io::Result<RawConn> {
+    /// included), once the upstream's cap has room for it (waiting at
+    /// most the connect timeout for that too).
+    pub async fn connect(&self) -> Result<RawConn, ConnectError> {
+        let permit = self.cap.acquire().await?;
         let mut connector = self.connector.clone();
         let connect = async {
             std::future::poll_fn(|cx| connector.poll_ready(cx))
@@ -172,6 +192,7 @@ impl RawPool {
             stream: io.into_inner(),
             buf: BytesMut::with_capacity(READ_BUF),
             reused: false,
+            _permit: permit,
         })
     }
 }

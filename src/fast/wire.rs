@@ -1028,6 +1028,7 @@ mod tests {
             response_timeout: std::time::Duration::from_secs(1),
             pool_idle_timeout: std::time::Duration::from_secs(1),
             pool_max_idle: 1,
+            max_connections: 1,
         }
     }
 

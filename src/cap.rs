@@ -1,0 +1,214 @@
+//! The cap on connections to one upstream (`upstreams[].max_connections`).
+//!
+//! Every connection the gateway opens to an upstream, on either path and
+//! whichever pool or client opens it, holds a permit of that upstream's
+//! [`ConnCap`] for as long as it is open, idle or busy. So however many
+//! requests arrive at once (one HTTP/2 client can send a hundred streams
+//! per connection), the upstream never sees more than `max_connections`
+//! from this instance. A request that needs a new connection waits for a
+//! permit for at most the upstream's connect timeout, and meanwhile takes
+//! any connection that comes back to its pool first; one that gets neither
+//! is answered 503 `UPSTREAM_BUSY` ([`Busy`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_service::Service;
+
+/// No permit came free within the connect timeout.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("upstream connection limit reached")]
+pub struct Busy;
+
+/// The connections one upstream may have open at once.
+#[derive(Clone, Debug)]
+pub struct ConnCap {
+    permits: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl ConnCap {
+    /// At most `max` connections; a new one waits at most `wait` for a
+    /// permit.
+    pub fn new(max: usize, wait: Duration) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            wait,
+        }
+    }
+
+    /// A permit for one more connection, held for its life.
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Busy> {
+        if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Ok(p);
+        }
+        match tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            // Timed out (or closed, which this semaphore never is).
+            _ => Err(Busy),
+        }
+    }
+
+    /// Connections that could still be opened now.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+/// Whether `e`, or any error under it, is [`Busy`].
+pub fn is_busy(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<Busy>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A connector whose connections each hold a permit of `cap`: for the
+/// hyper-util client (h2 upstreams, WebSocket upgrades).
+#[derive(Clone, Debug)]
+pub struct CappedConnector<C> {
+    inner: C,
+    cap: ConnCap,
+}
+
+impl<C> CappedConnector<C> {
+    /// `inner`, capped by `cap`.
+    pub fn new(inner: C, cap: ConnCap) -> Self {
+        Self { inner, cap }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> Service<Uri> for CappedConnector<C>
+where
+    C: Service<Uri> + Clone + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<BoxError>,
+{
+    type Response = Capped<C::Response>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        // The clone that was not polled ready takes this one's place (the
+        // usual tower idiom): `self.inner` is the ready one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let cap = self.cap.clone();
+        Box::pin(async move {
+            let permit = cap.acquire().await?;
+            let io = inner.call(dst).await.map_err(Into::into)?;
+            Ok(Capped {
+                io,
+                _permit: permit,
+            })
+        })
+    }
+}
+
+/// A connection holding its permit.
+#[derive(Debug)]
+pub struct Capped<T> {
+    io: T,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T: Connection> Connection for Capped<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Capped<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Capped<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_permit_is_refused_when_none_comes_free_in_time() {
+        let cap = ConnCap::new(1, Duration::from_millis(20));
+        let held = cap.acquire().await;
+        assert!(held.is_ok());
+        assert!(matches!(cap.acquire().await, Err(Busy)));
+        drop(held);
+        assert!(cap.acquire().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_gets_the_permit_of_one_that_closes() {
+        let cap = ConnCap::new(1, Duration::from_secs(30));
+        let held = cap.acquire().await;
+        let waiting = tokio::spawn({
+            let cap = cap.clone();
+            async move { cap.acquire().await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiting.await.unwrap_or(false));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error")]
+    struct Wrapper(#[source] BoxError);
+
+    #[test]
+    fn busy_is_found_under_other_errors() {
+        assert!(is_busy(&Wrapper(Box::new(Busy))));
+        assert!(is_busy(&Wrapper(Box::new(Wrapper(Box::new(Busy))))));
+        assert!(!is_busy(&Wrapper("refused".into())));
+    }
+}

@@ -1,0 +1,312 @@
+//! Deadlines of client connections served by hyper (DESIGN section 8).
+//!
+//! hyper bounds neither the wait before it knows which protocol a
+//! connection speaks (a client that sends nothing, or half the HTTP/2
+//! preface, is read from for ever) nor an HTTP/2 connection's wait for a
+//! request, and its HTTP/1.1 header timer also runs while a keep-alive
+//! connection is idle. So the gateway keeps its own books on every
+//! connection it hands to hyper, from three facts ([`Activity`]): when a
+//! request head was complete (hyper calls the service), when a response
+//! was done with (its body dropped), and when bytes arrived while no
+//! request was in flight. From them, [`Activity::expired`] resolves when
+//! the connection is past one of its deadlines:
+//!
+//! - before its first request: `header_read_timeout` from when hyper got
+//!   it (the accept, or the fast path's hand-over), whatever it sends;
+//! - idle (no request in flight): `idle_timeout` from the end of the last
+//!   response, for HTTP/1.1 keep-alive and HTTP/2 alike;
+//! - an HTTP/1.1 head that started arriving after that: complete within
+//!   `header_read_timeout` of its first byte.
+//!
+//! A request in flight (a slow upstream, a long upload) has no connection
+//! deadline; the upstream's own timeouts bound it. The fast path keeps
+//! the same deadlines on the connections it serves (`crate::fast`).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Version;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// The deadlines a connection is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// A request head must be complete within this.
+    pub header: Duration,
+    /// A connection with no request in flight closes after this.
+    pub idle: Duration,
+}
+
+/// Which deadline passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// No complete request head in time: the peer is slow or hostile, and
+    /// the connection is closed at once.
+    Head,
+    /// Idle too long: closed politely (HTTP/2 `GOAWAY`).
+    Idle,
+}
+
+/// What a connection has been doing, shared by the service (requests),
+/// the response bodies (their end) and the socket (reads).
+#[derive(Debug)]
+pub struct Activity {
+    base: Instant,
+    /// When hyper got the connection plus the header timeout.
+    first_head_by: Instant,
+    /// Whether any request head has been complete.
+    started: AtomicBool,
+    /// Requests whose response is not yet done with.
+    in_flight: AtomicUsize,
+    /// Milliseconds from `base` to the end of the last response.
+    idle_since: AtomicU64,
+    /// Milliseconds from `base`, plus one, to the first byte read while
+    /// idle (0: none).
+    head_since: AtomicU64,
+    /// HTTP/2: bytes while idle are frames of the connection (PING,
+    /// SETTINGS), not a request head.
+    h2: AtomicBool,
+}
+
+impl Activity {
+    /// A connection hyper takes over now; its first request head is due
+    /// within `header`.
+    pub fn new(header: Duration) -> Arc<Self> {
+        let base = Instant::now();
+        Arc::new(Self {
+            base,
+            first_head_by: base + header,
+            started: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms)
+    }
+
+    /// A request head is complete: the request is in flight until the
+    /// returned guard is dropped (with its response body).
+    pub fn begin(self: &Arc<Self>, version: Version) -> InFlight {
+        if version == Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(0, Ordering::Relaxed);
+        self.started.store(true, Ordering::Release);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Bytes came in.
+    fn read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.started.load(Ordering::Acquire)
+            && !self.h2.load(Ordering::Relaxed)
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The deadline in force now; `None` while a request is in flight.
+    fn deadline(&self, d: Deadlines) -> Option<(Instant, Expired)> {
+        if !self.started.load(Ordering::Acquire) {
+            return Some((self.first_head_by, Expired::Head));
+        }
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => Some((
+                self.at(self.idle_since.load(Ordering::Relaxed)) + d.idle,
+                Expired::Idle,
+            )),
+            since => Some((self.at(since - 1) + d.header, Expired::Head)),
+        }
+    }
+
+    /// Resolves when the connection is past a deadline, saying which.
+    pub async fn expired(&self, d: Deadlines) -> Expired {
+        loop {
+            match self.deadline(d) {
+                // Looked at again now and then: when the last request
+                // ends, its idle deadline lies ahead of the next look.
+                None => tokio::time::sleep(d.header.min(d.idle)).await,
+                Some((at, why)) if Instant::now() >= at => return why,
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+            }
+        }
+    }
+}
+
+/// A request in flight on a connection; dropped with its response body.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since.store(a.now_ms(), Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request in flight until it is dropped
+/// (sent to its end, or abandoned).
+#[derive(Debug)]
+pub struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    /// `inner`, holding `in_flight`.
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client socket that tells its [`Activity`] when bytes arrive.
+#[derive(Debug)]
+pub struct Watched<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Watched<T> {
+    /// `io`, reporting to `activity`.
+    pub fn new(io: T, activity: Arc<Activity>) -> Self {
+        Self { io, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.read();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: Deadlines = Deadlines {
+        header: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_expires_at_the_header_timeout() {
+        let a = Activity::new(D.header);
+        let start = Instant::now();
+        assert_eq!(a.expired(D).await, Expired::Head);
+        assert_eq!(start.elapsed(), D.header);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_requests_hold_it_open_then_idle_time_counts() {
+        let a = Activity::new(D.header);
+        let req = a.begin(Version::HTTP_11);
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let ended = Instant::now();
+        drop(req);
+        assert_eq!(a.expired(D).await, Expired::Idle);
+        assert_eq!(ended.elapsed(), D.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_while_idle_must_finish_within_the_header_timeout() {
+        let a = Activity::new(D.header);
+        drop(a.begin(Version::HTTP_11));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        a.read();
+        let first_byte = Instant::now();
+        assert_eq!(a.expired(D).await, Expired::Head);
+        assert_eq!(first_byte.elapsed(), D.header);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_on_an_idle_h2_connection_are_not_a_request_head() {
+        let a = Activity::new(D.header);
+        drop(a.begin(Version::HTTP_2));
+        let idle = Instant::now();
+        a.read();
+        assert_eq!(a.expired(D).await, Expired::Idle);
+        assert_eq!(idle.elapsed(), D.idle);
+    }
+}
