@@ -176,6 +176,7 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Capped<T> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[tokio::test]

@@ -31,6 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Version;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The deadlines a connection is held to.
@@ -71,6 +72,8 @@ pub struct Activity {
     /// HTTP/2: bytes while idle are frames of the connection (PING,
     /// SETTINGS), not a request head.
     h2: AtomicBool,
+    /// Wakes [`Activity::expired`] when the deadline moves.
+    changed: Notify,
 }
 
 impl Activity {
@@ -86,6 +89,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            changed: Notify::new(),
         })
     }
 
@@ -106,6 +110,7 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(0, Ordering::Relaxed);
         self.started.store(true, Ordering::Release);
+        self.changed.notify_one();
         InFlight(Arc::clone(self))
     }
 
@@ -117,6 +122,7 @@ impl Activity {
             && self.head_since.load(Ordering::Relaxed) == 0
         {
             self.head_since.store(self.now_ms() + 1, Ordering::Relaxed);
+            self.changed.notify_one();
         }
     }
 
@@ -140,12 +146,18 @@ impl Activity {
     /// Resolves when the connection is past a deadline, saying which.
     pub async fn expired(&self, d: Deadlines) -> Expired {
         loop {
+            // Any change of state (a request begins or ends, a head begins)
+            // moves the deadline: it is worked out again then.
+            let changed = self.changed.notified();
             match self.deadline(d) {
-                // Looked at again now and then: when the last request
-                // ends, its idle deadline lies ahead of the next look.
-                None => tokio::time::sleep(d.header.min(d.idle)).await,
+                None => changed.await,
                 Some((at, why)) if Instant::now() >= at => return why,
-                Some((at, _)) => tokio::time::sleep_until(at).await,
+                Some((at, _)) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = changed => {}
+                    }
+                }
             }
         }
     }
@@ -160,6 +172,7 @@ impl Drop for InFlight {
         let a = &self.0;
         a.idle_since.store(a.now_ms(), Ordering::Relaxed);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        a.changed.notify_one();
     }
 }
 

@@ -161,7 +161,9 @@ impl Denial {
             Denial::StoreUnavailable => "the token store is unavailable; retry shortly",
             Denial::UpstreamUnavailable => "the upstream service is unavailable",
             Denial::UpstreamTimeout => "the upstream service did not answer in time",
-            Denial::UpstreamBusy => "the upstream service is at its connection limit; retry shortly",
+            Denial::UpstreamBusy => {
+                "the upstream service is at its connection limit; retry shortly"
+            }
         }
     }
 

@@ -27,8 +27,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,8 +44,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::auth::TOKEN_HEADER;
 use crate::cache::{AuthEntry, ConnectionMemo};
-use crate::config::{GatewayHeader, HeaderNames, UpstreamConfig, UpstreamProtocol};
 use crate::cap::{is_busy, CappedConnector, ConnCap};
+use crate::config::{GatewayHeader, HeaderNames, UpstreamConfig, UpstreamProtocol};
 use crate::error::Denial;
 use crate::fast::pool::RawPool;
 use crate::metrics::Metrics;

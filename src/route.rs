@@ -246,11 +246,15 @@ mod tests {
 
     #[test]
     fn case_variants_of_standard_methods_are_told_apart() {
-        for m in ["get", "Get", "gEt", "post", "Post", "delete", "patch", "Options", "head"] {
+        for m in [
+            "get", "Get", "gEt", "post", "Post", "delete", "patch", "Options", "head",
+        ] {
             let method = Method::from_bytes(m.as_bytes()).unwrap();
             assert!(is_miscased_method(&method), "{m}");
         }
-        for m in ["GET", "POST", "PATCH", "PROPFIND", "propfind", "BREW", "GETS"] {
+        for m in [
+            "GET", "POST", "PATCH", "PROPFIND", "propfind", "BREW", "GETS",
+        ] {
             let method = Method::from_bytes(m.as_bytes()).unwrap();
             assert!(!is_miscased_method(&method), "{m}");
         }

@@ -180,6 +180,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn frame(payload_len: usize, masked: bool) -> Vec<u8> {
@@ -206,7 +207,13 @@ mod tests {
     #[test]
     fn boundaries_are_found_whatever_the_split() {
         let mut stream = Vec::new();
-        for (len, masked) in [(0, false), (5, true), (125, false), (126, true), (70_000, false)] {
+        for (len, masked) in [
+            (0, false),
+            (5, true),
+            (125, false),
+            (126, true),
+            (70_000, false),
+        ] {
             stream.extend(frame(len, masked));
         }
         for split in [1, 2, 3, 7, 100, 4096] {

@@ -971,7 +971,11 @@ async fn unasked_upgrades_and_malformed_status_lines_are_502() {
 #[tokio::test]
 async fn a_stalled_request_head_is_cut_off_at_the_header_read_timeout() {
     let up = upstream().await;
-    let (addr, _running, _dir) = gateway_with_server("header_read_timeout_seconds = 1", &up).await;
+    let (addr, _running, _dir) = gateway_with_server(
+        "header_read_timeout_seconds = 1\nidle_timeout_seconds = 1",
+        &up,
+    )
+    .await;
 
     // Half a head, then nothing.
     let started = tokio::time::Instant::now();
@@ -979,7 +983,8 @@ async fn a_stalled_request_head_is_cut_off_at_the_header_read_timeout() {
     stalled
         .send(b"GET /up/small HTTP/1.1\r\nHost: gw\r\nX-Half")
         .await;
-    // An idle keep-alive connection after a whole request is bounded too.
+    // An idle keep-alive connection after a whole request is bounded too
+    // (by `idle_timeout_seconds`).
     let mut idle = Client::connect(addr).await;
     idle.send(get("/up/small").as_bytes()).await;
     assert_eq!(idle.response(false).await.status, 200);
