@@ -7,7 +7,8 @@
 //! ([`crate::fast`]) when `server.fast_path` is on; from the first request
 //! it hands over, and on the admin listener always, they are served by
 //! hyper-util's auto builder (HTTP/1.1 and h2 on the same port, upgrades
-//! allowed). Both bound the time to send request headers (slowloris).
+//! allowed). Both hold every connection to its deadlines (first request
+//! head, idle, head after idle: [`crate::deadline`] for hyper's).
 //!
 //! Shutdown ([`Running::shutdown`], or SIGTERM / ctrl-c in `serve`): stop
 //! accepting, let in-flight requests finish for up to

@@ -30,12 +30,17 @@
 //!   ([`strip_request_fields`]: [`crate::proxy::rewrite_request_headers`]
 //!   on the bytes, with a property test holding the two equal; the byte
 //!   form of [`crate::proxy::strip_hop_by_hop`] for responses).
-//! - Headers within `server.header_read_timeout_seconds` of starting to
-//!   wait for a request (idle keep-alive included), as with hyper. A body
+//! - The deadlines `crate::deadline` holds hyper's connections to: the
+//!   first head within `server.header_read_timeout_seconds` of the
+//!   accept, at most `server.idle_timeout_seconds` idle between requests,
+//!   a later head within the header timeout of its first byte. A body
 //!   still arriving when that time is up goes to hyper with the bytes read
 //!   so far ([`Ended::Handoff`]; no policy has run yet), which streams it
 //!   upstream under the upstream's `response_timeout_ms`, as any body.
-//! - A response head within the upstream's `response_timeout_ms` (504).
+//! - A response head within the upstream's `response_timeout_ms` (504),
+//!   and no gap longer than that in its body; a client that leaves
+//!   mid-body ends the exchange at once. Either way the upstream
+//!   connection is closed, never reused.
 //! - Every response it writes is dated, as through hyper's server: the
 //!   upstream's `Date` fields pass as they came, and only when none reaches
 //!   the client (none sent, or one the upstream listed in `Connection`)
