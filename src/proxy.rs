@@ -27,6 +27,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -110,11 +111,15 @@ pub struct BodyStalled;
 
 /// An upstream's response body that must keep coming: nothing for `limit`
 /// ends it with [`BodyStalled`] (the response is cut off, and its upstream
-/// connection closed, not reused).
+/// connection closed, not reused). While the client's request body is
+/// still going up (a streaming echo, say), the exchange is moving and the
+/// upstream is not stalled: each of its frames counts as progress too.
 #[derive(Debug)]
 pub struct Stalling<B> {
     inner: B,
     limit: Duration,
+    /// Set by the request body ([`UpstreamBody`]) as it goes up.
+    request_moving: Arc<AtomicBool>,
     /// Armed when the body first waits after a frame.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A frame came since the timer was armed.
@@ -122,10 +127,11 @@ pub struct Stalling<B> {
 }
 
 impl<B> Stalling<B> {
-    fn new(inner: B, limit: Duration) -> Self {
+    fn new(inner: B, limit: Duration, request_moving: Arc<AtomicBool>) -> Self {
         Self {
             inner,
             limit,
+            request_moving,
             timer: None,
             moved: true,
         }
@@ -157,12 +163,14 @@ where
                 None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         }
-        let stalled = this
-            .timer
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-        if stalled {
-            return Poll::Ready(Some(Err(BoxError::from(BodyStalled))));
+        let Some(timer) = this.timer.as_mut() else {
+            return Poll::Pending;
+        };
+        while timer.as_mut().poll(cx).is_ready() {
+            if !this.request_moving.swap(false, Ordering::Relaxed) {
+                return Poll::Ready(Some(Err(BoxError::from(BodyStalled))));
+            }
+            timer.as_mut().reset(deadline);
         }
         Poll::Pending
     }
@@ -270,6 +278,8 @@ pub fn is_reserved_header(name: &HeaderName) -> bool {
 pub struct UpstreamBody {
     inner: Incoming,
     names: Arc<HeaderNames>,
+    /// Set on every frame sent: the exchange is moving (see [`Stalling`]).
+    moving: Arc<AtomicBool>,
 }
 
 impl http_body::Body for UpstreamBody {
@@ -283,6 +293,7 @@ impl http_body::Body for UpstreamBody {
         let this = self.get_mut();
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             std::task::Poll::Ready(Some(Ok(frame))) => {
+                this.moving.store(true, Ordering::Relaxed);
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
                         strip_for_upstream(&mut trailers, &this.names);
@@ -891,9 +902,11 @@ pub async fn forward(
         UpstreamProtocol::H2 => Version::HTTP_2,
     };
 
+    let moving = Arc::new(AtomicBool::new(false));
     let req = req.map(|inner| UpstreamBody {
         inner,
         names: Arc::clone(names),
+        moving: Arc::clone(&moving),
     });
     // Plain HTTP/1.1 requests go through the pool; upgrades need the
     // connection handed over, which hyper-util's client does.
@@ -903,13 +916,13 @@ pub async fn forward(
             Some(pool) => pool
                 .send(req)
                 .await
-                .map(|r| r.map(|b| Body::Pooled(Stalling::new(b, cfg.response_timeout))))
+                .map(|r| r.map(|b| Body::Pooled(Stalling::new(b, cfg.response_timeout, moving))))
                 .map_err(BoxError::from),
             None => upstream
                 .client
                 .request(req)
                 .await
-                .map(|r| r.map(|b| Body::Upstream(Stalling::new(b, cfg.response_timeout))))
+                .map(|r| r.map(|b| Body::Upstream(Stalling::new(b, cfg.response_timeout, moving))))
                 .map_err(BoxError::from),
         }
     })
