@@ -1,7 +1,9 @@
 //! Several gateway instances on one PostgreSQL store: revocations, blocks
 //! and mints reach every instance; a dropped listener resyncs; a store
-//! outage fails closed. Skipped (with a message) without
-//! `TOKENGATE_TEST_DATABASE_URL`.
+//! outage fails closed. Every test here needs PostgreSQL: `cargo test`
+//! reports them ignored; `.ci/run` runs them (`cargo test -- --ignored pg_`)
+//! with `TOKENGATE_TEST_DATABASE_URL` set, and without a reachable database
+//! they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -20,9 +22,9 @@ use tokengate::token::{TokenHash, TokenKind};
 /// instance noticing a change.
 const LONG_TTL: &str = "[cache]\nttl_seconds = 600\nnegative_ttl_seconds = 600\n";
 
-async fn pair(test: &str, extra: &str) -> Option<(TestGateway, TestGateway, String)> {
-    let base = pg::base_url(test)?;
-    let url = pg::fresh_schema(&base).await;
+/// Two instances on a fresh schema: (a, b, base URL).
+async fn pair(extra: &str) -> (TestGateway, TestGateway, String) {
+    let (base, url) = pg::fresh_url().await;
     let a = TestGateway::spawn_opts(Opts {
         extra: extra.into(),
         store_url: Some(url.clone()),
@@ -30,7 +32,7 @@ async fn pair(test: &str, extra: &str) -> Option<(TestGateway, TestGateway, Stri
     })
     .await;
     let b = a.peer(&url, extra).await;
-    Some((a, b, base))
+    (a, b, base)
 }
 
 async fn status(g: &TestGateway, token: &str) -> StatusCode {
@@ -38,10 +40,9 @@ async fn status(g: &TestGateway, token: &str) -> StatusCode {
 }
 
 #[tokio::test]
-async fn a_token_revoked_through_one_instance_is_refused_by_the_other() {
-    let Some((a, b, _)) = pair("revoke_across_instances", LONG_TTL).await else {
-        return;
-    };
+#[ignore = "needs PostgreSQL: set TOKENGATE_TEST_DATABASE_URL; run by .ci/run"]
+async fn pg_a_token_revoked_through_one_instance_is_refused_by_the_other() {
+    let (a, b, _) = pair(LONG_TTL).await;
     let (t, id) = a.mint(TokenKind::Api, &["*"], None).await;
     assert_eq!(
         status(&b, &t).await,
@@ -70,10 +71,9 @@ async fn a_token_revoked_through_one_instance_is_refused_by_the_other() {
 }
 
 #[tokio::test]
-async fn blocks_and_unblocks_reach_every_instance() {
-    let Some((a, b, _)) = pair("block_across_instances", LONG_TTL).await else {
-        return;
-    };
+#[ignore = "needs PostgreSQL: set TOKENGATE_TEST_DATABASE_URL; run by .ci/run"]
+async fn pg_blocks_and_unblocks_reach_every_instance() {
+    let (a, b, _) = pair(LONG_TTL).await;
     let t = a.token(&["*"]).await;
     assert_eq!(status(&b, &t).await, StatusCode::OK);
     a.gateway
@@ -107,11 +107,10 @@ async fn blocks_and_unblocks_reach_every_instance() {
 }
 
 #[tokio::test]
-async fn a_mint_clears_negative_entries_on_every_instance() {
+#[ignore = "needs PostgreSQL: set TOKENGATE_TEST_DATABASE_URL; run by .ci/run"]
+async fn pg_a_mint_clears_negative_entries_on_every_instance() {
     let extra = format!("{LONG_TTL}[tokens]\naccept_legacy = true\n");
-    let Some((a, b, _)) = pair("mint_clears_negative_entries", &extra).await else {
-        return;
-    };
+    let (a, b, _) = pair(&extra).await;
     let legacy = "2|abc123xyz789-legacy";
     for _ in 0..2 {
         let r = b.get("/api/x", Some(legacy)).await;
@@ -145,10 +144,9 @@ async fn a_mint_clears_negative_entries_on_every_instance() {
 }
 
 #[tokio::test]
-async fn a_killed_listener_reconnects_and_the_revocation_still_holds() {
-    let Some((a, b, base)) = pair("listener_killed_during_revoke", LONG_TTL).await else {
-        return;
-    };
+#[ignore = "needs PostgreSQL: set TOKENGATE_TEST_DATABASE_URL; run by .ci/run"]
+async fn pg_a_killed_listener_reconnects_and_the_revocation_still_holds() {
+    let (a, b, base) = pair(LONG_TTL).await;
     let (t, id) = a.mint(TokenKind::Api, &["*"], None).await;
     assert_eq!(status(&b, &t).await, StatusCode::OK);
 
@@ -202,11 +200,9 @@ async fn a_killed_listener_reconnects_and_the_revocation_still_holds() {
 }
 
 #[tokio::test]
-async fn a_store_outage_fails_closed_and_recovers_without_restart() {
-    let Some(base) = pg::base_url("store_outage") else {
-        return;
-    };
-    let url = pg::fresh_schema(&base).await;
+#[ignore = "needs PostgreSQL: set TOKENGATE_TEST_DATABASE_URL; run by .ci/run"]
+async fn pg_a_store_outage_fails_closed_and_recovers_without_restart() {
+    let (_, url) = pg::fresh_url().await;
     let a = TestGateway::spawn_opts(Opts {
         extra: LONG_TTL.into(),
         store_url: Some(url.clone()),
