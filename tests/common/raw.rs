@@ -732,6 +732,34 @@ impl Client {
         resp.body = std::mem::take(&mut self.buf);
     }
 
+    /// Waits (bounded) until the gateway has read every byte sent so far on
+    /// this connection: none is left in flight or in its socket's receive
+    /// queue. So a request sent in two writes is certain to reach the
+    /// gateway in two reads, however busy the machine. Linux only (it reads
+    /// `/proc/net/tcp`); elsewhere it waits 200 ms and hopes.
+    pub async fn wait_until_read(&self) {
+        let (local, peer) = (
+            self.stream.local_addr().unwrap(),
+            self.stream.peer_addr().unwrap(),
+        );
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match unread(local, peer) {
+                Some(0) => return,
+                Some(_) => {}
+                None => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never read what was sent"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Waits (bounded) for the gateway to close the connection; panics if
     /// it sends anything more first.
     pub async fn expect_eof(&mut self) {
@@ -742,6 +770,40 @@ impl Client {
             String::from_utf8_lossy(&self.buf)
         );
     }
+}
+
+/// Bytes sent from `local` to `peer` (both IPv4 loopback sockets of this
+/// machine) that `peer`'s owner has not read yet: unacknowledged in
+/// `local`'s send queue plus waiting in `peer`'s receive queue, from
+/// `/proc/net/tcp`. `None` where that file cannot be read.
+fn unread(local: SocketAddr, peer: SocketAddr) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v.ip().octets()),
+            v.port()
+        ),
+        SocketAddr::V6(_) => panic!("IPv4 sockets only"),
+    };
+    let queues = |from: SocketAddr, to: SocketAddr| {
+        let (from, to) = (hex(from), hex(to));
+        table.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 4 && f[1] == from && f[2] == to {
+                let (tx, rx) = f[4].split_once(':')?;
+                Some((
+                    usize::from_str_radix(tx, 16).unwrap(),
+                    usize::from_str_radix(rx, 16).unwrap(),
+                ))
+            } else {
+                None
+            }
+        })
+    };
+    let (sending, _) = queues(local, peer).expect("our socket is not in /proc/net/tcp");
+    let (_, waiting) = queues(peer, local).expect("the gateway's socket is not in /proc/net/tcp");
+    Some(sending + waiting)
 }
 
 /// `GET path` with a `Host` and nothing else.
