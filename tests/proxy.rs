@@ -525,3 +525,321 @@ async fn split_cookies_from_h2_clients_are_joined_for_http1_upstreams() {
     assert_eq!(client.request(req).await.unwrap().status(), StatusCode::OK);
     assert_eq!(values(&g.upstream.last(), "cookie"), vec!["a=1; b=2"]);
 }
+
+/// The ways in a request can take: HTTP/1.1 to a gateway with the fast
+/// path on, to one with it off, and h2 (hyper's path either way).
+const PATHS: [(&str, bool, bool); 3] = [
+    ("fast path", true, false),
+    ("hyper, HTTP/1.1", false, false),
+    ("hyper, h2", true, true),
+];
+
+/// `GET target` with `fields` (written as given) through `g`, over h2 when
+/// `h2`, else as raw HTTP/1.1.
+async fn get_with(g: &TestGateway, h2: bool, target: &str, fields: &[(&str, &str)]) -> u16 {
+    if h2 {
+        g.send_h2(Method::GET, target, fields, b"")
+            .await
+            .status
+            .as_u16()
+    } else {
+        let r = raw::Client::exchange(g.addr, &raw::request("GET", target, fields, b"")).await;
+        r.status
+    }
+}
+
+#[tokio::test]
+async fn routes_match_case_sensitively_with_semicolons_as_ordinary_characters() {
+    for (name, fast_path, h2) in PATHS {
+        let g = common::Opts::default().fast_path(fast_path).spawn().await;
+        // Any valid token may use /api; /api/calls needs calls:read.
+        let t = g.token(&["other"]).await;
+        let bearer = format!("Bearer {t}");
+        let auth = [("Authorization", bearer.as_str())];
+        for (target, status, forwarded) in [
+            // Another letter case is another path: no route at all.
+            ("/API/x", 404, None),
+            ("/Admin", 404, None),
+            // ... or a path of the catch-all /api route, not /api/calls.
+            ("/api/Calls/1", 200, Some("/api/Calls/1")),
+            ("/api/calls/1", 403, None),
+            // `;` does not end a segment: /api/calls;x is not /api/calls.
+            (
+                "/api/calls;jsessionid=1",
+                200,
+                Some("/api/calls;jsessionid=1"),
+            ),
+            ("/api/calls/1;x", 403, None),
+            ("/admin;x", 404, None),
+        ] {
+            let before = g.upstream.count();
+            let got = get_with(&g, h2, target, &auth).await;
+            assert_eq!(got, status, "{name}: {target}");
+            match forwarded {
+                Some(path) => assert_eq!(g.upstream.last().uri, path, "{name}: {target}"),
+                None => assert_eq!(g.upstream.count(), before, "{name}: {target}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn method_and_prefix_override_headers_never_reach_the_upstream() {
+    let overrides = [
+        ("X-Forwarded-Prefix", "/admin"),
+        ("x-forwarded-prefix", "/admin2"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("x-method-override", "PUT"),
+        ("X-HTTP-Method-Override", "DELETE"),
+    ];
+    for (name, fast_path, h2) in PATHS {
+        let g = common::Opts::default().fast_path(fast_path).spawn().await;
+        let t = g.token(&["*"]).await;
+        let bearer = format!("Bearer {t}");
+        let mut fields = vec![("Authorization", bearer.as_str()), ("X-Kept", "yes")];
+        // Over h2 the names go lower-cased (two of some, all the same).
+        fields.extend(overrides);
+        // To the HTTP/1.1 upstream, and to the h2 one.
+        for (target, up) in [("/api/x", &g.upstream), ("/h2/x", &g.h2_upstream)] {
+            assert_eq!(
+                get_with(&g, h2, target, &fields).await,
+                200,
+                "{name}: {target}"
+            );
+            let seen = up.last();
+            assert!(seen.uri.ends_with(target), "{name}: {}", seen.uri);
+            assert_eq!(values(&seen, "x-kept"), ["yes"], "{name}: {target}");
+            for (gone, _) in overrides {
+                assert!(
+                    !seen.headers.contains_key(gone),
+                    "{name}: {gone} reached the upstream of {target}"
+                );
+            }
+            assert_eq!(seen.method, Method::GET, "{name}: {target}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn custom_token_prefixes_and_header_names_hold_end_to_end() {
+    const CUSTOM: &str = r#"
+[tokens]
+root_prefix = "acmeroot"
+tenant_admin_prefix = "acmeadm"
+session_prefix = "acmesess"
+api_prefix = "acme"
+
+[headers]
+tenant_id = "X-Org"
+account_id = "X-Customer"
+token_id = "X-Key"
+request_id = "X-Trace"
+"#;
+    for (name, fast_path, h2) in PATHS {
+        let g = common::Opts::default()
+            .fast_path(fast_path)
+            .extra(CUSTOM)
+            .spawn()
+            .await;
+        // Minted through the native API, in the configured format.
+        let (root, _) = g
+            .mint(tokengate::token::TokenKind::Root, &["*"], None)
+            .await;
+        assert!(root.starts_with("acmeroot_"), "{root}");
+        let r = common::call(
+            g.admin_addr,
+            Method::POST,
+            &format!("/v1/accounts/{}/tokens", g.account_id),
+            Some(&root),
+            Some(serde_json::json!({"name": "ci"})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        let t = r.json()["token"].as_str().unwrap().to_string();
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        assert!(t.starts_with("acme_"), "{t}");
+        let bearer = format!("Bearer {t}");
+
+        // Used on the proxy, to both upstreams: the context arrives under
+        // the configured names, and client-sent copies of them do not.
+        for (target, up) in [("/api/x", &g.upstream), ("/h2/x", &g.h2_upstream)] {
+            let fields = [
+                ("Authorization", bearer.as_str()),
+                ("X-Org", "999"),
+                ("x-customer", "998"),
+                ("X-Key", "forged"),
+            ];
+            assert_eq!(
+                get_with(&g, h2, target, &fields).await,
+                200,
+                "{name}: {target}"
+            );
+            let seen = up.last();
+            assert_eq!(values(&seen, "x-org"), [g.tenant_id.to_string()], "{name}");
+            assert_eq!(
+                values(&seen, "x-customer"),
+                [g.account_id.to_string()],
+                "{name}"
+            );
+            assert_eq!(values(&seen, "x-key"), [id.clone()], "{name}");
+            assert_eq!(values(&seen, "x-trace").len(), 1, "{name}");
+            assert_eq!(
+                values(&seen, "x-workspace-id"),
+                [g.workspace_id.to_string()],
+                "{name}: the names not configured keep their defaults"
+            );
+            for default in ["x-tenant-id", "x-account-id", "x-token-id", "x-request-id"] {
+                assert!(
+                    !seen.headers.contains_key(default),
+                    "{name}: {default} sent though renamed"
+                );
+            }
+        }
+        // A look-alike of a renamed header is refused like one of the defaults.
+        let fields = [("Authorization", bearer.as_str()), ("x_org", "1")];
+        assert_eq!(get_with(&g, h2, "/api/x", &fields).await, 400, "{name}");
+
+        // A token of the default format is not one of ours any more:
+        // refused before any cache or store access.
+        let lookups = g.store_lookups();
+        let cache_lookups = g.gateway.metrics.cache_lookups.get();
+        let default =
+            tokengate::token::TokenFormat::default().generate(tokengate::token::TokenKind::Api);
+        let fields = [("token", default.expose())];
+        assert_eq!(get_with(&g, h2, "/api/x", &fields).await, 401, "{name}");
+        assert_eq!(g.store_lookups(), lookups, "{name}");
+        assert_eq!(
+            g.gateway.metrics.cache_lookups.get(),
+            cache_lookups,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_url_path_is_put_before_every_forwarded_path() {
+    let h1 = common::MockUpstream::spawn(false).await;
+    let h2 = common::MockUpstream::spawn(true).await;
+    let extra = format!(
+        r#"
+[[upstreams]]
+name = "based"
+url = "http://{h1}/base/v1"
+
+[[upstreams]]
+name = "slashed"
+url = "http://{h1}/slashed/"
+
+[[upstreams]]
+name = "based-h2"
+url = "http://{h2}/h2base"
+protocol = "h2"
+
+[[routes]]
+path = "/based"
+upstream = "based"
+
+[[routes]]
+path = "/slashed"
+upstream = "slashed"
+
+[[routes]]
+path = "/based-h2"
+upstream = "based-h2"
+"#,
+        h1 = h1.addr,
+        h2 = h2.addr
+    );
+    for (name, fast_path, over_h2) in PATHS {
+        let g = common::Opts::default()
+            .fast_path(fast_path)
+            .extra(&extra)
+            .spawn()
+            .await;
+        let t = g.token(&["*"]).await;
+        let bearer = format!("Bearer {t}");
+        let auth = [("Authorization", bearer.as_str())];
+        for (target, up, forwarded) in [
+            ("/based/x?q=1", &h1, "/base/v1/based/x?q=1"),
+            ("/based", &h1, "/base/v1/based"),
+            ("/based/a/../b", &h1, "/base/v1/based/b"),
+            ("/slashed/y", &h1, "/slashed/slashed/y"),
+            ("/based-h2/z?q=2", &h2, "/h2base/based-h2/z?q=2"),
+        ] {
+            assert_eq!(
+                get_with(&g, over_h2, target, &auth).await,
+                200,
+                "{name}: {target}"
+            );
+            let uri = up.last().uri;
+            // An h2 upstream sees the absolute form.
+            let path = uri
+                .split_once("://")
+                .map_or(uri.as_str(), |(_, rest)| &rest[rest.find('/').unwrap()..]);
+            assert_eq!(path, forwarded, "{name}: {target}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_is_closed_when_its_account_or_tenant_is_blocked() {
+    use tokengate::store::Status;
+
+    let g = TestGateway::spawn().await;
+    let actor = Default::default();
+    let issuer = &g.gateway.issuer;
+    let t = g.token(&["*"]).await;
+
+    // Its account.
+    let mut ws = ws::open(g.addr, &t).await;
+    ws::echo(&mut ws, "before the block").await;
+    issuer
+        .set_account_status(g.account_id, Status::Blocked, &actor)
+        .await
+        .unwrap();
+    assert!(
+        ws::closed_within(&mut ws, 5).await,
+        "the tunnel outlived its account's block"
+    );
+    assert_eq!(g.gateway.metrics.tunnels_refused.get(), 1);
+    issuer
+        .set_account_status(g.account_id, Status::Active, &actor)
+        .await
+        .unwrap();
+
+    // Its tenant.
+    let mut ws = ws::open(g.addr, &t).await;
+    ws::echo(&mut ws, "unblocked").await;
+    issuer
+        .set_tenant_status(g.tenant_id, Status::Blocked, &actor)
+        .await
+        .unwrap();
+    assert!(
+        ws::closed_within(&mut ws, 5).await,
+        "the tunnel outlived its tenant's block"
+    );
+    assert_eq!(g.gateway.metrics.tunnels_refused.get(), 2);
+}
+
+#[tokio::test]
+async fn a_tunnel_sees_a_revocation_made_by_another_process_within_the_cache_ttl() {
+    // On SQLite nothing tells the gateway about another process's change:
+    // the tunnel finds it when it checks again, at least once per
+    // `cache.ttl_seconds`.
+    let g = TestGateway::spawn_with("[cache]\nttl_seconds = 1\n").await;
+    let (t, id) = g.mint(tokengate::token::TokenKind::Api, &["*"], None).await;
+    let mut ws = ws::open(g.addr, &t).await;
+    ws::echo(&mut ws, "before").await;
+    let other = g.other_process_store().await;
+    let revoked = other
+        .revoke_token(&id, g.clock.now(), &Default::default())
+        .await
+        .unwrap();
+    assert!(revoked.is_some());
+    assert!(
+        ws::closed_within(&mut ws, 20).await,
+        "the tunnel outlived another process's revocation"
+    );
+    assert_eq!(g.gateway.metrics.tunnels_refused.get(), 1);
+}
