@@ -88,8 +88,11 @@ pub fn values<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
 pub enum Step {
     /// Write these bytes.
     Write(Vec<u8>),
-    /// Wait this long (only to split writes, never as a synchronisation).
+    /// Wait this long.
     Pause(Duration),
+    /// Wait until the gateway has read every byte written so far, so that
+    /// what follows reaches it in a read of its own.
+    Drained,
     /// Wait until the test calls [`Upstream::open_gate`].
     Gate,
     /// Close the connection.
@@ -115,7 +118,8 @@ pub fn ok(req: &UpReq, extra: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// The scripted upstream. Kinds (the second path segment):
-/// - `chunked`: 200 with [`CHUNKED_BODY`], written in two parts;
+/// - `chunked`: 200 with [`CHUNKED_BODY`], written in two parts, the
+///   second once the gateway has read the first;
 /// - `echo`: 200 with the request body (`Content-Length`);
 /// - `head`: 200 with `Content-Length: 11` (and the body unless HEAD);
 /// - `until-close`: 200 with neither length nor chunking, then closes;
@@ -371,7 +375,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Op
 
 /// The built-in answer for a request.
 fn builtin(req: &UpReq) -> Vec<Step> {
-    use Step::{Close, Gate, Pause, Write};
+    use Step::{Close, Drained, Gate, Write};
     let n = req.conn;
     let default_body = || format!("{} {} conn {n}", req.method, req.path).into_bytes();
     match req.kind() {
@@ -383,17 +387,13 @@ fn builtin(req: &UpReq) -> Vec<Step> {
                     .into_bytes();
             let cut = 12;
             first.extend_from_slice(&CHUNKED_BODY[..cut]);
-            vec![
-                Write(first),
-                Pause(Duration::from_millis(20)),
-                Write(CHUNKED_BODY[cut..].to_vec()),
-            ]
+            vec![Write(first), Drained, Write(CHUNKED_BODY[cut..].to_vec())]
         }
         "echo" => vec![Write(ok(req, "", &req.body))],
         "head" => vec![Write(ok(req, "", b"hello world"))],
         "until-close" => vec![
             Write(format!("HTTP/1.1 200 OK\r\nX-Conn: {n}\r\n\r\npart one, ").into_bytes()),
-            Pause(Duration::from_millis(20)),
+            Drained,
             Write(b"part two".to_vec()),
             Close,
         ],
@@ -428,10 +428,10 @@ fn builtin(req: &UpReq) -> Vec<Step> {
             vec![Write(out)]
         }
         "stray" => vec![
-            // A whole response, then (once it has surely been read) an
+            // A whole response, then (once it has been read) an
             // unsolicited one, and the connection closes.
             Write(ok(req, "", format!("conn {n}").as_bytes())),
-            Pause(Duration::from_millis(50)),
+            Drained,
             Write(
                 b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
                   content-length: 0\r\n\r\n"
@@ -491,6 +491,7 @@ async fn serve(mut stream: TcpStream, n: usize, up: &Upstream, scripts: &[(Strin
                     }
                 }
                 Step::Pause(d) => tokio::time::sleep(d).await,
+                Step::Drained => read_by_peer(&stream).await,
                 Step::Gate => {
                     let mut open = up.gate.subscribe();
                     let _ = open.wait_for(|o| *o).await;
@@ -735,29 +736,9 @@ impl Client {
     /// Waits (bounded) until the gateway has read every byte sent so far on
     /// this connection: none is left in flight or in its socket's receive
     /// queue. So a request sent in two writes is certain to reach the
-    /// gateway in two reads, however busy the machine. Linux only (it reads
-    /// `/proc/net/tcp`); elsewhere it waits 200 ms and hopes.
+    /// gateway in two reads, however busy the machine.
     pub async fn wait_until_read(&self) {
-        let (local, peer) = (
-            self.stream.local_addr().unwrap(),
-            self.stream.peer_addr().unwrap(),
-        );
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match unread(local, peer) {
-                Some(0) => return,
-                Some(_) => {}
-                None => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the gateway never read what was sent"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        read_by_peer(&self.stream).await;
     }
 
     /// Waits (bounded) for the gateway to close the connection; panics if
@@ -769,6 +750,29 @@ impl Client {
             "unexpected bytes before close: {:?}",
             String::from_utf8_lossy(&self.buf)
         );
+    }
+}
+
+/// Waits (bounded by [`WAIT`]) until the other end of `stream` has read
+/// every byte written to it so far. Linux only (it reads `/proc/net/tcp`);
+/// elsewhere it waits 200 ms and hopes.
+pub async fn read_by_peer(stream: &TcpStream) {
+    let (local, peer) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match unread(local, peer) {
+            Some(0) => return,
+            Some(_) => {}
+            None => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other end never read what was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
