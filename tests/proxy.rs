@@ -301,7 +301,10 @@ async fn websocket_echo_through_the_gateway() {
     let stream = TcpStream::connect(g.addr).await.unwrap();
     match tokio_tungstenite::client_async(req, stream).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED)
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["code"], "TOKEN_MISSING", "{body}");
         }
         other => panic!("expected 401, got {other:?}"),
     }
