@@ -20,9 +20,13 @@ use common::raw::{self, Client, Upstream};
 use common::{Opts, TestGateway};
 use http::{Method, StatusCode};
 
-async fn gateway(up: &Upstream, idle_timeout_seconds: u64) -> TestGateway {
-    TestGateway::spawn_with(&format!(
-        r#"
+/// A gateway routing `/raw` to `up`, on the fast path's pool or (with
+/// `fast_path` off) on hyper's path and its pool.
+async fn gateway(up: &Upstream, idle_timeout_seconds: u64, fast_path: bool) -> TestGateway {
+    Opts::default()
+        .fast_path(fast_path)
+        .extra(&format!(
+            r#"
 [[upstreams]]
 name = "raw"
 url = "http://{}"
@@ -33,10 +37,39 @@ path = "/raw"
 upstream = "raw"
 auth = "none"
 "#,
-        up.addr
-    ))
-    .await
+            up.addr
+        ))
+        .spawn()
+        .await
 }
+
+/// Runs each pool test twice: `fast_path::<name>` on the fast path's pool,
+/// `hyper_path::<name>` with `server.fast_path = false`.
+macro_rules! on_both_paths {
+    ($($name:ident),* $(,)?) => {
+        mod fast_path {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(true).await
+            })*
+        }
+        mod hyper_path {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(false).await
+            })*
+        }
+    };
+}
+
+on_both_paths!(
+    one_upstream_connection_serves_sequential_requests_of_every_shape,
+    a_response_abandoned_mid_body_closes_its_upstream_connection,
+    connections_the_upstream_closes_are_not_reused,
+    concurrent_requests_each_get_a_whole_response,
+    idle_connections_are_closed_after_the_idle_timeout,
+    no_more_than_pool_max_idle_connections_are_kept,
+);
 
 fn conn_of(r: &common::Reply) -> usize {
     r.headers
@@ -46,10 +79,9 @@ fn conn_of(r: &common::Reply) -> usize {
         .unwrap_or_else(|| panic!("no x-conn on a {} reply", r.status))
 }
 
-#[tokio::test]
-async fn one_upstream_connection_serves_sequential_requests_of_every_shape() {
+async fn one_upstream_connection_serves_sequential_requests_of_every_shape(fast_path: bool) {
     let up = Upstream::spawn().await;
-    let g = gateway(&up, 60).await;
+    let g = gateway(&up, 60, fast_path).await;
     for i in 0..40 {
         let r = match i % 4 {
             0 => g.get("/raw/small", None).await,
@@ -68,10 +100,9 @@ async fn one_upstream_connection_serves_sequential_requests_of_every_shape() {
     assert_eq!(up.accepted(), 1);
 }
 
-#[tokio::test]
-async fn a_response_abandoned_mid_body_closes_its_upstream_connection() {
+async fn a_response_abandoned_mid_body_closes_its_upstream_connection(fast_path: bool) {
     let up = Upstream::spawn().await;
-    let g = gateway(&up, 60).await;
+    let g = gateway(&up, 60, fast_path).await;
     assert_eq!(conn_of(&g.get("/raw/small", None).await), 1);
 
     // A client that reads the head and a little of a large body, then goes.
@@ -94,10 +125,9 @@ async fn a_response_abandoned_mid_body_closes_its_upstream_connection() {
     assert_eq!(&r.body[..], b"GET /raw/small conn 2");
 }
 
-#[tokio::test]
-async fn connections_the_upstream_closes_are_not_reused() {
+async fn connections_the_upstream_closes_are_not_reused(fast_path: bool) {
     let up = Upstream::spawn().await;
-    let g = gateway(&up, 60).await;
+    let g = gateway(&up, 60, fast_path).await;
     // `Connection: close`: the next request needs a new connection.
     assert_eq!(conn_of(&g.get("/raw/close", None).await), 1);
     let r = g.get("/raw/small", None).await;
@@ -111,10 +141,9 @@ async fn connections_the_upstream_closes_are_not_reused() {
     assert_eq!(&r.body[..], b"GET /raw/small conn 3");
 }
 
-#[tokio::test]
-async fn concurrent_requests_each_get_a_whole_response() {
+async fn concurrent_requests_each_get_a_whole_response(fast_path: bool) {
     let up = Upstream::spawn().await;
-    let g = Arc::new(gateway(&up, 60).await);
+    let g = Arc::new(gateway(&up, 60, fast_path).await);
     let mut tasks = Vec::new();
     for _ in 0..64 {
         let g = Arc::clone(&g);
@@ -144,10 +173,9 @@ async fn concurrent_requests_each_get_a_whole_response() {
     );
 }
 
-#[tokio::test]
-async fn idle_connections_are_closed_after_the_idle_timeout() {
+async fn idle_connections_are_closed_after_the_idle_timeout(fast_path: bool) {
     let up = Upstream::spawn().await;
-    let g = gateway(&up, 1).await;
+    let g = gateway(&up, 1, fast_path).await;
     assert_eq!(conn_of(&g.get("/raw/small", None).await), 1);
     // Nothing else happens: the gateway's sweep closes it.
     up.wait_closed(1).await;
@@ -182,15 +210,13 @@ auth = "none"
     assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
 }
 
-#[tokio::test]
-async fn no_more_than_pool_max_idle_connections_are_kept_on_either_path() {
-    for fast_path in [true, false] {
-        let up = Upstream::spawn().await;
-        let g = Arc::new(
-            Opts::default()
-                .fast_path(fast_path)
-                .extra(&format!(
-                    r#"
+async fn no_more_than_pool_max_idle_connections_are_kept(fast_path: bool) {
+    let up = Upstream::spawn().await;
+    let g = Arc::new(
+        Opts::default()
+            .fast_path(fast_path)
+            .extra(&format!(
+                r#"
 [[upstreams]]
 name = "raw"
 url = "http://{}"
@@ -202,51 +228,50 @@ path = "/raw"
 upstream = "raw"
 auth = "none"
 "#,
-                    up.addr
-                ))
-                .spawn()
-                .await,
-        );
-        // Three requests held by the upstream at once: three connections.
-        let held: Vec<_> = (0..3)
-            .map(|_| {
-                let g = Arc::clone(&g);
-                tokio::spawn(async move { g.get("/raw/gated", None).await })
-            })
-            .collect();
-        TestGateway::eventually("three requests in flight upstream", || async {
-            up.count("/raw/gated") == 3
+                up.addr
+            ))
+            .spawn()
+            .await,
+    );
+    // Three requests held by the upstream at once: three connections.
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { g.get("/raw/gated", None).await })
         })
-        .await;
-        assert_eq!(up.accepted(), 3, "fast_path = {fast_path}");
-        up.open_gate();
-        let mut conns = Vec::new();
-        for h in held {
-            let r = h.await.unwrap();
-            assert_eq!(r.status, StatusCode::OK, "fast_path = {fast_path}");
-            conns.push(conn_of(&r));
-        }
-        conns.sort();
-        assert_eq!(conns, [1, 2, 3], "fast_path = {fast_path}");
-
-        // Back from their requests, one is kept idle and two are closed,
-        // long before the idle timeout.
-        TestGateway::eventually("the connections over pool_max_idle closed", || async {
-            up.closed().len() == 2
-        })
-        .await;
-        let closed = up.closed();
-        let r = g.get("/raw/again", None).await;
+        .collect();
+    TestGateway::eventually("three requests in flight upstream", || async {
+        up.count("/raw/gated") == 3
+    })
+    .await;
+    assert_eq!(up.accepted(), 3, "fast_path = {fast_path}");
+    up.open_gate();
+    let mut conns = Vec::new();
+    for h in held {
+        let r = h.await.unwrap();
         assert_eq!(r.status, StatusCode::OK, "fast_path = {fast_path}");
-        assert!(
-            !closed.contains(&conn_of(&r)),
-            "fast_path = {fast_path}: {} was closed",
-            conn_of(&r)
-        );
-        assert_eq!(
-            up.accepted(),
-            3,
-            "fast_path = {fast_path}: the kept one served it"
-        );
+        conns.push(conn_of(&r));
     }
+    conns.sort();
+    assert_eq!(conns, [1, 2, 3], "fast_path = {fast_path}");
+
+    // Back from their requests, one is kept idle and two are closed,
+    // long before the idle timeout.
+    TestGateway::eventually("the connections over pool_max_idle closed", || async {
+        up.closed().len() == 2
+    })
+    .await;
+    let closed = up.closed();
+    let r = g.get("/raw/again", None).await;
+    assert_eq!(r.status, StatusCode::OK, "fast_path = {fast_path}");
+    assert!(
+        !closed.contains(&conn_of(&r)),
+        "fast_path = {fast_path}: {} was closed",
+        conn_of(&r)
+    );
+    assert_eq!(
+        up.accepted(),
+        3,
+        "fast_path = {fast_path}: the kept one served it"
+    );
 }
