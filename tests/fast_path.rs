@@ -294,14 +294,23 @@ async fn a_close_delimited_response_is_passed_whole_and_closes_the_client() {
 
 #[tokio::test]
 async fn an_upstream_closing_an_idle_connection_costs_no_request() {
+    for fast_path in [true, false] {
+        an_upstream_closing_an_idle_connection_costs_no_request_on(fast_path).await;
+    }
+}
+
+/// With `fast_path` off, hyper's path: it must not send a request twice
+/// either.
+async fn an_upstream_closing_an_idle_connection_costs_no_request_on(fast_path: bool) {
     let up = upstream().await;
-    let g = gateway(&up).await;
+    let g = gateway_opts(&up, Opts::default().fast_path(fast_path)).await;
     let mut c = Client::connect(g.addr).await;
 
     // GET: the stale connection is found out by sending, and the request
     // is sent again on a new connection.
     let r = c.get("/up/hangup/1").await;
     assert_eq!((r.status, r.conn()), (200, 1));
+    assert_eq!(r.served_by_hyper(), !fast_path, "{}", r.head);
     up.wait_closed(1).await;
     let r = c.get("/up/after-hangup").await;
     assert_eq!(r.status, 200, "{}", r.head);
