@@ -331,6 +331,7 @@ async fn a_keep_alive_connection_reuses_its_token_but_never_past_a_revoke() {
         4,
         "repeats skip the cache"
     );
+    assert_eq!(g.metric("tokengate_memo_hits_total").await, 4);
 
     g.gateway
         .issuer

@@ -335,6 +335,7 @@ async fn a_websocket_tunnel_is_closed_when_its_token_is_revoked() {
         "the tunnel outlived its token's revocation"
     );
     assert_eq!(g.gateway.metrics.tunnels_refused.get(), 1);
+    assert_eq!(g.metric("tokengate_tunnels_refused_total").await, 1);
 }
 
 #[tokio::test]

@@ -589,6 +589,22 @@ connect_timeout_ms = 1000
         (tx, tokio::spawn(client.request(req)))
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let r = send(self.admin_addr, Method::GET, "/metrics", &[], b"").await;
+        assert_eq!(r.status, StatusCode::OK);
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+
+    /// The value of the metric line `name` (e.g. `tokengate_memo_hits_total`)
+    /// in `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    }
+
     pub fn store_lookups(&self) -> u64 {
         self.gateway.metrics.store_lookups.get()
     }
