@@ -559,3 +559,48 @@ async fn a_change_made_by_another_process_on_sqlite_is_seen_within_the_cache_ttl
         "still cached for 600 s: the TTL is what bounds staleness on SQLite"
     );
 }
+
+#[tokio::test]
+async fn a_resolution_of_zero_writes_every_flush() {
+    let g = Opts::default()
+        .store("last_used_flush_seconds", 3600)
+        .store("last_used_resolution_seconds", 0)
+        .spawn()
+        .await;
+    let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
+    for i in 1..=3 {
+        use_then_flush(&g, &t).await;
+        assert_eq!(g.gateway.metrics.last_used_written.get(), i);
+        let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
+        assert_eq!(row.last_used_at, Some(g.clock.now()));
+        g.clock.advance(1);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_flush_keeps_its_batch_for_the_next() {
+    let outage = common::outage::Outage::default();
+    let g = Opts::default()
+        .store("last_used_flush_seconds", 3600)
+        .outage(&outage)
+        .spawn()
+        .await;
+    let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;
+    let used_at = g.clock.now();
+    assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    outage.begin();
+    let flush = || {
+        g.gateway
+            .last_used
+            .flush(g.gateway.store.as_ref(), &g.gateway.metrics, g.clock.now())
+    };
+    assert!(!flush().await, "the flush reports its failure");
+    assert_eq!(g.gateway.last_used.pending(), 1, "the batch is kept");
+    assert_eq!(g.gateway.metrics.last_used_flush_failures.get(), 1);
+    outage.end();
+    g.clock.advance(5);
+    assert!(flush().await);
+    assert_eq!(g.gateway.last_used.pending(), 0);
+    let row = g.gateway.store.get_token(&id).await.unwrap().unwrap();
+    assert_eq!(row.last_used_at, Some(used_at), "the use's own time, kept");
+}
