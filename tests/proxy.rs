@@ -686,7 +686,7 @@ request_id = "X-Trace"
                 [g.account_id.to_string()],
                 "{name}"
             );
-            assert_eq!(values(&seen, "x-key"), [id.clone()], "{name}");
+            assert_eq!(values(&seen, "x-key"), [id.as_str()], "{name}");
             assert_eq!(values(&seen, "x-trace").len(), 1, "{name}");
             assert_eq!(
                 values(&seen, "x-workspace-id"),
