@@ -173,15 +173,20 @@ async fn operator_workflow_end_to_end() {
     assert_eq!(seen.headers["x-account-id"], account.to_string().as_str());
     assert_eq!(seen.headers["x-workspace-id"], staging.to_string().as_str());
     assert_eq!(seen.headers["x-token-id"], api_id.as_str());
+    let r = g.get("/api/admin", Some(&api)).await;
     assert_eq!(
-        g.get("/api/admin", Some(&api)).await.status,
-        StatusCode::FORBIDDEN
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "ABILITY_MISSING")
     );
     assert_eq!(
         g.get("/api/calls/1", Some(&session)).await.status,
         StatusCode::OK
     );
-    assert_eq!(seen.headers["x-workspace-id"], staging.to_string().as_str());
+    // The session is bound to the account's default workspace.
+    let seen = g.upstream.last();
+    assert_eq!(seen.headers["x-workspace-id"], ws.to_string().as_str());
+    let session_id = s["id"].as_str().unwrap();
+    assert_eq!(seen.headers["x-token-id"], session_id);
 
     // Masked listing: never a secret or hash.
     let list = admin
@@ -431,7 +436,10 @@ async fn another_tenants_objects_answer_exactly_like_missing_ones_and_are_audite
     // Root-only endpoints.
     for (m, p) in [(Method::GET, "/v1/tenants"), (Method::POST, "/v1/tenants")] {
         let r = a_admin.req(m, p, Some(json!({"name": "z"}))).await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::FORBIDDEN, "FORBIDDEN")
+        );
     }
     let r = a_admin
         .req(
@@ -440,7 +448,10 @@ async fn another_tenants_objects_answer_exactly_like_missing_ones_and_are_audite
             Some(json!({"status": "blocked"})),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
     // Audited, and visible to A only.
     let audit = a_admin.req(Method::GET, "/v1/audit", None).await.json();
     let denied = audit["data"]
@@ -537,7 +548,10 @@ async fn bad_input_gets_clear_errors_never_500() {
         (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
     );
     let r = raw(b"[1,2]".to_vec()).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
+    );
     let r = raw(vec![b' '; 70 * 1024]).await;
     assert_eq!(
         (r.status, r.code().as_str()),
@@ -560,7 +574,12 @@ async fn bad_input_gets_clear_errors_never_500() {
         (json!({"name": "x", "workspace_id": 99999}), "workspace"),
     ] {
         let r = root.req(Method::POST, &path, Some(body.clone())).await;
-        assert!(r.status.is_client_error(), "{body}: {}", r.status);
+        let expected = if field == "workspace" {
+            (StatusCode::NOT_FOUND, "NOT_FOUND")
+        } else {
+            (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
+        };
+        assert_eq!((r.status, r.code().as_str()), expected, "{body}");
         assert!(
             r.json()["message"].as_str().unwrap().contains(field),
             "{body}: {}",
@@ -574,16 +593,25 @@ async fn bad_input_gets_clear_errors_never_500() {
     );
     let api = g.token(&["*"]).await;
     let r = call(g.admin_addr, Method::GET, "/v1/tenants", Some(&api), None).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
     let r = root.req(Method::GET, "/v1/nothing", None).await;
     assert_eq!(
         (r.status, r.code().as_str()),
         (StatusCode::NOT_FOUND, "ENDPOINT_NOT_FOUND")
     );
     let r = root.req(Method::PUT, "/v1/tenants", None).await;
-    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED")
+    );
     let r = root.req(Method::GET, "/v1/audit?limit=0", None).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
+    );
     let r = root
         .req(
             Method::PATCH,
@@ -591,7 +619,10 @@ async fn bad_input_gets_clear_errors_never_500() {
             Some(json!({"status": "gone"})),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
+    );
     // NUL and other control characters (which PostgreSQL refuses) are a
     // 400 at the boundary, never a 500 from the store.
     let tenant = g.tenant_id;
@@ -607,7 +638,11 @@ async fn bad_input_gets_clear_errors_never_500() {
                 Some(body.clone()),
             )
             .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            "{body}"
+        );
     }
     let r = root
         .req(
@@ -616,7 +651,10 @@ async fn bad_input_gets_clear_errors_never_500() {
             None,
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
+    );
     let r = root
         .req(
             Method::POST,
@@ -624,7 +662,10 @@ async fn bad_input_gets_clear_errors_never_500() {
             Some(json!({"token": "a\u{0}"})),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "INVALID_REQUEST")
+    );
 }
 
 #[tokio::test]
@@ -694,4 +735,105 @@ async fn openapi_document_matches_the_router() {
             assert_ne!(r.json()["code"], "METHOD_NOT_ALLOWED", "{m} {p}");
         }
     }
+}
+
+#[tokio::test]
+async fn every_mint_is_committed_with_its_audit_event_before_the_secret_is_returned() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+    // Another handle on the store, with connections of its own: it sees
+    // only what has been committed.
+    let other = g.other_process_store().await;
+    let committed = |secret: String, proxied: bool| {
+        let (g, other) = (&g, &other);
+        async move {
+            let record = other
+                .lookup(&tokengate::token::TokenHash::of(&secret))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{}… not committed when returned", &secret[..8]));
+            let audit = other.list_audit(None, 1000).await.unwrap();
+            assert!(
+                audit.iter().any(|e| e.action == "token.issued"
+                    && e.target_token_id.as_deref() == Some(record.token_id.as_str())),
+                "no committed audit event for {}",
+                record.token_id
+            );
+            if proxied {
+                let r = g.get("/api/x", Some(&secret)).await;
+                assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            }
+            record.token_id
+        }
+    };
+    let secret = |v: &Value| v["token"].as_str().unwrap().to_string();
+
+    let t = root
+        .req(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "Initech"})),
+        )
+        .await;
+    assert_eq!(t.status, StatusCode::CREATED);
+    let tenant = t.json()["id"].as_i64().unwrap();
+    let admin_token = t.json()["admin_token"].as_str().unwrap().to_string();
+    committed(admin_token.clone(), false).await;
+
+    let r = root
+        .req(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/admin-tokens"),
+            Some(json!({"name": "second"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = committed(secret(&r.json()), false).await;
+    assert_eq!(r.json()["id"], id.as_str());
+
+    let acc = root
+        .req(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/accounts"),
+            Some(json!({"email": "m@initech.io", "name": "M"})),
+        )
+        .await
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    let r = root
+        .req(
+            Method::POST,
+            &format!("/v1/accounts/{acc}/sessions"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let session = secret(&r.json());
+    let id = committed(session.clone(), true).await;
+    assert_eq!(r.json()["id"], id.as_str());
+
+    let r = root
+        .req(
+            Method::POST,
+            &format!("/v1/accounts/{acc}/tokens"),
+            Some(json!({"name": "api"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = committed(secret(&r.json()), true).await;
+    assert_eq!(r.json()["id"], id.as_str());
+
+    // A seed flow, on the public listener.
+    let r = call(
+        g.addr,
+        Method::POST,
+        "/api/v1/user/api-tokens",
+        Some(&session),
+        Some(json!({"name": "pat"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = committed(secret(&r.json()["data"]), true).await;
+    assert_eq!(r.json()["data"]["id"], id.as_str());
 }

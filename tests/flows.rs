@@ -171,7 +171,13 @@ async fn white_label_documented_examples_and_errors() {
         Some(json!({"user_id": 1})),
     )
     .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            StatusCode::FORBIDDEN,
+            json!({"message": "This action is unauthorized: a white-label admin token is required."})
+        )
+    );
     let r = send_bytes(
         g.addr,
         Method::POST,
@@ -395,7 +401,13 @@ async fn customer_id_documented_example_aliases_and_errors() {
         b"{}".to_vec(),
     )
     .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            StatusCode::FORBIDDEN,
+            json!({"error": true, "message": "FORBIDDEN"})
+        )
+    );
 }
 
 // ---------------------------------------------------------------- sub-account
@@ -573,6 +585,7 @@ async fn sub_account_documented_envelope_and_errors() {
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["message"], "Validation error", "{:?}", r.body);
     // A blocked sub-account gets no new tokens.
     g.gateway
         .issuer
@@ -619,7 +632,7 @@ async fn sub_account_documented_envelope_and_errors() {
         json!({"name": "x", "subAccountId": sub.id.to_string()}),
     )
     .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!((r.status, r.json()), (StatusCode::FORBIDDEN, forbidden));
 
     // 401 for an expired caller token, without any stack trace.
     g.clock.advance(86_401);
@@ -730,6 +743,7 @@ async fn session_exchange_documented_flow_and_errors() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"], true, "{:?}", r.body);
 
     // The documented errors, in the documented shape.
     let e = |r: &common::Reply| (r.status, r.json());
@@ -832,9 +846,10 @@ async fn personal_access_token_documented_example_and_errors() {
         g.get("/api/calls/1", Some(&ro)).await.status,
         StatusCode::OK
     );
+    let r = g.get("/api/admin", Some(&ro)).await;
     assert_eq!(
-        g.get("/api/admin", Some(&ro)).await.status,
-        StatusCode::FORBIDDEN
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "ABILITY_MISSING")
     );
 
     // Validation.
@@ -876,6 +891,7 @@ async fn personal_access_token_documented_example_and_errors() {
     let (narrow, _) = g
         .mint(TokenKind::Session, &["calls:read"], Some(now + 3_600))
         .await;
+    let escalation = json!({"message": "The requested abilities exceed those of the session."});
     for abilities in [json!(["*"]), json!(["calls:*"]), json!(["calls:write"])] {
         let r = call(
             g.addr,
@@ -885,7 +901,11 @@ async fn personal_access_token_documented_example_and_errors() {
             Some(json!({"name": "x", "abilities": abilities})),
         )
         .await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN, "{abilities}");
+        assert_eq!(
+            (r.status, r.json()),
+            (StatusCode::FORBIDDEN, escalation.clone()),
+            "{abilities}"
+        );
     }
     let r = call(
         g.addr,
@@ -896,8 +916,8 @@ async fn personal_access_token_documented_example_and_errors() {
     )
     .await;
     assert_eq!(
-        r.status,
-        StatusCode::FORBIDDEN,
+        (r.status, r.json()),
+        (StatusCode::FORBIDDEN, escalation),
         "the default [\"*\"] is beyond this session too"
     );
     let r = call(
@@ -927,7 +947,13 @@ async fn personal_access_token_documented_example_and_errors() {
         )
     );
     let r = call(g.addr, Method::POST, path, None, Some(json!({"name": "x"}))).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            StatusCode::UNAUTHORIZED,
+            json!({"message": "Unauthenticated."})
+        )
+    );
     let r = send_bytes(
         g.addr,
         Method::POST,
@@ -937,6 +963,7 @@ async fn personal_access_token_documented_example_and_errors() {
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["message"].is_string(), "{:?}", r.body);
     let r = send_bytes(
         g.addr,
         Method::POST,

@@ -4,11 +4,17 @@
 //! upstream and the gateway in front of them (SQLite in a temp dir, a manual
 //! clock), and seeds a tenant, an account and a workspace. The mock
 //! upstreams record every request they receive, so tests can assert what the
-//! upstream actually saw.
+//! upstream actually saw. [`Opts`] takes keys for the generated `[server]`
+//! and `[store]` tables and extra tables; [`raw`] has a scripted raw
+//! upstream and a raw client for byte-exact tests; [`outage`] a store a
+//! test can take down; [`ws`] WebSocket clients through the gateway.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cut;
+pub mod outage;
 pub mod pg;
+pub mod raw;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -235,6 +241,14 @@ pub struct Opts {
     pub seeded: Option<(i64, i64, i64)>,
     /// `store.timeout_seconds`.
     pub store_timeout_seconds: u64,
+    /// More keys of the generated `[server]` table, TOML lines (e.g.
+    /// `fast_path = false`); see [`Opts::server`].
+    pub server: String,
+    /// More keys of the generated `[store]` table, TOML lines (e.g.
+    /// `last_used_flush_seconds = 3600`); see [`Opts::store`].
+    pub store: String,
+    /// Puts the store behind this switch, so the test can take it down.
+    pub outage: Option<outage::Outage>,
 }
 
 impl Default for Opts {
@@ -245,7 +259,82 @@ impl Default for Opts {
             store_url: None,
             seeded: None,
             store_timeout_seconds: 5,
+            server: String::new(),
+            store: String::new(),
+            outage: None,
         }
+    }
+}
+
+impl Opts {
+    /// Sets a key of the `[server]` table: `.server("fast_path", false)`,
+    /// `.server("header_read_timeout_seconds", 1)`. Strings are quoted.
+    pub fn server(mut self, key: &str, value: impl TomlValue) -> Self {
+        self.server.push_str(&format!("{key} = {}\n", value.toml()));
+        self
+    }
+
+    /// Sets a key of the `[store]` table: `.store("last_used_flush_seconds", 3600)`.
+    pub fn store(mut self, key: &str, value: impl TomlValue) -> Self {
+        self.store.push_str(&format!("{key} = {}\n", value.toml()));
+        self
+    }
+
+    /// `server.fast_path`.
+    pub fn fast_path(self, on: bool) -> Self {
+        self.server("fast_path", on)
+    }
+
+    /// Appends config tables (`[cache]`, `[[routes]]`, ...).
+    pub fn extra(mut self, tables: &str) -> Self {
+        self.extra.push_str(tables);
+        self.extra.push('\n');
+        self
+    }
+
+    /// `server.shutdown_grace_seconds`.
+    pub fn grace_seconds(mut self, secs: u64) -> Self {
+        self.grace_seconds = secs;
+        self
+    }
+
+    /// The store goes behind `outage`.
+    pub fn outage(mut self, outage: &outage::Outage) -> Self {
+        self.outage = Some(outage.clone());
+        self
+    }
+
+    pub async fn spawn(self) -> TestGateway {
+        TestGateway::spawn_opts(self).await
+    }
+}
+
+/// A value written into the generated TOML.
+pub trait TomlValue {
+    fn toml(&self) -> String;
+}
+
+impl TomlValue for bool {
+    fn toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl TomlValue for u64 {
+    fn toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl TomlValue for i32 {
+    fn toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl TomlValue for &str {
+    fn toml(&self) -> String {
+        format!("{self:?}")
     }
 }
 
@@ -330,6 +419,9 @@ impl TestGateway {
             store_url,
             seeded,
             store_timeout_seconds,
+            server,
+            store: store_keys,
+            outage,
         } = opts;
         let extra = extra.as_str();
         let upstream = MockUpstream::spawn(false).await;
@@ -342,10 +434,12 @@ impl TestGateway {
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_grace_seconds = {grace_seconds}
+{server}
 
 [store]
 url = "{db}"
 timeout_seconds = {store_timeout_seconds}
+{store_keys}
 
 [[upstreams]]
 name = "mock"
@@ -374,6 +468,10 @@ connect_timeout_ms = 1000
         let store = tokengate::store::open(&config.store.url, 4, config.store.timeout)
             .await
             .unwrap();
+        let store = match &outage {
+            Some(o) => o.wrap(store),
+            None => store,
+        };
         let clock = Clock::manual(1_800_000_000);
         let gateway = Gateway::new(config, store, clock.clone());
 
@@ -491,12 +589,56 @@ connect_timeout_ms = 1000
         (tx, tokio::spawn(client.request(req)))
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let r = send(self.admin_addr, Method::GET, "/metrics", &[], b"").await;
+        assert_eq!(r.status, StatusCode::OK);
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+
+    /// The value of the metric line `name` (e.g. `tokengate_memo_hits_total`)
+    /// in `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    }
+
     pub fn store_lookups(&self) -> u64 {
         self.gateway.metrics.store_lookups.get()
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The `store.url` this gateway runs on.
+    pub fn store_url(&self) -> String {
+        self.gateway.config.store.url.expose().to_string()
+    }
+
+    /// A second, independent handle on this gateway's store (its own
+    /// connection pool), as another process (`tokengate token revoke` from
+    /// a shell) would have: changes made through it reach the gateway only
+    /// as the store itself tells them.
+    pub async fn other_process_store(&self) -> Arc<dyn tokengate::store::TokenStore> {
+        let url = tokengate::config::DatabaseUrl::new(self.store_url());
+        tokengate::store::open(&url, 2, Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    /// Like [`TestGateway::send`], over HTTP/2 (prior knowledge): always
+    /// served by hyper, never the fast path.
+    pub async fn send_h2(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &'static [u8],
+    ) -> Reply {
+        send_h2(self.addr, method, path, headers, body.to_vec()).await
     }
 
     /// Sends a request with headers; returns status, headers and body.
@@ -575,6 +717,28 @@ pub async fn send_bytes(
     body: Vec<u8>,
 ) -> Reply {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body))).unwrap();
+    reply(client.request(req)).await
+}
+
+/// [`send_bytes`] over HTTP/2 with prior knowledge (hyper's path on the
+/// gateway, whatever `server.fast_path` says).
+pub async fn send_h2(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
     let mut req = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"));

@@ -1,7 +1,14 @@
 //! PostgreSQL for tests: each test gets a schema of its own in the database
 //! `TOKENGATE_TEST_DATABASE_URL` names, so runs (and tests within a run)
 //! never collide, notification channels included (they are named after the
-//! schema). Without the variable, tests print that they were skipped.
+//! schema).
+//!
+//! A PostgreSQL test is `#[ignore = "needs PostgreSQL: set
+//! TOKENGATE_TEST_DATABASE_URL; run by .ci/run"]`, its name starts with
+//! `pg_`, and it gets its database from [`url`] or [`fresh_url`]: plain
+//! `cargo test` reports it ignored (never passed), and `cargo test --
+//! --ignored pg_` (what `.ci/run` runs) fails it when the variable is
+//! missing or the database cannot be reached.
 
 use std::time::Duration;
 
@@ -10,7 +17,29 @@ use sqlx::postgres::PgPoolOptions;
 /// The env var naming the test database.
 pub const ENV: &str = "TOKENGATE_TEST_DATABASE_URL";
 
-/// The base URL, or `None` after printing that `test` is skipped.
+/// The base URL from [`ENV`]; panics (failing the test) without it.
+pub fn url() -> String {
+    match std::env::var(ENV) {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "{ENV} is not set: this PostgreSQL test needs it \
+             (e.g. postgres://postgres@127.0.0.1:5432/test; .ci/run sets it)"
+        ),
+    }
+}
+
+/// A fresh schema on the database [`ENV`] names: (base URL, URL of the
+/// schema). Panics without the variable or when the database cannot be
+/// reached.
+pub async fn fresh_url() -> (String, String) {
+    let base = url();
+    let schema = fresh_schema(&base).await;
+    (base, schema)
+}
+
+/// The base URL, or `None` after printing that `test` is skipped. For
+/// optional uses (the propagation bench); a test uses [`url`], so that
+/// running it without a database fails instead of passing.
 pub fn base_url(test: &str) -> Option<String> {
     match std::env::var(ENV) {
         Ok(u) if !u.is_empty() => Some(u),
