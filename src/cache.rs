@@ -49,7 +49,6 @@ use dashmap::DashMap;
 use http::HeaderValue;
 use moka::notification::RemovalCause;
 
-use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::store::{AuthRecord, StoreError, TokenLookup};
 use crate::token::TokenHash;
@@ -770,4 +769,15 @@ mod tests {
         assert_eq!(header_text("a\nb"), "a%0Ab");
         assert_eq!(header_text("100%\u{1}"), "100%25%01");
     }
+}
+
+/// Validated `[cache]`.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Lifetime of a found record.
+    pub ttl: Duration,
+    /// Lifetime of an unknown-hash entry.
+    pub negative_ttl: Duration,
+    /// Capacity in entries.
+    pub max_entries: u64,
 }

@@ -9,7 +9,6 @@
 //! upstream named "billing"`.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,8 +17,11 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Uri};
 use serde::Deserialize;
 
-use crate::auth::Ability;
+use crate::ability::Ability;
+pub use crate::cache::CacheConfig;
 use crate::route::normalize_path;
+pub use crate::route::{AuthMode, RouteConfig};
+pub use crate::store::DatabaseUrl;
 use crate::token::{TokenFormat, MAX_PREFIX_LEN};
 
 /// The default config path, relative to the working directory.
@@ -348,61 +350,6 @@ impl Default for FileTokenApi {
 // Stage 2: the validated runtime config.
 // ---------------------------------------------------------------------------
 
-/// A database URL. `Debug` and `Display` hide the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// Wraps a URL.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The URL with its password, for the driver only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with any password replaced by `***`.
-    pub fn redacted(&self) -> String {
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return self.0.clone();
-        };
-        let (authority, tail) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:***@{host}{}", strip_query(tail))
-                } else {
-                    format!("{scheme}://{user}@{host}{}", strip_query(tail))
-                }
-            }
-            None => format!("{scheme}://{authority}{}", strip_query(tail)),
-        }
-    }
-}
-
-/// Query strings can carry `password=`; logs never show them.
-fn strip_query(tail: &str) -> &str {
-    tail.split('?').next().unwrap_or(tail)
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -459,17 +406,6 @@ pub struct StoreConfig {
     pub last_used_resolution: Duration,
 }
 
-/// Validated `[cache]`.
-#[derive(Clone, Debug)]
-pub struct CacheConfig {
-    /// Lifetime of a found record.
-    pub ttl: Duration,
-    /// Lifetime of an unknown-hash entry.
-    pub negative_ttl: Duration,
-    /// Capacity in entries.
-    pub max_entries: u64,
-}
-
 /// How an upstream is spoken to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -504,32 +440,6 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     /// Connections open at once, idle or busy, across both paths.
     pub max_connections: usize,
-}
-
-/// Whether a route needs a token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthMode {
-    /// A valid token with the route's abilities is needed.
-    Required,
-    /// No token: forwarded anonymously. A token: it must be valid.
-    Optional,
-    /// Never checked; credential and tenant headers are still stripped.
-    None,
-}
-
-/// Validated `[[routes]]` entry.
-#[derive(Clone, Debug)]
-pub struct RouteConfig {
-    /// Normalised prefix, no trailing slash except `/` itself.
-    pub path: String,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
-    /// Allowed methods; empty = all.
-    pub methods: Vec<Method>,
-    /// Token requirement.
-    pub auth: AuthMode,
-    /// Abilities needed, all of them.
-    pub abilities: Vec<Ability>,
 }
 
 /// Header names sent upstream (all lower-case, as `http` stores them).
@@ -1028,7 +938,7 @@ fn validate_headers(path: &Path, h: &FileHeaders) -> Result<HeaderNames, ConfigE
                 message: format!("{n} is used for two headers"),
             });
         }
-        if crate::proxy::is_reserved_header(n) {
+        if crate::fields::is_reserved_header(n) {
             return Err(ConfigError::Invalid {
                 file: path.to_path_buf(),
                 key: "headers".into(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::auth::Ability;
+use crate::ability::Ability;
 use crate::cache::TokenCache;
 use crate::clock::Clock;
 use crate::store::{
@@ -104,7 +104,7 @@ impl Caller {
         }
         match requested
             .iter()
-            .find(|a| !crate::auth::grants_all(&self.abilities, [a.as_str()]))
+            .find(|a| !crate::ability::grants_all(&self.abilities, [a.as_str()]))
         {
             Some(a) => Err(IssueError::Escalation(format!(
                 "the caller does not hold the ability {:?}",

@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ability;
 pub mod admin;
 pub mod api;
 pub mod auth;
@@ -49,6 +50,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod fast;
+pub mod fields;
 pub mod flows;
 pub mod gateway;
 pub mod issuer;

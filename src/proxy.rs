@@ -43,12 +43,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::auth::TOKEN_HEADER;
 use crate::cache::{AuthEntry, ConnectionMemo};
 use crate::cap::{is_busy, CappedConnector, ConnCap};
 use crate::config::{GatewayHeader, HeaderNames, UpstreamConfig, UpstreamProtocol};
 use crate::error::Denial;
 use crate::fast::pool::RawPool;
+pub use crate::fields::{
+    connection_tokens, is_hop_by_hop_bytes, is_reserved_header, is_visible_ascii, RequestFields,
+    HOP_BY_HOP, X_REQUEST_ID,
+};
+use crate::fields::{is_hop_by_hop, SPOOFABLE, TOKEN_HEADER};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PooledBody};
 
@@ -182,94 +186,6 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// `X-Request-Id` on the gateway's own responses.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
-
-/// Client headers that upstream frameworks trust for the client's address,
-/// scheme, path or method. Removed from every request: the gateway states
-/// these itself (`X-Forwarded-*`), and a client must not be able to steer
-/// the upstream past what was authorised.
-static SPOOFABLE: [HeaderName; 9] = [
-    HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-];
-
-/// The names [`is_hop_by_hop`] picks, for code that reads names as bytes
-/// (the fast path's response heads); a test holds the two equal.
-pub const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "http2-settings",
-];
-
-/// `HeaderValue::to_str`'s rule for bytes: visible ASCII, spaces and tabs
-/// only. Checked without an early exit, which the compiler vectorises.
-pub fn is_visible_ascii(v: &[u8]) -> bool {
-    v.iter().fold(true, |ok, &b| {
-        ok & ((b.wrapping_sub(0x20) < 0x5f) | (b == b'\t'))
-    })
-}
-
-/// The names `Connection` field values list, as every strip reads them:
-/// a value that is not visible ASCII lists nothing (`HeaderValue::to_str`
-/// refuses it); the others are split at commas and trimmed.
-pub fn connection_tokens<'a>(
-    values: impl Iterator<Item = &'a [u8]> + 'a,
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    values
-        .filter(|v| is_visible_ascii(v))
-        .flat_map(|v| v.split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-}
-
-/// [`is_hop_by_hop`] for a name as sent, in any letter case.
-pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1),
-/// plus the de-facto `Keep-Alive` and `Proxy-Connection`.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name == HTTP2_SETTINGS
-}
-
-/// Hop-by-hop and credential headers: never configurable as gateway headers.
-pub fn is_reserved_header(name: &HeaderName) -> bool {
-    is_hop_by_hop(name)
-        || name == header::AUTHORIZATION
-        || name == TOKEN_HEADER
-        || name == header::HOST
 }
 
 /// The request body on its way upstream: the client's, streamed frame by
@@ -477,29 +393,6 @@ pub struct ForwardContext<'a> {
     pub path: &'a str,
     /// Whether the client spoke TLS to us.
     pub tls: bool,
-}
-
-/// A request's header fields as the policy steps read them: the hyper
-/// path's `HeaderMap`, or the fast path's fields as they came
-/// ([`crate::fast::wire::RequestHead`]). Names compare in any letter case
-/// (a `HeaderMap`'s are lower case already).
-pub trait RequestFields {
-    /// Every field, name and value, in order.
-    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
-
-    /// The values of every field called `name`, in order.
-    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a;
-}
-
-impl RequestFields for HeaderMap {
-    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-    }
-
-    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.get_all(name).iter().map(HeaderValue::as_bytes)
-    }
 }
 
 /// The look-alike check: refuses header names that are not one of the

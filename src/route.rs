@@ -10,7 +10,7 @@
 
 use http::Method;
 
-use crate::config::RouteConfig;
+use crate::ability::Ability;
 
 /// Why a request path is refused (400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -237,11 +237,37 @@ impl RouteTable {
     }
 }
 
+/// Whether a route needs a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A valid token with the route's abilities is needed.
+    Required,
+    /// No token: forwarded anonymously. A token: it must be valid.
+    Optional,
+    /// Never checked; credential and tenant headers are still stripped.
+    None,
+}
+
+/// Validated `[[routes]]` entry.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// Normalised prefix, no trailing slash except `/` itself.
+    pub path: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    /// Allowed methods; empty = all.
+    pub methods: Vec<Method>,
+    /// Token requirement.
+    pub auth: AuthMode,
+    /// Abilities needed, all of them.
+    pub abilities: Vec<Ability>,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::AuthMode;
     use super::*;
-    use crate::config::AuthMode;
     use proptest::prelude::*;
 
     #[test]

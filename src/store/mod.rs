@@ -9,12 +9,12 @@ pub mod postgres;
 mod rows;
 pub mod sqlite;
 
+use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::config::DatabaseUrl;
 use crate::token::{TokenHash, TokenKind};
 
 /// Store failures. The request path turns [`StoreError::Unavailable`] into a
@@ -479,5 +479,60 @@ pub async fn open(
         let s = postgres::PgStore::connect(url, max_connections, timeout).await?;
         s.migrate().await?;
         Ok(Arc::new(s))
+    }
+}
+
+/// A database URL. `Debug` and `Display` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        let (authority, tail) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                if userinfo.contains(':') {
+                    format!("{scheme}://{user}:***@{host}{}", strip_query(tail))
+                } else {
+                    format!("{scheme}://{user}@{host}{}", strip_query(tail))
+                }
+            }
+            None => format!("{scheme}://{authority}{}", strip_query(tail)),
+        }
+    }
+}
+
+/// Query strings can carry `password=`; logs never show them.
+fn strip_query(tail: &str) -> &str {
+    tail.split('?').next().unwrap_or(tail)
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
     }
 }

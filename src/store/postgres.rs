@@ -22,12 +22,12 @@ use sqlx::Row;
 
 use super::rows::{account, audit_event, auth_record, tenant, token_row, workspace};
 use super::sqlite::random_customer_id;
+use super::DatabaseUrl;
 use super::{
     Account, AuditEvent, AuthRecord, FeedEvent, Invalidation, InvalidationFeed, NewAccount,
     NewAuditEvent, NewToken, Revoked, Status, StoreError, Tenant, TokenFilter, TokenLookup,
     TokenRow, TokenStore, Workspace,
 };
-use crate::config::DatabaseUrl;
 use crate::token::TokenHash;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

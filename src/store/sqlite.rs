@@ -14,11 +14,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::rows::{account, audit_event, auth_record, tenant, token_row, workspace};
+use super::DatabaseUrl;
 use super::{
     Account, AuditEvent, AuthRecord, NewAccount, NewAuditEvent, NewToken, Revoked, Status,
     StoreError, Tenant, TokenFilter, TokenLookup, TokenRow, TokenStore, Workspace,
 };
-use crate::config::DatabaseUrl;
 use crate::token::TokenHash;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
