@@ -1,10 +1,11 @@
-//! The command line: `serve`, `migrate`, `init`, `check-config`, and
-//! `tenant` / `account` / `token` for operators who prefer a shell.
+//! The command line: `serve`, `migrate`, `init`, `check-config`, `echo`,
+//! and `tenant` / `account` / `token` for operators who prefer a shell.
 //!
 //! Commands that print a token print it alone on stdout (one line), so
 //! `TOKEN=$(tokengate init)` works; everything else about it goes to stderr.
 //! Other commands print JSON on stdout.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -48,6 +49,14 @@ pub enum Command {
     },
     /// Validate the config file and exit.
     CheckConfig,
+    /// Run a small upstream that answers every request with JSON of what it
+    /// received (method, path, headers, body length), for trying the
+    /// gateway. Needs no config file.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = crate::echo::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+    },
     /// Tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -244,6 +253,9 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Echo { listen } = cli.command {
+        return echo(listen).await;
+    }
     let cfg = load(&cli)?;
     match cli.command {
         Command::CheckConfig => {
@@ -262,6 +274,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Serve => serve(cfg).await,
+        // Served above, before any config is read.
+        Command::Echo { .. } => Ok(()),
         Command::Init { force, name } => {
             let store = open_store(&cfg).await?;
             let roots = store
@@ -308,6 +322,14 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     crate::server::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
+    Ok(())
+}
+
+async fn echo(listen: SocketAddr) -> Result<(), CliError> {
+    let listener = crate::echo::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "echo listening");
+    crate::echo::serve(listener, crate::server::shutdown_signal()).await;
     Ok(())
 }
 

@@ -31,6 +31,7 @@
 //! | [`metrics`] | counters, Prometheus text |
 //! | [`clock`] | the clock expiry is judged by, injectable for tests |
 //! | [`cli`] | the command line |
+//! | [`echo`] | `tokengate echo`: an upstream that answers with the request it received |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -42,6 +43,7 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod echo;
 pub mod error;
 pub mod fast;
 pub mod flows;

@@ -168,18 +168,36 @@ fn bad_config_is_refused_with_the_key_named() {
 }
 
 #[test]
-fn shipped_config_checks() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .arg("--config")
-        .arg(path)
-        .arg("check-config")
-        .output()
-        .unwrap();
+fn shipped_configs_check() {
+    for file in ["config/tokengate.toml", "config/compose.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .arg("--config")
+            .arg(path)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn compose_points_the_gateway_at_its_echo_service() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = tokengate::config::Config::from_file(&root.join("config/compose.toml")).unwrap();
+    let echo = cfg.upstreams.iter().find(|u| u.name == "echo").unwrap();
+    assert_eq!(echo.authority.host(), "echo", "the compose service name");
+    let port = echo.authority.port_u16().unwrap();
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        compose.contains(&format!(
+            "command: [\"echo\", \"--listen\", \"0.0.0.0:{port}\"]"
+        )),
+        "docker-compose.yml's echo service must listen on {port}"
     );
 }
 
@@ -244,5 +262,60 @@ fn serve_answers_and_stops_on_sigterm() {
     assert!(
         status.success(),
         "serve exits cleanly on SIGTERM: {status:?}"
+    );
+}
+
+#[test]
+fn echo_needs_no_config_and_answers_with_the_request() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args([
+            "--config",
+            "/nonexistent/tokengate.toml",
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "echo exited early"
+        );
+        if let Some(i) = line.find("addr=") {
+            break line[i + 5..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /a/b?c=d HTTP/1.1\r\nHost: x\r\nX-Tenant-Id: 1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body: serde_json::Value =
+        serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["path"], "/a/b?c=d");
+    assert_eq!(body["headers"]["x-tenant-id"], "1");
+    assert_eq!(body["body_bytes"], 3);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(
+        child.wait().unwrap().success(),
+        "echo exits cleanly on SIGTERM"
     );
 }
