@@ -199,6 +199,11 @@ fn compose_points_the_gateway_at_its_echo_service() {
         )),
         "docker-compose.yml's echo service must listen on {port}"
     );
+    // The first instance's admin port is published on loopback only.
+    assert!(
+        compose.contains("\"127.0.0.1:8081:8081\""),
+        "admin port exposed"
+    );
 }
 
 #[test]
