@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONTENT_TYPE};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
@@ -63,12 +64,51 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/audit"),
 ];
 
-/// Handles one request on the admin listener.
+/// Handles one request on the admin listener. `HEAD` is answered wherever
+/// `GET` is, with the same status and headers (`Content-Length` included)
+/// and no body; hyper would drop the body of an HTTP/1.1 answer to `HEAD`
+/// by itself, but not an h2 one, so it is dropped here for both.
 pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Body> {
-    match route(gateway, req).await {
+    let head = req.method() == Method::HEAD;
+    let resp = match route(gateway, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if head {
+        without_body(resp)
+    } else {
+        resp
     }
+}
+
+/// The same answer with its body's length stated and the body dropped.
+fn without_body(mut resp: Response<Body>) -> Response<Body> {
+    if let Some(len) = http_body::Body::size_hint(resp.body()).exact() {
+        resp.headers_mut()
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(len));
+    }
+    *resp.body_mut() = full(Bytes::new());
+    resp
+}
+
+/// The methods a path is served with, as an `Allow` value (`GET, HEAD`),
+/// or `None` when no endpoint has this path.
+pub fn allowed_methods(segs: &[&str]) -> Option<String> {
+    let mut methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, t)| template_matches(t, segs))
+        .map(|(m, _)| *m)
+        .collect();
+    if methods.is_empty() {
+        return None;
+    }
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods.sort_unstable();
+    methods.dedup();
+    Some(methods.join(", "))
 }
 
 fn created(body: Value) -> Result<Response<Body>, ApiError> {
@@ -88,7 +128,18 @@ fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
 async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
+    // HEAD is served as GET; `handle` drops the body.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
+    let allow = allowed_methods(&segs).ok_or(ApiError::EndpointNotFound)?;
+    if !ROUTES
+        .iter()
+        .any(|(m, t)| *m == method.as_str() && template_matches(t, &segs))
+    {
+        return Err(ApiError::MethodNotAllowed(allow));
+    }
 
     // Unauthenticated operator endpoints.
     match (&method, segs.as_slice()) {
@@ -117,19 +168,6 @@ async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, Ap
             return Ok(r);
         }
         _ => {}
-    }
-
-    if segs.first() != Some(&"v1") {
-        return Err(ApiError::EndpointNotFound);
-    }
-    if !ROUTES.iter().any(|(_, t)| template_matches(t, &segs)) {
-        return Err(ApiError::EndpointNotFound);
-    }
-    if !ROUTES
-        .iter()
-        .any(|(m, t)| *m == method.as_str() && template_matches(t, &segs))
-    {
-        return Err(ApiError::MethodNotAllowed);
     }
 
     let caller = g

@@ -194,9 +194,10 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("no such endpoint")]
     EndpointNotFound,
-    /// The endpoint exists, not with this method.
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// The endpoint exists, not with this method; carries the `Allow`
+    /// value (`GET, HEAD`).
+    #[error("method not allowed; this endpoint allows {0}")]
+    MethodNotAllowed(String),
 }
 
 impl ApiError {
@@ -213,7 +214,7 @@ impl ApiError {
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
             ApiError::EndpointNotFound => (StatusCode::NOT_FOUND, "ENDPOINT_NOT_FOUND"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
         }
     }
 
@@ -230,6 +231,12 @@ impl ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::MethodNotAllowed(allow) = &self {
+            // RFC 9110 15.5.6: a 405 lists the methods the target allows.
+            if let Ok(v) = HeaderValue::from_str(allow) {
+                r.headers_mut().insert(http::header::ALLOW, v);
+            }
         }
         r
     }

@@ -695,3 +695,129 @@ async fn openapi_document_matches_the_router() {
         }
     }
 }
+
+/// Status, headers (less `date`) and body of a request over HTTP/1.1 or h2.
+async fn exchange(
+    addr: std::net::SocketAddr,
+    h2: bool,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(h2)
+            .build_http();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = client
+        .request(req.body(http_body_util::Full::default()).unwrap())
+        .await
+        .unwrap();
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove("date");
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+    let tenants = format!("/v1/tenants/{}/accounts", g.tenant_id);
+    for h2 in [false, true] {
+        for (path, token) in [
+            ("/healthz", None),
+            ("/readyz", None),
+            ("/metrics", None),
+            ("/openapi.json", None),
+            ("/v1/tenants", Some(root.token.as_str())),
+            (tenants.as_str(), Some(root.token.as_str())),
+            // Refused: the same 401 and its headers, no body.
+            ("/v1/tenants", None),
+        ] {
+            let (gs, gh, gb) = exchange(g.admin_addr, h2, Method::GET, path, token).await;
+            let (hs, hh, hb) = exchange(g.admin_addr, h2, Method::HEAD, path, token).await;
+            let what = format!("{path} h2={h2}");
+            assert_eq!(hs, gs, "{what}");
+            assert!(!gb.is_empty(), "{what}: GET has a body");
+            assert!(hb.is_empty(), "{what}: HEAD has none");
+            assert_eq!(
+                hh["content-length"],
+                gb.len().to_string().as_str(),
+                "{what}: HEAD states GET's length"
+            );
+            if path == "/metrics" {
+                // Counters move between the two requests; the length may too.
+                assert_eq!(hh["content-type"], gh["content-type"], "{what}");
+            } else {
+                assert_eq!(hh, gh, "{what}: same headers");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_405_on_the_admin_listener_says_what_is_allowed() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+    for (method, path, allow) in [
+        (Method::POST, "/healthz", "GET, HEAD"),
+        (Method::DELETE, "/readyz", "GET, HEAD"),
+        (Method::PUT, "/metrics", "GET, HEAD"),
+        (Method::OPTIONS, "/openapi.json", "GET, HEAD"),
+        (Method::PUT, "/v1/tenants", "GET, HEAD, POST"),
+        (Method::GET, "/v1/tenants/1", "PATCH"),
+        (Method::DELETE, "/v1/tenants/1/accounts", "GET, HEAD, POST"),
+        (Method::GET, "/v1/tenants/1/admin-tokens", "POST"),
+        (Method::DELETE, "/v1/accounts/1", "PATCH"),
+        (Method::GET, "/v1/accounts/1/sessions", "POST"),
+        (Method::PATCH, "/v1/accounts/1/tokens", "GET, HEAD, POST"),
+        (Method::GET, "/v1/tokens/abc", "DELETE"),
+        // `verify` also reads as a token id, which DELETE revokes.
+        (Method::GET, "/v1/tokens/verify", "DELETE, POST"),
+        (Method::POST, "/v1/audit", "GET, HEAD"),
+    ] {
+        // With a token and without: the method is refused before anything.
+        for token in [Some(root.token.as_str()), None] {
+            let r = call(g.admin_addr, method.clone(), path, token, None).await;
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(r.code(), "METHOD_NOT_ALLOWED");
+            assert_eq!(r.headers["allow"], allow, "{method} {path}");
+        }
+    }
+    // Every 405 the admin router can give, derived from its table: each
+    // path refuses each method it does not serve, naming those it does.
+    for (_, template) in tokengate::admin::ROUTES {
+        let path = template.replace("{id}", "1");
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let allow = tokengate::admin::allowed_methods(&segs).unwrap();
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            if allow.split(", ").any(|a| a == m) {
+                continue;
+            }
+            let r = call(
+                g.admin_addr,
+                Method::from_bytes(m.as_bytes()).unwrap(),
+                &path,
+                Some(&root.token),
+                None,
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
+            assert_eq!(r.headers["allow"], allow.as_str(), "{m} {path}");
+        }
+    }
+    // No endpoint at all: 404, and no Allow.
+    let r = root.req(Method::GET, "/nothing", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.headers.get("allow").is_none());
+}

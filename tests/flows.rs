@@ -1006,3 +1006,26 @@ async fn flows_can_be_moved_or_turned_off() {
     );
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn every_flow_405_says_what_is_allowed() {
+    let g = TestGateway::spawn().await;
+    let (admin, _) = g.mint(TokenKind::TenantAdmin, &["*"], None).await;
+    for (path, method, allow) in [
+        ("/api/white-label/token", Method::GET, "POST"),
+        ("/api/white-label/users", Method::POST, "GET"),
+        (
+            "/api/v1/global/users/gettokenbycustomerid",
+            Method::PUT,
+            "POST",
+        ),
+        ("/api/v1/apiClient/token", Method::DELETE, "GET, POST"),
+        ("/api/v1/global/generate-token", Method::GET, "POST"),
+        ("/api/v1/global/verify", Method::PATCH, "POST"),
+        ("/api/v1/user/api-tokens", Method::GET, "POST"),
+    ] {
+        let r = call(g.addr, method.clone(), path, Some(&admin), None).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(r.headers["allow"], allow, "{method} {path}");
+    }
+}
