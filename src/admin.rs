@@ -256,7 +256,7 @@ async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, Ap
                 .list_accounts(tenant, email.as_deref())
                 .await?
                 .iter()
-                .map(|a| account_json(a, None))
+                .map(account_json)
                 .collect();
             ok(json!({"data": list}))
         }
@@ -267,7 +267,7 @@ async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, Ap
                 .issuer
                 .set_account_status(acc.id, status, &caller.actor())
                 .await?;
-            ok(account_json(&acc, None))
+            ok(account_json(&acc))
         }
         (&Method::POST, ["v1", "accounts", a, "workspaces"]) => {
             let acc = reach_account(g, &caller, id(a, "account")?).await?;
@@ -477,8 +477,8 @@ async fn create_account(
         parent_account_id: f.int("parent_account_id")?,
         workspace,
     };
-    let (acc, ws) = g.issuer.create_account(&new, &caller.actor()).await?;
-    created(account_json(&acc, ws.map(|w| w.id)))
+    let (acc, _) = g.issuer.create_account(&new, &caller.actor()).await?;
+    created(account_json(&acc))
 }
 
 /// The workspace tokens of an account are bound to by default: its first

@@ -301,12 +301,12 @@ pub fn tenant_json(t: &Tenant) -> Value {
     json!({"id": t.id, "name": t.name, "status": t.status, "created_at": rfc3339(t.created_at)})
 }
 
-/// An account in the native API.
-pub fn account_json(a: &Account, workspace_id: Option<i64>) -> Value {
+/// An account in the native API, with its default workspace.
+pub fn account_json(a: &Account) -> Value {
     json!({
         "id": a.id, "tenant_id": a.tenant_id, "email": a.email, "name": a.name,
         "customer_id": a.customer_id, "parent_account_id": a.parent_account_id,
-        "external_id": a.external_id, "status": a.status, "workspace_id": workspace_id,
+        "external_id": a.external_id, "status": a.status, "workspace_id": a.workspace_id,
         "created_at": rfc3339(a.created_at),
     })
 }

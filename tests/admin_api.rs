@@ -117,6 +117,20 @@ async fn operator_workflow_end_to_end() {
         .await
         .json();
     assert_eq!(found["data"].as_array().unwrap().len(), 1);
+    // Listed as created: with its workspace, not `null`.
+    assert_eq!(found["data"][0]["workspace_id"], ws, "{found}");
+    assert_eq!(found["data"][0], acc, "listing and create answer agree");
+    let all = admin
+        .req(Method::GET, &format!("/v1/tenants/{tenant}/accounts"), None)
+        .await
+        .json();
+    let sub = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["email"] == "sub@globex.io")
+        .unwrap();
+    assert_eq!(sub["workspace_id"], Value::Null, "made without one");
 
     // Workspaces, sessions, tokens.
     let r = admin
@@ -258,6 +272,11 @@ async fn operator_workflow_end_to_end() {
         )
         .await;
     assert_eq!(r.json()["status"], "blocked");
+    assert_eq!(
+        r.json()["workspace_id"],
+        ws,
+        "the PATCH answer states it too"
+    );
     assert_eq!(
         g.get("/api/calls/1", Some(&session)).await.code(),
         "ACCOUNT_BLOCKED"

@@ -94,6 +94,7 @@ async fn suite(s: Arc<dyn TokenStore>) {
         .unwrap();
     let ws1 = ws1.unwrap();
     assert_eq!(ws1.account_id, a1.id);
+    assert_eq!(a1.workspace_id, Some(ws1.id), "the workspace made with it");
     assert_eq!(a1.customer_id.len(), 12);
     assert!(a1.customer_id.bytes().all(|b| b.is_ascii_digit()));
     assert_eq!(a1.external_id.as_deref(), Some("ext-1"));
@@ -134,6 +135,27 @@ async fn suite(s: Arc<dyn TokenStore>) {
         s.list_workspaces(a1.id).await.unwrap(),
         vec![ws1.clone(), ws2]
     );
+    // Every way of reading an account states its default workspace: the
+    // first active one (the one made with it), none for an account made
+    // without one.
+    assert_eq!(child.workspace_id, None);
+    let listed = s.list_accounts(t1.id, None).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|a| a.workspace_id).collect::<Vec<_>>(),
+        vec![Some(ws1.id), None]
+    );
+    assert_eq!(
+        s.get_account(a1.id).await.unwrap().unwrap().workspace_id,
+        Some(ws1.id)
+    );
+    assert_eq!(
+        s.find_account_by_customer_id(&a1.customer_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .workspace_id,
+        Some(ws1.id)
+    );
 
     // Tokens: insert, lookup joins statuses, hash is unique.
     let (tok, hash) = new_token(TokenKind::Api, Some(t1.id), Some(a1.id));
@@ -167,14 +189,16 @@ async fn suite(s: Arc<dyn TokenStore>) {
     );
 
     // Status changes show in lookups.
-    s.set_account_status(
-        a1.id,
-        Status::Blocked,
-        &audit("account.blocked", Some(t1.id)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let blocked = s
+        .set_account_status(
+            a1.id,
+            Status::Blocked,
+            &audit("account.blocked", Some(t1.id)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(blocked.workspace_id, Some(ws1.id));
     s.set_tenant_status(
         t1.id,
         Status::Blocked,

@@ -20,7 +20,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use super::rows::{account, audit_event, auth_record, tenant, token_row, workspace};
+use super::rows::{
+    account, audit_event, auth_record, tenant, token_row, workspace, ACCOUNT_COLUMNS,
+};
 use super::sqlite::random_customer_id;
 use super::{
     Account, AuditEvent, AuthRecord, FeedEvent, Invalidation, InvalidationFeed, NewAccount,
@@ -101,8 +103,6 @@ where
 
 const TOKEN_COLUMNS: &str = "id, kind, tenant_id, account_id, workspace_id, name, abilities, \
      display_prefix, created_at, expires_at, revoked_at, last_used_at, created_by";
-const ACCOUNT_COLUMNS: &str = "id, tenant_id, email, name, customer_id, external_id, \
-     parent_account_id, status, created_at";
 
 async fn insert_audit<'c, E>(exec: E, e: &NewAuditEvent) -> Result<(), StoreError>
 where
@@ -250,7 +250,7 @@ impl TokenStore for PgStore {
             created = Some(account(&r)?);
             break;
         }
-        let acc = created.ok_or_else(|| StoreError::Other("no free customer id".into()))?;
+        let mut acc = created.ok_or_else(|| StoreError::Other("no free customer id".into()))?;
         let ws = match &new.workspace {
             Some(name) => {
                 let r = sqlx::query(
@@ -266,6 +266,7 @@ impl TokenStore for PgStore {
             }
             None => None,
         };
+        acc.workspace_id = ws.as_ref().map(|w| w.id);
         tx.commit().await?;
         Ok((acc, ws))
     }
