@@ -3,7 +3,8 @@
 //!
 //! Commands that print a token print it alone on stdout (one line), so
 //! `TOKEN=$(tokengate init)` works; everything else about it goes to stderr.
-//! Other commands print JSON on stdout.
+//! Other commands print JSON on stdout, in the native API's shapes
+//! ([`crate::api`]): timestamps in RFC 3339 UTC, tokens masked.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::api::{account_json, masked_token_json, tenant_json};
 use crate::auth::Ability;
 use crate::clock::Clock;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
@@ -246,6 +248,11 @@ fn abilities(list: &[String]) -> Result<Vec<Ability>, CliError> {
         .collect()
 }
 
+/// A listing as a JSON array of the API's shape for each item.
+fn list<T>(items: &[T], shape: fn(&T) -> serde_json::Value) -> serde_json::Value {
+    serde_json::Value::Array(items.iter().map(shape).collect())
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -354,20 +361,20 @@ async fn tenant(cfg: Config, cmd: TenantCommand) -> Result<(), CliError> {
                     &actor,
                 )
                 .await?;
-            print_json(&serde_json::json!({
-                "id": t.id, "name": t.name, "status": t.status,
-                "admin_token": m.secret.expose(),
-            }))
+            let mut v = tenant_json(&t);
+            v["admin_token"] = serde_json::json!(m.secret.expose());
+            v["admin_token_id"] = serde_json::json!(m.row.id);
+            print_json(&v)
         }
-        TenantCommand::List => print_json(&store.list_tenants().await?),
-        TenantCommand::Block { id } => print_json(
+        TenantCommand::List => print_json(&list(&store.list_tenants().await?, tenant_json)),
+        TenantCommand::Block { id } => print_json(&tenant_json(
             &issuer
                 .set_tenant_status(id, Status::Blocked, &actor)
                 .await?,
-        ),
-        TenantCommand::Unblock { id } => {
-            print_json(&issuer.set_tenant_status(id, Status::Active, &actor).await?)
-        }
+        )),
+        TenantCommand::Unblock { id } => print_json(&tenant_json(
+            &issuer.set_tenant_status(id, Status::Active, &actor).await?,
+        )),
     }
 }
 
@@ -377,7 +384,7 @@ async fn account(cfg: Config, cmd: AccountCommand) -> Result<(), CliError> {
     let actor = Actor::default();
     match cmd {
         AccountCommand::Create(a) => {
-            let (acc, ws) = issuer
+            let (acc, _) = issuer
                 .create_account(
                     &NewAccount {
                         tenant_id: a.tenant,
@@ -390,21 +397,22 @@ async fn account(cfg: Config, cmd: AccountCommand) -> Result<(), CliError> {
                     &actor,
                 )
                 .await?;
-            let mut v = serde_json::to_value(&acc)?;
-            v["workspace_id"] = serde_json::json!(ws.map(|w| w.id));
-            print_json(&v)
+            print_json(&account_json(&acc))
         }
-        AccountCommand::List { tenant } => print_json(&store.list_accounts(tenant, None).await?),
-        AccountCommand::Block { id } => print_json(
+        AccountCommand::List { tenant } => print_json(&list(
+            &store.list_accounts(tenant, None).await?,
+            account_json,
+        )),
+        AccountCommand::Block { id } => print_json(&account_json(
             &issuer
                 .set_account_status(id, Status::Blocked, &actor)
                 .await?,
-        ),
-        AccountCommand::Unblock { id } => print_json(
+        )),
+        AccountCommand::Unblock { id } => print_json(&account_json(
             &issuer
                 .set_account_status(id, Status::Active, &actor)
                 .await?,
-        ),
+        )),
     }
 }
 
@@ -457,9 +465,11 @@ async fn token(cfg: Config, cmd: TokenCommand) -> Result<(), CliError> {
                 (None, Some(t)) => TokenFilter::Tenant(t),
                 (None, None) => TokenFilter::All,
             };
-            print_json(&store.list_tokens(filter).await?)
+            print_json(&list(&store.list_tokens(filter).await?, masked_token_json))
         }
-        TokenCommand::Revoke { id } => print_json(&issuer.revoke(&id, &actor).await?),
+        TokenCommand::Revoke { id } => {
+            print_json(&masked_token_json(&issuer.revoke(&id, &actor).await?))
+        }
         TokenCommand::Import {
             sha256,
             account,
@@ -486,7 +496,7 @@ async fn token(cfg: Config, cmd: TokenCommand) -> Result<(), CliError> {
             if !cfg.tokens.accepts_legacy() {
                 eprintln!("note: tokens.accept_legacy is off, so this token is refused until it is turned on");
             }
-            print_json(&row)
+            print_json(&masked_token_json(&row))
         }
     }
 }

@@ -73,6 +73,7 @@ fn operator_workflow() {
 
     let tenant = env.json(&["tenant", "create", "--name", "Acme"]);
     let tenant_id = tenant["id"].as_i64().unwrap();
+    assert_rfc3339(&tenant["created_at"]);
     assert_eq!(
         TokenFormat::default().check(tenant["admin_token"].as_str().unwrap()),
         Ok(Checked::Native(TokenKind::TenantAdmin))
@@ -91,6 +92,13 @@ fn operator_workflow() {
     let account_id = acc["id"].as_i64().unwrap();
     assert_eq!(acc["customer_id"].as_str().unwrap().len(), 12);
     assert!(acc["workspace_id"].is_i64());
+    assert_rfc3339(&acc["created_at"]);
+    let accounts = env.json(&["account", "list", "--tenant", &tenant_id.to_string()]);
+    assert_eq!(
+        accounts,
+        serde_json::json!([acc.clone()]),
+        "listed as created"
+    );
     let dup = env.run(&[
         "account",
         "create",
@@ -128,7 +136,10 @@ fn operator_workflow() {
     assert!(listing.contains(&api[..8]), "display prefix in listing");
     let row = &list[0];
     assert_eq!(row["abilities"], serde_json::json!(["calls:read"]));
-    assert!(row["expires_at"].is_i64());
+    // Times as the API prints them, not Unix seconds.
+    assert_rfc3339(&row["created_at"]);
+    assert_rfc3339(&row["expires_at"]);
+    assert_eq!(row["revoked_at"], serde_json::Value::Null);
     assert_eq!(
         row["workspace_id"], acc["workspace_id"],
         "bound to the default workspace"
@@ -136,14 +147,36 @@ fn operator_workflow() {
     let id = row["id"].as_str().unwrap();
 
     let revoked = env.json(&["token", "revoke", id]);
-    assert!(revoked["revoked_at"].is_i64());
+    assert_rfc3339(&revoked["revoked_at"]);
     let missing = env.run(&["token", "revoke", "no-such-id"]);
     assert!(!missing.status.success());
 
     let blocked = env.json(&["account", "block", &account_id.to_string()]);
     assert_eq!(blocked["status"], "blocked");
+    assert_rfc3339(&blocked["created_at"]);
     let tenants = env.json(&["tenant", "list"]);
     assert_eq!(tenants[0]["name"], "Acme");
+    assert_rfc3339(&tenants[0]["created_at"]);
+    let t = env.json(&["tenant", "block", &tenant_id.to_string()]);
+    assert_rfc3339(&t["created_at"]);
+}
+
+/// `2026-11-30T12:00:00Z`: what the API prints, and never a bare number.
+fn assert_rfc3339(v: &serde_json::Value) {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not an RFC 3339 string: {v}"));
+    let b = s.as_bytes();
+    assert!(
+        s.len() == 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && b[16] == b':'
+            && s.ends_with('Z'),
+        "not RFC 3339 UTC: {s}"
+    );
 }
 
 #[test]
