@@ -192,6 +192,26 @@ fn bad_config_is_refused_with_the_key_named() {
     let err = String::from_utf8_lossy(&env.run(&["check-config"]).stderr).to_string();
     assert!(err.contains("listen_addr"), "{err}");
 
+    // A TOML error: the file, the line and column, the line itself and a
+    // caret under the fault, on lines of their own.
+    std::fs::write(
+        env.config(),
+        "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = 8081\n",
+    )
+    .unwrap();
+    let out = env.run(&["serve"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let file = env.config().display().to_string();
+    assert!(
+        err.starts_with(&format!("tokengate: {file}: ")),
+        "file first: {err}"
+    );
+    assert!(err.contains("line 3, column 16"), "{err}");
+    assert!(err.contains("3 | admin_listen = 8081\n"), "{err}");
+    assert!(err.contains("  |                ^^^^\n"), "{err}");
+    assert!(err.contains("expected a string"), "{err}");
+
     let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
         .args(["--config", "/nonexistent/tokengate.toml", "check-config"])
         .output()
@@ -356,4 +376,25 @@ fn echo_needs_no_config_and_answers_with_the_request() {
         child.wait().unwrap().success(),
         "echo exits cleanly on SIGTERM"
     );
+}
+
+#[test]
+fn an_unreachable_store_is_named_with_its_cause_and_no_password() {
+    let env = Env::new();
+    // Port 1 on loopback: nothing listens there, so connecting is refused.
+    std::fs::write(
+        env.config(),
+        "[store]\nurl = \"postgres://app:s3cret-pw@127.0.0.1:1/tg\"\ntimeout_seconds = 1\n\n\
+         [[upstreams]]\nname = \"api\"\nurl = \"http://127.0.0.1:9\"\n\n[[routes]]\npath = \"/\"\nupstream = \"api\"\n",
+    )
+    .unwrap();
+    for cmd in ["serve", "migrate"] {
+        let out = env.run(&[cmd]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains("PostgreSQL at 127.0.0.1:1"), "{cmd}: {err}");
+        assert!(err.contains("connection refused"), "{cmd}: {err}");
+        assert!(!err.contains("s3cret-pw"), "{cmd}: password shown: {err}");
+        assert!(!err.contains("pool timed out"), "{cmd}: {err}");
+    }
 }

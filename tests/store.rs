@@ -349,3 +349,131 @@ async fn sqlite_concurrent_writes_queue_instead_of_failing() {
     }
     assert_eq!((ok, conflict), (20, 20));
 }
+
+// ------------------------------------------------- start-up errors
+
+/// A store that cannot be opened says where and why, never with the
+/// password, and never just "pool timed out".
+fn assert_names_host_and_cause(err: &str, host: &str, cause: &str) {
+    assert!(err.contains(host), "no host in: {err}");
+    assert!(err.contains(cause), "no cause {cause:?} in: {err}");
+    assert!(!err.contains("s3cret-pw"), "password in: {err}");
+    assert!(!err.contains("timed out"), "{err}");
+}
+
+#[tokio::test]
+async fn postgres_refused_names_host_and_cause() {
+    let port = common::dead_port().await;
+    let url = DatabaseUrl::new(format!("postgres://app:s3cret-pw@127.0.0.1:{port}/tg"));
+    let started = std::time::Instant::now();
+    let err = tokengate::store::open(&url, 2, Duration::from_millis(800))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert_names_host_and_cause(&err, &format!("127.0.0.1:{port}"), "connection refused");
+    assert!(err.contains("user \"app\""), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "retried within the timeout only"
+    );
+}
+
+/// A PostgreSQL server that refuses every login the way a wrong password
+/// is refused: `SSLRequest` -> `N`, `StartupMessage` -> `ErrorResponse`
+/// with SQLSTATE 28P01 (the wire protocol, spoken by hand).
+async fn refusing_postgres() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let mut len = [0u8; 4];
+                    if s.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    if s.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    if rest[..4] == 80_877_103u32.to_be_bytes() {
+                        s.write_all(b"N").await.unwrap(); // no TLS
+                        continue;
+                    }
+                    let mut fields = Vec::new();
+                    for (k, v) in [
+                        (b'S', "FATAL"),
+                        (b'V', "FATAL"),
+                        (b'C', "28P01"),
+                        (b'M', "password authentication failed for user \"app\""),
+                    ] {
+                        fields.push(k);
+                        fields.extend_from_slice(v.as_bytes());
+                        fields.push(0);
+                    }
+                    fields.push(0);
+                    let mut msg = vec![b'E'];
+                    msg.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+                    msg.extend_from_slice(&fields);
+                    let _ = s.write_all(&msg).await;
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn postgres_authentication_failure_names_host_and_cause() {
+    let addr = refusing_postgres().await;
+    let url = DatabaseUrl::new(format!("postgres://app:s3cret-pw@{addr}/tg"));
+    let err = tokengate::store::open(&url, 2, Duration::from_secs(5))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert_names_host_and_cause(&err, &addr.to_string(), "authentication failed");
+    assert!(
+        err.contains("password authentication failed for user \"app\""),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_unknown_role_names_host_and_cause() {
+    let Some(base) = common::pg::base_url("postgres_unknown_role_names_host_and_cause") else {
+        return;
+    };
+    // The test server's host and port, with a role that does not exist.
+    let rest = base.split_once("://").unwrap().1;
+    let host_and_db = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host_and_db.split(['/', '?']).next().unwrap();
+    let url = DatabaseUrl::new(format!(
+        "postgres://tg_no_such_role:s3cret-pw@{host_and_db}"
+    ));
+    let err = tokengate::store::open(&url, 2, Duration::from_secs(5))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert_names_host_and_cause(&err, host, "authentication failed");
+    assert!(err.contains("tg_no_such_role"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_that_cannot_be_opened_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the database file should be.
+    let file = dir.path().join("db");
+    std::fs::create_dir(&file).unwrap();
+    let url = DatabaseUrl::new(format!("sqlite://{}", file.display()));
+    let err = tokengate::store::open(&url, 1, Duration::from_secs(1))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(&file.display().to_string()), "{err}");
+}

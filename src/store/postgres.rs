@@ -64,6 +64,9 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url.expose())
             .map_err(|e| StoreError::Other(format!("bad store.url {url}: {e}")))?
             .application_name(APP_NAME);
+        // The pool retries a refused connection until its timeout and then
+        // says only "pool timed out"; one connection first says why not.
+        first_connection(&options, timeout).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
@@ -86,6 +89,85 @@ impl PgStore {
     /// The notification channel this store's instances share.
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+}
+
+/// `host:port` (or the socket) and the user and database a start-up error
+/// names; never the password.
+fn target(options: &PgConnectOptions) -> String {
+    let place = match options.get_socket() {
+        Some(socket) => format!("socket {}", socket.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    format!(
+        "{place} (user {:?}, database {:?})",
+        options.get_username(),
+        options.get_database().unwrap_or(options.get_username())
+    )
+}
+
+/// Why a connection attempt failed, in an operator's words. The server's
+/// own messages (`password authentication failed for user "app"`) never
+/// carry the password.
+fn cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused (is PostgreSQL running and listening there?)".into()
+        }
+        sqlx::Error::Io(io) => format!("network error: {io}"),
+        sqlx::Error::Tls(tls) => format!("TLS failed: {tls}"),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if code.starts_with("28") {
+                // 28P01 invalid_password, 28000 invalid_authorization_specification
+                // (no such role, no pg_hba.conf entry).
+                format!("authentication failed: {}", db.message())
+            } else {
+                format!("refused by the server: {} (SQLSTATE {code})", db.message())
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Opens (and closes) one connection, retrying a refused one until
+/// `timeout` as the pool would (the server may be starting); fails with the
+/// host and the cause.
+async fn first_connection(options: &PgConnectOptions, timeout: Duration) -> Result<(), StoreError> {
+    use sqlx::{ConnectOptions, Connection};
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(10);
+    let failed = |why: String| {
+        StoreError::Unavailable(format!(
+            "cannot connect to PostgreSQL at {}: {why}",
+            target(options)
+        ))
+    };
+    loop {
+        match tokio::time::timeout_at(deadline, options.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                let retry = match &e {
+                    sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+                    sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+                    _ => false,
+                };
+                if !retry || tokio::time::Instant::now() + backoff >= deadline {
+                    return Err(failed(cause(&e)));
+                }
+            }
+            Err(_) => {
+                return Err(failed(format!(
+                    "no answer within {} s (store.timeout_seconds)",
+                    timeout.as_secs_f32()
+                )))
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
 

@@ -70,11 +70,18 @@ impl SqliteStore {
                 })?;
             }
         }
+        let file = opts.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
             .connect_with(opts)
-            .await?;
+            .await
+            .map_err(|e| {
+                StoreError::Other(format!(
+                    "cannot open the SQLite database {}: {e}",
+                    file.display()
+                ))
+            })?;
         Ok(Self { pool })
     }
 }
