@@ -30,14 +30,16 @@ use crate::token::TokenKind;
 
 /// Bound on the readiness probe's store round-trip.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default and largest session lifetime, seconds.
-const SESSION_TTL_DEFAULT: i64 = 86_400;
-const SESSION_TTL_MAX: i64 = 365 * 86_400;
-/// Largest `expires_in_days`.
-const MAX_EXPIRES_DAYS: i64 = 3_650;
-/// Default and largest audit page.
-const AUDIT_LIMIT_DEFAULT: u32 = 100;
-const AUDIT_LIMIT_MAX: u32 = 1_000;
+/// Default session lifetime, seconds.
+pub const SESSION_TTL_DEFAULT: i64 = 86_400;
+/// Largest session lifetime (`ttl_seconds`), seconds: a year.
+pub const SESSION_TTL_MAX: i64 = 365 * 86_400;
+/// Largest `expires_in_days` of an api token: ten years.
+pub const MAX_EXPIRES_DAYS: i64 = 3_650;
+/// Default audit page.
+pub const AUDIT_LIMIT_DEFAULT: u32 = 100;
+/// Largest audit page (`limit`).
+pub const AUDIT_LIMIT_MAX: u32 = 1_000;
 
 /// The OpenAPI document of the native API and the seed flows.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -92,14 +94,32 @@ fn without_body(mut resp: Response<Body>) -> Response<Body> {
     resp
 }
 
+/// The endpoints (method, template) that serve a path: of the templates
+/// that match it, the most specific, as routers do: a literal segment wins
+/// over a `{param}`, so `/v1/tokens/verify` is the verify endpoint, never
+/// the token whose id is `verify`.
+fn endpoints(segs: &[&str]) -> Vec<(&'static str, &'static str)> {
+    let literals = |t: &str| {
+        t.split('/')
+            .filter(|s| !s.is_empty() && !s.starts_with('{'))
+            .count()
+    };
+    let matching: Vec<(&str, &str)> = ROUTES
+        .iter()
+        .copied()
+        .filter(|(_, t)| template_matches(t, segs))
+        .collect();
+    let best = matching.iter().map(|(_, t)| literals(t)).max();
+    matching
+        .into_iter()
+        .filter(|(_, t)| Some(literals(t)) == best)
+        .collect()
+}
+
 /// The methods a path is served with, as an `Allow` value (`GET, HEAD`),
 /// or `None` when no endpoint has this path.
 pub fn allowed_methods(segs: &[&str]) -> Option<String> {
-    let mut methods: Vec<&str> = ROUTES
-        .iter()
-        .filter(|(_, t)| template_matches(t, segs))
-        .map(|(m, _)| *m)
-        .collect();
+    let mut methods: Vec<&str> = endpoints(segs).into_iter().map(|(m, _)| m).collect();
     if methods.is_empty() {
         return None;
     }
@@ -134,10 +154,7 @@ async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, Ap
         m => m.clone(),
     };
     let allow = allowed_methods(&segs).ok_or(ApiError::EndpointNotFound)?;
-    if !ROUTES
-        .iter()
-        .any(|(m, t)| *m == method.as_str() && template_matches(t, &segs))
-    {
+    if !endpoints(&segs).iter().any(|(m, _)| *m == method.as_str()) {
         return Err(ApiError::MethodNotAllowed(allow));
     }
 

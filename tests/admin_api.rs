@@ -801,8 +801,9 @@ async fn every_405_on_the_admin_listener_says_what_is_allowed() {
         (Method::GET, "/v1/accounts/1/sessions", "POST"),
         (Method::PATCH, "/v1/accounts/1/tokens", "GET, HEAD, POST"),
         (Method::GET, "/v1/tokens/abc", "DELETE"),
-        // `verify` also reads as a token id, which DELETE revokes.
-        (Method::GET, "/v1/tokens/verify", "DELETE, POST"),
+        // A literal segment wins: `verify` is no token id.
+        (Method::GET, "/v1/tokens/verify", "POST"),
+        (Method::DELETE, "/v1/tokens/verify", "POST"),
         (Method::POST, "/v1/audit", "GET, HEAD"),
     ] {
         // With a token and without: the method is refused before anything.

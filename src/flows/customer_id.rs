@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::{active_workspace, audit_denied, check};
-use crate::api::{json_response, read_object, BodyError, Fields};
+use crate::api::{integer, json_response, read_object, BodyError, Fields};
 use crate::auth::{extract_credential, Ability, TOKEN_HEADER};
 use crate::error::Denial;
 use crate::gateway::Gateway;
@@ -53,11 +53,10 @@ fn denied(d: Denial) -> Response<Body> {
 fn expiration_days(v: Option<&Value>) -> Result<Option<i64>, ()> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_i64() {
+        Some(v) => match integer(v) {
             Some(d) if (1..=MAX_EXPIRATION_DAYS).contains(&d) => Ok(Some(d)),
             _ => Err(()),
         },
-        Some(_) => Err(()),
     }
 }
 
