@@ -671,10 +671,20 @@ async fn openapi_document_matches_the_router() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let mut documented: Vec<(String, String)> = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        for method in item.as_object().unwrap().keys() {
+        let item = item.as_object().unwrap();
+        for method in item.keys() {
             if ["get", "post", "patch", "delete", "put"].contains(&method.as_str()) {
                 documented.push((method.to_uppercase(), path.clone()));
             }
+        }
+        // HEAD is documented exactly where the admin listener answers it:
+        // wherever GET is.
+        if !path.starts_with("/api/") {
+            assert_eq!(
+                item.contains_key("head"),
+                item.contains_key("get"),
+                "{path}: HEAD documented iff GET"
+            );
         }
     }
     documented.sort();
@@ -698,6 +708,125 @@ async fn openapi_document_matches_the_router() {
     }
     served.sort();
     assert_eq!(documented, served, "openapi.json and the router disagree");
+    // Every native operation states the statuses every one can give, and
+    // those its shape adds: 413 with a body, 404 with an id.
+    let resolve = |r: &Value| -> Value {
+        match r["$ref"].as_str() {
+            Some(p) => doc["components"]["responses"][p.rsplit('/').next().unwrap()].clone(),
+            None => r.clone(),
+        }
+    };
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for (method, op) in item.as_object().unwrap() {
+            let statuses = op["responses"].as_object().unwrap();
+            let mut needed = vec!["400", "401", "403", "503"];
+            if op.get("requestBody").is_some() {
+                needed.push("413");
+            }
+            if path.contains("{id}") {
+                needed.push("404");
+            }
+            for s in needed {
+                assert!(
+                    statuses.contains_key(s),
+                    "{method} {path} does not state {s}"
+                );
+            }
+            let unauthorized = resolve(&statuses["401"]);
+            assert!(
+                unauthorized["headers"].get("WWW-Authenticate").is_some(),
+                "{method} {path}: 401 states WWW-Authenticate"
+            );
+        }
+    }
+    // The limits the document states are the server's constants.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Ability"]["maxLength"],
+        tokengate::auth::MAX_ABILITY_LEN
+    );
+    let tenant_name = &doc["paths"]["/v1/tenants"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["name"];
+    assert_eq!(tenant_name["maxLength"], tokengate::issuer::MAX_NAME_LEN);
+    let limit = &doc["paths"]["/v1/audit"]["get"]["parameters"][0]["schema"];
+    assert_eq!(limit["maximum"], tokengate::admin::AUDIT_LIMIT_MAX);
+    assert_eq!(limit["default"], tokengate::admin::AUDIT_LIMIT_DEFAULT);
+    let session = &doc["paths"]["/v1/accounts/{id}/sessions"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["ttl_seconds"];
+    assert_eq!(session["maximum"], tokengate::admin::SESSION_TTL_MAX);
+    assert_eq!(session["default"], tokengate::admin::SESSION_TTL_DEFAULT);
+    let days = &doc["paths"]["/v1/accounts/{id}/tokens"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["expires_in_days"];
+    assert_eq!(days["maximum"], tokengate::admin::MAX_EXPIRES_DAYS);
+    assert!(
+        doc["info"]["description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({} bytes", tokengate::api::MAX_BODY_BYTES)),
+        "the body limit"
+    );
+    // And the server holds to them: the largest documented value passes,
+    // one more is refused.
+    for (limit, status) in [
+        (tokengate::admin::AUDIT_LIMIT_MAX, StatusCode::OK),
+        (
+            tokengate::admin::AUDIT_LIMIT_MAX + 1,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let r = root
+            .req(Method::GET, &format!("/v1/audit?limit={limit}"), None)
+            .await;
+        assert_eq!(r.status, status, "limit={limit}");
+    }
+    let sessions = format!("/v1/accounts/{}/sessions", g.account_id);
+    for (ttl, status) in [
+        (tokengate::admin::SESSION_TTL_MAX, StatusCode::CREATED),
+        (
+            tokengate::admin::SESSION_TTL_MAX + 1,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let r = root
+            .req(Method::POST, &sessions, Some(json!({"ttl_seconds": ttl})))
+            .await;
+        assert_eq!(r.status, status, "ttl_seconds={ttl}");
+    }
+    let tokens = format!("/v1/accounts/{}/tokens", g.account_id);
+    for (days, status) in [
+        (tokengate::admin::MAX_EXPIRES_DAYS, StatusCode::CREATED),
+        (
+            tokengate::admin::MAX_EXPIRES_DAYS + 1,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let body =
+            json!({"name": "n".repeat(tokengate::issuer::MAX_NAME_LEN), "expires_in_days": days});
+        let r = root.req(Method::POST, &tokens, Some(body)).await;
+        assert_eq!(r.status, status, "expires_in_days={days}");
+    }
+    let bearer = format!("Bearer {}", root.token);
+    for (len, status) in [
+        (tokengate::api::MAX_BODY_BYTES, StatusCode::BAD_REQUEST), // `name is required`
+        (
+            tokengate::api::MAX_BODY_BYTES + 1,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let r = common::send_bytes(
+            g.admin_addr,
+            Method::POST,
+            "/v1/tenants",
+            &[("authorization", &bearer)],
+            vec![b' '; len],
+        )
+        .await;
+        assert_eq!(r.status, status, "{len} bytes");
+    }
+
     // And every admin route really is served (not 404/405 from the router).
     for (m, p) in tokengate::admin::ROUTES {
         let path = p.replace("{id}", "1");
