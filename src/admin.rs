@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONTENT_TYPE};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
@@ -29,14 +30,16 @@ use crate::token::TokenKind;
 
 /// Bound on the readiness probe's store round-trip.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default and largest session lifetime, seconds.
-const SESSION_TTL_DEFAULT: i64 = 86_400;
-const SESSION_TTL_MAX: i64 = 365 * 86_400;
-/// Largest `expires_in_days`.
-const MAX_EXPIRES_DAYS: i64 = 3_650;
-/// Default and largest audit page.
-const AUDIT_LIMIT_DEFAULT: u32 = 100;
-const AUDIT_LIMIT_MAX: u32 = 1_000;
+/// Default session lifetime, seconds.
+pub const SESSION_TTL_DEFAULT: i64 = 86_400;
+/// Largest session lifetime (`ttl_seconds`), seconds: a year.
+pub const SESSION_TTL_MAX: i64 = 365 * 86_400;
+/// Largest `expires_in_days` of an api token: ten years.
+pub const MAX_EXPIRES_DAYS: i64 = 3_650;
+/// Default audit page.
+pub const AUDIT_LIMIT_DEFAULT: u32 = 100;
+/// Largest audit page (`limit`).
+pub const AUDIT_LIMIT_MAX: u32 = 1_000;
 
 /// The OpenAPI document of the native API and the seed flows.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -63,12 +66,69 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/audit"),
 ];
 
-/// Handles one request on the admin listener.
+/// Handles one request on the admin listener. `HEAD` is answered wherever
+/// `GET` is, with the same status and headers (`Content-Length` included)
+/// and no body; hyper would drop the body of an HTTP/1.1 answer to `HEAD`
+/// by itself, but not an h2 one, so it is dropped here for both.
 pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Body> {
-    match route(gateway, req).await {
+    let head = req.method() == Method::HEAD;
+    let resp = match route(gateway, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if head {
+        without_body(resp)
+    } else {
+        resp
     }
+}
+
+/// The same answer with its body's length stated and the body dropped.
+fn without_body(mut resp: Response<Body>) -> Response<Body> {
+    if let Some(len) = http_body::Body::size_hint(resp.body()).exact() {
+        resp.headers_mut()
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(len));
+    }
+    *resp.body_mut() = full(Bytes::new());
+    resp
+}
+
+/// The endpoints (method, template) that serve a path: of the templates
+/// that match it, the most specific, as routers do: a literal segment wins
+/// over a `{param}`, so `/v1/tokens/verify` is the verify endpoint, never
+/// the token whose id is `verify`.
+fn endpoints(segs: &[&str]) -> Vec<(&'static str, &'static str)> {
+    let literals = |t: &str| {
+        t.split('/')
+            .filter(|s| !s.is_empty() && !s.starts_with('{'))
+            .count()
+    };
+    let matching: Vec<(&str, &str)> = ROUTES
+        .iter()
+        .copied()
+        .filter(|(_, t)| template_matches(t, segs))
+        .collect();
+    let best = matching.iter().map(|(_, t)| literals(t)).max();
+    matching
+        .into_iter()
+        .filter(|(_, t)| Some(literals(t)) == best)
+        .collect()
+}
+
+/// The methods a path is served with, as an `Allow` value (`GET, HEAD`),
+/// or `None` when no endpoint has this path.
+pub fn allowed_methods(segs: &[&str]) -> Option<String> {
+    let mut methods: Vec<&str> = endpoints(segs).into_iter().map(|(m, _)| m).collect();
+    if methods.is_empty() {
+        return None;
+    }
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods.sort_unstable();
+    methods.dedup();
+    Some(methods.join(", "))
 }
 
 fn created(body: Value) -> Result<Response<Body>, ApiError> {
@@ -88,7 +148,15 @@ fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
 async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
+    // HEAD is served as GET; `handle` drops the body.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
+    let allow = allowed_methods(&segs).ok_or(ApiError::EndpointNotFound)?;
+    if !endpoints(&segs).iter().any(|(m, _)| *m == method.as_str()) {
+        return Err(ApiError::MethodNotAllowed(allow));
+    }
 
     // Unauthenticated operator endpoints.
     match (&method, segs.as_slice()) {
@@ -117,19 +185,6 @@ async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, Ap
             return Ok(r);
         }
         _ => {}
-    }
-
-    if segs.first() != Some(&"v1") {
-        return Err(ApiError::EndpointNotFound);
-    }
-    if !ROUTES.iter().any(|(_, t)| template_matches(t, &segs)) {
-        return Err(ApiError::EndpointNotFound);
-    }
-    if !ROUTES
-        .iter()
-        .any(|(m, t)| *m == method.as_str() && template_matches(t, &segs))
-    {
-        return Err(ApiError::MethodNotAllowed);
     }
 
     let caller = g
@@ -218,7 +273,7 @@ async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, Ap
                 .list_accounts(tenant, email.as_deref())
                 .await?
                 .iter()
-                .map(|a| account_json(a, None))
+                .map(account_json)
                 .collect();
             ok(json!({"data": list}))
         }
@@ -229,7 +284,7 @@ async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, Ap
                 .issuer
                 .set_account_status(acc.id, status, &caller.actor())
                 .await?;
-            ok(account_json(&acc, None))
+            ok(account_json(&acc))
         }
         (&Method::POST, ["v1", "accounts", a, "workspaces"]) => {
             let acc = reach_account(g, &caller, id(a, "account")?).await?;
@@ -439,8 +494,8 @@ async fn create_account(
         parent_account_id: f.int("parent_account_id")?,
         workspace,
     };
-    let (acc, ws) = g.issuer.create_account(&new, &caller.actor()).await?;
-    created(account_json(&acc, ws.map(|w| w.id)))
+    let (acc, _) = g.issuer.create_account(&new, &caller.actor()).await?;
+    created(account_json(&acc))
 }
 
 /// The workspace tokens of an account are bound to by default: its first

@@ -111,15 +111,13 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// An integer field.
+    /// An integer field (see [`integer`]).
     pub fn int(&self, key: &str) -> Result<Option<i64>, FieldError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
+            Some(v) => integer(v)
                 .map(Some)
                 .ok_or_else(|| Self::err(key, "an integer")),
-            Some(_) => Err(Self::err(key, "an integer")),
         }
     }
 
@@ -148,6 +146,20 @@ impl<'a> Fields<'a> {
             Some(_) => Err(Self::err(key, "a list of strings")),
         }
     }
+}
+
+/// A JSON integer that fits an `i64`. `7.0` counts: JSON has one number
+/// type, and JSON Schema (so the OpenAPI document, and clients generated
+/// from it) calls a number with no fraction an integer.
+pub fn integer(v: &Value) -> Option<i64> {
+    let Value::Number(n) = v else {
+        return None;
+    };
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
+            .map(|f| f as i64)
+    })
 }
 
 /// Parses a list of ability strings; `None` gives `default`.
@@ -194,9 +206,10 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("no such endpoint")]
     EndpointNotFound,
-    /// The endpoint exists, not with this method.
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// The endpoint exists, not with this method; carries the `Allow`
+    /// value (`GET, HEAD`).
+    #[error("method not allowed; this endpoint allows {0}")]
+    MethodNotAllowed(String),
 }
 
 impl ApiError {
@@ -213,7 +226,7 @@ impl ApiError {
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
             ApiError::EndpointNotFound => (StatusCode::NOT_FOUND, "ENDPOINT_NOT_FOUND"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
         }
     }
 
@@ -230,6 +243,12 @@ impl ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::MethodNotAllowed(allow) = &self {
+            // RFC 9110 15.5.6: a 405 lists the methods the target allows.
+            if let Ok(v) = HeaderValue::from_str(allow) {
+                r.headers_mut().insert(http::header::ALLOW, v);
+            }
         }
         r
     }
@@ -294,12 +313,12 @@ pub fn tenant_json(t: &Tenant) -> Value {
     json!({"id": t.id, "name": t.name, "status": t.status, "created_at": rfc3339(t.created_at)})
 }
 
-/// An account in the native API.
-pub fn account_json(a: &Account, workspace_id: Option<i64>) -> Value {
+/// An account in the native API, with its default workspace.
+pub fn account_json(a: &Account) -> Value {
     json!({
         "id": a.id, "tenant_id": a.tenant_id, "email": a.email, "name": a.name,
         "customer_id": a.customer_id, "parent_account_id": a.parent_account_id,
-        "external_id": a.external_id, "status": a.status, "workspace_id": workspace_id,
+        "external_id": a.external_id, "status": a.status, "workspace_id": a.workspace_id,
         "created_at": rfc3339(a.created_at),
     })
 }
@@ -329,4 +348,26 @@ pub fn audit_json(e: &AuditEvent) -> Value {
         "actor_token_id": e.actor_token_id, "tenant_id": e.tenant_id,
         "target_token_id": e.target_token_id, "outcome": e.outcome, "detail": e.detail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_are_whole_numbers_however_written() {
+        for (v, want) in [
+            (json!(7), Some(7)),
+            (json!(-7), Some(-7)),
+            (json!(7.0), Some(7)),
+            (json!(-5216878227765219.0), Some(-5_216_878_227_765_219)),
+            (json!(7.5), None),
+            (json!(1e300), None),
+            (json!(u64::MAX), None),
+            (json!("7"), None),
+            (json!(null), None),
+        ] {
+            assert_eq!(integer(&v), want, "{v}");
+        }
+    }
 }

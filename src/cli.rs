@@ -1,15 +1,18 @@
-//! The command line: `serve`, `migrate`, `init`, `check-config`, and
-//! `tenant` / `account` / `token` for operators who prefer a shell.
+//! The command line: `serve`, `migrate`, `init`, `check-config`, `echo`,
+//! and `tenant` / `account` / `token` for operators who prefer a shell.
 //!
 //! Commands that print a token print it alone on stdout (one line), so
 //! `TOKEN=$(tokengate init)` works; everything else about it goes to stderr.
-//! Other commands print JSON on stdout.
+//! Other commands print JSON on stdout, in the native API's shapes
+//! ([`crate::api`]): timestamps in RFC 3339 UTC, tokens masked.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::api::{account_json, masked_token_json, tenant_json};
 use crate::auth::Ability;
 use crate::clock::Clock;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
@@ -48,6 +51,14 @@ pub enum Command {
     },
     /// Validate the config file and exit.
     CheckConfig,
+    /// Run a small upstream that answers every request with JSON of what it
+    /// received (method, path, headers, body length), for trying the
+    /// gateway. Needs no config file.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = crate::echo::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+    },
     /// Tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -237,6 +248,11 @@ fn abilities(list: &[String]) -> Result<Vec<Ability>, CliError> {
         .collect()
 }
 
+/// A listing as a JSON array of the API's shape for each item.
+fn list<T>(items: &[T], shape: fn(&T) -> serde_json::Value) -> serde_json::Value {
+    serde_json::Value::Array(items.iter().map(shape).collect())
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -244,6 +260,9 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Echo { listen } = cli.command {
+        return echo(listen).await;
+    }
     let cfg = load(&cli)?;
     match cli.command {
         Command::CheckConfig => {
@@ -262,6 +281,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Serve => serve(cfg).await,
+        // Served above, before any config is read.
+        Command::Echo { .. } => Ok(()),
         Command::Init { force, name } => {
             let store = open_store(&cfg).await?;
             let roots = store
@@ -311,6 +332,14 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     Ok(())
 }
 
+async fn echo(listen: SocketAddr) -> Result<(), CliError> {
+    let listener = crate::echo::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "echo listening");
+    crate::echo::serve(listener, crate::server::shutdown_signal()).await;
+    Ok(())
+}
+
 async fn tenant(cfg: Config, cmd: TenantCommand) -> Result<(), CliError> {
     let store = open_store(&cfg).await?;
     let issuer = Issuer::new(store.clone(), cfg.tokens.clone(), Clock::system(), None);
@@ -332,20 +361,20 @@ async fn tenant(cfg: Config, cmd: TenantCommand) -> Result<(), CliError> {
                     &actor,
                 )
                 .await?;
-            print_json(&serde_json::json!({
-                "id": t.id, "name": t.name, "status": t.status,
-                "admin_token": m.secret.expose(),
-            }))
+            let mut v = tenant_json(&t);
+            v["admin_token"] = serde_json::json!(m.secret.expose());
+            v["admin_token_id"] = serde_json::json!(m.row.id);
+            print_json(&v)
         }
-        TenantCommand::List => print_json(&store.list_tenants().await?),
-        TenantCommand::Block { id } => print_json(
+        TenantCommand::List => print_json(&list(&store.list_tenants().await?, tenant_json)),
+        TenantCommand::Block { id } => print_json(&tenant_json(
             &issuer
                 .set_tenant_status(id, Status::Blocked, &actor)
                 .await?,
-        ),
-        TenantCommand::Unblock { id } => {
-            print_json(&issuer.set_tenant_status(id, Status::Active, &actor).await?)
-        }
+        )),
+        TenantCommand::Unblock { id } => print_json(&tenant_json(
+            &issuer.set_tenant_status(id, Status::Active, &actor).await?,
+        )),
     }
 }
 
@@ -355,7 +384,7 @@ async fn account(cfg: Config, cmd: AccountCommand) -> Result<(), CliError> {
     let actor = Actor::default();
     match cmd {
         AccountCommand::Create(a) => {
-            let (acc, ws) = issuer
+            let (acc, _) = issuer
                 .create_account(
                     &NewAccount {
                         tenant_id: a.tenant,
@@ -368,21 +397,22 @@ async fn account(cfg: Config, cmd: AccountCommand) -> Result<(), CliError> {
                     &actor,
                 )
                 .await?;
-            let mut v = serde_json::to_value(&acc)?;
-            v["workspace_id"] = serde_json::json!(ws.map(|w| w.id));
-            print_json(&v)
+            print_json(&account_json(&acc))
         }
-        AccountCommand::List { tenant } => print_json(&store.list_accounts(tenant, None).await?),
-        AccountCommand::Block { id } => print_json(
+        AccountCommand::List { tenant } => print_json(&list(
+            &store.list_accounts(tenant, None).await?,
+            account_json,
+        )),
+        AccountCommand::Block { id } => print_json(&account_json(
             &issuer
                 .set_account_status(id, Status::Blocked, &actor)
                 .await?,
-        ),
-        AccountCommand::Unblock { id } => print_json(
+        )),
+        AccountCommand::Unblock { id } => print_json(&account_json(
             &issuer
                 .set_account_status(id, Status::Active, &actor)
                 .await?,
-        ),
+        )),
     }
 }
 
@@ -435,9 +465,11 @@ async fn token(cfg: Config, cmd: TokenCommand) -> Result<(), CliError> {
                 (None, Some(t)) => TokenFilter::Tenant(t),
                 (None, None) => TokenFilter::All,
             };
-            print_json(&store.list_tokens(filter).await?)
+            print_json(&list(&store.list_tokens(filter).await?, masked_token_json))
         }
-        TokenCommand::Revoke { id } => print_json(&issuer.revoke(&id, &actor).await?),
+        TokenCommand::Revoke { id } => {
+            print_json(&masked_token_json(&issuer.revoke(&id, &actor).await?))
+        }
         TokenCommand::Import {
             sha256,
             account,
@@ -464,7 +496,7 @@ async fn token(cfg: Config, cmd: TokenCommand) -> Result<(), CliError> {
             if !cfg.tokens.accepts_legacy() {
                 eprintln!("note: tokens.accept_legacy is off, so this token is refused until it is turned on");
             }
-            print_json(&row)
+            print_json(&masked_token_json(&row))
         }
     }
 }

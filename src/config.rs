@@ -43,7 +43,8 @@ pub enum ConfigError {
     Parse {
         /// The config file.
         file: PathBuf,
-        /// toml's message, which names the key and line.
+        /// toml's message, several lines: the line and column, the line
+        /// itself with a caret under the fault, and what is wrong there.
         message: String,
     },
     /// A value is out of range or inconsistent.
@@ -620,9 +621,11 @@ impl Config {
 
     /// Parses and validates TOML text; `path` only names the source in errors.
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        // toml's `Display` shows the line and a caret under the fault; it
+        // is kept as written, lines and all, so the caret lines up.
         let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " | "),
+            message: e.to_string().trim_end().to_string(),
         })?;
         Self::validate(path, file)
     }
@@ -1033,6 +1036,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ability"), "{err}");
+    }
+
+    #[test]
+    fn toml_errors_show_file_line_and_caret() {
+        let err = parse("[cache]\nttl_seconds = 3\n\n[server]\nlisten = \n")
+            .unwrap_err()
+            .to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(lines[0].starts_with("t.toml: "), "{err}");
+        assert!(lines[0].contains("line 5"), "{err}");
+        // The offending line, then a caret under the fault.
+        let at = lines.iter().position(|l| l.contains("listen =")).unwrap();
+        let caret = lines[at + 1];
+        assert_eq!(caret.trim_end().chars().last(), Some('^'), "{err}");
+        let column = caret.find('^').unwrap();
+        assert_eq!(column, lines[at].len(), "caret after `listen = `: {err}");
+
+        // Unknown keys too: named, with their line.
+        let err = parse("[cache]\nttl_secs = 3\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("ttl_secs"), "{err}");
+        assert!(err.lines().any(|l| l.trim_end().ends_with('^')), "{err}");
     }
 
     #[test]

@@ -586,7 +586,9 @@ fn status_verb(s: Status) -> &'static str {
 /// A plausible email: one `@`, something on both sides, no spaces, at most
 /// 254 characters. Deliverability is the login system's business.
 pub fn validate_email(email: &str) -> Result<(), IssueError> {
-    let ok = email.len() <= 254
+    // Characters, not bytes: what the doc above and the OpenAPI
+    // document's `maxLength` say.
+    let ok = email.chars().count() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && matches!(email.split_once('@'), Some((l, d)) if !l.is_empty() && !d.is_empty() && !d.contains('@'));
     if ok {

@@ -34,6 +34,7 @@
 //! | [`metrics`] | counters, Prometheus text |
 //! | [`clock`] | the clock expiry is judged by, injectable for tests |
 //! | [`cli`] | the command line |
+//! | [`echo`] | `tokengate echo`: an upstream that answers with the request it received |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -48,6 +49,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod deadline;
+pub mod echo;
 pub mod error;
 pub mod fast;
 pub mod fields;

@@ -235,6 +235,23 @@ impl RouteTable {
             RouteMatch::NotFound
         }
     }
+
+    /// The `Allow` value of a 405 (RFC 9110 15.5.6) for a normalised path:
+    /// every method some route whose prefix matches it allows, in a fixed
+    /// order (`GET, POST`). Only called after [`RouteTable::find`] said
+    /// [`RouteMatch::MethodNotAllowed`], so every such route lists its
+    /// methods; never on the path of a request that is forwarded.
+    pub fn allow(&self, path: &str) -> String {
+        let mut methods: Vec<&str> = self
+            .routes
+            .iter()
+            .filter(|r| prefix_matches(&r.path, path))
+            .flat_map(|r| r.methods.iter().map(Method::as_str))
+            .collect();
+        methods.sort_unstable();
+        methods.dedup();
+        methods.join(", ")
+    }
 }
 
 /// Whether a route needs a token.
@@ -342,6 +359,22 @@ mod tests {
         assert_eq!(path_of("/api/callsx", &Method::GET), "/api");
         assert_eq!(path_of("/api/calls/7", &Method::POST), "/api");
         assert_eq!(path_of("/other", &Method::GET), "/");
+    }
+
+    #[test]
+    fn a_405_allows_what_the_matching_routes_allow() {
+        let t = RouteTable::new(vec![
+            route("/api", &[Method::GET, Method::HEAD]),
+            route("/api/calls", &[Method::POST]),
+            route("/api/calls", &[Method::GET]),
+            route("/other", &[Method::DELETE]),
+        ]);
+        assert!(matches!(
+            t.find("/api/calls/7", &Method::PUT),
+            RouteMatch::MethodNotAllowed
+        ));
+        assert_eq!(t.allow("/api/calls/7"), "GET, HEAD, POST");
+        assert_eq!(t.allow("/api/x"), "GET, HEAD");
     }
 
     #[test]

@@ -117,6 +117,20 @@ async fn operator_workflow_end_to_end() {
         .await
         .json();
     assert_eq!(found["data"].as_array().unwrap().len(), 1);
+    // Listed as created: with its workspace, not `null`.
+    assert_eq!(found["data"][0]["workspace_id"], ws, "{found}");
+    assert_eq!(found["data"][0], acc, "listing and create answer agree");
+    let all = admin
+        .req(Method::GET, &format!("/v1/tenants/{tenant}/accounts"), None)
+        .await
+        .json();
+    let sub = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["email"] == "sub@globex.io")
+        .unwrap();
+    assert_eq!(sub["workspace_id"], Value::Null, "made without one");
 
     // Workspaces, sessions, tokens.
     let r = admin
@@ -263,6 +277,11 @@ async fn operator_workflow_end_to_end() {
         )
         .await;
     assert_eq!(r.json()["status"], "blocked");
+    assert_eq!(
+        r.json()["workspace_id"],
+        ws,
+        "the PATCH answer states it too"
+    );
     assert_eq!(
         g.get("/api/calls/1", Some(&session)).await.code(),
         "ACCOUNT_BLOCKED"
@@ -693,10 +712,20 @@ async fn openapi_document_matches_the_router() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let mut documented: Vec<(String, String)> = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        for method in item.as_object().unwrap().keys() {
+        let item = item.as_object().unwrap();
+        for method in item.keys() {
             if ["get", "post", "patch", "delete", "put"].contains(&method.as_str()) {
                 documented.push((method.to_uppercase(), path.clone()));
             }
+        }
+        // HEAD is documented exactly where the admin listener answers it:
+        // wherever GET is.
+        if !path.starts_with("/api/") {
+            assert_eq!(
+                item.contains_key("head"),
+                item.contains_key("get"),
+                "{path}: HEAD documented iff GET"
+            );
         }
     }
     documented.sort();
@@ -720,6 +749,125 @@ async fn openapi_document_matches_the_router() {
     }
     served.sort();
     assert_eq!(documented, served, "openapi.json and the router disagree");
+    // Every native operation states the statuses every one can give, and
+    // those its shape adds: 413 with a body, 404 with an id.
+    let resolve = |r: &Value| -> Value {
+        match r["$ref"].as_str() {
+            Some(p) => doc["components"]["responses"][p.rsplit('/').next().unwrap()].clone(),
+            None => r.clone(),
+        }
+    };
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for (method, op) in item.as_object().unwrap() {
+            let statuses = op["responses"].as_object().unwrap();
+            let mut needed = vec!["400", "401", "403", "503"];
+            if op.get("requestBody").is_some() {
+                needed.push("413");
+            }
+            if path.contains("{id}") {
+                needed.push("404");
+            }
+            for s in needed {
+                assert!(
+                    statuses.contains_key(s),
+                    "{method} {path} does not state {s}"
+                );
+            }
+            let unauthorized = resolve(&statuses["401"]);
+            assert!(
+                unauthorized["headers"].get("WWW-Authenticate").is_some(),
+                "{method} {path}: 401 states WWW-Authenticate"
+            );
+        }
+    }
+    // The limits the document states are the server's constants.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Ability"]["maxLength"],
+        tokengate::auth::MAX_ABILITY_LEN
+    );
+    let tenant_name = &doc["paths"]["/v1/tenants"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["name"];
+    assert_eq!(tenant_name["maxLength"], tokengate::issuer::MAX_NAME_LEN);
+    let limit = &doc["paths"]["/v1/audit"]["get"]["parameters"][0]["schema"];
+    assert_eq!(limit["maximum"], tokengate::admin::AUDIT_LIMIT_MAX);
+    assert_eq!(limit["default"], tokengate::admin::AUDIT_LIMIT_DEFAULT);
+    let session = &doc["paths"]["/v1/accounts/{id}/sessions"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["ttl_seconds"];
+    assert_eq!(session["maximum"], tokengate::admin::SESSION_TTL_MAX);
+    assert_eq!(session["default"], tokengate::admin::SESSION_TTL_DEFAULT);
+    let days = &doc["paths"]["/v1/accounts/{id}/tokens"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["expires_in_days"];
+    assert_eq!(days["maximum"], tokengate::admin::MAX_EXPIRES_DAYS);
+    assert!(
+        doc["info"]["description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({} bytes", tokengate::api::MAX_BODY_BYTES)),
+        "the body limit"
+    );
+    // And the server holds to them: the largest documented value passes,
+    // one more is refused.
+    for (limit, status) in [
+        (tokengate::admin::AUDIT_LIMIT_MAX, StatusCode::OK),
+        (
+            tokengate::admin::AUDIT_LIMIT_MAX + 1,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let r = root
+            .req(Method::GET, &format!("/v1/audit?limit={limit}"), None)
+            .await;
+        assert_eq!(r.status, status, "limit={limit}");
+    }
+    let sessions = format!("/v1/accounts/{}/sessions", g.account_id);
+    for (ttl, status) in [
+        (tokengate::admin::SESSION_TTL_MAX, StatusCode::CREATED),
+        (
+            tokengate::admin::SESSION_TTL_MAX + 1,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let r = root
+            .req(Method::POST, &sessions, Some(json!({"ttl_seconds": ttl})))
+            .await;
+        assert_eq!(r.status, status, "ttl_seconds={ttl}");
+    }
+    let tokens = format!("/v1/accounts/{}/tokens", g.account_id);
+    for (days, status) in [
+        (tokengate::admin::MAX_EXPIRES_DAYS, StatusCode::CREATED),
+        (
+            tokengate::admin::MAX_EXPIRES_DAYS + 1,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let body =
+            json!({"name": "n".repeat(tokengate::issuer::MAX_NAME_LEN), "expires_in_days": days});
+        let r = root.req(Method::POST, &tokens, Some(body)).await;
+        assert_eq!(r.status, status, "expires_in_days={days}");
+    }
+    let bearer = format!("Bearer {}", root.token);
+    for (len, status) in [
+        (tokengate::api::MAX_BODY_BYTES, StatusCode::BAD_REQUEST), // `name is required`
+        (
+            tokengate::api::MAX_BODY_BYTES + 1,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let r = common::send_bytes(
+            g.admin_addr,
+            Method::POST,
+            "/v1/tenants",
+            &[("authorization", &bearer)],
+            vec![b' '; len],
+        )
+        .await;
+        assert_eq!(r.status, status, "{len} bytes");
+    }
+
     // And every admin route really is served (not 404/405 from the router).
     for (m, p) in tokengate::admin::ROUTES {
         let path = p.replace("{id}", "1");
@@ -836,4 +984,131 @@ async fn every_mint_is_committed_with_its_audit_event_before_the_secret_is_retur
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let id = committed(secret(&r.json()["data"]), true).await;
     assert_eq!(r.json()["data"]["id"], id.as_str());
+}
+
+/// Status, headers (less `date`) and body of a request over HTTP/1.1 or h2.
+async fn exchange(
+    addr: std::net::SocketAddr,
+    h2: bool,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(h2)
+            .build_http();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = client
+        .request(req.body(http_body_util::Full::default()).unwrap())
+        .await
+        .unwrap();
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove("date");
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+    let tenants = format!("/v1/tenants/{}/accounts", g.tenant_id);
+    for h2 in [false, true] {
+        for (path, token) in [
+            ("/healthz", None),
+            ("/readyz", None),
+            ("/metrics", None),
+            ("/openapi.json", None),
+            ("/v1/tenants", Some(root.token.as_str())),
+            (tenants.as_str(), Some(root.token.as_str())),
+            // Refused: the same 401 and its headers, no body.
+            ("/v1/tenants", None),
+        ] {
+            let (gs, gh, gb) = exchange(g.admin_addr, h2, Method::GET, path, token).await;
+            let (hs, hh, hb) = exchange(g.admin_addr, h2, Method::HEAD, path, token).await;
+            let what = format!("{path} h2={h2}");
+            assert_eq!(hs, gs, "{what}");
+            assert!(!gb.is_empty(), "{what}: GET has a body");
+            assert!(hb.is_empty(), "{what}: HEAD has none");
+            assert_eq!(
+                hh["content-length"],
+                gb.len().to_string().as_str(),
+                "{what}: HEAD states GET's length"
+            );
+            if path == "/metrics" {
+                // Counters move between the two requests; the length may too.
+                assert_eq!(hh["content-type"], gh["content-type"], "{what}");
+            } else {
+                assert_eq!(hh, gh, "{what}: same headers");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_405_on_the_admin_listener_says_what_is_allowed() {
+    let g = TestGateway::spawn().await;
+    let root = root(&g).await;
+    for (method, path, allow) in [
+        (Method::POST, "/healthz", "GET, HEAD"),
+        (Method::DELETE, "/readyz", "GET, HEAD"),
+        (Method::PUT, "/metrics", "GET, HEAD"),
+        (Method::OPTIONS, "/openapi.json", "GET, HEAD"),
+        (Method::PUT, "/v1/tenants", "GET, HEAD, POST"),
+        (Method::GET, "/v1/tenants/1", "PATCH"),
+        (Method::DELETE, "/v1/tenants/1/accounts", "GET, HEAD, POST"),
+        (Method::GET, "/v1/tenants/1/admin-tokens", "POST"),
+        (Method::DELETE, "/v1/accounts/1", "PATCH"),
+        (Method::GET, "/v1/accounts/1/sessions", "POST"),
+        (Method::PATCH, "/v1/accounts/1/tokens", "GET, HEAD, POST"),
+        (Method::GET, "/v1/tokens/abc", "DELETE"),
+        // A literal segment wins: `verify` is no token id.
+        (Method::GET, "/v1/tokens/verify", "POST"),
+        (Method::DELETE, "/v1/tokens/verify", "POST"),
+        (Method::POST, "/v1/audit", "GET, HEAD"),
+    ] {
+        // With a token and without: the method is refused before anything.
+        for token in [Some(root.token.as_str()), None] {
+            let r = call(g.admin_addr, method.clone(), path, token, None).await;
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(r.code(), "METHOD_NOT_ALLOWED");
+            assert_eq!(r.headers["allow"], allow, "{method} {path}");
+        }
+    }
+    // Every 405 the admin router can give, derived from its table: each
+    // path refuses each method it does not serve, naming those it does.
+    for (_, template) in tokengate::admin::ROUTES {
+        let path = template.replace("{id}", "1");
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let allow = tokengate::admin::allowed_methods(&segs).unwrap();
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            if allow.split(", ").any(|a| a == m) {
+                continue;
+            }
+            let r = call(
+                g.admin_addr,
+                Method::from_bytes(m.as_bytes()).unwrap(),
+                &path,
+                Some(&root.token),
+                None,
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
+            assert_eq!(r.headers["allow"], allow.as_str(), "{m} {path}");
+        }
+    }
+    // No endpoint at all: 404, and no Allow.
+    let r = root.req(Method::GET, "/nothing", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.headers.get("allow").is_none());
 }

@@ -73,6 +73,7 @@ fn operator_workflow() {
 
     let tenant = env.json(&["tenant", "create", "--name", "Acme"]);
     let tenant_id = tenant["id"].as_i64().unwrap();
+    assert_rfc3339(&tenant["created_at"]);
     assert_eq!(
         TokenFormat::default().check(tenant["admin_token"].as_str().unwrap()),
         Ok(Checked::Native(TokenKind::TenantAdmin))
@@ -91,6 +92,13 @@ fn operator_workflow() {
     let account_id = acc["id"].as_i64().unwrap();
     assert_eq!(acc["customer_id"].as_str().unwrap().len(), 12);
     assert!(acc["workspace_id"].is_i64());
+    assert_rfc3339(&acc["created_at"]);
+    let accounts = env.json(&["account", "list", "--tenant", &tenant_id.to_string()]);
+    assert_eq!(
+        accounts,
+        serde_json::json!([acc.clone()]),
+        "listed as created"
+    );
     let dup = env.run(&[
         "account",
         "create",
@@ -128,7 +136,10 @@ fn operator_workflow() {
     assert!(listing.contains(&api[..8]), "display prefix in listing");
     let row = &list[0];
     assert_eq!(row["abilities"], serde_json::json!(["calls:read"]));
-    assert!(row["expires_at"].is_i64());
+    // Times as the API prints them, not Unix seconds.
+    assert_rfc3339(&row["created_at"]);
+    assert_rfc3339(&row["expires_at"]);
+    assert_eq!(row["revoked_at"], serde_json::Value::Null);
     assert_eq!(
         row["workspace_id"], acc["workspace_id"],
         "bound to the default workspace"
@@ -136,14 +147,36 @@ fn operator_workflow() {
     let id = row["id"].as_str().unwrap();
 
     let revoked = env.json(&["token", "revoke", id]);
-    assert!(revoked["revoked_at"].is_i64());
+    assert_rfc3339(&revoked["revoked_at"]);
     let missing = env.run(&["token", "revoke", "no-such-id"]);
     assert!(!missing.status.success());
 
     let blocked = env.json(&["account", "block", &account_id.to_string()]);
     assert_eq!(blocked["status"], "blocked");
+    assert_rfc3339(&blocked["created_at"]);
     let tenants = env.json(&["tenant", "list"]);
     assert_eq!(tenants[0]["name"], "Acme");
+    assert_rfc3339(&tenants[0]["created_at"]);
+    let t = env.json(&["tenant", "block", &tenant_id.to_string()]);
+    assert_rfc3339(&t["created_at"]);
+}
+
+/// `2026-11-30T12:00:00Z`: what the API prints, and never a bare number.
+fn assert_rfc3339(v: &serde_json::Value) {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not an RFC 3339 string: {v}"));
+    let b = s.as_bytes();
+    assert!(
+        s.len() == 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && b[16] == b':'
+            && s.ends_with('Z'),
+        "not RFC 3339 UTC: {s}"
+    );
 }
 
 #[test]
@@ -159,6 +192,26 @@ fn bad_config_is_refused_with_the_key_named() {
     let err = String::from_utf8_lossy(&env.run(&["check-config"]).stderr).to_string();
     assert!(err.contains("listen_addr"), "{err}");
 
+    // A TOML error: the file, the line and column, the line itself and a
+    // caret under the fault, on lines of their own.
+    std::fs::write(
+        env.config(),
+        "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = 8081\n",
+    )
+    .unwrap();
+    let out = env.run(&["serve"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let file = env.config().display().to_string();
+    assert!(
+        err.starts_with(&format!("tokengate: {file}: ")),
+        "file first: {err}"
+    );
+    assert!(err.contains("line 3, column 16"), "{err}");
+    assert!(err.contains("3 | admin_listen = 8081\n"), "{err}");
+    assert!(err.contains("  |                ^^^^\n"), "{err}");
+    assert!(err.contains("expected a string"), "{err}");
+
     let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
         .args(["--config", "/nonexistent/tokengate.toml", "check-config"])
         .output()
@@ -168,18 +221,41 @@ fn bad_config_is_refused_with_the_key_named() {
 }
 
 #[test]
-fn shipped_config_checks() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .arg("--config")
-        .arg(path)
-        .arg("check-config")
-        .output()
-        .unwrap();
+fn shipped_configs_check() {
+    for file in ["config/tokengate.toml", "config/compose.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .arg("--config")
+            .arg(path)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn compose_points_the_gateway_at_its_echo_service() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = tokengate::config::Config::from_file(&root.join("config/compose.toml")).unwrap();
+    let echo = cfg.upstreams.iter().find(|u| u.name == "echo").unwrap();
+    assert_eq!(echo.authority.host(), "echo", "the compose service name");
+    let port = echo.authority.port_u16().unwrap();
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        compose.contains(&format!(
+            "command: [\"echo\", \"--listen\", \"0.0.0.0:{port}\"]"
+        )),
+        "docker-compose.yml's echo service must listen on {port}"
+    );
+    // The first instance's admin port is published on loopback only.
+    assert!(
+        compose.contains("\"127.0.0.1:8081:8081\""),
+        "admin port exposed"
     );
 }
 
@@ -245,4 +321,80 @@ fn serve_answers_and_stops_on_sigterm() {
         status.success(),
         "serve exits cleanly on SIGTERM: {status:?}"
     );
+}
+
+#[test]
+fn echo_needs_no_config_and_answers_with_the_request() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args([
+            "--config",
+            "/nonexistent/tokengate.toml",
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "echo exited early"
+        );
+        if let Some(i) = line.find("addr=") {
+            break line[i + 5..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /a/b?c=d HTTP/1.1\r\nHost: x\r\nX-Tenant-Id: 1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body: serde_json::Value =
+        serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["path"], "/a/b?c=d");
+    assert_eq!(body["headers"]["x-tenant-id"], "1");
+    assert_eq!(body["body_bytes"], 3);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(
+        child.wait().unwrap().success(),
+        "echo exits cleanly on SIGTERM"
+    );
+}
+
+#[test]
+fn an_unreachable_store_is_named_with_its_cause_and_no_password() {
+    let env = Env::new();
+    // Port 1 on loopback: nothing listens there, so connecting is refused.
+    std::fs::write(
+        env.config(),
+        "[store]\nurl = \"postgres://app:s3cret-pw@127.0.0.1:1/tg\"\ntimeout_seconds = 1\n\n\
+         [[upstreams]]\nname = \"api\"\nurl = \"http://127.0.0.1:9\"\n\n[[routes]]\npath = \"/\"\nupstream = \"api\"\n",
+    )
+    .unwrap();
+    for cmd in ["serve", "migrate"] {
+        let out = env.run(&[cmd]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains("PostgreSQL at 127.0.0.1:1"), "{cmd}: {err}");
+        assert!(err.contains("connection refused"), "{cmd}: {err}");
+        assert!(!err.contains("s3cret-pw"), "{cmd}: password shown: {err}");
+        assert!(!err.contains("pool timed out"), "{cmd}: {err}");
+    }
 }

@@ -1033,3 +1033,138 @@ async fn flows_can_be_moved_or_turned_off() {
     );
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn every_flow_405_says_what_is_allowed() {
+    let g = TestGateway::spawn().await;
+    let (admin, _) = g.mint(TokenKind::TenantAdmin, &["*"], None).await;
+    for (path, method, allow) in [
+        ("/api/white-label/token", Method::GET, "POST"),
+        ("/api/white-label/users", Method::POST, "GET"),
+        (
+            "/api/v1/global/users/gettokenbycustomerid",
+            Method::PUT,
+            "POST",
+        ),
+        ("/api/v1/apiClient/token", Method::DELETE, "GET, POST"),
+        ("/api/v1/global/generate-token", Method::GET, "POST"),
+        ("/api/v1/global/verify", Method::PATCH, "POST"),
+        ("/api/v1/user/api-tokens", Method::GET, "POST"),
+    ] {
+        let r = call(g.addr, method.clone(), path, Some(&admin), None).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(r.headers["allow"], allow, "{method} {path}");
+    }
+}
+
+/// The customer-ID document's cURL example, byte for byte as curl sends it:
+/// the tenant-admin token bare in `Authorization`, no scheme. Accepted on
+/// this flow only; the proxy path keeps requiring `Bearer`.
+#[tokio::test]
+async fn customer_id_curl_example_as_written_with_a_bare_authorization() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = TestGateway::spawn().await;
+    let (admin, _) = g.mint(TokenKind::TenantAdmin, &["*"], None).await;
+    // The example's customer id, given to the seeded account.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        g.dir.path().join("tg.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE accounts SET customer_id = '048372910564' WHERE id = ?")
+        .bind(g.account_id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let path = "/api/v1/global/users/gettokenbycustomerid";
+    let body = "{\n    \"customer_id\": \"048372910564\",\n    \"name\": \"My API Token\",\n    \"expiration_days\": 30\n  }";
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\
+             Content-Type: application/json\r\nAuthorization: {admin}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            g.addr,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let v: Value = serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(v["message"], "API token generated successfully");
+    assert_eq!(v["customerid"], "048372910564");
+    assert_eq!(v["name"], "My API Token");
+    assert_eq!(v["expires"], g.clock.now() + 30 * 86_400);
+    let key = api_token(&v["customer_api_key"]);
+    assert_eq!(g.get("/api/x", Some(&key)).await.status, StatusCode::OK);
+
+    let with = |headers: Vec<(&'static str, String)>| {
+        let headers = headers.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send_bytes(
+                g.addr,
+                Method::POST,
+                path,
+                &h,
+                json!({"customer_id": "048372910564"})
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await
+        }
+    };
+    // The same token in `token` beside it is fine; another is a conflict.
+    let r = with(vec![
+        ("authorization", admin.clone()),
+        ("token", admin.clone()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (other, _) = g.mint(TokenKind::TenantAdmin, &["*"], None).await;
+    let r = with(vec![("authorization", admin.clone()), ("token", other)]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["message"], "CONFLICTING_CREDENTIALS");
+    // Only a token of our format is taken bare: anything else, a typo
+    // (checksum) included, is refused as before.
+    let mut typo = admin.clone().into_bytes();
+    let last = typo.len() - 1;
+    typo[last] = if typo[last] == b'a' { b'b' } else { b'a' };
+    for bad in [
+        "Basic dXNlcjpwYXNz".to_string(),
+        "not-a-token".to_string(),
+        String::from_utf8(typo).unwrap(),
+    ] {
+        let r = with(vec![("authorization", bad.clone())]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert_eq!(r.json()["message"], "INVALID_TOKEN", "{bad}");
+    }
+
+    // Elsewhere the scheme stays required: the proxy path, and another flow.
+    let r = common::send(
+        g.addr,
+        Method::GET,
+        "/api/x",
+        &[("authorization", key.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "TOKEN_MALFORMED")
+    );
+    let r = send_bytes(
+        g.addr,
+        Method::POST,
+        "/api/white-label/token",
+        &[("authorization", admin.as_str())],
+        json!({"user_id": g.account_id}).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}

@@ -95,6 +95,7 @@ async fn suite(s: Arc<dyn TokenStore>) {
         .unwrap();
     let ws1 = ws1.unwrap();
     assert_eq!(ws1.account_id, a1.id);
+    assert_eq!(a1.workspace_id, Some(ws1.id), "the workspace made with it");
     assert_eq!(a1.customer_id.len(), 12);
     assert!(a1.customer_id.bytes().all(|b| b.is_ascii_digit()));
     assert_eq!(a1.external_id.as_deref(), Some("ext-1"));
@@ -135,6 +136,27 @@ async fn suite(s: Arc<dyn TokenStore>) {
         s.list_workspaces(a1.id).await.unwrap(),
         vec![ws1.clone(), ws2]
     );
+    // Every way of reading an account states its default workspace: the
+    // first active one (the one made with it), none for an account made
+    // without one.
+    assert_eq!(child.workspace_id, None);
+    let listed = s.list_accounts(t1.id, None).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|a| a.workspace_id).collect::<Vec<_>>(),
+        vec![Some(ws1.id), None]
+    );
+    assert_eq!(
+        s.get_account(a1.id).await.unwrap().unwrap().workspace_id,
+        Some(ws1.id)
+    );
+    assert_eq!(
+        s.find_account_by_customer_id(&a1.customer_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .workspace_id,
+        Some(ws1.id)
+    );
 
     // Tokens: insert, lookup joins statuses, hash is unique.
     let (tok, hash) = new_token(TokenKind::Api, Some(t1.id), Some(a1.id));
@@ -168,14 +190,16 @@ async fn suite(s: Arc<dyn TokenStore>) {
     );
 
     // Status changes show in lookups.
-    s.set_account_status(
-        a1.id,
-        Status::Blocked,
-        &audit("account.blocked", Some(t1.id)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let blocked = s
+        .set_account_status(
+            a1.id,
+            Status::Blocked,
+            &audit("account.blocked", Some(t1.id)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(blocked.workspace_id, Some(ws1.id));
     s.set_tenant_status(
         t1.id,
         Status::Blocked,
@@ -324,4 +348,132 @@ async fn sqlite_concurrent_writes_queue_instead_of_failing() {
         }
     }
     assert_eq!((ok, conflict), (20, 20));
+}
+
+// ------------------------------------------------- start-up errors
+
+/// A store that cannot be opened says where and why, never with the
+/// password, and never just "pool timed out".
+fn assert_names_host_and_cause(err: &str, host: &str, cause: &str) {
+    assert!(err.contains(host), "no host in: {err}");
+    assert!(err.contains(cause), "no cause {cause:?} in: {err}");
+    assert!(!err.contains("s3cret-pw"), "password in: {err}");
+    assert!(!err.contains("timed out"), "{err}");
+}
+
+#[tokio::test]
+async fn postgres_refused_names_host_and_cause() {
+    let port = common::dead_port().await;
+    let url = DatabaseUrl::new(format!("postgres://app:s3cret-pw@127.0.0.1:{port}/tg"));
+    let started = std::time::Instant::now();
+    let err = tokengate::store::open(&url, 2, Duration::from_millis(800))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert_names_host_and_cause(&err, &format!("127.0.0.1:{port}"), "connection refused");
+    assert!(err.contains("user \"app\""), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "retried within the timeout only"
+    );
+}
+
+/// A PostgreSQL server that refuses every login the way a wrong password
+/// is refused: `SSLRequest` -> `N`, `StartupMessage` -> `ErrorResponse`
+/// with SQLSTATE 28P01 (the wire protocol, spoken by hand).
+async fn refusing_postgres() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let mut len = [0u8; 4];
+                    if s.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    if s.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    if rest[..4] == 80_877_103u32.to_be_bytes() {
+                        s.write_all(b"N").await.unwrap(); // no TLS
+                        continue;
+                    }
+                    let mut fields = Vec::new();
+                    for (k, v) in [
+                        (b'S', "FATAL"),
+                        (b'V', "FATAL"),
+                        (b'C', "28P01"),
+                        (b'M', "password authentication failed for user \"app\""),
+                    ] {
+                        fields.push(k);
+                        fields.extend_from_slice(v.as_bytes());
+                        fields.push(0);
+                    }
+                    fields.push(0);
+                    let mut msg = vec![b'E'];
+                    msg.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+                    msg.extend_from_slice(&fields);
+                    let _ = s.write_all(&msg).await;
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn postgres_authentication_failure_names_host_and_cause() {
+    let addr = refusing_postgres().await;
+    let url = DatabaseUrl::new(format!("postgres://app:s3cret-pw@{addr}/tg"));
+    let err = tokengate::store::open(&url, 2, Duration::from_secs(5))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert_names_host_and_cause(&err, &addr.to_string(), "authentication failed");
+    assert!(
+        err.contains("password authentication failed for user \"app\""),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_unknown_role_names_host_and_cause() {
+    let Some(base) = common::pg::base_url("postgres_unknown_role_names_host_and_cause") else {
+        return;
+    };
+    // The test server's host and port, with a role that does not exist.
+    let rest = base.split_once("://").unwrap().1;
+    let host_and_db = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host_and_db.split(['/', '?']).next().unwrap();
+    let url = DatabaseUrl::new(format!(
+        "postgres://tg_no_such_role:s3cret-pw@{host_and_db}"
+    ));
+    let err = tokengate::store::open(&url, 2, Duration::from_secs(5))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert_names_host_and_cause(&err, host, "authentication failed");
+    assert!(err.contains("tg_no_such_role"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_that_cannot_be_opened_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the database file should be.
+    let file = dir.path().join("db");
+    std::fs::create_dir(&file).unwrap();
+    let url = DatabaseUrl::new(format!("sqlite://{}", file.display()));
+    let err = tokengate::store::open(&url, 1, Duration::from_secs(1))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(&file.display().to_string()), "{err}");
 }

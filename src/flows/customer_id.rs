@@ -1,7 +1,11 @@
 //! Token by customer ID (`shared/seeds/customer-id-token.txt`).
 //!
 //! `POST /api/v1/global/users/gettokenbycustomerid` with a tenant-admin token
-//! in the `token` header (or as Bearer, as the document's cURL example does).
+//! in the `token` header, as Bearer, or bare in `Authorization` (no scheme),
+//! as the document's cURL example sends it (`-H "Authorization: <api_key>"`).
+//! The bare form is accepted on this flow only, and only for a token of our
+//! format (checksum included): the proxy path and the other flows keep
+//! requiring the `Bearer` scheme.
 //! Body: `customer_id` (aliases `customerid`, `customer_salt`), optional
 //! `name`, optional `expiration_days` (a positive integer). Each call mints a
 //! new token; earlier ones stay valid. Success: `200 {message, customerid,
@@ -10,19 +14,20 @@
 //! `CUSTOMER_ID_NOT_FOUND` (unknown, blocked or another tenant's customer),
 //! `WORKSPACE_NOT_FOUND`, `INVALID_EXPIRATION_DAYS`.
 
-use http::{Method, Request, Response, StatusCode};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::{active_workspace, audit_denied, check};
-use crate::api::{json_response, read_object, BodyError, Fields};
-use crate::auth::{extract_credential, Ability};
+use crate::api::{integer, json_response, read_object, BodyError, Fields};
+use crate::auth::{extract_credential, Ability, TOKEN_HEADER};
 use crate::error::Denial;
 use crate::gateway::Gateway;
 use crate::issuer::{MintRequest, MAX_NAME_LEN};
 use crate::proxy::Body;
 use crate::store::Status;
-use crate::token::TokenKind;
+use crate::token::{Checked, TokenFormat, TokenKind};
 
 /// Largest `expiration_days` (ten years).
 const MAX_EXPIRATION_DAYS: i64 = 3_650;
@@ -48,12 +53,44 @@ fn denied(d: Denial) -> Response<Body> {
 fn expiration_days(v: Option<&Value>) -> Result<Option<i64>, ()> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_i64() {
+        Some(v) => match integer(v) {
             Some(d) if (1..=MAX_EXPIRATION_DAYS).contains(&d) => Ok(Some(d)),
             _ => Err(()),
         },
-        Some(_) => Err(()),
     }
+}
+
+/// The caller's credential: the `token` header or `Authorization: Bearer`
+/// as everywhere, or else a token of our format bare in `Authorization`
+/// (the document's example). A `token` header beside a bare token must
+/// carry the same one.
+fn credential<'h>(format: &TokenFormat, headers: &'h HeaderMap) -> Result<Option<&'h str>, Denial> {
+    let refused = match extract_credential(headers) {
+        Ok(t) => return Ok(t),
+        Err(Denial::MalformedToken) => Denial::MalformedToken,
+        Err(d) => return Err(d),
+    };
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(first) = values.next() else {
+        return Err(refused);
+    };
+    if values.any(|v| v != first) {
+        return Err(Denial::ConflictingCredentials);
+    }
+    let Ok(bare) = first.to_str().map(|v| v.trim_matches(' ')) else {
+        return Err(refused);
+    };
+    if !matches!(format.check(bare), Ok(Checked::Native(_))) {
+        return Err(refused);
+    }
+    if headers
+        .get_all(&TOKEN_HEADER)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii() != bare.as_bytes())
+    {
+        return Err(Denial::ConflictingCredentials);
+    }
+    Ok(Some(bare))
 }
 
 /// The flow.
@@ -61,7 +98,7 @@ pub async fn handle(g: &Gateway, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
     }
-    let token = match extract_credential(req.headers()) {
+    let token = match credential(&g.config.tokens, req.headers()) {
         Ok(t) => t,
         Err(d) => return denied(d),
     };

@@ -21,7 +21,8 @@ pub mod session_exchange;
 pub mod sub_account;
 pub mod white_label;
 
-use http::{Request, Response};
+use http::header::{HeaderValue, ALLOW};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::auth::decide;
@@ -73,8 +74,34 @@ pub fn match_flow(paths: &TokenApiPaths, path: &str) -> Option<Flow> {
     }
 }
 
-/// Serves a flow.
+impl Flow {
+    /// The methods the flow is served with, as an `Allow` value.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Flow::WhiteLabelUsers => "GET",
+            Flow::SubAccountToken => "GET, POST",
+            Flow::WhiteLabelToken
+            | Flow::CustomerIdToken
+            | Flow::SessionExchange
+            | Flow::SessionVerify
+            | Flow::PersonalAccessToken => "POST",
+        }
+    }
+}
+
+/// Serves a flow. Each flow words its own 405 in its document's shape;
+/// the `Allow` header every 405 must carry (RFC 9110 15.5.6) is added
+/// here, once for all of them.
 pub async fn handle(g: &Gateway, flow: Flow, req: Request<Incoming>) -> Response<Body> {
+    let mut resp = serve(g, flow, req).await;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(flow.allow()));
+    }
+    resp
+}
+
+async fn serve(g: &Gateway, flow: Flow, req: Request<Incoming>) -> Response<Body> {
     match flow {
         Flow::WhiteLabelToken => white_label::token(g, req).await,
         Flow::WhiteLabelUsers => white_label::users(g, req).await,

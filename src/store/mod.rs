@@ -123,6 +123,10 @@ pub struct Account {
     pub status: Status,
     /// Creation time.
     pub created_at: i64,
+    /// Its default workspace: the first active one, which tokens minted
+    /// without a workspace are bound to (the one made with the account,
+    /// unless that was blocked); none if it has no active workspace.
+    pub workspace_id: Option<i64>,
 }
 
 /// What is needed to create an account.

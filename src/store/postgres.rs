@@ -20,7 +20,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use super::rows::{account, audit_event, auth_record, tenant, token_row, workspace};
+use super::rows::{
+    account, audit_event, auth_record, tenant, token_row, workspace, ACCOUNT_COLUMNS,
+};
 use super::sqlite::random_customer_id;
 use super::DatabaseUrl;
 use super::{
@@ -62,6 +64,9 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url.expose())
             .map_err(|e| StoreError::Other(format!("bad store.url {url}: {e}")))?
             .application_name(APP_NAME);
+        // The pool retries a refused connection until its timeout and then
+        // says only "pool timed out"; one connection first says why not.
+        first_connection(&options, timeout).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
@@ -87,6 +92,85 @@ impl PgStore {
     }
 }
 
+/// `host:port` (or the socket) and the user and database a start-up error
+/// names; never the password.
+fn target(options: &PgConnectOptions) -> String {
+    let place = match options.get_socket() {
+        Some(socket) => format!("socket {}", socket.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    format!(
+        "{place} (user {:?}, database {:?})",
+        options.get_username(),
+        options.get_database().unwrap_or(options.get_username())
+    )
+}
+
+/// Why a connection attempt failed, in an operator's words. The server's
+/// own messages (`password authentication failed for user "app"`) never
+/// carry the password.
+fn cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused (is PostgreSQL running and listening there?)".into()
+        }
+        sqlx::Error::Io(io) => format!("network error: {io}"),
+        sqlx::Error::Tls(tls) => format!("TLS failed: {tls}"),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if code.starts_with("28") {
+                // 28P01 invalid_password, 28000 invalid_authorization_specification
+                // (no such role, no pg_hba.conf entry).
+                format!("authentication failed: {}", db.message())
+            } else {
+                format!("refused by the server: {} (SQLSTATE {code})", db.message())
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Opens (and closes) one connection, retrying a refused one until
+/// `timeout` as the pool would (the server may be starting); fails with the
+/// host and the cause.
+async fn first_connection(options: &PgConnectOptions, timeout: Duration) -> Result<(), StoreError> {
+    use sqlx::{ConnectOptions, Connection};
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(10);
+    let failed = |why: String| {
+        StoreError::Unavailable(format!(
+            "cannot connect to PostgreSQL at {}: {why}",
+            target(options)
+        ))
+    };
+    loop {
+        match tokio::time::timeout_at(deadline, options.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                let retry = match &e {
+                    sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+                    sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+                    _ => false,
+                };
+                if !retry || tokio::time::Instant::now() + backoff >= deadline {
+                    return Err(failed(cause(&e)));
+                }
+            }
+            Err(_) => {
+                return Err(failed(format!(
+                    "no answer within {} s (store.timeout_seconds)",
+                    timeout.as_secs_f32()
+                )))
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
 async fn notify<'c, E>(exec: E, channel: &str, inv: Invalidation) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
@@ -101,8 +185,6 @@ where
 
 const TOKEN_COLUMNS: &str = "id, kind, tenant_id, account_id, workspace_id, name, abilities, \
      display_prefix, created_at, expires_at, revoked_at, last_used_at, created_by";
-const ACCOUNT_COLUMNS: &str = "id, tenant_id, email, name, customer_id, external_id, \
-     parent_account_id, status, created_at";
 
 async fn insert_audit<'c, E>(exec: E, e: &NewAuditEvent) -> Result<(), StoreError>
 where
@@ -250,7 +332,7 @@ impl TokenStore for PgStore {
             created = Some(account(&r)?);
             break;
         }
-        let acc = created.ok_or_else(|| StoreError::Other("no free customer id".into()))?;
+        let mut acc = created.ok_or_else(|| StoreError::Other("no free customer id".into()))?;
         let ws = match &new.workspace {
             Some(name) => {
                 let r = sqlx::query(
@@ -266,6 +348,7 @@ impl TokenStore for PgStore {
             }
             None => None,
         };
+        acc.workspace_id = ws.as_ref().map(|w| w.id);
         tx.commit().await?;
         Ok((acc, ws))
     }

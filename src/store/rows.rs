@@ -59,6 +59,14 @@ where
     })
 }
 
+/// The columns [`account`] reads, for `SELECT … FROM accounts` and
+/// `RETURNING` alike. `workspace_id` is the account's default workspace:
+/// its first active one, which tokens minted without one are bound to.
+pub(crate) const ACCOUNT_COLUMNS: &str = "id, tenant_id, email, name, customer_id, external_id, \
+     parent_account_id, status, created_at, \
+     (SELECT w.id FROM workspaces w WHERE w.account_id = accounts.id AND w.status = 'active' \
+      ORDER BY w.id LIMIT 1) AS workspace_id";
+
 /// An `accounts` row.
 pub(crate) fn account<'r, R>(r: &'r R) -> Result<Account, StoreError>
 where
@@ -76,6 +84,7 @@ where
         parent_account_id: r.col("parent_account_id")?,
         status: status(&r.col::<String>("status")?)?,
         created_at: r.col("created_at")?,
+        workspace_id: r.col("workspace_id")?,
     })
 }
 

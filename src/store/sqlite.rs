@@ -13,7 +13,9 @@ use rand::Rng;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::rows::{account, audit_event, auth_record, tenant, token_row, workspace};
+use super::rows::{
+    account, audit_event, auth_record, tenant, token_row, workspace, ACCOUNT_COLUMNS,
+};
 use super::DatabaseUrl;
 use super::{
     Account, AuditEvent, AuthRecord, NewAccount, NewAuditEvent, NewToken, Revoked, Status,
@@ -68,11 +70,18 @@ impl SqliteStore {
                 })?;
             }
         }
+        let file = opts.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
             .connect_with(opts)
-            .await?;
+            .await
+            .map_err(|e| {
+                StoreError::Other(format!(
+                    "cannot open the SQLite database {}: {e}",
+                    file.display()
+                ))
+            })?;
         Ok(Self { pool })
     }
 }
@@ -217,11 +226,10 @@ impl TokenStore for SqliteStore {
             if taken.is_some() {
                 continue;
             }
-            let r = sqlx::query(
+            let r = sqlx::query(&format!(
                 "INSERT INTO accounts (tenant_id, email, name, customer_id, external_id, parent_account_id, status, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, 'active', ?) \
-                 RETURNING id, tenant_id, email, name, customer_id, external_id, parent_account_id, status, created_at",
-            )
+                 VALUES (?, ?, ?, ?, ?, ?, 'active', ?) RETURNING {ACCOUNT_COLUMNS}"
+            ))
             .bind(new.tenant_id)
             .bind(&new.email)
             .bind(&new.name)
@@ -234,7 +242,7 @@ impl TokenStore for SqliteStore {
             created = Some(account(&r)?);
             break;
         }
-        let acc = created.ok_or_else(|| StoreError::Other("no free customer id".into()))?;
+        let mut acc = created.ok_or_else(|| StoreError::Other("no free customer id".into()))?;
         let ws = match &new.workspace {
             Some(name) => {
                 let r = sqlx::query(
@@ -250,18 +258,21 @@ impl TokenStore for SqliteStore {
             }
             None => None,
         };
+        acc.workspace_id = ws.as_ref().map(|w| w.id);
         tx.commit().await?;
         Ok((acc, ws))
     }
 
     async fn get_account(&self, id: i64) -> Result<Option<Account>, StoreError> {
-        sqlx::query("SELECT * FROM accounts WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(account)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(account)
+        .transpose()
     }
 
     async fn list_accounts(
@@ -270,7 +281,7 @@ impl TokenStore for SqliteStore {
         email: Option<&str>,
     ) -> Result<Vec<Account>, StoreError> {
         sqlx::query(
-            "SELECT * FROM accounts WHERE tenant_id = ? AND (? IS NULL OR email = ?) ORDER BY id",
+            &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE tenant_id = ? AND (? IS NULL OR email = ?) ORDER BY id"),
         )
         .bind(tenant_id)
         .bind(email)
@@ -286,13 +297,15 @@ impl TokenStore for SqliteStore {
         &self,
         customer_id: &str,
     ) -> Result<Option<Account>, StoreError> {
-        sqlx::query("SELECT * FROM accounts WHERE customer_id = ?")
-            .bind(customer_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(account)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE customer_id = ?"
+        ))
+        .bind(customer_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(account)
+        .transpose()
     }
 
     async fn set_account_status(
@@ -302,11 +315,13 @@ impl TokenStore for SqliteStore {
         audit: &NewAuditEvent,
     ) -> Result<Option<Account>, StoreError> {
         let mut tx = self.write_tx().await?;
-        let r = sqlx::query("UPDATE accounts SET status = ? WHERE id = ? RETURNING *")
-            .bind(new.as_str())
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let r = sqlx::query(&format!(
+            "UPDATE accounts SET status = ? WHERE id = ? RETURNING {ACCOUNT_COLUMNS}"
+        ))
+        .bind(new.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(r) = r else { return Ok(None) };
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
