@@ -66,9 +66,19 @@ impl Running {
 
 /// Binds both listeners from the config and starts serving.
 pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
-    let public = TcpListener::bind(gateway.config.server.listen).await?;
-    let admin = TcpListener::bind(gateway.config.server.admin_listen).await?;
+    let server = &gateway.config.server;
+    let public = bind("public listener (server.listen)", server.listen).await?;
+    let admin = bind("admin listener (server.admin_listen)", server.admin_listen).await?;
     start_on(gateway, public, admin).await
+}
+
+/// Binds one listener; a failure names the listener, its config key and
+/// the address: `cannot bind the admin listener (server.admin_listen) to
+/// 127.0.0.1:8081: Address already in use (os error 98)`.
+async fn bind(which: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot bind the {which} to {addr}: {e}"))
+    })
 }
 
 /// Starts serving on already-bound listeners. With a shared store

@@ -398,3 +398,36 @@ fn an_unreachable_store_is_named_with_its_cause_and_no_password() {
         assert!(!err.contains("pool timed out"), "{cmd}: {err}");
     }
 }
+
+#[test]
+fn a_listener_address_in_use_is_named() {
+    // Held for the whole test, so `serve` cannot bind it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap();
+    for (key, which) in [
+        ("listen", "public listener (server.listen)"),
+        ("admin_listen", "admin listener (server.admin_listen)"),
+    ] {
+        let env = Env::new();
+        let other = if key == "listen" {
+            "admin_listen"
+        } else {
+            "listen"
+        };
+        let cfg = std::fs::read_to_string(env.config()).unwrap();
+        std::fs::write(
+            env.config(),
+            format!("[server]\n{key} = \"{taken}\"\n{other} = \"127.0.0.1:0\"\n\n{cfg}"),
+        )
+        .unwrap();
+        let out = env.run(&["serve"]);
+        assert!(!out.status.success(), "serve started on a taken address");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains(&format!("cannot bind the {which} to {taken}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("in use"), "{stderr}");
+    }
+    drop(held);
+}

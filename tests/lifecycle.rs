@@ -260,7 +260,10 @@ async fn shutdown_gives_in_flight_requests_the_grace_period_and_no_more() {
     let (finishing, pending) = g.upload("/echo/finishing", &t);
     finishing.send(Bytes::from_static(b"first,")).await.unwrap();
     let finishing_resp = pending.await.unwrap().unwrap();
-    let (stuck, pending) = g.upload("/echo/forever", &t);
+    // On the h2 upstream, whose response timeout (the default 30 s) is far
+    // past the grace: a body that stalls for `response_timeout_ms` ends its
+    // exchange (DESIGN section 8), and the mock upstream's is 1 s.
+    let (stuck, pending) = g.upload("/h2/echo/forever", &t);
     stuck.send(Bytes::from_static(b"x")).await.unwrap();
     let _stuck_resp = pending.await.unwrap().unwrap();
 
