@@ -35,7 +35,7 @@ const MAX_NAME_LEN: usize = 65535;
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
 /// Longest chunk-size line (with extensions) or trailer line accepted in a
-/// chunked response.
+/// chunked response, in bytes before its CRLF.
 const MAX_CHUNK_LINE: usize = 4096;
 
 /// What became of an attempt to parse a head.
@@ -590,10 +590,18 @@ impl Chunked {
 /// through to the client as they are: a line may hold no control byte but
 /// a tab (a bare CR or LF above all, which a lenient client could take
 /// as a line end and so as the end of the body), and may not be longer
-/// than [`MAX_CHUNK_LINE`].
+/// than [`MAX_CHUNK_LINE`] before its CRLF.
+///
+/// Each byte is judged by its place and (a CR) the byte after it, never by
+/// where the input happens to end, so the verdict does not depend on how
+/// the body was cut into reads: a line longer than `MAX_CHUNK_LINE` is
+/// refused at its first byte past the limit, whether its CRLF has come yet
+/// or not, and one of exactly `MAX_CHUNK_LINE` bytes waits for its CRLF.
 fn line(rest: &[u8]) -> Result<Option<usize>, BadChunk> {
     for (i, b) in rest.iter().enumerate() {
         if *b == b'\r' {
+            // `i` bytes before the CR: at most `MAX_CHUNK_LINE`, or the
+            // byte at `MAX_CHUNK_LINE` was already refused below.
             return match rest.get(i + 1) {
                 Some(b'\n') => Ok(Some(i)),
                 Some(_) => Err(BadChunk),
@@ -603,9 +611,6 @@ fn line(rest: &[u8]) -> Result<Option<usize>, BadChunk> {
         if i >= MAX_CHUNK_LINE || (b.is_ascii_control() && *b != b'\t') {
             return Err(BadChunk);
         }
-    }
-    if rest.len() >= MAX_CHUNK_LINE {
-        return Err(BadChunk);
     }
     Ok(None)
 }
@@ -926,6 +931,103 @@ mod tests {
         ] {
             let mut c = Chunked::Size;
             assert_eq!(c.advance(bad), Err(BadChunk), "{bad:?}");
+        }
+    }
+
+    /// What the fast path makes of a chunked body that arrives in these
+    /// pieces, driven as `Body::step`'s caller in `fast` drives it: each
+    /// read is appended to what the previous steps left, the decoder is
+    /// given all of it, the bytes it takes are passed on and dropped from
+    /// the buffer, and reading stops once the body is done.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        /// Refused as malformed.
+        Bad,
+        /// How many bytes were passed on (always the first ones: the
+        /// caller only ever drops the front of its buffer), and whether the
+        /// body ended.
+        Passed { len: usize, done: bool },
+    }
+
+    fn feed<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
+        let mut c = Chunked::Size;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut len = 0;
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            match c.advance(&buf) {
+                Err(BadChunk) => return Outcome::Bad,
+                Ok(n) => {
+                    buf.drain(..n);
+                    len += n;
+                }
+            }
+            if c == Chunked::Done {
+                break;
+            }
+        }
+        let done = c == Chunked::Done;
+        Outcome::Passed { len, done }
+    }
+
+    /// `body` cut at these offsets (in any order, repeats allowed).
+    fn split_at(body: &[u8], cuts: &[usize]) -> Outcome {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| (*c).min(body.len())).collect();
+        cuts.push(body.len());
+        cuts.sort_unstable();
+        let mut at = 0;
+        feed(cuts.into_iter().map(|cut| {
+            let piece = &body[at..cut];
+            at = cut;
+            piece
+        }))
+    }
+
+    /// A chunk-size line or a trailer line of `len` bytes before its CRLF.
+    fn size_line(len: usize) -> Vec<u8> {
+        let mut l = b"1;x=".to_vec();
+        l.resize(len, b'a');
+        l
+    }
+    fn trailer_line(len: usize) -> Vec<u8> {
+        let mut l = b"x-t:".to_vec();
+        l.resize(len, b'v');
+        l
+    }
+
+    #[test]
+    fn the_longest_line_is_the_same_however_it_is_read() {
+        for max in [true, false] {
+            let len = if max {
+                MAX_CHUNK_LINE
+            } else {
+                MAX_CHUNK_LINE + 1
+            };
+            let mut sized = size_line(len);
+            sized.extend_from_slice(b"\r\nZ\r\n0\r\n\r\n");
+            let mut trailed = b"0\r\n".to_vec();
+            trailed.extend_from_slice(&trailer_line(len));
+            trailed.extend_from_slice(b"\r\n\r\n");
+            for (body, line_end) in [(&sized, len), (&trailed, 3 + len)] {
+                let want = if max {
+                    Outcome::Passed {
+                        len: body.len(),
+                        done: true,
+                    }
+                } else {
+                    Outcome::Bad
+                };
+                assert_eq!(split_at(body, &[]), want, "whole, {len}");
+                // A read ending right after the line's last byte, and one
+                // ending between its CR and LF.
+                assert_eq!(split_at(body, &[line_end]), want, "cut before CR, {len}");
+                assert_eq!(
+                    split_at(body, &[line_end + 1]),
+                    want,
+                    "cut before LF, {len}"
+                );
+                assert_eq!(split_at(body, &[line_end - 1]), want, "cut inside, {len}");
+            }
         }
     }
 
