@@ -1054,6 +1054,173 @@ mod tests {
         }
     }
 
+    /// A line's length before its CRLF: short, or right at the limit.
+    fn line_len() -> impl Strategy<Value = usize> {
+        prop_oneof![1..12usize, (MAX_CHUNK_LINE - 2)..=(MAX_CHUNK_LINE + 2)]
+    }
+
+    /// A chunked body, as an upstream might send it, and where it ends if
+    /// every line is within the limit: chunks whose size lines are padded
+    /// with an extension to a chosen length, the last chunk, trailer
+    /// fields, the blank line, and bytes after the body (the next
+    /// response, say).
+    fn chunked_body() -> impl Strategy<Value = (Vec<u8>, Option<usize>)> {
+        let chunk = (
+            proptest::collection::vec(any::<u8>(), 1..40),
+            line_len(),
+            any::<bool>(),
+        );
+        let trailer = line_len();
+        (
+            proptest::collection::vec(chunk, 0..4),
+            line_len(),
+            proptest::collection::vec(trailer, 0..3),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        )
+            .prop_map(|(chunks, last_len, trailers, after)| {
+                let sized = |size: usize, upper: bool, len: usize| {
+                    let mut l = if upper {
+                        format!("{size:X}")
+                    } else {
+                        format!("0{size:x}")
+                    }
+                    .into_bytes();
+                    if l.len() < len {
+                        l.push(b';');
+                        l.resize(len, b'e');
+                    }
+                    l
+                };
+                let mut body = Vec::new();
+                let mut longest = last_len;
+                for (data, len, upper) in chunks {
+                    longest = longest.max(len);
+                    body.extend_from_slice(&sized(data.len(), upper, len));
+                    body.extend_from_slice(b"\r\n");
+                    body.extend_from_slice(&data);
+                    body.extend_from_slice(b"\r\n");
+                }
+                body.extend_from_slice(&sized(0, true, last_len));
+                body.extend_from_slice(b"\r\n");
+                for len in trailers {
+                    longest = longest.max(len);
+                    body.extend_from_slice(&trailer_line(len.max(4)));
+                    body.extend_from_slice(b"\r\n");
+                }
+                body.extend_from_slice(b"\r\n");
+                let end = (longest <= MAX_CHUNK_LINE).then_some(body.len());
+                body.extend_from_slice(&after);
+                (body, end)
+            })
+    }
+
+    /// A change that may make a body malformed.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Replace(proptest::sample::Index, u8),
+        Insert(proptest::sample::Index, u8),
+        Remove(proptest::sample::Index),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        // Bytes that mean something to the framing, and any other.
+        let byte = prop_oneof![
+            3 => proptest::sample::select(&b"\r\n\t\0 ;:0aFg"[..]),
+            1 => any::<u8>(),
+        ];
+        prop_oneof![
+            (any::<proptest::sample::Index>(), byte.clone())
+                .prop_map(|(i, b)| Mutation::Replace(i, b)),
+            (any::<proptest::sample::Index>(), byte).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            any::<proptest::sample::Index>().prop_map(Mutation::Remove),
+        ]
+    }
+
+    fn mutate(body: &mut Vec<u8>, m: &Mutation) {
+        if body.is_empty() {
+            return;
+        }
+        match m {
+            Mutation::Replace(i, b) => {
+                let i = i.index(body.len());
+                body[i] = *b;
+            }
+            Mutation::Insert(i, b) => body.insert(i.index(body.len() + 1), *b),
+            Mutation::Remove(i) => {
+                body.remove(i.index(body.len()));
+            }
+        }
+    }
+
+    /// Where a read ending makes a difference: at each CR or LF and
+    /// either side of it, and at the limit of a line starting after an LF.
+    fn telling_cuts(body: &[u8]) -> Vec<usize> {
+        let mut at = vec![0, MAX_CHUNK_LINE, MAX_CHUNK_LINE + 1];
+        for (i, b) in body.iter().enumerate() {
+            if *b == b'\r' || *b == b'\n' {
+                at.extend([i.saturating_sub(1), i, i + 1]);
+            }
+            if *b == b'\n' {
+                at.extend([i + 1 + MAX_CHUNK_LINE, i + 2 + MAX_CHUNK_LINE]);
+            }
+        }
+        at
+    }
+
+    proptest! {
+        /// The split-point property: a chunked body, well formed or not,
+        /// comes to the same end (refused, or the same bytes passed on and
+        /// the same verdict on whether the body is over) whether it
+        /// arrives in one read or cut anywhere into several.
+        #[test]
+        fn chunked_framing_ignores_read_boundaries(
+            (body, end) in chunked_body(),
+            mutations in proptest::collection::vec(mutation(), 0..3),
+            cuts in proptest::collection::vec((any::<bool>(), any::<proptest::sample::Index>()), 1..8),
+        ) {
+            let mut body = body;
+            for m in &mutations {
+                mutate(&mut body, m);
+            }
+            let whole = split_at(&body, &[]);
+            if mutations.is_empty() {
+                let want = end.map_or(Outcome::Bad, |len| Outcome::Passed { len, done: true });
+                prop_assert_eq!(&whole, &want);
+            }
+            let telling = telling_cuts(&body);
+            let cuts: Vec<usize> = cuts
+                .iter()
+                .map(|(tell, i)| {
+                    if *tell {
+                        telling[i.index(telling.len())]
+                    } else {
+                        i.index(body.len() + 1)
+                    }
+                })
+                .collect();
+            prop_assert_eq!(split_at(&body, &cuts), whole, "cut at {:?}", cuts);
+        }
+    }
+
+    proptest! {
+        // Few cases: the decoder reads a partial line again from its start
+        // on each read, so a body of 4 KiB lines fed a byte at a time costs
+        // millions of steps in a debug build.
+        #![proptest_config(ProptestConfig::with_cases(8))]
+        /// The same, with every byte a read of its own.
+        #[test]
+        fn chunked_framing_byte_by_byte(
+            (body, _) in chunked_body(),
+            mutations in proptest::collection::vec(mutation(), 0..3),
+        ) {
+            let mut body = body;
+            for m in &mutations {
+                mutate(&mut body, m);
+            }
+            prop_assert_eq!(feed(body.chunks(1)), split_at(&body, &[]));
+        }
+    }
+
     /// Field names and values the rewrite treats specially, in assorted
     /// letter cases, and some it must leave alone.
     const NAMES: &[&str] = &[
