@@ -36,7 +36,7 @@ pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
 /// Longest chunk-size line (with extensions) or trailer line accepted in a
 /// chunked response, in bytes before its CRLF.
-const MAX_CHUNK_LINE: usize = 4096;
+pub const MAX_CHUNK_LINE: usize = 4096;
 
 /// What became of an attempt to parse a head.
 #[derive(Debug)]
