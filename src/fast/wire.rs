@@ -35,8 +35,8 @@ const MAX_NAME_LEN: usize = 65535;
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
 /// Longest chunk-size line (with extensions) or trailer line accepted in a
-/// chunked response.
-const MAX_CHUNK_LINE: usize = 4096;
+/// chunked response, in bytes before its CRLF.
+pub const MAX_CHUNK_LINE: usize = 4096;
 
 /// What became of an attempt to parse a head.
 #[derive(Debug)]
@@ -590,10 +590,18 @@ impl Chunked {
 /// through to the client as they are: a line may hold no control byte but
 /// a tab (a bare CR or LF above all, which a lenient client could take
 /// as a line end and so as the end of the body), and may not be longer
-/// than [`MAX_CHUNK_LINE`].
+/// than [`MAX_CHUNK_LINE`] before its CRLF.
+///
+/// Each byte is judged by its place and (a CR) the byte after it, never by
+/// where the input happens to end, so the verdict does not depend on how
+/// the body was cut into reads: a line longer than `MAX_CHUNK_LINE` is
+/// refused at its first byte past the limit, whether its CRLF has come yet
+/// or not, and one of exactly `MAX_CHUNK_LINE` bytes waits for its CRLF.
 fn line(rest: &[u8]) -> Result<Option<usize>, BadChunk> {
     for (i, b) in rest.iter().enumerate() {
         if *b == b'\r' {
+            // `i` bytes before the CR: at most `MAX_CHUNK_LINE`, or the
+            // byte at `MAX_CHUNK_LINE` was already refused below.
             return match rest.get(i + 1) {
                 Some(b'\n') => Ok(Some(i)),
                 Some(_) => Err(BadChunk),
@@ -603,9 +611,6 @@ fn line(rest: &[u8]) -> Result<Option<usize>, BadChunk> {
         if i >= MAX_CHUNK_LINE || (b.is_ascii_control() && *b != b'\t') {
             return Err(BadChunk);
         }
-    }
-    if rest.len() >= MAX_CHUNK_LINE {
-        return Err(BadChunk);
     }
     Ok(None)
 }
@@ -929,6 +934,103 @@ mod tests {
         }
     }
 
+    /// What the fast path makes of a chunked body that arrives in these
+    /// pieces, driven as `Body::step`'s caller in `fast` drives it: each
+    /// read is appended to what the previous steps left, the decoder is
+    /// given all of it, the bytes it takes are passed on and dropped from
+    /// the buffer, and reading stops once the body is done.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        /// Refused as malformed.
+        Bad,
+        /// How many bytes were passed on (always the first ones: the
+        /// caller only ever drops the front of its buffer), and whether the
+        /// body ended.
+        Passed { len: usize, done: bool },
+    }
+
+    fn feed<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
+        let mut c = Chunked::Size;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut len = 0;
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            match c.advance(&buf) {
+                Err(BadChunk) => return Outcome::Bad,
+                Ok(n) => {
+                    buf.drain(..n);
+                    len += n;
+                }
+            }
+            if c == Chunked::Done {
+                break;
+            }
+        }
+        let done = c == Chunked::Done;
+        Outcome::Passed { len, done }
+    }
+
+    /// `body` cut at these offsets (in any order, repeats allowed).
+    fn split_at(body: &[u8], cuts: &[usize]) -> Outcome {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| (*c).min(body.len())).collect();
+        cuts.push(body.len());
+        cuts.sort_unstable();
+        let mut at = 0;
+        feed(cuts.into_iter().map(|cut| {
+            let piece = &body[at..cut];
+            at = cut;
+            piece
+        }))
+    }
+
+    /// A chunk-size line or a trailer line of `len` bytes before its CRLF.
+    fn size_line(len: usize) -> Vec<u8> {
+        let mut l = b"1;x=".to_vec();
+        l.resize(len, b'a');
+        l
+    }
+    fn trailer_line(len: usize) -> Vec<u8> {
+        let mut l = b"x-t:".to_vec();
+        l.resize(len, b'v');
+        l
+    }
+
+    #[test]
+    fn the_longest_line_is_the_same_however_it_is_read() {
+        for max in [true, false] {
+            let len = if max {
+                MAX_CHUNK_LINE
+            } else {
+                MAX_CHUNK_LINE + 1
+            };
+            let mut sized = size_line(len);
+            sized.extend_from_slice(b"\r\nZ\r\n0\r\n\r\n");
+            let mut trailed = b"0\r\n".to_vec();
+            trailed.extend_from_slice(&trailer_line(len));
+            trailed.extend_from_slice(b"\r\n\r\n");
+            for (body, line_end) in [(&sized, len), (&trailed, 3 + len)] {
+                let want = if max {
+                    Outcome::Passed {
+                        len: body.len(),
+                        done: true,
+                    }
+                } else {
+                    Outcome::Bad
+                };
+                assert_eq!(split_at(body, &[]), want, "whole, {len}");
+                // A read ending right after the line's last byte, and one
+                // ending between its CR and LF.
+                assert_eq!(split_at(body, &[line_end]), want, "cut before CR, {len}");
+                assert_eq!(
+                    split_at(body, &[line_end + 1]),
+                    want,
+                    "cut before LF, {len}"
+                );
+                assert_eq!(split_at(body, &[line_end - 1]), want, "cut inside, {len}");
+            }
+        }
+    }
+
     proptest! {
         /// However the body is cut into reads, the tracker passes on the
         /// same bytes and stops at the same place.
@@ -949,6 +1051,173 @@ mod tests {
             }
             prop_assert_eq!(c, Chunked::Done);
             prop_assert_eq!(passed, BODY.to_vec());
+        }
+    }
+
+    /// A line's length before its CRLF: short, or right at the limit.
+    fn line_len() -> impl Strategy<Value = usize> {
+        prop_oneof![1..12usize, (MAX_CHUNK_LINE - 2)..=(MAX_CHUNK_LINE + 2)]
+    }
+
+    /// A chunked body, as an upstream might send it, and where it ends if
+    /// every line is within the limit: chunks whose size lines are padded
+    /// with an extension to a chosen length, the last chunk, trailer
+    /// fields, the blank line, and bytes after the body (the next
+    /// response, say).
+    fn chunked_body() -> impl Strategy<Value = (Vec<u8>, Option<usize>)> {
+        let chunk = (
+            proptest::collection::vec(any::<u8>(), 1..40),
+            line_len(),
+            any::<bool>(),
+        );
+        let trailer = line_len();
+        (
+            proptest::collection::vec(chunk, 0..4),
+            line_len(),
+            proptest::collection::vec(trailer, 0..3),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        )
+            .prop_map(|(chunks, last_len, trailers, after)| {
+                let sized = |size: usize, upper: bool, len: usize| {
+                    let mut l = if upper {
+                        format!("{size:X}")
+                    } else {
+                        format!("0{size:x}")
+                    }
+                    .into_bytes();
+                    if l.len() < len {
+                        l.push(b';');
+                        l.resize(len, b'e');
+                    }
+                    l
+                };
+                let mut body = Vec::new();
+                let mut longest = last_len;
+                for (data, len, upper) in chunks {
+                    longest = longest.max(len);
+                    body.extend_from_slice(&sized(data.len(), upper, len));
+                    body.extend_from_slice(b"\r\n");
+                    body.extend_from_slice(&data);
+                    body.extend_from_slice(b"\r\n");
+                }
+                body.extend_from_slice(&sized(0, true, last_len));
+                body.extend_from_slice(b"\r\n");
+                for len in trailers {
+                    longest = longest.max(len);
+                    body.extend_from_slice(&trailer_line(len.max(4)));
+                    body.extend_from_slice(b"\r\n");
+                }
+                body.extend_from_slice(b"\r\n");
+                let end = (longest <= MAX_CHUNK_LINE).then_some(body.len());
+                body.extend_from_slice(&after);
+                (body, end)
+            })
+    }
+
+    /// A change that may make a body malformed.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Replace(proptest::sample::Index, u8),
+        Insert(proptest::sample::Index, u8),
+        Remove(proptest::sample::Index),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        // Bytes that mean something to the framing, and any other.
+        let byte = prop_oneof![
+            3 => proptest::sample::select(&b"\r\n\t\0 ;:0aFg"[..]),
+            1 => any::<u8>(),
+        ];
+        prop_oneof![
+            (any::<proptest::sample::Index>(), byte.clone())
+                .prop_map(|(i, b)| Mutation::Replace(i, b)),
+            (any::<proptest::sample::Index>(), byte).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            any::<proptest::sample::Index>().prop_map(Mutation::Remove),
+        ]
+    }
+
+    fn mutate(body: &mut Vec<u8>, m: &Mutation) {
+        if body.is_empty() {
+            return;
+        }
+        match m {
+            Mutation::Replace(i, b) => {
+                let i = i.index(body.len());
+                body[i] = *b;
+            }
+            Mutation::Insert(i, b) => body.insert(i.index(body.len() + 1), *b),
+            Mutation::Remove(i) => {
+                body.remove(i.index(body.len()));
+            }
+        }
+    }
+
+    /// Where a read ending makes a difference: at each CR or LF and
+    /// either side of it, and at the limit of a line starting after an LF.
+    fn telling_cuts(body: &[u8]) -> Vec<usize> {
+        let mut at = vec![0, MAX_CHUNK_LINE, MAX_CHUNK_LINE + 1];
+        for (i, b) in body.iter().enumerate() {
+            if *b == b'\r' || *b == b'\n' {
+                at.extend([i.saturating_sub(1), i, i + 1]);
+            }
+            if *b == b'\n' {
+                at.extend([i + 1 + MAX_CHUNK_LINE, i + 2 + MAX_CHUNK_LINE]);
+            }
+        }
+        at
+    }
+
+    proptest! {
+        /// The split-point property: a chunked body, well formed or not,
+        /// comes to the same end (refused, or the same bytes passed on and
+        /// the same verdict on whether the body is over) whether it
+        /// arrives in one read or cut anywhere into several.
+        #[test]
+        fn chunked_framing_ignores_read_boundaries(
+            (body, end) in chunked_body(),
+            mutations in proptest::collection::vec(mutation(), 0..3),
+            cuts in proptest::collection::vec((any::<bool>(), any::<proptest::sample::Index>()), 1..8),
+        ) {
+            let mut body = body;
+            for m in &mutations {
+                mutate(&mut body, m);
+            }
+            let whole = split_at(&body, &[]);
+            if mutations.is_empty() {
+                let want = end.map_or(Outcome::Bad, |len| Outcome::Passed { len, done: true });
+                prop_assert_eq!(&whole, &want);
+            }
+            let telling = telling_cuts(&body);
+            let cuts: Vec<usize> = cuts
+                .iter()
+                .map(|(tell, i)| {
+                    if *tell {
+                        telling[i.index(telling.len())]
+                    } else {
+                        i.index(body.len() + 1)
+                    }
+                })
+                .collect();
+            prop_assert_eq!(split_at(&body, &cuts), whole, "cut at {:?}", cuts);
+        }
+    }
+
+    proptest! {
+        // Few cases: the decoder reads a partial line again from its start
+        // on each read, so a body of 4 KiB lines fed a byte at a time costs
+        // millions of steps in a debug build.
+        #![proptest_config(ProptestConfig::with_cases(8))]
+        /// The same, with every byte a read of its own.
+        #[test]
+        fn chunked_framing_byte_by_byte(
+            (body, _) in chunked_body(),
+            mutations in proptest::collection::vec(mutation(), 0..3),
+        ) {
+            let mut body = body;
+            for m in &mutations {
+                mutate(&mut body, m);
+            }
+            prop_assert_eq!(feed(body.chunks(1)), split_at(&body, &[]));
         }
     }
 
