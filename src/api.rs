@@ -233,7 +233,7 @@ impl ApiError {
     /// The JSON response.
     pub fn into_response(self) -> Response<Body> {
         if let ApiError::Unauthorized(d) = self {
-            return d.into_response(None);
+            return crate::proxy::denial_response(d, None);
         }
         let (status, code) = self.status_and_code();
         let mut r = json_response(

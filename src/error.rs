@@ -8,9 +8,8 @@
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Response, StatusCode};
+use http::StatusCode;
 
-use crate::proxy::{full, Body};
 use crate::route::PathError;
 
 /// Why a request was not forwarded (or its forwarding failed).
@@ -167,18 +166,10 @@ impl Denial {
         }
     }
 
-    /// The JSON response, with `WWW-Authenticate` on 401 and `Retry-After`
-    /// on 503.
-    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<Body> {
-        let (status, headers, body) = self.parts(request_id);
-        let mut resp = Response::new(full(body));
-        *resp.status_mut() = status;
-        *resp.headers_mut() = headers;
-        resp
-    }
-
-    /// What [`Denial::into_response`] sends, in pieces: for whoever writes
-    /// the response without a `Response` (the fast path).
+    /// The JSON response in pieces (status, headers with
+    /// `WWW-Authenticate` on 401 and `Retry-After` on 503, body): each
+    /// codec writes them its own way (`crate::proxy::denial_response` for
+    /// hyper, the fast path as bytes).
     pub fn parts(self, request_id: Option<&HeaderValue>) -> (StatusCode, HeaderMap, Bytes) {
         let body = serde_json::json!({
             "error": true,
@@ -188,7 +179,7 @@ impl Denial {
         let mut h = HeaderMap::with_capacity(4);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(id) = request_id {
-            h.insert(crate::proxy::X_REQUEST_ID.clone(), id.clone());
+            h.insert(crate::fields::X_REQUEST_ID.clone(), id.clone());
         }
         match self.status() {
             StatusCode::UNAUTHORIZED => {
@@ -247,15 +238,15 @@ mod tests {
         for (d, status, code) in table {
             assert_eq!(d.status().as_u16(), status, "{d:?}");
             assert_eq!(d.code(), code, "{d:?}");
-            let r = d.into_response(None);
-            assert_eq!(r.status().as_u16(), status);
-            assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+            let (s, headers, _) = d.parts(None);
+            assert_eq!(s.as_u16(), status);
+            assert_eq!(headers[CONTENT_TYPE], "application/json");
             assert_eq!(
-                r.headers().contains_key(WWW_AUTHENTICATE),
+                headers.contains_key(WWW_AUTHENTICATE),
                 status == 401,
                 "{d:?}"
             );
-            assert_eq!(r.headers().contains_key(RETRY_AFTER), status == 503);
+            assert_eq!(headers.contains_key(RETRY_AFTER), status == 503);
         }
     }
 }

@@ -14,7 +14,7 @@
 //! while no invalidation has happened since ([`ConnectionMemo`]). The
 //! decision runs on every request, cached or not, against the clock.
 //! Denials become responses in one place
-//! ([`crate::error::Denial::into_response`]).
+//! ([`crate::error::Denial::parts`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,7 +146,7 @@ impl Gateway {
             Ok(resp) => resp,
             Err(denial) => {
                 self.count_refusal(denial, &request_id);
-                denial.into_response(Some(&request_id))
+                crate::proxy::denial_response(denial, Some(&request_id))
             }
         }
     }

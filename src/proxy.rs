@@ -68,6 +68,15 @@ pub enum Body {
     Local(Full<Bytes>),
 }
 
+/// A denial as hyper's response ([`Denial::parts`]).
+pub fn denial_response(denial: Denial, request_id: Option<&HeaderValue>) -> Response<Body> {
+    let (status, headers, body) = denial.parts(request_id);
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
 /// A body the gateway writes itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Body::Local(Full::new(bytes.into()))
