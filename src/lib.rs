@@ -7,34 +7,39 @@
 //!
 //! # Layout
 //!
-//! One module per job, in the order a request meets them:
+//! Layers, bottom up: a module uses only modules of lower layers
+//! (`.ci/layers.py` lists them and reports what still reaches up; the edges
+//! and the control plane in the last layers are still tangled with each
+//! other and with [`gateway`], work in progress).
 //!
-//! | module | job |
-//! |---|---|
-//! | [`config`] | `tokengate.toml -> FileConfig -> Config`, errors that name the key |
-//! | [`server`] | listeners, connections, graceful shutdown, the last-used flusher |
-//! | [`deadline`] | the deadlines of connections served by hyper: first head, idle, head after idle |
-//! | [`fast`] | the HTTP/1.1 fast path: plain requests parsed and passed through without hyper |
-//! | [`gateway`] | the request path: normalise, route, authenticate, decide, forward |
-//! | [`route`] | path normalisation and the longest-prefix route table |
-//! | [`auth`] | credential extraction, abilities, the in-memory decision |
-//! | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
-//! | [`cache`] | moka cache of token records (hits read from a dashmap index), single-flight loads, revocation races |
-//! | [`store`] | the `TokenStore` trait and its SQLite implementation |
-//! | [`proxy`] | forwarding: header rewriting, streaming, upgrades, h2 upstreams |
-//! | [`pool`] | HTTP/1.1 upstream connections, pooled and driven on the request's task |
-//! | [`cap`] | the cap on connections to one upstream, across both paths |
-//! | [`tunnel`] | WebSocket tunnels: bytes both ways, ended by the gateway with close 1008 |
-//! | [`error`] | every request-path denial mapped to its JSON response, in one place |
-//! | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
-//! | [`admin`] | the admin listener: the native API, health, readiness, metrics, OpenAPI |
-//! | [`flows`] | the five documented token-issuing APIs, on the public listener |
-//! | [`api`] | what the control plane shares: JSON bodies, the native API's errors |
-//! | [`usage`] | last-used times batched in memory, flushed periodically |
-//! | [`metrics`] | counters, Prometheus text |
-//! | [`clock`] | the clock expiry is judged by, injectable for tests |
-//! | [`cli`] | the command line |
-//! | [`echo`] | `tokengate echo`: an upstream that answers with the request it received |
+//! | layer | module | job |
+//! |---|---|---|
+//! | vocabulary | [`fields`] | header names and lists, `Connection` list reading, the field-access trait both codecs give |
+//! | | [`ability`] | permission strings and which grants which |
+//! | | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
+//! | | [`clock`] | the clock expiry is judged by, injectable for tests |
+//! | | [`metrics`] | counters, Prometheus text |
+//! | data | [`route`] | path normalisation, the longest-prefix route table, route config |
+//! | | [`store`] | the `TokenStore` trait, SQLite and PostgreSQL, the database URL |
+//! | | [`cache`] | moka cache of token records (hits read from a dashmap index), single-flight loads, revocation races |
+//! | | [`usage`] | last-used times batched in memory, flushed periodically |
+//! | | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
+//! | rules | [`config`] | `tokengate.toml -> FileConfig -> Config`, errors that name the key |
+//! | | [`error`] | every request-path denial and its status, code and JSON, in one place |
+//! | | [`auth`] | credential extraction, the in-memory decision |
+//! | request path | [`gateway`] | normalise, route, authenticate, decide, then forward |
+//! | edge parts | [`cap`] | the cap on connections to one upstream, across both paths |
+//! | | [`tunnel`] | WebSocket tunnels: bytes both ways, ended by the gateway with close 1008 |
+//! | | [`deadline`] | the deadlines of connections served by hyper: first head, idle, head after idle |
+//! | edges | [`proxy`] | hyper's forwarding: header rewriting, streaming, upgrades, h2 upstreams |
+//! | | [`pool`] | HTTP/1.1 upstream connections, pooled and driven on the request's task |
+//! | | [`fast`] | the HTTP/1.1 fast path: plain requests parsed and passed through without hyper |
+//! | control plane | [`api`] | what the control plane shares: JSON bodies, the native API's errors |
+//! | | [`flows`] | the five documented token-issuing APIs, on the public listener |
+//! | | [`admin`] | the admin listener: the native API, health, readiness, metrics, OpenAPI |
+//! | | [`echo`] | `tokengate echo`: an upstream that answers with the request it received |
+//! | top | [`server`] | listeners, connections, graceful shutdown, the last-used flusher |
+//! | | [`cli`] | the command line |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
