@@ -75,7 +75,7 @@ pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// plus the de-facto `Keep-Alive` and `Proxy-Connection`.
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == KEEP_ALIVE
         || name == PROXY_CONNECTION
