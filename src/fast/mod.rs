@@ -155,6 +155,8 @@ struct Client<'a> {
     header_timer: Deadline,
     /// The response head timeout.
     response_timer: Deadline,
+    /// The request being answered is a HEAD: its refusals have no body.
+    head_request: bool,
 }
 
 /// Serves a public-listener connection for as long as its requests suit
@@ -176,6 +178,7 @@ pub async fn serve(
         answered: false,
         header_timer: Deadline::new(),
         response_timer: Deadline::new(),
+        head_request: false,
     };
     loop {
         let Some((head, request)) = c.read_request(shutdown).await else {
@@ -386,6 +389,7 @@ impl<'a> Client<'a> {
     /// Runs the policy steps and answers the request.
     async fn respond(&mut self, head: RequestHead, request: &Bytes, shutting_down: bool) -> Next {
         let g = self.gateway;
+        self.head_request = head.method == Method::HEAD;
         let path = match normalize_path(head.path()) {
             Ok(p) => p,
             Err(e) => {
@@ -682,7 +686,11 @@ impl<'a> Client<'a> {
         }
         self.out.clear();
         wire::encode_response(&mut self.out, status, &headers);
-        self.out.extend_from_slice(&body);
+        // A HEAD is answered with the head alone (its `Content-Length`
+        // says what a GET would get), as hyper's server does.
+        if !self.head_request {
+            self.out.extend_from_slice(&body);
+        }
         match self.stream.write_all(&self.out).await {
             Ok(()) if !close => Next::KeepAlive,
             _ => Next::Close,
