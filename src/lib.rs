@@ -16,6 +16,7 @@
 //! | [`deadline`] | the deadlines of connections served by hyper: first head, idle, head after idle |
 //! | [`fast`] | the HTTP/1.1 fast path: plain requests parsed and passed through without hyper |
 //! | [`gateway`] | the request path: normalise, route, authenticate, decide, forward |
+//! | [`forward_auth`] | the answer front proxies ask for (nginx `auth_request`, Caddy, Traefik, Envoy): the same decision, not forwarded |
 //! | [`route`] | path normalisation and the longest-prefix route table |
 //! | [`auth`] | credential extraction, abilities, the in-memory decision |
 //! | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
@@ -50,6 +51,7 @@ pub mod deadline;
 pub mod error;
 pub mod fast;
 pub mod flows;
+pub mod forward_auth;
 pub mod gateway;
 pub mod issuer;
 pub mod metrics;
