@@ -27,6 +27,7 @@ LAYERS = [
     ["config", "error"],
     ["auth"],
     ["gateway"],
+    ["forward_auth"],
     # Pieces of the edges that know nothing of each other.
     ["cap", "tunnel", "deadline"],
     # The edges and the control plane (still tangled: see the report).

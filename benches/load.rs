@@ -18,8 +18,12 @@
 //! over 100k of them, warm; `cold` and `store-1m` each get a fresh gateway
 //! process, so each peak RSS is its own; `store-1m` runs in rounds paired
 //! with `10k-paired`, a second fresh gateway over a copy of the 10k-token
-//! store, which the 1M / 10k ratio is taken against), and `nginx` (no
-//! auth). For each:
+//! store, which the 1M / 10k ratio is taken against), `nginx` (no
+//! auth), `forward-auth` (the same warm token asking tokengate's
+//! forward-auth endpoint, Envoy's form `/_tokengate/auth/api/x`: answered
+//! 200 by the gateway itself, nothing forwarded) and `nginx-204` (nginx
+//! answering `return 204` itself, the least a front proxy's auth hop could
+//! cost). For each:
 //! requests/s, latency p50 / p99 / p99.9, the proxy's CPU time per request
 //! (from `/proc`), how often per request it slept waiting for a socket
 //! (voluntary context switches), how busy core 0 was (at 100% the load
@@ -29,7 +33,7 @@
 //! client reopens it, as wrk does, so every case runs its whole window);
 //! tokengate cases also as
 //! ratios to `direct`, `cached` as ratios to `none` and `nginx` and `bare`
-//! to `nginx`, also round by round; the paired `store-1m` rounds also
+//! to `nginx`, `forward-auth` to `nginx-204`, also round by round; the paired `store-1m` rounds also
 //! print the last-used rows each window wrote. Every other round runs its
 //! cases in reverse order.
 //!
@@ -320,7 +324,8 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<Proxy> {
                upstream up {{ server {upstream}; keepalive 256; }}\n\
                server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
                  proxy_pass http://up;\n      proxy_http_version 1.1;\n\
-                 proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+                 proxy_set_header Connection \"\";\n    }}\n\
+                 location = /nginx-204 {{ return 204; }}\n  }}\n}}\n",
             dir = dir.display()
         ),
     )
@@ -458,7 +463,11 @@ async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<(u1
         if let httparse::Status::Complete(head) = resp.parse(buf).ok()? {
             let framing = framing(resp.headers)?;
             let status = resp.code?;
-            let total = head + framing.length?;
+            let length = match status {
+                204 | 304 => 0,
+                _ => framing.length?,
+            };
+            let total = head + length;
             while buf.len() < total {
                 if stream.read_buf(buf).await.ok()? == 0 {
                     return None;
@@ -926,8 +935,9 @@ fn main() {
                 })
                 .collect(),
         );
-        let nginx = if want("nginx") { start_nginx(dir.path(), up) } else { None };
-        if want("nginx") && nginx.is_none() {
+        let with_nginx = want("nginx") || want("nginx-204");
+        let nginx = if with_nginx { start_nginx(dir.path(), up) } else { None };
+        if with_nginx && nginx.is_none() {
             println!("nginx        not installed (apt-get install nginx-light): skipped");
         }
         let mut samples: Vec<(&'static str, Row)> = Vec::new();
@@ -936,7 +946,9 @@ fn main() {
         // always runs right after the same one: an order effect (a case
         // measured differently for running second) would otherwise move
         // every round's ratio the same way.
-        let order = ["direct", "none", "cached", "bare", "garbage", "store-10k", "latency", "nginx"];
+        let order = [
+            "direct", "none", "cached", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth", "nginx-204",
+        ];
         for round in 0..rounds {
             let mut cases = order;
             if round % 2 == 1 {
@@ -989,11 +1001,36 @@ fn main() {
                             samples.push((name, row(name, &o, None)));
                         }
                     }
-                    "nginx" => {
+                    "nginx" if want("nginx") => {
                         if let Some(ng) = &nginx {
                             let c = ng.mark();
                             let o = run(ng.addr, "/nginx", Tokens::None).await;
                             samples.push(("nginx", row("nginx", &o, Some((ng, c)))));
+                        }
+                    }
+                    "forward-auth" if want("forward-auth") => {
+                        let c = gw.mark();
+                        let o = run(gw.addr, "/_tokengate/auth/api/x", hot.clone()).await;
+                        samples.push(("forward-auth", row("forward-auth", &o, Some((&gw, c)))));
+                    }
+                    "nginx-204" if want("nginx-204") => {
+                        if let Some(ng) = &nginx {
+                            let c = ng.mark();
+                            let o = run(ng.addr, "/nginx-204", Tokens::None).await;
+                            samples.push(("nginx-204", row("nginx-204", &o, Some((ng, c)))));
+                            // One connection, no queueing: the service time
+                            // of each answer, as a front proxy waits for it.
+                            let mut pair = [
+                                ("lat-fa", gw.addr, "/_tokengate/auth/api/x", hot.clone()),
+                                ("lat-204", ng.addr, "/nginx-204", Tokens::None),
+                            ];
+                            if round % 2 == 1 {
+                                pair.reverse();
+                            }
+                            for (name, addr, path, t) in pair {
+                                let o = drive(addr, path, t, 1, secs / 2.0).await;
+                                samples.push((name, row(name, &o, None)));
+                            }
                         }
                     }
                     _ => {}
@@ -1014,21 +1051,26 @@ fn main() {
         let paired_none = paired("cached", "none");
         let paired_nginx = paired("cached", "nginx");
         let paired_bare = paired("bare", "nginx");
+        let paired_fa = paired("forward-auth", "nginx-204");
         let median = |name: &str| median_row(name, &of(name));
         println!("medians of {rounds} interleaved rounds:");
         let direct = median("direct").unwrap();
         print_row(&direct, None);
         let mut nginx_row = None;
-        for name in ["none", "cached", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "nginx"] {
+        let mut nginx_204_row = None;
+        for name in [
+            "none", "cached", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "nginx", "forward-auth", "nginx-204", "lat-fa",
+            "lat-204",
+        ] {
             if let Some(r) = median(name) {
                 print_row(&r, Some(&direct));
                 if name == "garbage" {
                     println!("           garbage requests that reached the store: {garbage_reached} (all {} were refused)", r.non_2xx);
                 }
-                if name == "nginx" {
-                    nginx_row = Some(r);
-                } else {
-                    rows.push(r);
+                match name {
+                    "nginx" => nginx_row = Some(r),
+                    "nginx-204" => nginx_204_row = Some(r),
+                    _ => rows.push(r),
                 }
             }
         }
@@ -1159,6 +1201,22 @@ fn main() {
             if let Some((tput, cpu)) = paired_bare {
                 println!("    medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");
             }
+        }
+        if let (Some(f), Some(n)) = (get("forward-auth"), nginx_204_row.as_ref()) {
+            println!(
+                "tokengate forward auth (cached token, answered 200) / nginx return 204: throughput {:.2}x, CPU per request {:.2}x",
+                f.rps / n.rps,
+                f.cpu_us.unwrap_or(0.0) / n.cpu_us.unwrap_or(f64::NAN)
+            );
+            if let Some((tput, cpu)) = paired_fa {
+                println!("  medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");
+            }
+        }
+        if let (Some(f), Some(n)) = (get("lat-fa"), get("lat-204")) {
+            println!(
+                "forward-auth answer, one connection: p50 {} us, p99 {} us (nginx return 204: p50 {} us, p99 {} us)",
+                f.p50, f.p99, n.p50, n.p99
+            );
         }
         if let (Some(c), Some(n)) = (get("cached"), nginx_row.as_ref()) {
             if c.load_core.min(n.load_core) > 0.95 {

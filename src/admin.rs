@@ -610,9 +610,10 @@ async fn create_api_token(
     }))
 }
 
-/// `POST /v1/tokens/verify`: the auth service for nginx `auth_request`,
-/// Traefik ForwardAuth and Envoy ext_authz. 200 with `valid` either way; a
-/// token of another tenant answers as an unknown one.
+/// `POST /v1/tokens/verify`: token introspection for scripts and services,
+/// 200 with `valid` either way (as RFC 7662 answers); a token of another
+/// tenant answers as an unknown one. Front proxies, which read only the
+/// status, use forward auth instead ([`crate::forward_auth`]).
 async fn verify(g: &Gateway, caller: &Caller, f: Fields<'_>) -> Result<Response<Body>, ApiError> {
     let token = f
         .str("token")?
@@ -633,7 +634,7 @@ async fn verify(g: &Gateway, caller: &Caller, f: Fields<'_>) -> Result<Response<
         return invalid(Denial::UnknownToken);
     }
     // Only tokens the proxy would accept are valid here: a control-plane
-    // token must not pass an auth_request in front of an API.
+    // token must not be reported as one that can call an API.
     let verdict = decide(r, g.clock().now(), needed.as_ref().map(Ability::as_str)).and_then(|()| {
         if crate::auth::kind_may_proxy(r.kind) {
             Ok(())

@@ -91,6 +91,9 @@ pub struct FileConfig {
     /// `[token_api]`
     #[serde(default)]
     pub token_api: FileTokenApi,
+    /// `[forward_auth]`
+    #[serde(default)]
+    pub forward_auth: FileForwardAuth,
 }
 
 /// `[server]`: listeners and connection handling.
@@ -347,6 +350,29 @@ impl Default for FileTokenApi {
     }
 }
 
+/// The forward-auth endpoint's default path.
+pub const DEFAULT_FORWARD_AUTH_PATH: &str = "/_tokengate/auth";
+
+/// `[forward_auth]`: the endpoint front proxies (nginx `auth_request`,
+/// Caddy `forward_auth`, Traefik ForwardAuth, Envoy ext_authz) ask before
+/// they forward a request themselves. On by default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileForwardAuth {
+    /// Where it is served on the public listener, with everything below it
+    /// (Envoy's `path_prefix` form). Default `/_tokengate/auth`; `""` turns
+    /// it off.
+    pub path: String,
+}
+
+impl Default for FileForwardAuth {
+    fn default() -> Self {
+        Self {
+            path: DEFAULT_FORWARD_AUTH_PATH.into(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Stage 2: the validated runtime config.
 // ---------------------------------------------------------------------------
@@ -370,6 +396,15 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Paths of the seed token flows; `None` = turned off.
     pub token_api: TokenApiPaths,
+    /// The forward-auth endpoint.
+    pub forward_auth: ForwardAuthConfig,
+}
+
+/// Validated `[forward_auth]`.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardAuthConfig {
+    /// Normalised, no trailing slash, never `/`; `None` = turned off.
+    pub path: Option<String>,
 }
 
 /// Validated `[server]`.
@@ -883,6 +918,7 @@ impl Config {
         }
 
         let token_api = validate_token_api(path, &f.token_api)?;
+        let forward_auth = validate_forward_auth(path, &f.forward_auth, &token_api)?;
 
         Ok(Config {
             server,
@@ -893,6 +929,7 @@ impl Config {
             upstreams,
             routes,
             token_api,
+            forward_auth,
         })
     }
 }
@@ -983,6 +1020,53 @@ fn validate_token_api(path: &Path, t: &FileTokenApi) -> Result<TokenApiPaths, Co
     })
 }
 
+fn validate_forward_auth(
+    path: &Path,
+    f: &FileForwardAuth,
+    token_api: &TokenApiPaths,
+) -> Result<ForwardAuthConfig, ConfigError> {
+    let v = f.path.as_str();
+    if v.is_empty() {
+        return Ok(ForwardAuthConfig { path: None });
+    }
+    let invalid = |message: String| ConfigError::Invalid {
+        file: path.to_path_buf(),
+        key: "forward_auth.path".into(),
+        message,
+    };
+    let n = normalize_path(v).map_err(|e| invalid(format!("{v:?}: {e}")))?;
+    if n == "/" {
+        return Err(invalid(
+            "\"/\" would take every request; use a path of its own, or \"\" to turn it off".into(),
+        ));
+    }
+    let n = n.trim_end_matches('/');
+    if n != v {
+        return Err(invalid(format!("{v:?} is not normalised; write {n:?}")));
+    }
+    let seeds = [
+        &token_api.white_label_token,
+        &token_api.white_label_users,
+        &token_api.customer_id_token,
+        &token_api.sub_account_token,
+        &token_api.session_exchange,
+        &token_api.session_verify,
+        &token_api.personal_access_token,
+    ];
+    if let Some(p) = seeds
+        .into_iter()
+        .flatten()
+        .find(|p| crate::route::prefix_matches(n, p))
+    {
+        return Err(invalid(format!(
+            "{v:?} would take the seed token endpoint {p:?} (token_api)"
+        )));
+    }
+    Ok(ForwardAuthConfig {
+        path: Some(n.to_owned()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1026,6 +1110,24 @@ mod tests {
             c.token_api.white_label_token.as_deref(),
             Some("/api/white-label/token")
         );
+        assert_eq!(c.forward_auth.path.as_deref(), Some("/_tokengate/auth"));
+    }
+
+    #[test]
+    fn forward_auth_path_is_set_or_turned_off() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[forward_auth]\npath = \"/auth/check\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.forward_auth.path.as_deref(), Some("/auth/check"));
+        let c = parse(&format!("{MINIMAL}\n[forward_auth]\npath = \"\"\n")).unwrap();
+        assert_eq!(c.forward_auth.path, None);
+        // A seed endpoint moved out of the way frees its old path.
+        let c = parse(&format!(
+            "{MINIMAL}\n[forward_auth]\npath = \"/api/v1/global\"\n[token_api]\nsession_exchange = \"\"\nsession_verify = \"\"\ncustomer_id_token = \"/other\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.forward_auth.path.as_deref(), Some("/api/v1/global"));
     }
 
     #[test]
@@ -1099,6 +1201,14 @@ mod tests {
                 "routes[1].path",
             ),
             ("[token_api]\nwhite_label_token = \"no-slash\"\n", "token_api.white_label_token"),
+            ("[forward_auth]\npath = \"no-slash\"\n", "forward_auth.path"),
+            ("[forward_auth]\npath = \"/\"\n", "forward_auth.path"),
+            ("[forward_auth]\npath = \"/a/../auth\"\n", "forward_auth.path"),
+            ("[forward_auth]\npath = \"/auth/\"\n", "forward_auth.path"),
+            ("[forward_auth]\npath = \"/a%2Fb\"\n", "forward_auth.path"),
+            ("[forward_auth]\nurl = \"/auth\"\n", "url"),
+            ("[forward_auth]\npath = \"/api/white-label\"\n", "forward_auth.path"),
+            ("[forward_auth]\npath = \"/api/v1/global/verify\"\n", "forward_auth.path"),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap_err().to_string();

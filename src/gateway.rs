@@ -4,6 +4,7 @@
 //!  request ─▶ normalise path ─▶ route ─▶ credential ─▶ cheap checks ─▶ cache/store ─▶ decide ─▶ forward
 //!             (400 BAD_PATH)   (404/405)  (400 conflict) (401, no I/O)  (503 fail closed) (401/403) (502/504)
 //!                  │
+//!                  ├─▶ `forward_auth.path`: the original request decided by the same steps, answered here ([`crate::forward_auth`])
 //!                  └─▶ a `[token_api]` path: served here by `crate::flows`, never forwarded
 //! ```
 //!
@@ -27,6 +28,7 @@ use crate::cache::{AuthEntry, ConnectionMemo, TokenCache};
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, HeaderNames, RouteConfig};
 use crate::error::Denial;
+use crate::forward_auth;
 use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
 use crate::proxy::{
@@ -169,6 +171,18 @@ impl Gateway {
         request_id: &HeaderValue,
     ) -> Result<Response<Body>, Denial> {
         let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
+        // Forward auth is answered here, never forwarded.
+        if let Some(suffix) =
+            forward_auth::suffix(&self.config.forward_auth, req.uri().path(), &path)
+        {
+            let entry =
+                forward_auth::decide(self, req.method(), suffix, req.headers(), &peer.memo).await?;
+            return Ok(forward_auth::allowed(
+                &self.header_names,
+                entry.as_deref(),
+                request_id,
+            ));
+        }
         check_method(req.method())?;
         // The seed token endpoints are served here, never forwarded.
         if let Some(flow) = crate::flows::match_flow(&self.config.token_api, &path) {

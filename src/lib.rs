@@ -28,6 +28,7 @@
 //! | | [`error`] | every request-path denial and its status, code and JSON, in one place |
 //! | | [`auth`] | credential extraction, the in-memory decision |
 //! | request path | [`gateway`] | normalise, route, authenticate, decide, then forward |
+//! | | [`forward_auth`] | the answer front proxies ask for (nginx `auth_request`, Caddy, Traefik, Envoy): the same decision, not forwarded |
 //! | edge parts | [`cap`] | the cap on connections to one upstream, across both paths |
 //! | | [`tunnel`] | WebSocket tunnels: bytes both ways, ended by the gateway with close 1008 |
 //! | | [`deadline`] | the deadlines of connections served by hyper: first head, idle, head after idle |
@@ -59,6 +60,7 @@ pub mod error;
 pub mod fast;
 pub mod fields;
 pub mod flows;
+pub mod forward_auth;
 pub mod gateway;
 pub mod issuer;
 pub mod metrics;

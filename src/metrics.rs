@@ -58,6 +58,9 @@ pub struct Metrics {
     pub feed_resyncs: Counter,
     /// Requests served by the seed token endpoints.
     pub token_api_requests: Counter,
+    /// Forward-auth requests answered 200 (refusals are counted by code
+    /// in `denied`, with the proxy path's).
+    pub forward_auth_allowed: Counter,
 }
 
 impl Metrics {
@@ -129,6 +132,11 @@ impl Metrics {
             "tokengate_token_api_requests_total",
             "Requests served by the seed token endpoints.",
             self.token_api_requests.get(),
+        );
+        counter(
+            "tokengate_forward_auth_allowed_total",
+            "Forward-auth requests answered 200 (allowed).",
+            self.forward_auth_allowed.get(),
         );
         counter(
             "tokengate_feed_resyncs_total",

@@ -215,7 +215,7 @@ async fn operator_workflow_end_to_end() {
     assert!(!text.contains(&hash));
     assert_eq!(list.json()["data"].as_array().unwrap().len(), 2);
 
-    // Verify, for auth_request / ForwardAuth / ext_authz.
+    // Verify: introspection, 200 either way.
     let v = admin
         .req(
             Method::POST,

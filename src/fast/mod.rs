@@ -21,7 +21,9 @@
 //! connection, with every byte read so far, goes to hyper for the rest of
 //! its life ([`Ended::Handoff`]), which serves it exactly as it would have
 //! without a fast path. So the two paths never disagree on a request; they
-//! differ only in who parses it.
+//! differ only in who parses it. A forward-auth request
+//! ([`crate::forward_auth`]) is answered here whatever its route's
+//! upstream: nothing is forwarded.
 //!
 //! # Promises it keeps
 //!
@@ -91,6 +93,7 @@ use tokio::time::{Instant, Sleep};
 use crate::cache::AuthEntry;
 use crate::config::{GatewayHeader, HeaderNames, UpstreamConfig};
 use crate::error::Denial;
+use crate::forward_auth;
 use crate::gateway::{new_request_id, Gateway};
 use crate::proxy::{
     caller_headers, request_headers, strip_request_fields, ForwardContext, Peer, X_REQUEST_ID,
@@ -155,6 +158,8 @@ struct Client<'a> {
     header_timer: Deadline,
     /// The response head timeout.
     response_timer: Deadline,
+    /// The request being answered is a HEAD: its refusals have no body.
+    head_request: bool,
 }
 
 /// Serves a public-listener connection for as long as its requests suit
@@ -176,6 +181,7 @@ pub async fn serve(
         answered: false,
         header_timer: Deadline::new(),
         response_timer: Deadline::new(),
+        head_request: false,
     };
     loop {
         let Some((head, request)) = c.read_request(shutdown).await else {
@@ -386,6 +392,7 @@ impl<'a> Client<'a> {
     /// Runs the policy steps and answers the request.
     async fn respond(&mut self, head: RequestHead, request: &Bytes, shutting_down: bool) -> Next {
         let g = self.gateway;
+        self.head_request = head.method == Method::HEAD;
         let path = match normalize_path(head.path()) {
             Ok(p) => p,
             Err(e) => {
@@ -394,6 +401,22 @@ impl<'a> Client<'a> {
                     .await
             }
         };
+        if let Some(suffix) = forward_auth::suffix(&g.config.forward_auth, head.path(), &path) {
+            let request_id = new_request_id();
+            let close = head.close || shutting_down;
+            return match forward_auth::decide(g, &head.method, suffix, &head, &self.peer.memo).await
+            {
+                Ok(entry) => {
+                    let (names, entry) = (g.header_names(), entry.as_deref());
+                    forward_auth::write_allowed(&mut self.out, names, entry, &request_id, close);
+                    match self.stream.write_all(&self.out).await {
+                        Ok(()) if !close => Next::KeepAlive,
+                        _ => Next::Close,
+                    }
+                }
+                Err(d) => self.refuse(d, &request_id, close).await,
+            };
+        }
         if g.is_token_api_path(&path) {
             return Next::Handoff;
         }
@@ -682,7 +705,11 @@ impl<'a> Client<'a> {
         }
         self.out.clear();
         wire::encode_response(&mut self.out, status, &headers);
-        self.out.extend_from_slice(&body);
+        // A HEAD is answered with the head alone (its `Content-Length`
+        // says what a GET would get), as hyper's server does.
+        if !self.head_request {
+            self.out.extend_from_slice(&body);
+        }
         match self.stream.write_all(&self.out).await {
             Ok(()) if !close => Next::KeepAlive,
             _ => Next::Close,
