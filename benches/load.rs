@@ -6,6 +6,16 @@
 //! its own process pinned to core 1 (`taskset -c 1`, so its runtime sizes
 //! itself to one core); nginx, when installed, gets the same core 1 with one
 //! worker and plain `proxy_pass` (keep-alive upstream, no auth at all).
+//! The two `nginx-auth-*` cases put nginx in front with `auth_request`: its
+//! worker and what answers the auth subrequest then share core 1 (there is
+//! no third core), tokengate as a second process, the fixed `204` as
+//! another server block of the same worker; their CPU per request is the
+//! sum over both processes (tokengate's case) or nginx's alone (the `204`
+//! case), the whole of core 1's work for one request either way. That
+//! leans against tokengate: its case hands core 1 from one process to the
+//! other and back for each subrequest (a wakeup, and a context switch
+//! whenever either runs dry), where the `204` case stays in one event
+//! loop, which no separate auth service gets.
 //!
 //! Cases: `direct` (client to upstream), `none` (through tokengate, route with
 //! `auth = "none"`), `cached` (one valid token, warm), `bare` (the same
@@ -21,9 +31,15 @@
 //! store, which the 1M / 10k ratio is taken against), `nginx` (no
 //! auth), `forward-auth` (the same warm token asking tokengate's
 //! forward-auth endpoint, Envoy's form `/_tokengate/auth/api/x`: answered
-//! 200 by the gateway itself, nothing forwarded) and `nginx-204` (nginx
+//! 200 by the gateway itself, nothing forwarded), `nginx-204` (nginx
 //! answering `return 204` itself, the least a front proxy's auth hop could
-//! cost). For each:
+//! cost), `nginx-auth-tg` (the cached token through nginx with
+//! `auth_request`, its subrequest proxied over keep-alive to tokengate's
+//! `/_tokengate/auth` with `X-Original-URI` and `X-Original-Method`, then
+//! `proxy_pass` to the upstream) and `nginx-auth-static` (the same nginx
+//! config, its subrequest proxied over keep-alive to another server block
+//! of the same nginx worker answering `return 204`: both pay one proxied
+//! subrequest hop; only what answers it differs). For each:
 //! requests/s, latency p50 / p99 / p99.9, the proxy's CPU time per request
 //! (from `/proc`), how often per request it slept waiting for a socket
 //! (voluntary context switches), how busy core 0 was (at 100% the load
@@ -33,7 +49,10 @@
 //! client reopens it, as wrk does, so every case runs its whole window);
 //! tokengate cases also as
 //! ratios to `direct`, `cached` as ratios to `none` and `nginx` and `bare`
-//! to `nginx`, `forward-auth` to `nginx-204`, also round by round; the paired `store-1m` rounds also
+//! to `nginx`, `forward-auth` to `nginx-204`, `nginx-auth-tg` to
+//! `nginx-auth-static`, also round by round (`nginx-auth-tg`'s CPU also
+//! split into nginx's and tokengate's shares, and both on one connection,
+//! `lat-auth-tg` and `lat-auth-static`); the paired `store-1m` rounds also
 //! print the last-used rows each window wrote. Every other round runs its
 //! cases in reverse order.
 //!
@@ -305,15 +324,58 @@ fn start_tokengate(config: &Path) -> Proxy {
     }
 }
 
-fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<Proxy> {
+/// Ports free on loopback now, all different (each listener is held until
+/// every port is taken).
+fn free_ports(n: usize) -> Option<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().ok().map(|a| a.port()))
+        .collect()
+}
+
+/// The nginx fronts that ask for auth first (`auth_request`), both in the
+/// same nginx process as the plain proxy.
+struct AuthFronts {
+    /// Asks tokengate's forward-auth endpoint.
+    tokengate: SocketAddr,
+    /// Asks a server block of this nginx answering `return 204`.
+    fixed: SocketAddr,
+}
+
+/// One `auth_request` front: `location /` proxies to the bench upstream
+/// after a subrequest to `/_auth`, which proxies (keep-alive) to `auth`'s
+/// `/_tokengate/auth`. The two fronts differ in nothing but that upstream.
+fn auth_front(port: u16, auth: &str) -> String {
+    format!(
+        "  server {{\n    listen 127.0.0.1:{port};\n\
+           location / {{\n      auth_request /_auth;\n      proxy_pass http://up;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n\
+           location = /_auth {{\n      internal;\n      proxy_pass http://{auth}/_tokengate/auth;\n\
+             proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n\
+             proxy_set_header X-Original-URI $request_uri;\n\
+             proxy_set_header X-Original-Method $request_method;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n"
+    )
+}
+
+/// nginx on core 1, one worker: plain `proxy_pass` (and `/nginx-204`
+/// answered itself) on the proxy's address, and the two `auth_request`
+/// fronts, one asking `tokengate` (its public address), one asking a
+/// fourth server block of the same worker that answers `return 204`.
+fn start_nginx(
+    dir: &Path,
+    upstream: SocketAddr,
+    tokengate: SocketAddr,
+) -> Option<(Proxy, AuthFronts)> {
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| Path::new(p).exists())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
+    let ports = free_ports(4)?;
+    let (port, tg_port, fixed_port, answer_port) = (ports[0], ports[1], ports[2], ports[3]);
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -322,11 +384,17 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<Proxy> {
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
                upstream up {{ server {upstream}; keepalive 256; }}\n\
+               upstream tokengate {{ server {tokengate}; keepalive 256; }}\n\
+               upstream answer204 {{ server 127.0.0.1:{answer_port}; keepalive 256; }}\n\
                server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
                  proxy_pass http://up;\n      proxy_http_version 1.1;\n\
                  proxy_set_header Connection \"\";\n    }}\n\
-                 location = /nginx-204 {{ return 204; }}\n  }}\n}}\n",
-            dir = dir.display()
+                 location = /nginx-204 {{ return 204; }}\n  }}\n\
+             {tg_front}{fixed_front}\
+               server {{\n    listen 127.0.0.1:{answer_port};\n    location / {{ return 204; }}\n  }}\n}}\n",
+            dir = dir.display(),
+            tg_front = auth_front(tg_port, "tokengate"),
+            fixed_front = auth_front(fixed_port, "answer204"),
         ),
     )
     .ok()?;
@@ -338,7 +406,8 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<Proxy> {
         .spawn()
         .ok()?;
     let master = child.id();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = at(port);
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {
@@ -361,12 +430,18 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<Proxy> {
             pids.push(pid);
         }
     }
-    Some(Proxy {
-        addr,
-        admin: None,
-        child,
-        pids,
-    })
+    Some((
+        Proxy {
+            addr,
+            admin: None,
+            child,
+            pids,
+        },
+        AuthFronts {
+            tokengate: at(tg_port),
+            fixed: at(fixed_port),
+        },
+    ))
 }
 
 async fn store_lookups(admin: SocketAddr) -> u64 {
@@ -705,13 +780,33 @@ struct Row {
 }
 
 fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, Mark)>) -> Row {
+    row_of(name, o, &Vec::from_iter(proxy))
+}
+
+/// A process's CPU time per request since `before`, in microseconds.
+fn cpu_us_since(p: &Proxy, before: &Mark, requests: u64) -> f64 {
+    (p.cpu() - before.cpu) * 1e6 / requests.max(1) as f64
+}
+
+/// [`row`] for a case served by several processes (a front proxy and what
+/// answers its auth subrequests): their CPU time, sleeps and peak RSS
+/// summed; none at all for none.
+fn row_of(name: &str, o: &Outcome, procs: &[(&Proxy, Mark)]) -> Row {
     let n = o.requests.max(1) as f64;
-    let cpu_us = proxy
-        .as_ref()
-        .map(|(p, before)| (p.cpu() - before.cpu) * 1e6 / n);
-    let sleeps = proxy
-        .as_ref()
-        .map(|(p, before)| p.sleeps().saturating_sub(before.sleeps) as f64 / n);
+    let some = !procs.is_empty();
+    let cpu_us = some.then(|| {
+        procs
+            .iter()
+            .map(|(p, before)| cpu_us_since(p, before, o.requests))
+            .sum()
+    });
+    let sleeps = some.then(|| {
+        procs
+            .iter()
+            .map(|(p, before)| p.sleeps().saturating_sub(before.sleeps) as f64 / n)
+            .sum()
+    });
+    let rss = some.then(|| procs.iter().map(|(p, _)| p.rss()).sum());
     Row {
         name: name.to_string(),
         rps: o.requests as f64 / o.elapsed.as_secs_f64(),
@@ -720,7 +815,7 @@ fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, Mark)>) -> Row {
         p999: o.hist.value_at_quantile(0.999),
         cpu_us,
         sleeps,
-        rss: proxy.map(|(p, _)| p.rss()),
+        rss,
         non_2xx: o.non_2xx,
         reopened: o.reopened,
         load_core: o.load_core,
@@ -788,7 +883,7 @@ fn median_of(mut v: Vec<f64>) -> f64 {
 fn print_row(r: &Row, direct: Option<&Row>) {
     let ratio = direct.map_or(String::new(), |d| format!("{:.2}x", r.rps / d.rps));
     println!(
-        "{:<10} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7.0}% {:>9} {:>8} {:>8} {:>7}",
+        "{:<17} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7.0}% {:>9} {:>8} {:>8} {:>7}",
         r.name,
         r.rps,
         r.p50,
@@ -905,7 +1000,7 @@ fn main() {
             if use_wrk { "wrk for fixed-token cases" } else { "built-in" }
         );
         println!(
-            "{:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>7}",
+            "{:<17} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>7}",
             "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "sleeps/req", "core 0", "rss MiB", "non-2xx", "reopened", "/direct"
         );
         // Interleaved rounds: every case once per round, medians reported,
@@ -935,11 +1030,28 @@ fn main() {
                 })
                 .collect(),
         );
-        let with_nginx = want("nginx") || want("nginx-204");
-        let nginx = if with_nginx { start_nginx(dir.path(), up) } else { None };
+        let with_auth_fronts = want("nginx-auth-tg") || want("nginx-auth-static");
+        let with_nginx = want("nginx") || want("nginx-204") || with_auth_fronts;
+        let (nginx, fronts) = match with_nginx.then(|| start_nginx(dir.path(), up, gw.addr)).flatten() {
+            Some((ng, fronts)) => (Some(ng), Some(fronts)),
+            None => (None, None),
+        };
         if with_nginx && nginx.is_none() {
             println!("nginx        not installed (apt-get install nginx-light): skipped");
         }
+        if let (Some(f), true) = (&fronts, with_auth_fronts) {
+            // Fills each front's keep-alive pools, and says so at once if
+            // a front does not let the token through.
+            for (name, addr) in [("nginx-auth-tg", f.tokengate), ("nginx-auth-static", f.fixed)] {
+                let o = drive(addr, "/api/x", hot.clone(), conns, 0.5).await;
+                if o.non_2xx > 0 || o.requests == 0 {
+                    println!("{name}: warm-up got {} non-2xx of {} requests", o.non_2xx, o.requests);
+                }
+            }
+        }
+        // nginx-auth-tg's CPU per request, round by round: nginx's share
+        // and tokengate's.
+        let mut auth_tg_split: Vec<(f64, f64)> = Vec::new();
         let mut samples: Vec<(&'static str, Row)> = Vec::new();
         let mut garbage_reached = 0u64;
         // Every other round runs its cases in reverse order, so no case
@@ -948,6 +1060,7 @@ fn main() {
         // every round's ratio the same way.
         let order = [
             "direct", "none", "cached", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth", "nginx-204",
+            "nginx-auth-tg", "nginx-auth-static",
         ];
         for round in 0..rounds {
             let mut cases = order;
@@ -1033,6 +1146,35 @@ fn main() {
                             }
                         }
                     }
+                    "nginx-auth-tg" if want("nginx-auth-tg") => {
+                        if let (Some(ng), Some(f)) = (&nginx, &fronts) {
+                            // nginx and tokengate share core 1: what this
+                            // case costs is both processes' CPU.
+                            let (n, g) = (ng.mark(), gw.mark());
+                            let o = run(f.tokengate, "/api/x", hot.clone()).await;
+                            auth_tg_split.push((cpu_us_since(ng, &n, o.requests), cpu_us_since(&gw, &g, o.requests)));
+                            samples.push(("nginx-auth-tg", row_of("nginx-auth-tg", &o, &[(ng, n), (&gw, g)])));
+                        }
+                    }
+                    "nginx-auth-static" if want("nginx-auth-static") => {
+                        if let (Some(ng), Some(f)) = (&nginx, &fronts) {
+                            let c = ng.mark();
+                            let o = run(f.fixed, "/api/x", hot.clone()).await;
+                            samples.push(("nginx-auth-static", row("nginx-auth-static", &o, Some((ng, c)))));
+                            // One connection, no queueing: the whole
+                            // chain's service time, either answerer.
+                            if want("nginx-auth-tg") {
+                                let mut pair = [("lat-auth-tg", f.tokengate), ("lat-auth-static", f.fixed)];
+                                if round % 2 == 1 {
+                                    pair.reverse();
+                                }
+                                for (name, addr) in pair {
+                                    let o = drive(addr, "/api/x", hot.clone(), 1, secs / 2.0).await;
+                                    samples.push((name, row(name, &o, None)));
+                                }
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -1052,6 +1194,7 @@ fn main() {
         let paired_nginx = paired("cached", "nginx");
         let paired_bare = paired("bare", "nginx");
         let paired_fa = paired("forward-auth", "nginx-204");
+        let paired_auth = paired("nginx-auth-tg", "nginx-auth-static");
         let median = |name: &str| median_row(name, &of(name));
         println!("medians of {rounds} interleaved rounds:");
         let direct = median("direct").unwrap();
@@ -1060,7 +1203,7 @@ fn main() {
         let mut nginx_204_row = None;
         for name in [
             "none", "cached", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "nginx", "forward-auth", "nginx-204", "lat-fa",
-            "lat-204",
+            "lat-204", "nginx-auth-tg", "nginx-auth-static", "lat-auth-tg", "lat-auth-static",
         ] {
             if let Some(r) = median(name) {
                 print_row(&r, Some(&direct));
@@ -1216,6 +1359,29 @@ fn main() {
             println!(
                 "forward-auth answer, one connection: p50 {} us, p99 {} us (nginx return 204: p50 {} us, p99 {} us)",
                 f.p50, f.p99, n.p50, n.p99
+            );
+        }
+        if let (Some(t), Some(s)) = (get("nginx-auth-tg"), get("nginx-auth-static")) {
+            println!(
+                "nginx auth_request asking tokengate / asking a return 204 (nginx + what answers, all on core 1): throughput {:.2}x, CPU per request {:.2}x",
+                t.rps / s.rps,
+                t.cpu_us.unwrap_or(0.0) / s.cpu_us.unwrap_or(f64::NAN)
+            );
+            if let Some((tput, cpu)) = paired_auth {
+                println!("  medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");
+            }
+            let split = |f: fn(&(f64, f64)) -> f64| median_of(auth_tg_split.iter().map(f).collect());
+            println!(
+                "  nginx-auth-tg CPU per request, medians: nginx {:.1} us + tokengate {:.1} us (nginx-auth-static: nginx {:.1} us for all of it)",
+                split(|p| p.0),
+                split(|p| p.1),
+                s.cpu_us.unwrap_or(f64::NAN)
+            );
+        }
+        if let (Some(t), Some(s)) = (get("lat-auth-tg"), get("lat-auth-static")) {
+            println!(
+                "nginx auth_request, one connection: asking tokengate p50 {} us, p99 {} us; asking a return 204 p50 {} us, p99 {} us",
+                t.p50, t.p99, s.p50, s.p99
             );
         }
         if let (Some(c), Some(n)) = (get("cached"), nginx_row.as_ref()) {
