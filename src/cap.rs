@@ -54,11 +54,6 @@ impl ConnCap {
             _ => Err(Busy),
         }
     }
-
-    /// Connections that could still be opened now.
-    pub fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
 }
 
 /// Whether `e`, or any error under it, is [`Busy`].

@@ -183,9 +183,10 @@ impl Gateway {
                 request_id,
             ));
         }
-        check_method(req.method())?;
-        // The seed token endpoints are served here, never forwarded.
+        // The seed token endpoints are served here, never forwarded (the
+        // method check that `route` makes for the rest comes first).
         if let Some(flow) = crate::flows::match_flow(&self.config.token_api, &path) {
+            check_method(req.method())?;
             self.metrics.token_api_requests.inc();
             // Boxed: the flows' futures (store transactions) are large and
             // would otherwise be part of every proxied request's future.
@@ -428,7 +429,8 @@ impl Gateway {
 }
 
 /// Refuses a case variant of a standard method ([`is_miscased_method`]),
-/// before anything matches on the method: the seed flows and the routes.
+/// before anything matches on the method: the seed flows and
+/// [`Gateway::route`].
 fn check_method(method: &http::Method) -> Result<(), Denial> {
     if is_miscased_method(method) {
         return Err(Denial::BadMethod);

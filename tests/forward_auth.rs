@@ -13,16 +13,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{MockUpstream, TestGateway, ROUTES};
+use common::{Opts, TestGateway};
 use http::{Method, StatusCode};
-use tokengate::clock::Clock;
-use tokengate::config::Config;
-use tokengate::gateway::Gateway;
-use tokengate::issuer::Actor;
-use tokengate::store::{NewAccount, Status};
+use tokengate::store::Status;
 use tokengate::token::{TokenFormat, TokenKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,91 +29,19 @@ const FA: &str = "/_tokengate/auth";
 const WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
-// Harness: a gateway with `server.fast_path` on or off (the shared harness
-// fixes `[server]`), and a raw HTTP/1.1 client.
+// Harness: the shared gateway with `server.fast_path` on or off, and a raw
+// HTTP/1.1 client.
 
 /// A harness gateway (the shared routes, mock upstreams and seeded tenant,
 /// account and workspace) with `server.fast_path = fast` and `extra`
 /// tables appended.
 async fn spawn(fast: bool, extra: &str) -> TestGateway {
-    let upstream = MockUpstream::spawn(false).await;
-    let h2_upstream = MockUpstream::spawn(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let dead = common::dead_port().await;
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace_seconds = 1
-fast_path = {fast}
-
-[store]
-url = "sqlite://{db}"
-
-[[upstreams]]
-name = "mock"
-url = "http://{up}"
-response_timeout_ms = 1000
-connect_timeout_ms = 1000
-
-[[upstreams]]
-name = "h2mock"
-url = "http://{h2}"
-protocol = "h2"
-
-[[upstreams]]
-name = "dead"
-url = "http://127.0.0.1:{dead}"
-connect_timeout_ms = 1000
-{ROUTES}
-{extra}
-"#,
-        db = dir.path().join("tg.db").display(),
-        up = upstream.addr,
-        h2 = h2_upstream.addr,
-    );
-    let config = Config::from_toml(std::path::Path::new("test.toml"), &text).unwrap();
-    let store = tokengate::store::open(&config.store.url, 4, config.store.timeout)
+    Opts::default()
+        .fast_path(fast)
+        .grace_seconds(1)
+        .extra(extra)
+        .spawn()
         .await
-        .unwrap();
-    let clock = Clock::manual(1_800_000_000);
-    let gateway = Gateway::new(config, store, clock.clone());
-    let actor = Actor::default();
-    let tenant = gateway.issuer.create_tenant("acme", &actor).await.unwrap();
-    let (account, ws) = gateway
-        .issuer
-        .create_account(
-            &NewAccount {
-                tenant_id: tenant.id,
-                email: "ann@example.com".into(),
-                name: "Ann".into(),
-                external_id: None,
-                parent_account_id: None,
-                workspace: Some("default".into()),
-            },
-            &actor,
-        )
-        .await
-        .unwrap();
-    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = tokengate::server::start_on(Arc::clone(&gateway), public, admin)
-        .await
-        .unwrap();
-    TestGateway {
-        addr: running.public_addr,
-        admin_addr: running.admin_addr,
-        running: Some(running),
-        gateway,
-        upstream,
-        h2_upstream,
-        clock,
-        tenant_id: tenant.id,
-        account_id: account.id,
-        workspace_id: ws.unwrap().id,
-        dir,
-    }
 }
 
 /// A response as the raw client read it.

@@ -409,10 +409,7 @@ impl<'a> Client<'a> {
                 Ok(entry) => {
                     let (names, entry) = (g.header_names(), entry.as_deref());
                     forward_auth::write_allowed(&mut self.out, names, entry, &request_id, close);
-                    match self.stream.write_all(&self.out).await {
-                        Ok(()) if !close => Next::KeepAlive,
-                        _ => Next::Close,
-                    }
+                    self.send_out(close).await
                 }
                 Err(d) => self.refuse(d, &request_id, close).await,
             };
@@ -710,6 +707,12 @@ impl<'a> Client<'a> {
         if !self.head_request {
             self.out.extend_from_slice(&body);
         }
+        self.send_out(close).await
+    }
+
+    /// Writes the answer made in `self.out`; the connection goes on unless
+    /// it says `close` or the write fails.
+    async fn send_out(&mut self, close: bool) -> Next {
         match self.stream.write_all(&self.out).await {
             Ok(()) if !close => Next::KeepAlive,
             _ => Next::Close,
