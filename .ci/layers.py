@@ -18,6 +18,9 @@ LAYERS = [
     # HTTP vocabulary, abilities, token format, clock, counters: they know
     # no other module.
     ["fields", "ability", "token", "clock", "metrics"],
+    # Rate-limit policies, windows and quota counts, the RateLimit fields:
+    # in memory, below the store (whose rows carry a token's limits).
+    ["ratelimit"],
     # Routes and the store, each with its own config types.
     ["route", "store"],
     ["cache"],

@@ -19,6 +19,7 @@
 //! | | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
 //! | | [`clock`] | the clock expiry is judged by, injectable for tests |
 //! | | [`metrics`] | counters, Prometheus text |
+//! | limits | [`ratelimit`] | rate-limit policies and their config, sliding windows per key, token limits and quota counts, the `RateLimit` fields |
 //! | data | [`route`] | path normalisation, the longest-prefix route table, route config |
 //! | | [`store`] | the `TokenStore` trait, SQLite and PostgreSQL, the database URL |
 //! | | [`cache`] | moka cache of token records (hits read from a dashmap index), single-flight loads, revocation races |
@@ -66,6 +67,7 @@ pub mod issuer;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod server;
 pub mod store;

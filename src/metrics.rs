@@ -61,12 +61,30 @@ pub struct Metrics {
     /// Forward-auth requests answered 200 (refusals are counted by code
     /// in `denied`, with the proxy path's).
     pub forward_auth_allowed: Counter,
+    /// Requests refused by a rate limit or quota, by policy name
+    /// (`token` and `quota` for a token's own).
+    pub rate_limited: DashMap<Box<str>, u64>,
+    /// Errors talking to the shared rate-limit store (Redis).
+    pub rate_limit_store_errors: Counter,
 }
 
 impl Metrics {
     /// Counts a denial.
     pub fn deny(&self, code: &'static str) {
         *self.denied.entry(code).or_insert(0) += 1;
+    }
+
+    /// Counts a request refused by the named rate-limit policy.
+    pub fn rate_limited(&self, policy: &str) {
+        match self.rate_limited.get_mut(policy) {
+            Some(mut n) => *n += 1,
+            None => *self.rate_limited.entry(policy.into()).or_insert(0) += 1,
+        }
+    }
+
+    /// Requests refused so far by this policy.
+    pub fn rate_limited_count(&self, policy: &str) -> u64 {
+        self.rate_limited.get(policy).map(|v| *v).unwrap_or(0)
     }
 
     /// Denials so far with this code.
@@ -143,6 +161,27 @@ impl Metrics {
             "Invalidation feed reconnects (each clears the cache).",
             self.feed_resyncs.get(),
         );
+        counter(
+            "tokengate_rate_limit_store_errors_total",
+            "Errors reaching the shared rate-limit store; limits were kept locally meanwhile.",
+            self.rate_limit_store_errors.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tokengate_rate_limited_total Requests refused by a rate limit or quota, by policy.\n# TYPE tokengate_rate_limited_total counter"
+        );
+        let mut policies: Vec<_> = self
+            .rate_limited
+            .iter()
+            .map(|e| (e.key().to_string(), *e.value()))
+            .collect();
+        policies.sort();
+        for (policy, n) in policies {
+            let _ = writeln!(
+                out,
+                "tokengate_rate_limited_total{{policy=\"{policy}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP tokengate_denied_total Requests refused, by code.\n# TYPE tokengate_denied_total counter"

@@ -1,0 +1,80 @@
+//! The IETF rate-limit fields (draft-ietf-httpapi-ratelimit-headers):
+//! `RateLimit-Policy: "per-token";q=100;w=60` and
+//! `RateLimit: "per-token";r=42;t=17`, one list member per policy, the one
+//! closest to refusing first. Both codecs, the forward-auth answers and
+//! the 429 denial write what [`header_values`] makes; nothing else spells
+//! these fields.
+
+use std::fmt::Write as _;
+
+use http::header::{HeaderName, HeaderValue};
+
+use super::policy::PolicyName;
+
+/// `RateLimit-Policy`: each policy's quota (`q`) and window (`w`).
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`: each policy's remaining requests (`r`) and seconds until
+/// they grow (`t`).
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Where a request leaves one policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// The policy's name.
+    pub name: PolicyName,
+    /// Requests per window (`q`).
+    pub quota: u32,
+    /// The window in seconds (`w`).
+    pub window: u32,
+    /// Requests still admitted (`r`).
+    pub remaining: u32,
+    /// Seconds until `remaining` grows (`t`).
+    pub reset: u32,
+}
+
+/// The two field values for the policies a request met, closest to
+/// refusing (fewest remaining) first. `None` for no policy.
+pub fn header_values(standings: &mut [Standing]) -> Option<(HeaderValue, HeaderValue)> {
+    if standings.is_empty() {
+        return None;
+    }
+    standings.sort_by_key(|s| (s.remaining, s.reset));
+    let mut policy = String::with_capacity(32 * standings.len());
+    let mut state = String::with_capacity(32 * standings.len());
+    for (i, s) in standings.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(policy, "{sep}\"{}\";q={};w={}", s.name, s.quota, s.window);
+        let _ = write!(state, "{sep}\"{}\";r={};t={}", s.name, s.remaining, s.reset);
+    }
+    // Names hold only letters, digits, `-`, `_` and `.`: always valid.
+    Some((
+        HeaderValue::from_str(&policy).ok()?,
+        HeaderValue::from_str(&state).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn s(name: &str, quota: u32, window: u32, remaining: u32, reset: u32) -> Standing {
+        Standing {
+            name: PolicyName::parse(name).unwrap(),
+            quota,
+            window,
+            remaining,
+            reset,
+        }
+    }
+
+    #[test]
+    fn closest_to_refusing_first() {
+        let (p, r) =
+            header_values(&mut [s("per-token", 100, 60, 42, 17), s("per-ip", 10, 1, 3, 1)])
+                .unwrap();
+        assert_eq!(p, "\"per-ip\";q=10;w=1, \"per-token\";q=100;w=60");
+        assert_eq!(r, "\"per-ip\";r=3;t=1, \"per-token\";r=42;t=17");
+        assert!(header_values(&mut []).is_none());
+    }
+}

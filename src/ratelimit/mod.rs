@@ -1,0 +1,567 @@
+//! Rate limits and quotas: named policies counted per key in sliding
+//! windows, a token's own limit, and its daily or monthly quota.
+//!
+//! ```text
+//!  admitted request ─▶ route's policies ─▶ token's rate_limit ─▶ token's quota ─▶ Standing list
+//!                      (window per key)    (window per token)    (count per period)   (RateLimit fields)
+//!                       │ refused: 429 RATE_LIMITED              │ refused: 429 QUOTA_EXCEEDED
+//!                       └─ every window already counted for this request is given back
+//! ```
+//!
+//! Counts live in this process, in a dashmap keyed by (policy, key): the
+//! check and the count of one key happen under its shard's lock, so of N
+//! concurrent requests against a limit L exactly min(N, L) are admitted.
+//! Windows slide ([`window`]); a key whose window holds nothing any more is
+//! dropped by [`Limiter::sweep`], so memory follows the keys active within
+//! one window. Quota counts start from what the token's record was read
+//! with and are written back in batches (`crate::usage::flush_quotas`).
+//! Nothing here waits on I/O.
+
+mod fields;
+mod policy;
+mod window;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+pub use fields::{header_values, Standing, RATELIMIT, RATELIMIT_POLICY};
+pub use policy::{
+    By, CountStore, FilePolicy, FileRateLimits, Period, Policy, PolicyId, PolicyName, Quota,
+    RateLimitConfig, TokenLimits, TokenRateLimit, MAX_NAME_LEN, MAX_REQUESTS, MAX_WINDOW_SECONDS,
+    QUOTA_POLICY, TOKEN_POLICY,
+};
+pub use window::{Left, Window, MAX_BUCKETS};
+
+use crate::metrics::Metrics;
+
+/// A refusal: the policy that refused, with `remaining` 0 and `reset` the
+/// seconds until a request would be admitted (the `Retry-After`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal(pub Standing);
+
+impl Refusal {
+    /// Seconds until a request would be admitted.
+    pub fn retry_after(&self) -> u32 {
+        self.0.reset.max(1)
+    }
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// A window is full (a route's policy or the token's `rate_limit`).
+    RateLimited(Refusal),
+    /// The token's quota for the period is used up.
+    QuotaExceeded(Refusal),
+}
+
+/// What a request is counted by.
+#[derive(Clone, Debug)]
+pub struct Subject<'a> {
+    /// The token's id, when a token was presented.
+    pub token_id: Option<&'a Arc<str>>,
+    /// Its account.
+    pub account_id: Option<i64>,
+    /// Its tenant.
+    pub tenant_id: Option<i64>,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// The token's own limit and quota.
+    pub limits: Option<&'a TokenLimits>,
+}
+
+/// A counted key: what a policy's `by` picked out of the request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Token(Arc<str>),
+    Account(i64),
+    Tenant(i64),
+    Ip(IpAddr),
+}
+
+/// Whose window: a named policy's, or a token's own limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Slot {
+    Policy(u16),
+    Token,
+}
+
+/// A token's quota count in this process.
+#[derive(Clone, Copy, Debug)]
+struct QuotaCount {
+    /// The period counted.
+    period_start: i64,
+    /// When it ends.
+    period_end: i64,
+    /// Requests counted in it: the store's count when last read, plus
+    /// this process's since.
+    used: u64,
+    /// Counted here and not yet written to the store.
+    pending: u64,
+}
+
+/// A quota count to add to the store: `delta` more requests in the period
+/// starting at `period_start`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaDelta {
+    /// The token.
+    pub token_id: Arc<str>,
+    /// The period.
+    pub period_start: i64,
+    /// Requests counted since the last write.
+    pub delta: u64,
+}
+
+/// The counts of every policy, token limit and quota.
+#[derive(Debug)]
+pub struct Limiter {
+    config: RateLimitConfig,
+    windows: DashMap<(Slot, Key), Window>,
+    quotas: DashMap<Arc<str>, QuotaCount>,
+    metrics: Arc<Metrics>,
+}
+
+impl Limiter {
+    /// A limiter for these policies.
+    pub fn new(config: RateLimitConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            config,
+            windows: DashMap::new(),
+            quotas: DashMap::new(),
+            metrics,
+        }
+    }
+
+    /// The validated `[rate_limits]`.
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.config
+    }
+
+    /// Counts a request against the route's `policies`, the token's own
+    /// limit and its quota, at `now` (Unix seconds). Admitted: where it
+    /// left each (empty when nothing applies). Refused: nothing of it stays
+    /// counted anywhere.
+    pub fn check(
+        &self,
+        policies: &[PolicyId],
+        subject: &Subject<'_>,
+        now: i64,
+    ) -> Result<Vec<Standing>, Refused> {
+        let token_limit = subject.limits.and_then(|l| l.rate_limit);
+        let quota = subject.limits.and_then(|l| l.quota);
+        if policies.is_empty() && token_limit.is_none() && quota.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut standings = Vec::with_capacity(policies.len() + 2);
+        let mut taken: Vec<(Slot, Key)> = Vec::with_capacity(policies.len() + 1);
+        let mut refusal = None;
+        let windows = policies
+            .iter()
+            .filter_map(|id| {
+                let p = self.config.policy(*id)?;
+                Some((
+                    Slot::Policy(id.0),
+                    key(p.by, subject),
+                    p.name,
+                    p.requests,
+                    p.window_seconds,
+                ))
+            })
+            .chain(token_limit.zip(subject.token_id).map(|(l, id)| {
+                (
+                    Slot::Token,
+                    Key::Token(Arc::clone(id)),
+                    PolicyName::token(),
+                    l.requests,
+                    l.window_seconds,
+                )
+            }));
+        for (slot, key, name, limit, window) in windows {
+            let k = (slot, key);
+            let outcome = {
+                let mut w = self
+                    .windows
+                    .entry(k.clone())
+                    .or_insert_with(|| Window::new(window));
+                w.rewindow(window, now);
+                w.take(limit, now)
+            };
+            let standing = |remaining, reset| Standing {
+                name,
+                quota: limit,
+                window,
+                remaining,
+                reset,
+            };
+            match outcome {
+                Ok(left) => {
+                    taken.push(k);
+                    standings.push(standing(left.remaining, left.reset));
+                }
+                Err(wait) => {
+                    refusal = Some(Refused::RateLimited(Refusal(standing(0, wait))));
+                    break;
+                }
+            }
+        }
+        if refusal.is_none() {
+            if let (Some(q), Some(id), Some(l)) = (quota, subject.token_id, subject.limits) {
+                match self.take_quota(id, q, l, now) {
+                    Ok(s) => standings.push(s),
+                    Err(r) => refusal = Some(Refused::QuotaExceeded(r)),
+                }
+            }
+        }
+        let Some(refused) = refusal else {
+            return Ok(standings);
+        };
+        for k in taken {
+            if let Some(mut w) = self.windows.get_mut(&k) {
+                w.give_back(now);
+            }
+        }
+        let (Refused::RateLimited(r) | Refused::QuotaExceeded(r)) = refused;
+        self.count_refusal(r.0.name);
+        Err(refused)
+    }
+
+    fn count_refusal(&self, name: PolicyName) {
+        self.metrics.rate_limited(name.as_str());
+    }
+
+    /// Counts one request against a token's quota.
+    fn take_quota(
+        &self,
+        token_id: &Arc<str>,
+        q: Quota,
+        limits: &TokenLimits,
+        now: i64,
+    ) -> Result<Standing, Refusal> {
+        let start = q.period.start(now);
+        let end = q.period.end(now);
+        let mut c = self.quota_count(token_id, limits, start, end);
+        let reset = u32::try_from(end - now).unwrap_or(u32::MAX);
+        let standing = |remaining| Standing {
+            name: PolicyName::quota(),
+            quota: q.requests,
+            window: u32::try_from(end - start).unwrap_or(u32::MAX),
+            remaining,
+            reset,
+        };
+        if c.used >= u64::from(q.requests) {
+            return Err(Refusal(standing(0)));
+        }
+        c.used += 1;
+        c.pending += 1;
+        let remaining = u64::from(q.requests) - c.used;
+        Ok(standing(remaining as u32))
+    }
+
+    /// The count of a token's quota in the period starting at `start`,
+    /// seeded from its record the first time, restarted in a new period.
+    fn quota_count(
+        &self,
+        token_id: &Arc<str>,
+        limits: &TokenLimits,
+        start: i64,
+        end: i64,
+    ) -> dashmap::mapref::one::RefMut<'_, Arc<str>, QuotaCount> {
+        let mut c = self
+            .quotas
+            .entry(Arc::clone(token_id))
+            .or_insert_with(|| QuotaCount {
+                period_start: start,
+                period_end: end,
+                used: if limits.quota_period_start == start {
+                    limits.quota_used
+                } else {
+                    0
+                },
+                pending: 0,
+            });
+        if c.period_start != start {
+            // A new period: the last one's unwritten counts no longer
+            // decide anything.
+            *c = QuotaCount {
+                period_start: start,
+                period_end: end,
+                used: 0,
+                pending: 0,
+            };
+        }
+        c
+    }
+
+    /// What is left of a token's own limit at `now`, counting nothing
+    /// (`GET /v1/tokens/{id}/usage`).
+    pub fn token_limit_left(&self, token_id: &str, limit: TokenRateLimit, now: i64) -> Left {
+        let k = (Slot::Token, Key::Token(Arc::from(token_id)));
+        match self.windows.get_mut(&k) {
+            Some(mut w) => {
+                w.rewindow(limit.window_seconds, now);
+                w.peek(limit.requests, now)
+            }
+            None => Left {
+                remaining: limit.requests,
+                reset: limit.window_seconds,
+            },
+        }
+    }
+
+    /// A token's quota count in the period holding `now` as this process
+    /// knows it, if it has counted one.
+    pub fn quota_used(&self, token_id: &str, period: Period, now: i64) -> Option<u64> {
+        let c = self.quotas.get(token_id)?;
+        (c.period_start == period.start(now)).then_some(c.used)
+    }
+
+    /// Takes every quota count not yet written, for one batch.
+    pub fn take_quota_deltas(&self) -> Vec<QuotaDelta> {
+        let mut out = Vec::new();
+        for mut e in self.quotas.iter_mut() {
+            if e.pending > 0 {
+                out.push(QuotaDelta {
+                    token_id: Arc::clone(e.key()),
+                    period_start: e.period_start,
+                    delta: e.pending,
+                });
+                e.pending = 0;
+            }
+        }
+        out
+    }
+
+    /// A batch that was not written: its counts wait for the next one
+    /// (unless their period has passed).
+    pub fn restore_quota_deltas(&self, batch: Vec<QuotaDelta>) {
+        for d in batch {
+            if let Some(mut c) = self.quotas.get_mut(&d.token_id) {
+                if c.period_start == d.period_start {
+                    c.pending += d.delta;
+                }
+            }
+        }
+    }
+
+    /// The store's count after a write (every instance's): this process's
+    /// count becomes it, plus what was counted here since the batch.
+    pub fn settle_quota(&self, token_id: &str, period_start: i64, stored: u64) {
+        if let Some(mut c) = self.quotas.get_mut(token_id) {
+            if c.period_start == period_start {
+                c.used = stored + c.pending;
+            }
+        }
+    }
+
+    /// Drops the windows that hold nothing at `now` and the quota counts
+    /// of periods that have ended with nothing left to write: memory
+    /// follows the keys active within one window.
+    pub fn sweep(&self, now: i64) {
+        self.windows.retain(|_, w| !w.idle(now));
+        self.quotas
+            .retain(|_, c| c.pending > 0 || now < c.period_end);
+    }
+
+    /// Keys held (windows, quota counts).
+    pub fn len(&self) -> (usize, usize) {
+        (self.windows.len(), self.quotas.len())
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty() && self.quotas.is_empty()
+    }
+}
+
+/// The key a policy counts a request by; the client's address when the
+/// request has none of it (no token on an `auth = "none"` route).
+fn key(by: By, s: &Subject<'_>) -> Key {
+    let ip = || Key::Ip(s.client_ip);
+    match by {
+        By::Token => s.token_id.map_or_else(ip, |t| Key::Token(Arc::clone(t))),
+        By::Account => s.account_id.map_or_else(ip, Key::Account),
+        By::Tenant => s.tenant_id.map_or_else(ip, Key::Tenant),
+        By::ClientIp => ip(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn limiter(policies: &[(&str, u64, u64, &str)]) -> Limiter {
+        let f = FileRateLimits {
+            policies: policies
+                .iter()
+                .map(|(n, r, w, b)| FilePolicy {
+                    name: n.to_string(),
+                    requests: *r,
+                    window_seconds: *w,
+                    by: b.to_string(),
+                })
+                .collect(),
+            ..FileRateLimits::default()
+        };
+        Limiter::new(
+            RateLimitConfig::validate(&f).unwrap(),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn subject<'a>(
+        token: &'a Arc<str>,
+        ip: [u8; 4],
+        limits: Option<&'a TokenLimits>,
+    ) -> Subject<'a> {
+        Subject {
+            token_id: Some(token),
+            account_id: Some(7),
+            tenant_id: Some(3),
+            client_ip: IpAddr::from(ip),
+            limits,
+        }
+    }
+
+    #[test]
+    fn exact_under_concurrency() {
+        let l = Arc::new(limiter(&[("p", 1000, 60, "tenant")]));
+        let admitted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (l, admitted) = (Arc::clone(&l), Arc::clone(&admitted));
+                std::thread::spawn(move || {
+                    let t: Arc<str> = Arc::from(format!("t{i}"));
+                    for _ in 0..400 {
+                        if l.check(&[PolicyId(0)], &subject(&t, [10, 0, 0, i], None), 100)
+                            .is_ok()
+                        {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 1000);
+        assert_eq!(l.metrics.rate_limited_count("p"), 3200 - 1000);
+    }
+
+    #[test]
+    fn each_by_counts_its_own_key() {
+        let l = limiter(&[
+            ("tok", 1, 60, "token"),
+            ("acct", 1, 60, "account"),
+            ("ten", 1, 60, "tenant"),
+            ("ip", 1, 60, "client_ip"),
+        ]);
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let s = subject(&a, [1, 1, 1, 1], None);
+        assert!(l.check(&[PolicyId(0)], &s, 0).is_ok());
+        assert!(l.check(&[PolicyId(0)], &s, 0).is_err());
+        assert!(l
+            .check(&[PolicyId(0)], &subject(&b, [1, 1, 1, 1], None), 0)
+            .is_ok());
+        let mut other_account = subject(&b, [1, 1, 1, 1], None);
+        assert!(l.check(&[PolicyId(1)], &s, 0).is_ok());
+        assert!(
+            l.check(&[PolicyId(1)], &other_account, 0).is_err(),
+            "same account 7"
+        );
+        other_account.account_id = Some(8);
+        assert!(l.check(&[PolicyId(1)], &other_account, 0).is_ok());
+        assert!(l.check(&[PolicyId(2)], &s, 0).is_ok());
+        assert!(
+            l.check(&[PolicyId(2)], &other_account, 0).is_err(),
+            "same tenant 3"
+        );
+        assert!(l.check(&[PolicyId(3)], &s, 0).is_ok());
+        assert!(l
+            .check(&[PolicyId(3)], &subject(&b, [1, 1, 1, 1], None), 0)
+            .is_err());
+        assert!(l
+            .check(&[PolicyId(3)], &subject(&a, [1, 1, 1, 2], None), 0)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_refusal_counts_nowhere() {
+        let l = limiter(&[("wide", 10, 60, "token"), ("narrow", 1, 60, "token")]);
+        let a: Arc<str> = Arc::from("a");
+        let s = subject(&a, [1, 1, 1, 1], None);
+        let ok = l.check(&[PolicyId(0), PolicyId(1)], &s, 0).unwrap();
+        assert_eq!(ok[0].remaining, 9);
+        let Err(Refused::RateLimited(r)) = l.check(&[PolicyId(0), PolicyId(1)], &s, 0) else {
+            panic!("narrow refuses")
+        };
+        assert_eq!(r.0.name.as_str(), "narrow");
+        assert_eq!(r.retry_after(), 60);
+        // `wide` was given back its count.
+        assert_eq!(l.check(&[PolicyId(0)], &s, 0).unwrap()[0].remaining, 8);
+    }
+
+    #[test]
+    fn token_limit_and_quota() {
+        let l = limiter(&[]);
+        let a: Arc<str> = Arc::from("a");
+        let t = 1_773_579_600; // 2026-03-15T13:00:00Z
+        let limits = TokenLimits {
+            rate_limit: Some(TokenRateLimit::new(2, 10).unwrap()),
+            quota: Some(Quota::new(5, Period::Day).unwrap()),
+            quota_used: 2,
+            quota_period_start: Period::Day.start(t),
+        };
+        let s = subject(&a, [1, 1, 1, 1], Some(&limits));
+        let ok = l.check(&[], &s, t).unwrap();
+        assert_eq!(
+            ok.iter()
+                .find(|s| s.name.as_str() == "quota")
+                .unwrap()
+                .remaining,
+            2
+        );
+        assert!(l.check(&[], &s, t).is_ok());
+        assert!(matches!(l.check(&[], &s, t), Err(Refused::RateLimited(_))));
+        let Err(Refused::QuotaExceeded(r)) = l
+            .check(&[], &s, t + 10)
+            .and_then(|_| l.check(&[], &s, t + 10))
+        else {
+            panic!("quota of 5 used up (2 stored + 3)")
+        };
+        assert_eq!(r.retry_after(), 11 * 3600 - 10);
+        // The refused request counted neither the window nor the quota.
+        assert_eq!(l.quota_used("a", Period::Day, t), Some(5));
+        assert_eq!(
+            l.token_limit_left("a", limits.rate_limit.unwrap(), t + 10)
+                .remaining,
+            1
+        );
+        // A new day.
+        assert!(l.check(&[], &s, t + 12 * 3600).is_ok());
+        assert_eq!(l.quota_used("a", Period::Day, t + 12 * 3600), Some(1));
+        let d = l.take_quota_deltas();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].delta, 1);
+        l.settle_quota("a", d[0].period_start, 40);
+        assert_eq!(l.quota_used("a", Period::Day, t + 12 * 3600), Some(40));
+    }
+
+    #[test]
+    fn idle_keys_are_swept() {
+        let l = limiter(&[("ip", 5, 10, "client_ip")]);
+        let a: Arc<str> = Arc::from("a");
+        for i in 0..100u8 {
+            l.check(&[PolicyId(0)], &subject(&a, [10, 0, 0, i], None), 1000)
+                .unwrap();
+        }
+        assert_eq!(l.len().0, 100);
+        l.sweep(1009);
+        assert_eq!(l.len().0, 100);
+        l.sweep(1010);
+        assert!(l.is_empty());
+    }
+}
