@@ -40,6 +40,7 @@ fn record() -> AuthRecord {
         revoked_at: None,
         account_status: Some(Status::Active),
         tenant_status: Some(Status::Active),
+        limits: Default::default(),
     }
 }
 
@@ -165,6 +166,8 @@ fn cache(c: &mut Criterion) {
                 created_at: 0,
                 expires_at: None,
                 created_by: None,
+                rate_limit: None,
+                quota: None,
             };
             store
                 .insert_token(&tok, &NewAuditEvent::default())

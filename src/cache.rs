@@ -561,6 +561,7 @@ mod tests {
             revoked_at: revoked.then_some(1),
             account_status: Some(Status::Active),
             tenant_status: Some(Status::Active),
+            limits: Default::default(),
         }
     }
 

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::ability::Ability;
 pub use crate::cache::CacheConfig;
+pub use crate::ratelimit::{FileRateLimits, RateLimitConfig};
 use crate::route::normalize_path;
 pub use crate::route::{AuthMode, RouteConfig};
 pub use crate::store::DatabaseUrl;
@@ -94,6 +95,9 @@ pub struct FileConfig {
     /// `[forward_auth]`
     #[serde(default)]
     pub forward_auth: FileForwardAuth,
+    /// `[rate_limits]`
+    #[serde(default)]
+    pub rate_limits: FileRateLimits,
 }
 
 /// `[server]`: listeners and connection handling.
@@ -313,6 +317,9 @@ pub struct FileRoute {
     /// Abilities a token needs, all of them; empty means any valid token.
     #[serde(default)]
     pub abilities: Vec<String>,
+    /// Names of `[[rate_limits.policies]]` counted on this route.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
 }
 
 /// `[token_api]`: public paths of the five documented token flows. An empty
@@ -398,6 +405,8 @@ pub struct Config {
     pub token_api: TokenApiPaths,
     /// The forward-auth endpoint.
     pub forward_auth: ForwardAuthConfig,
+    /// Rate-limit policies, where counts are kept, the quota flush period.
+    pub rate_limits: RateLimitConfig,
 }
 
 /// Validated `[forward_auth]`.
@@ -838,6 +847,9 @@ impl Config {
             });
         }
 
+        let rate_limits = RateLimitConfig::validate(&f.rate_limits)
+            .map_err(|(key, message)| invalid(&key, message))?;
+
         let mut routes = Vec::with_capacity(f.routes.len());
         for (i, r) in f.routes.iter().enumerate() {
             let key = |k: &str| format!("routes[{i}].{k}");
@@ -908,12 +920,16 @@ impl Config {
                     format!("{path:?} overlaps an earlier route with the same path and methods"),
                 ));
             }
+            let route_limits = rate_limits
+                .resolve(&r.rate_limits)
+                .map_err(|m| invalid(&key("rate_limits"), m))?;
             routes.push(RouteConfig {
                 path,
                 upstream,
                 methods,
                 auth,
                 abilities,
+                rate_limits: route_limits,
             });
         }
 
@@ -930,6 +946,7 @@ impl Config {
             routes,
             token_api,
             forward_auth,
+            rate_limits,
         })
     }
 }
@@ -1191,6 +1208,14 @@ mod tests {
             (
                 "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\n[[routes]]\npath = \"/\"\nupstream = \"a\"\nauth = \"maybe\"\n",
                 "routes[0].auth",
+            ),
+            (
+                "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\n[[routes]]\npath = \"/\"\nupstream = \"a\"\nrate_limits = [\"nope\"]\n",
+                "routes[0].rate_limits",
+            ),
+            (
+                "[[rate_limits.policies]]\nname = \"p\"\nrequests = 0\nwindow_seconds = 60\nby = \"token\"\n",
+                "rate_limits.policies[0].requests",
             ),
             (
                 "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\n[[routes]]\npath = \"/\"\nupstream = \"a\"\nabilities = [\"a b\"]\n",

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::StatusCode;
 
+use crate::ratelimit::{header_values, Refusal, RATELIMIT, RATELIMIT_POLICY};
 use crate::route::PathError;
 
 /// Why a request was not forwarded (or its forwarding failed).
@@ -79,6 +80,13 @@ pub enum Denial {
     /// busy for the connect timeout.
     #[error("upstream busy")]
     UpstreamBusy,
+    /// A window of a route's policy or of the token's own `rate_limit` is
+    /// full.
+    #[error("rate limited")]
+    RateLimited(Refusal),
+    /// The token's quota for the day or month is used up.
+    #[error("quota exceeded")]
+    QuotaExceeded(Refusal),
 }
 
 impl Denial {
@@ -104,6 +112,7 @@ impl Denial {
             Denial::StoreUnavailable | Denial::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             Denial::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Denial::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Denial::RateLimited(_) | Denial::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -130,6 +139,8 @@ impl Denial {
             Denial::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Denial::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Denial::UpstreamBusy => "UPSTREAM_BUSY",
+            Denial::RateLimited(_) => "RATE_LIMITED",
+            Denial::QuotaExceeded(_) => "QUOTA_EXCEEDED",
         }
     }
 
@@ -163,11 +174,14 @@ impl Denial {
             Denial::UpstreamBusy => {
                 "the upstream service is at its connection limit; retry shortly"
             }
+            Denial::RateLimited(_) => "too many requests; retry after the time in Retry-After",
+            Denial::QuotaExceeded(_) => "the API token's quota for this period is used up",
         }
     }
 
     /// The JSON response in pieces (status, headers with
-    /// `WWW-Authenticate` on 401 and `Retry-After` on 503, body): each
+    /// `WWW-Authenticate` on 401, `Retry-After` on 503 and 429, and the
+    /// refusing policy's `RateLimit-Policy` / `RateLimit` on 429, body): each
     /// codec writes them its own way (`crate::proxy::denial_response` for
     /// hyper, the fast path as bytes).
     pub fn parts(self, request_id: Option<&HeaderValue>) -> (StatusCode, HeaderMap, Bytes) {
@@ -193,6 +207,13 @@ impl Denial {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
+        }
+        if let Denial::RateLimited(r) | Denial::QuotaExceeded(r) = self {
+            h.insert(RETRY_AFTER, HeaderValue::from(r.retry_after()));
+            if let Some((policy, state)) = header_values(&mut [r.0]) {
+                h.insert(RATELIMIT_POLICY.clone(), policy);
+                h.insert(RATELIMIT.clone(), state);
+            }
         }
         (self.status(), h, Bytes::from(body.to_string()))
     }
@@ -234,6 +255,8 @@ mod tests {
             (Denial::UpstreamUnavailable, 502, "UPSTREAM_UNAVAILABLE"),
             (Denial::UpstreamTimeout, 504, "UPSTREAM_TIMEOUT"),
             (Denial::UpstreamBusy, 503, "UPSTREAM_BUSY"),
+            (Denial::RateLimited(refusal()), 429, "RATE_LIMITED"),
+            (Denial::QuotaExceeded(refusal()), 429, "QUOTA_EXCEEDED"),
         ];
         for (d, status, code) in table {
             assert_eq!(d.status().as_u16(), status, "{d:?}");
@@ -246,7 +269,32 @@ mod tests {
                 status == 401,
                 "{d:?}"
             );
-            assert_eq!(headers.contains_key(RETRY_AFTER), status == 503);
+            assert_eq!(
+                headers.contains_key(RETRY_AFTER),
+                status == 503 || status == 429
+            );
         }
+    }
+
+    fn refusal() -> Refusal {
+        Refusal(crate::ratelimit::Standing {
+            name: crate::ratelimit::PolicyName::token(),
+            quota: 10,
+            window: 60,
+            remaining: 0,
+            reset: 17,
+        })
+    }
+
+    #[test]
+    fn a_429_says_when_and_which_policy() {
+        let (s, h, body) = Denial::RateLimited(refusal()).parts(None);
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(h[RETRY_AFTER], "17");
+        assert_eq!(h[&RATELIMIT_POLICY], "\"token\";q=10;w=60");
+        assert_eq!(h[&RATELIMIT], "\"token\";r=0;t=17");
+        assert!(std::str::from_utf8(&body)
+            .unwrap_or("")
+            .contains("RATE_LIMITED"));
     }
 }

@@ -16,8 +16,8 @@ use crate::ability::Ability;
 use crate::cache::TokenCache;
 use crate::clock::Clock;
 use crate::store::{
-    Account, NewAccount, NewAuditEvent, NewToken, Status, StoreError, Tenant, TokenRow, TokenStore,
-    Workspace,
+    Account, LimitsChange, NewAccount, NewAuditEvent, NewToken, Status, StoreError, Tenant,
+    TokenRow, TokenStore, Workspace,
 };
 use crate::token::{Secret, TokenFormat, TokenHash, TokenKind};
 
@@ -285,6 +285,18 @@ impl Issuer {
     /// Mints a token. The row and its audit event are committed before this
     /// returns; the secret exists only in the returned value.
     pub async fn mint(&self, req: MintRequest, actor: &Actor) -> Result<Minted, IssueError> {
+        self.mint_with_limits(req, LimitsChange::default(), actor)
+            .await
+    }
+
+    /// [`Issuer::mint`], the token carrying its own rate limit and quota
+    /// (`None` or `Some(None)`: none).
+    pub async fn mint_with_limits(
+        &self,
+        req: MintRequest,
+        limits: LimitsChange,
+        actor: &Actor,
+    ) -> Result<Minted, IssueError> {
         validate_name("name", &req.name)?;
         let now = self.clock.now();
         if let Some(exp) = req.expires_at {
@@ -313,6 +325,8 @@ impl Issuer {
             created_at: now,
             expires_at: req.expires_at,
             created_by: actor.token_id.clone(),
+            rate_limit: limits.rate_limit.flatten(),
+            quota: limits.quota.flatten(),
         };
         let audit = NewAuditEvent {
             at: now,
@@ -367,6 +381,8 @@ impl Issuer {
             created_at: now,
             expires_at: req.expires_at,
             created_by: actor.token_id.clone(),
+            rate_limit: None,
+            quota: None,
         };
         let audit = NewAuditEvent {
             at: now,
@@ -478,6 +494,47 @@ impl Issuer {
                 cache.invalidate_token(revoked.hash).await;
             }
             Ok(revoked.row)
+        })
+        .await
+    }
+
+    /// Sets or removes a token's own rate limit and quota (its counts are
+    /// kept), effective at once on this instance (the cached record is
+    /// evicted) and, through the store's feed, on the others.
+    pub async fn set_limits(
+        &self,
+        token_id: &str,
+        change: LimitsChange,
+        actor: &Actor,
+    ) -> Result<TokenRow, IssueError> {
+        let existing = self
+            .store
+            .get_token(token_id)
+            .await?
+            .ok_or(IssueError::NotFound("token"))?;
+        let audit = NewAuditEvent {
+            at: self.clock.now(),
+            action: "token.limits_changed".into(),
+            actor_token_id: actor.token_id.clone(),
+            tenant_id: existing.tenant_id,
+            target_token_id: Some(token_id.to_string()),
+            outcome: "ok".into(),
+            detail: None,
+        };
+        let (store, cache, id) = (
+            Arc::clone(&self.store),
+            self.cache.clone(),
+            token_id.to_string(),
+        );
+        detached(async move {
+            let changed = store
+                .set_token_limits(&id, &change, &audit)
+                .await?
+                .ok_or(IssueError::NotFound("token"))?;
+            if let Some(cache) = cache {
+                cache.invalidate_token(changed.hash).await;
+            }
+            Ok(changed.row)
         })
         .await
     }

@@ -11,6 +11,7 @@
 use http::Method;
 
 use crate::ability::Ability;
+use crate::ratelimit::PolicyId;
 
 /// Why a request path is refused (400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -280,6 +281,8 @@ pub struct RouteConfig {
     pub auth: AuthMode,
     /// Abilities needed, all of them.
     pub abilities: Vec<Ability>,
+    /// `[[rate_limits.policies]]` counted here.
+    pub rate_limits: Vec<PolicyId>,
 }
 
 #[cfg(test)]
@@ -342,6 +345,7 @@ mod tests {
             methods: methods.to_vec(),
             auth: AuthMode::Required,
             abilities: vec![],
+            rate_limits: vec![],
         }
     }
 

@@ -453,6 +453,8 @@ async fn mint_elsewhere(
                 created_at: g.clock.now(),
                 expires_at: None,
                 created_by: None,
+                rate_limit: None,
+                quota: None,
             },
             &Default::default(),
         )

@@ -53,6 +53,8 @@ fn new_token(kind: TokenKind, tenant: Option<i64>, account: Option<i64>) -> (New
             created_at: 100,
             expires_at: Some(1_000),
             created_by: None,
+            rate_limit: None,
+            quota: None,
         },
         hash,
     )

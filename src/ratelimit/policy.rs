@@ -1,7 +1,7 @@
 //! What a limit is: `[rate_limits]` as written and as validated, policy
 //! names, and the limit and quota a token may carry.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The most requests a policy, a token's limit or a quota may allow. Far
 /// above any real limit; it keeps counts in `u32` and refuses typos such
@@ -307,7 +307,7 @@ fn limit_values(requests: u64, window_seconds: u64) -> Result<(u32, u32), (&'sta
 }
 
 /// A token's own rate limit: `{"requests": N, "window_seconds": S}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct TokenRateLimit {
     /// Requests admitted in any window.
     pub requests: u32,
@@ -327,7 +327,8 @@ impl TokenRateLimit {
 }
 
 /// A quota's calendar period, in UTC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Period {
     /// From 00:00 UTC to the next.
     Day,
@@ -378,7 +379,7 @@ impl Period {
 }
 
 /// A token's quota: `{"requests": N, "period": "day" | "month"}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Quota {
     /// Requests admitted per period.
     pub requests: u32,

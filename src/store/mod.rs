@@ -15,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::ratelimit::{Quota, TokenLimits, TokenRateLimit};
 use crate::token::{TokenHash, TokenKind};
 
 /// Store failures. The request path turns [`StoreError::Unavailable`] into a
@@ -190,6 +191,17 @@ pub struct TokenRow {
     pub last_used_at: Option<i64>,
     /// Id of the token that minted it.
     pub created_by: Option<String>,
+    /// Its own rate limit.
+    pub rate_limit: Option<TokenRateLimit>,
+    /// Its quota.
+    pub quota: Option<Quota>,
+    /// Requests counted against the quota in the period starting at
+    /// `quota_period_start`, as last written (batched).
+    #[serde(skip)]
+    pub quota_used: i64,
+    /// The period `quota_used` belongs to.
+    #[serde(skip)]
+    pub quota_period_start: i64,
 }
 
 /// A token to insert.
@@ -219,7 +231,24 @@ pub struct NewToken {
     pub expires_at: Option<i64>,
     /// Minting token's id.
     pub created_by: Option<String>,
+    /// Its own rate limit.
+    pub rate_limit: Option<TokenRateLimit>,
+    /// Its quota.
+    pub quota: Option<Quota>,
 }
+
+/// A change to a token's limits: `None` leaves one as it is,
+/// `Some(None)` removes it. Counts are never reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitsChange {
+    /// The new `rate_limit`.
+    pub rate_limit: Option<Option<TokenRateLimit>>,
+    /// The new `quota`.
+    pub quota: Option<Option<Quota>>,
+}
+
+/// Quota counts to add: `(token id, period start, requests)`.
+pub type QuotaCounts = [(String, i64, i64)];
 
 /// What the request path needs to decide about a token: the token row
 /// joined with its account's and tenant's status.
@@ -247,6 +276,8 @@ pub struct AuthRecord {
     pub account_status: Option<Status>,
     /// The tenant's status (none when there is no tenant).
     pub tenant_status: Option<Status>,
+    /// Its own rate limit and quota, and the stored quota count.
+    pub limits: TokenLimits,
 }
 
 /// An audit event to append.
@@ -289,7 +320,8 @@ pub struct AuditEvent {
     pub detail: Option<String>,
 }
 
-/// What a revocation touched: the row and the hash to evict from caches.
+/// What a revocation (or a change of limits) touched: the row and the hash
+/// to evict from caches.
 #[derive(Clone, Debug)]
 pub struct Revoked {
     /// The token, now revoked.
@@ -450,6 +482,23 @@ pub trait TokenStore: TokenLookup + 'static {
     ) -> Result<Option<Revoked>, StoreError>;
     /// Writes a batch of last-used times (a later time never goes backwards).
     async fn touch_last_used(&self, batch: &[(String, i64)]) -> Result<(), StoreError>;
+    /// Sets or removes a token's own rate limit and quota (its counts are
+    /// kept), audited in the same transaction. Answers the row and the
+    /// hash to evict from caches.
+    async fn set_token_limits(
+        &self,
+        id: &str,
+        change: &LimitsChange,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Revoked>, StoreError>;
+    /// Adds a batch of quota counts, in one transaction. A count of a
+    /// period later than the stored one starts it afresh; one of an
+    /// earlier period is dropped. Answers each token's stored count after
+    /// the write, `(token id, period start, count)`, for the counts kept.
+    async fn add_quota_counts(
+        &self,
+        batch: &QuotaCounts,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError>;
 
     /// Appends an audit event.
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError>;

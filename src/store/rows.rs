@@ -5,6 +5,7 @@
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{Account, AuditEvent, AuthRecord, Status, StoreError, Tenant, TokenRow, Workspace};
+use crate::ratelimit::{Period, Quota, TokenLimits, TokenRateLimit};
 use crate::token::TokenKind;
 
 /// Columns every mapper reads: integers and text.
@@ -42,6 +43,45 @@ pub(crate) fn kind(s: &str) -> Result<TokenKind, StoreError> {
 pub(crate) fn abilities(json: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(json)
         .map_err(|e| StoreError::Other(format!("bad abilities in store: {e}")))
+}
+
+/// A token's own limit and quota from their columns (`rate_limit_*`,
+/// `quota_*`).
+pub(crate) fn limits<'r, R>(r: &'r R) -> Result<TokenLimits, StoreError>
+where
+    R: StoreRow<'r>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let bad = |what: &str| StoreError::Other(format!("bad {what} in store"));
+    let requests: Option<i64> = r.col("rate_limit_requests")?;
+    let window: Option<i64> = r.col("rate_limit_window_seconds")?;
+    let rate_limit = match (requests, window) {
+        (Some(n), Some(w)) => Some(
+            TokenRateLimit::new(
+                u64::try_from(n).map_err(|_| bad("rate limit"))?,
+                u64::try_from(w).map_err(|_| bad("rate limit"))?,
+            )
+            .map_err(|_| bad("rate limit"))?,
+        ),
+        _ => None,
+    };
+    let q: Option<i64> = r.col("quota_requests")?;
+    let period: Option<String> = r.col("quota_period")?;
+    let quota = match (q, period) {
+        (Some(n), Some(p)) => {
+            let period = Period::parse(&p).ok_or_else(|| bad("quota period"))?;
+            let n = u64::try_from(n).map_err(|_| bad("quota"))?;
+            Some(Quota::new(n, period).map_err(|_| bad("quota"))?)
+        }
+        _ => None,
+    };
+    Ok(TokenLimits {
+        rate_limit,
+        quota,
+        quota_used: u64::try_from(r.col::<i64>("quota_used")?).unwrap_or(0),
+        quota_period_start: r.col("quota_period_start")?,
+    })
 }
 
 /// A `tenants` row.
@@ -111,6 +151,7 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
+    let limits = limits(r)?;
     Ok(TokenRow {
         id: r.col("id")?,
         kind: kind(&r.col::<String>("kind")?)?,
@@ -125,6 +166,10 @@ where
         revoked_at: r.col("revoked_at")?,
         last_used_at: r.col("last_used_at")?,
         created_by: r.col("created_by")?,
+        rate_limit: limits.rate_limit,
+        quota: limits.quota,
+        quota_used: r.col("quota_used")?,
+        quota_period_start: r.col("quota_period_start")?,
     })
 }
 
@@ -169,5 +214,6 @@ where
         revoked_at: r.col("revoked_at")?,
         account_status: account_status.as_deref().map(status).transpose()?,
         tenant_status: tenant_status.as_deref().map(status).transpose()?,
+        limits: limits(r)?,
     })
 }

@@ -18,8 +18,9 @@ use super::rows::{
 };
 use super::DatabaseUrl;
 use super::{
-    Account, AuditEvent, AuthRecord, NewAccount, NewAuditEvent, NewToken, Revoked, Status,
-    StoreError, Tenant, TokenFilter, TokenLookup, TokenRow, TokenStore, Workspace,
+    Account, AuditEvent, AuthRecord, LimitsChange, NewAccount, NewAuditEvent, NewToken,
+    QuotaCounts, Revoked, Status, StoreError, Tenant, TokenFilter, TokenLookup, TokenRow,
+    TokenStore, Workspace,
 };
 use crate::token::TokenHash;
 
@@ -87,7 +88,8 @@ impl SqliteStore {
 }
 
 const TOKEN_COLUMNS: &str = "id, kind, tenant_id, account_id, workspace_id, name, abilities, \
-     display_prefix, created_at, expires_at, revoked_at, last_used_at, created_by";
+     display_prefix, created_at, expires_at, revoked_at, last_used_at, created_by, \
+     rate_limit_requests, rate_limit_window_seconds, quota_requests, quota_period, quota_used, quota_period_start";
 
 async fn insert_audit<'c, E>(exec: E, e: &NewAuditEvent) -> Result<(), StoreError>
 where
@@ -122,7 +124,9 @@ impl TokenLookup for SqliteStore {
     async fn lookup(&self, hash: &TokenHash) -> Result<Option<AuthRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT t.id, t.kind, t.tenant_id, t.account_id, t.workspace_id, t.name, t.abilities, \
-                    t.expires_at, t.revoked_at, a.status AS account_status, n.status AS tenant_status \
+                    t.expires_at, t.revoked_at, a.status AS account_status, n.status AS tenant_status, \
+                    t.rate_limit_requests, t.rate_limit_window_seconds, t.quota_requests, \
+                    t.quota_period, t.quota_used, t.quota_period_start \
              FROM tokens t \
              LEFT JOIN accounts a ON a.id = t.account_id \
              LEFT JOIN tenants n ON n.id = t.tenant_id \
@@ -368,8 +372,10 @@ impl TokenStore for SqliteStore {
         let mut tx = self.write_tx().await?;
         let r = sqlx::query(&format!(
             "INSERT INTO tokens (id, kind, tenant_id, account_id, workspace_id, name, abilities, \
-                                 display_prefix, hash, created_at, expires_at, created_by) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {TOKEN_COLUMNS}"
+                                 display_prefix, hash, created_at, expires_at, created_by, \
+                                 rate_limit_requests, rate_limit_window_seconds, quota_requests, \
+                                 quota_period) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {TOKEN_COLUMNS}"
         ))
         .bind(&t.id)
         .bind(t.kind.as_str())
@@ -383,6 +389,10 @@ impl TokenStore for SqliteStore {
         .bind(t.created_at)
         .bind(t.expires_at)
         .bind(&t.created_by)
+        .bind(t.rate_limit.map(|l| i64::from(l.requests)))
+        .bind(t.rate_limit.map(|l| i64::from(l.window_seconds)))
+        .bind(t.quota.map(|q| i64::from(q.requests)))
+        .bind(t.quota.map(|q| q.period.as_str()))
         .fetch_one(&mut *tx)
         .await?;
         insert_audit(&mut *tx, audit).await?;
@@ -474,6 +484,81 @@ impl TokenStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn set_token_limits(
+        &self,
+        id: &str,
+        change: &LimitsChange,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Revoked>, StoreError> {
+        let rate = change.rate_limit;
+        let quota = change.quota;
+        let mut tx = self.write_tx().await?;
+        let r = sqlx::query(&format!(
+            "UPDATE tokens SET \
+               rate_limit_requests = CASE WHEN ? THEN ? ELSE rate_limit_requests END, \
+               rate_limit_window_seconds = CASE WHEN ? THEN ? ELSE rate_limit_window_seconds END, \
+               quota_requests = CASE WHEN ? THEN ? ELSE quota_requests END, \
+               quota_period = CASE WHEN ? THEN ? ELSE quota_period END \
+             WHERE id = ? RETURNING {TOKEN_COLUMNS}, hash"
+        ))
+        .bind(rate.is_some())
+        .bind(rate.flatten().map(|l| i64::from(l.requests)))
+        .bind(rate.is_some())
+        .bind(rate.flatten().map(|l| i64::from(l.window_seconds)))
+        .bind(quota.is_some())
+        .bind(quota.flatten().map(|q| i64::from(q.requests)))
+        .bind(quota.is_some())
+        .bind(quota.flatten().map(|q| q.period.as_str()))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        let hash: Vec<u8> = r.try_get("hash")?;
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| StoreError::Other("bad hash length in store".into()))?;
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
+        Ok(Some(Revoked {
+            row: token_row(&r)?,
+            hash: TokenHash(hash),
+        }))
+    }
+
+    async fn add_quota_counts(
+        &self,
+        batch: &QuotaCounts,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let mut out = Vec::with_capacity(batch.len());
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        // One transaction for the batch; a statement per token (a batch
+        // holds the tokens with a quota used since the last one).
+        let mut tx = self.write_tx().await?;
+        for (id, start, n) in batch {
+            let used: Option<i64> = sqlx::query_scalar(
+                "UPDATE tokens SET \
+               quota_used = CASE WHEN quota_period_start = ? THEN quota_used + ? ELSE ? END, \
+               quota_period_start = ? \
+             WHERE id = ? AND quota_period_start <= ? RETURNING quota_used",
+            )
+            .bind(start)
+            .bind(n)
+            .bind(n)
+            .bind(start)
+            .bind(id)
+            .bind(start)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(used) = used {
+                out.push((id.clone(), *start, used));
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError> {

@@ -168,6 +168,22 @@ impl TokenStore for Switched {
         self.outage.check()?;
         self.inner.touch_last_used(batch).await
     }
+    async fn set_token_limits(
+        &self,
+        id: &str,
+        change: &tokengate::store::LimitsChange,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Revoked>, StoreError> {
+        self.outage.check()?;
+        self.inner.set_token_limits(id, change, audit).await
+    }
+    async fn add_quota_counts(
+        &self,
+        batch: &tokengate::store::QuotaCounts,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        self.outage.check()?;
+        self.inner.add_quota_counts(batch).await
+    }
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<(), StoreError> {
         self.outage.check()?;
         self.inner.append_audit(event).await
