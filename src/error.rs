@@ -182,7 +182,7 @@ impl Denial {
     /// The JSON response in pieces (status, headers with
     /// `WWW-Authenticate` on 401, `Retry-After` on 503 and 429, and the
     /// refusing policy's `RateLimit-Policy` / `RateLimit` on 429, body): each
-    /// codec writes them its own way (`crate::proxy::denial_response` for
+    /// codec writes them its own way (`crate::body::denial_response` for
     /// hyper, the fast path as bytes).
     pub fn parts(self, request_id: Option<&HeaderValue>) -> (StatusCode, HeaderMap, Bytes) {
         let body = serde_json::json!({
