@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::StatusCode;
 
-use crate::ratelimit::{header_values, Refusal, RATELIMIT, RATELIMIT_POLICY};
+use crate::ratelimit::{header_values, Refusal};
 use crate::route::PathError;
 
 /// Why a request was not forwarded (or its forwarding failed).
@@ -210,9 +210,10 @@ impl Denial {
         }
         if let Denial::RateLimited(r) | Denial::QuotaExceeded(r) = self {
             h.insert(RETRY_AFTER, HeaderValue::from(r.retry_after()));
-            if let Some((policy, state)) = header_values(&mut [r.0]) {
-                h.insert(RATELIMIT_POLICY.clone(), policy);
-                h.insert(RATELIMIT.clone(), state);
+            if let Some(fields) = header_values(&mut [r.0]) {
+                for (name, value) in fields.pairs() {
+                    h.insert(name.clone(), value.clone());
+                }
             }
         }
         (self.status(), h, Bytes::from(body.to_string()))
@@ -222,6 +223,7 @@ impl Denial {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit::{RATELIMIT, RATELIMIT_POLICY};
 
     /// Pins the wire contract: a change here is a breaking change.
     #[test]

@@ -20,7 +20,7 @@
 //! Refused: the proxy path's own denial, status and JSON body alike.
 //! Nothing is forwarded.
 
-use std::sync::Arc;
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -28,11 +28,11 @@ use http::uri::PathAndQuery;
 use http::{Method, Response};
 
 use crate::body::{full, Body};
-use crate::cache::{AuthEntry, ConnectionMemo};
+use crate::cache::ConnectionMemo;
 use crate::config::ForwardAuthConfig;
 use crate::error::Denial;
 use crate::fields::{RequestFields, X_REQUEST_ID};
-use crate::gateway::Gateway;
+use crate::gateway::{Admission, Gateway};
 use crate::route::{normalize_path, PathError};
 use crate::rules::{caller_headers, HeaderNames};
 
@@ -70,21 +70,23 @@ pub fn suffix<'a>(
 /// normalisation, [`Gateway::route`] (method case, look-alike headers,
 /// 404 / 405) and [`Gateway::admit`] (the route's `auth` mode, the
 /// credential from the request's own `Authorization` / `token` fields,
-/// cache, store, revocation, abilities). `own_method` is the request's
-/// method and `suffix` what [`suffix`] found. `Ok(None)`: allowed without
-/// a token.
+/// cache, store, revocation, abilities, rate limits and quota counted as
+/// for a proxied request, by `client_ip`: the front proxy's address).
+/// `own_method` is the request's method and `suffix` what [`suffix`]
+/// found.
 pub async fn decide(
     g: &Gateway,
     own_method: &Method,
     suffix: &str,
     fields: &(impl RequestFields + ?Sized),
     memo: &ConnectionMemo,
-) -> Result<Option<Arc<AuthEntry>>, Denial> {
+    client_ip: IpAddr,
+) -> Result<Admission, Denial> {
     let (method, path) = original(own_method, suffix, fields)?;
     let (route, _) = g.route(&path, &method, fields)?;
-    let entry = g.admit(route, fields, memo).await?;
+    let admission = g.admit(route, fields, memo, client_ip).await?;
     g.metrics.forward_auth_allowed.inc();
-    Ok(entry)
+    Ok(admission)
 }
 
 /// The original request's method and normalised path.
@@ -144,18 +146,24 @@ fn target_path(target: &[u8]) -> Result<PathAndQuery, Denial> {
 }
 
 /// The allowed answer through hyper: 200, no body, the caller's gateway
-/// headers (configured names, less `headers.omit`) and the request id.
+/// headers (configured names, less `headers.omit`), the route's
+/// `RateLimit` fields and the request id.
 pub fn allowed(
     names: &HeaderNames,
-    entry: Option<&AuthEntry>,
+    admission: &Admission,
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::new()));
     let headers = resp.headers_mut();
-    if let Some(a) = entry {
+    if let Some(a) = admission.entry.as_deref() {
         caller_headers(names, a, |n, v| {
             headers.append(n.clone(), v.clone());
         });
+    }
+    if let Some(l) = &admission.limits {
+        for (n, v) in l.pairs() {
+            headers.append(n.clone(), v.clone());
+        }
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     resp

@@ -1,8 +1,8 @@
 //! The request path: what happens to every request on the public listener.
 //!
 //! ```text
-//!  request ─▶ normalise path ─▶ route ─▶ credential ─▶ cheap checks ─▶ cache/store ─▶ decide ─▶ forward
-//!             (400 BAD_PATH)   (404/405)  (400 conflict) (401, no I/O)  (503 fail closed) (401/403) (502/504)
+//!  request ─▶ normalise path ─▶ route ─▶ credential ─▶ cheap checks ─▶ cache/store ─▶ decide ─▶ limits ─▶ forward
+//!             (400 BAD_PATH)   (404/405)  (400 conflict) (401, no I/O)  (503 fail closed) (401/403) (429)     (502/504)
 //!                  │
 //!                  ├─▶ `forward_auth.path`: the original request decided by the same steps, answered here ([`crate::forward_auth`])
 //!                  └─▶ a `[token_api]` path: served here by `crate::flows`, never forwarded
@@ -17,6 +17,7 @@
 //! Denials become responses in one place
 //! ([`crate::error::Denial::parts`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use crate::error::Denial;
 use crate::fields::RequestFields;
 use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
+use crate::ratelimit::{header_values, LimitFields, Limiter, Refused, Subject};
 use crate::route::{is_miscased_method, RouteMatch, RouteTable};
 use crate::rules::{strip_for_upstream, HeaderNames, Lookalikes, StripSet};
 use crate::store::TokenStore;
@@ -46,6 +48,17 @@ pub type TunnelEnd = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Se
 /// costs each tunnel, against how much later a revocation may close it.
 pub const TUNNEL_RECHECK_GAP: Duration = Duration::from_millis(100);
 
+/// A request [`Gateway::admit`] let through.
+#[derive(Debug)]
+pub struct Admission {
+    /// Its token, if it needed or sent one.
+    pub entry: Option<Arc<AuthEntry>>,
+    /// The `RateLimit-Policy` and `RateLimit` fields for every answer to
+    /// it (the upstream's, the forward-auth 200); `None` when no limit
+    /// applies.
+    pub limits: Option<LimitFields>,
+}
+
 /// Everything the request path and the control plane share.
 pub struct Gateway {
     /// The validated configuration.
@@ -60,6 +73,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Batched last-used times.
     pub last_used: LastUsed,
+    /// Rate-limit and quota counts.
+    pub limiter: Limiter,
     clock: Clock,
     routes: RouteTable,
     upstreams: Vec<Upstream>,
@@ -104,6 +119,7 @@ impl Gateway {
         let routes = RouteTable::new(config.routes.clone());
         let header_names = Arc::new(config.headers.clone());
         let last_used = LastUsed::new(config.store.last_used_resolution);
+        let limiter = Limiter::new(config.rate_limits.clone(), Arc::clone(&metrics));
         let trailers: TrailerFilter = {
             let names = Arc::clone(&header_names);
             Arc::new(move |t| strip_for_upstream(t, &names))
@@ -119,6 +135,7 @@ impl Gateway {
             issuer,
             metrics,
             last_used,
+            limiter,
             clock,
             routes,
             upstreams,
@@ -245,15 +262,18 @@ impl Gateway {
         Ok((route, upstream))
     }
 
-    /// Authenticates the request as its route demands and records the
-    /// token's use. `Ok(None)`: no token needed, or none sent on an
-    /// `optional` route.
+    /// Authenticates the request as its route demands, counts it against
+    /// the route's rate limits and the token's own limit and quota
+    /// ([`Limiter::check`]), and records the token's use. `entry` is
+    /// `None` when no token was needed, or none sent on an `optional`
+    /// route; `limits` the `RateLimit` fields every answer to it carries.
     pub async fn admit(
         &self,
         route: &RouteConfig,
         headers: &(impl RequestFields + ?Sized),
         memo: &ConnectionMemo,
-    ) -> Result<Option<Arc<AuthEntry>>, Denial> {
+        client_ip: IpAddr,
+    ) -> Result<Admission, Denial> {
         let entry = match route.auth {
             AuthMode::None => None,
             AuthMode::Required | AuthMode::Optional => {
@@ -261,10 +281,29 @@ impl Gateway {
                     .await?
             }
         };
+        let now = self.clock.now();
+        let record = entry.as_deref().map(|e| &e.record);
+        let subject = Subject {
+            token_id: entry.as_deref().map(|e| &e.last_used_key),
+            account_id: record.and_then(|r| r.account_id),
+            tenant_id: record.and_then(|r| r.tenant_id),
+            client_ip,
+            limits: record.map(|r| &r.limits),
+        };
+        let mut standings = self
+            .limiter
+            .check(&route.rate_limits, &subject, now)
+            .map_err(|r| match r {
+                Refused::RateLimited(r) => Denial::RateLimited(r),
+                Refused::QuotaExceeded(r) => Denial::QuotaExceeded(r),
+            })?;
         if let Some(e) = &entry {
-            self.last_used.note_use(e, self.clock.now());
+            self.last_used.note_use(e, now);
         }
-        Ok(entry)
+        Ok(Admission {
+            entry,
+            limits: header_values(&mut standings),
+        })
     }
 
     /// The header names the gateway sets and strips.

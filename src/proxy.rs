@@ -32,7 +32,7 @@ use crate::body::{denial_response, Body, BoxError, Stalling};
 use crate::error::Denial;
 use crate::fields::X_REQUEST_ID;
 use crate::forward_auth;
-use crate::gateway::{check_method, new_request_id, Gateway, TunnelEnd};
+use crate::gateway::{check_method, new_request_id, Admission, Gateway, TunnelEnd};
 use crate::metrics::Metrics;
 use crate::route::normalize_path;
 use crate::rules::{rewrite_request_headers, strip_hop_by_hop, ForwardContext, HeaderNames, Peer};
@@ -61,11 +61,19 @@ async fn process(
     let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
     // Forward auth is answered here, never forwarded.
     if let Some(suffix) = forward_auth::suffix(&g.config.forward_auth, req.uri().path(), &path) {
-        let entry =
-            forward_auth::decide(g, req.method(), suffix, req.headers(), &peer.memo).await?;
+        let client_ip = peer.addr.ip();
+        let admission = forward_auth::decide(
+            g,
+            req.method(),
+            suffix,
+            req.headers(),
+            &peer.memo,
+            client_ip,
+        )
+        .await?;
         return Ok(forward_auth::allowed(
             g.header_names(),
-            entry.as_deref(),
+            &admission,
             request_id,
         ));
     }
@@ -86,7 +94,9 @@ async fn process(
         .headers()
         .contains_key(http::header::UPGRADE)
         .then(|| g.cache.changes());
-    let entry = g.admit(route, req.headers(), &peer.memo).await?;
+    let Admission { entry, limits } = g
+        .admit(route, req.headers(), &peer.memo, peer.addr.ip())
+        .await?;
     let tunnel_end = match (&entry, changes) {
         (Some(e), Some(changes)) => extract_credential(req.headers())?.map(|c| {
             let expires_at = e.record.expires_at;
@@ -101,7 +111,7 @@ async fn process(
         path: &path,
         tls: false,
     };
-    let resp = forward(
+    let mut resp = forward(
         upstream,
         g.header_names(),
         g.trailer_filter(),
@@ -111,6 +121,11 @@ async fn process(
         tunnel_end,
     )
     .await?;
+    if let Some(l) = &limits {
+        for (n, v) in l.pairs() {
+            resp.headers_mut().append(n.clone(), v.clone());
+        }
+    }
     g.metrics.forwarded.inc();
     Ok(resp)
 }

@@ -39,6 +39,7 @@ use crate::fast::{Ended, Prefixed};
 use crate::gateway::Gateway;
 use crate::rules::Peer;
 use crate::store::{FeedEvent, Invalidation, InvalidationFeed};
+use crate::usage::flush_quotas;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
@@ -135,6 +136,7 @@ pub async fn start_on(
         )));
     }
     tasks.push(tokio::spawn(sweep_loop(Arc::clone(&gateway), rx.clone())));
+    tasks.push(tokio::spawn(limits_loop(Arc::clone(&gateway), rx.clone())));
     tasks.push(tokio::spawn(flush_loop(Arc::clone(&gateway), rx)));
     tracing::info!(%public_addr, %admin_addr, "tokengate listening");
     Ok(Running {
@@ -379,6 +381,28 @@ async fn flush_loop(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) 
             pending = gateway.last_used.pending(),
             "final last-used flush failed; these times are lost"
         );
+    }
+}
+
+/// Writes quota counts every `rate_limits.quota_flush_seconds` and drops
+/// the rate-limit keys whose windows hold nothing; a last write at
+/// shutdown.
+async fn limits_loop(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(gateway.limiter.config().quota_flush);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                flush_quotas(&gateway.limiter, gateway.store.as_ref()).await;
+                gateway.limiter.sweep(gateway.clock().now());
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    // As for last-used times: after the listeners have drained.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if !flush_quotas(&gateway.limiter, gateway.store.as_ref()).await {
+        tracing::warn!("final quota count flush failed; these counts are lost");
     }
 }
 

@@ -23,6 +23,7 @@ use dashmap::DashMap;
 
 use crate::cache::AuthEntry;
 use crate::metrics::Metrics;
+use crate::ratelimit::Limiter;
 use crate::store::TokenStore;
 
 /// Pending last-used times by token id.
@@ -121,6 +122,38 @@ impl LastUsed {
                 }
                 false
             }
+        }
+    }
+}
+
+/// Writes the quota counts made here since the last batch, in one store
+/// transaction (every instance adds its own), and takes back each token's
+/// stored count, so that an instance sees the others' counts once per
+/// flush. A failed write keeps its counts for the next one (the store
+/// being down loses nothing but the shutdown's last batch).
+pub async fn flush_quotas(limiter: &Limiter, store: &dyn TokenStore) -> bool {
+    let batch = limiter.take_quota_deltas();
+    if batch.is_empty() {
+        return true;
+    }
+    let rows: Vec<(String, i64, i64)> = batch
+        .iter()
+        .map(|d| {
+            let n = i64::try_from(d.delta).unwrap_or(i64::MAX);
+            (d.token_id.to_string(), d.period_start, n)
+        })
+        .collect();
+    match store.add_quota_counts(&rows).await {
+        Ok(stored) => {
+            for (id, start, used) in stored {
+                limiter.settle_quota(&id, start, u64::try_from(used).unwrap_or(0));
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, tokens = rows.len(), "quota count flush failed; will retry");
+            limiter.restore_quota_deltas(batch);
+            false
         }
     }
 }

@@ -93,7 +93,8 @@ use crate::cache::AuthEntry;
 use crate::error::Denial;
 use crate::fields::X_REQUEST_ID;
 use crate::forward_auth;
-use crate::gateway::{new_request_id, Gateway};
+use crate::gateway::{new_request_id, Admission, Gateway};
+use crate::ratelimit::LimitFields;
 use crate::route::{normalize_path, PathError};
 use crate::rules::{
     caller_headers, request_headers, strip_request_fields, ForwardContext, GatewayHeader,
@@ -261,27 +262,38 @@ pub fn caller_fields<'a>(names: &HeaderNames, a: &'a AuthEntry) -> &'a [u8] {
 }
 
 /// [`forward_auth::allowed`] as the fast path writes it, into `out`: the caller's fields
-/// as cached with its entry ([`caller_fields`]), dated, with an empty
-/// body.
+/// as cached with its entry ([`caller_fields`]), the route's `RateLimit`
+/// fields, dated, with an empty body.
 pub fn write_forward_auth_allowed(
     out: &mut Vec<u8>,
     names: &HeaderNames,
-    entry: Option<&AuthEntry>,
+    admission: &Admission,
     request_id: &HeaderValue,
     close: bool,
 ) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     wire::with_date(|d| wire::push_field(out, b"date", d));
-    if let Some(a) = entry {
+    if let Some(a) = admission.entry.as_deref() {
         out.extend_from_slice(caller_fields(names, a));
     }
+    push_limit_fields(out, admission.limits.as_ref());
     wire::push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
     wire::push_field(out, b"content-length", b"0");
     if close {
         wire::push_field(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the `RateLimit-Policy` and `RateLimit` fields [`Gateway::admit`]
+/// made, if any, into a response head.
+fn push_limit_fields(out: &mut Vec<u8>, limits: Option<&LimitFields>) {
+    if let Some(l) = limits {
+        for (n, v) in l.pairs() {
+            wire::push_field(out, n.as_str().as_bytes(), v.as_bytes());
+        }
+    }
 }
 
 /// Whether a retry after a stale connection is allowed without checking.
@@ -429,11 +441,19 @@ impl<'a> Client<'a> {
         if let Some(suffix) = forward_auth::suffix(&g.config.forward_auth, head.path(), &path) {
             let request_id = new_request_id();
             let close = head.close || shutting_down;
-            return match forward_auth::decide(g, &head.method, suffix, &head, &self.peer.memo).await
+            let ip = self.peer.addr.ip();
+            return match forward_auth::decide(g, &head.method, suffix, &head, &self.peer.memo, ip)
+                .await
             {
-                Ok(entry) => {
-                    let (names, entry) = (g.header_names(), entry.as_deref());
-                    write_forward_auth_allowed(&mut self.out, names, entry, &request_id, close);
+                Ok(admission) => {
+                    let names = g.header_names();
+                    write_forward_auth_allowed(
+                        &mut self.out,
+                        names,
+                        &admission,
+                        &request_id,
+                        close,
+                    );
                     self.send_out(close).await
                 }
                 Err(d) => self.refuse(d, &request_id, close).await,
@@ -450,8 +470,11 @@ impl<'a> Client<'a> {
         let Some(raw) = upstream.raw_pool() else {
             return Next::Handoff;
         };
-        let entry = match g.admit(route, &head, &self.peer.memo).await {
-            Ok(e) => e,
+        let Admission { entry, limits } = match g
+            .admit(route, &head, &self.peer.memo, self.peer.addr.ip())
+            .await
+        {
+            Ok(a) => a,
             Err(d) => return self.refuse(d, &request_id, head.close).await,
         };
         let cfg = &upstream.config;
@@ -572,6 +595,7 @@ impl<'a> Client<'a> {
         };
         g.metrics.forwarded.inc();
         let close = head.close || shutting_down;
+        push_limit_fields(&mut self.resp, limits.as_ref());
         self.pass_response(conn, resp, raw, cfg, &request_id, close)
             .await
     }

@@ -32,9 +32,26 @@ pub struct Standing {
     pub reset: u32,
 }
 
-/// The two field values for the policies a request met, closest to
-/// refusing (fewest remaining) first. `None` for no policy.
-pub fn header_values(standings: &mut [Standing]) -> Option<(HeaderValue, HeaderValue)> {
+/// The two fields for the policies a request met, made once per request
+/// and written by whichever codec answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitFields {
+    /// `RateLimit-Policy`.
+    pub policy: HeaderValue,
+    /// `RateLimit`.
+    pub state: HeaderValue,
+}
+
+impl LimitFields {
+    /// The fields as (name, value) pairs, in the order they are written.
+    pub fn pairs(&self) -> [(&'static HeaderName, &HeaderValue); 2] {
+        [(&RATELIMIT_POLICY, &self.policy), (&RATELIMIT, &self.state)]
+    }
+}
+
+/// The two fields for the policies a request met, closest to refusing
+/// (fewest remaining) first. `None` for no policy.
+pub fn header_values(standings: &mut [Standing]) -> Option<LimitFields> {
     if standings.is_empty() {
         return None;
     }
@@ -47,10 +64,10 @@ pub fn header_values(standings: &mut [Standing]) -> Option<(HeaderValue, HeaderV
         let _ = write!(state, "{sep}\"{}\";r={};t={}", s.name, s.remaining, s.reset);
     }
     // Names hold only letters, digits, `-`, `_` and `.`: always valid.
-    Some((
-        HeaderValue::from_str(&policy).ok()?,
-        HeaderValue::from_str(&state).ok()?,
-    ))
+    Some(LimitFields {
+        policy: HeaderValue::from_str(&policy).ok()?,
+        state: HeaderValue::from_str(&state).ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -70,9 +87,9 @@ mod tests {
 
     #[test]
     fn closest_to_refusing_first() {
-        let (p, r) =
-            header_values(&mut [s("per-token", 100, 60, 42, 17), s("per-ip", 10, 1, 3, 1)])
-                .unwrap();
+        let f = header_values(&mut [s("per-token", 100, 60, 42, 17), s("per-ip", 10, 1, 3, 1)])
+            .unwrap();
+        let (p, r) = (f.policy, f.state);
         assert_eq!(p, "\"per-ip\";q=10;w=1, \"per-token\";q=100;w=60");
         assert_eq!(r, "\"per-ip\";r=3;t=1, \"per-token\";r=42;t=17");
         assert!(header_values(&mut []).is_none());

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-pub use fields::{header_values, Standing, RATELIMIT, RATELIMIT_POLICY};
+pub use fields::{header_values, LimitFields, Standing, RATELIMIT, RATELIMIT_POLICY};
 pub use policy::{
     By, CountStore, FilePolicy, FileRateLimits, Period, Policy, PolicyId, PolicyName, Quota,
     RateLimitConfig, TokenLimits, TokenRateLimit, MAX_NAME_LEN, MAX_REQUESTS, MAX_WINDOW_SECONDS,

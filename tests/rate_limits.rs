@@ -1,0 +1,339 @@
+//! Rate limits and quotas (DESIGN section 10) over real sockets, on both
+//! codecs: named policies on routes, each `by`, exactness under
+//! concurrency, the window edge on the manual clock, the 429 and the
+//! `RateLimit` fields (also on the forward-auth answer), a token's own
+//! limit and quota through the native API, the usage endpoint, and quota
+//! counts that survive a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{call, Opts, TestGateway};
+use http::{Method, StatusCode};
+use serde_json::json;
+use tokengate::token::TokenKind;
+
+/// Policies and the routes that name them, beside the harness's own.
+const LIMITED: &str = r#"
+[rate_limits]
+quota_flush_seconds = 1
+
+[[rate_limits.policies]]
+name = "per-token"
+requests = 3
+window_seconds = 60
+by = "token"
+
+[[rate_limits.policies]]
+name = "per-account"
+requests = 4
+window_seconds = 60
+by = "account"
+
+[[rate_limits.policies]]
+name = "per-tenant"
+requests = 5
+window_seconds = 60
+by = "tenant"
+
+[[rate_limits.policies]]
+name = "per-ip"
+requests = 2
+window_seconds = 10
+by = "client_ip"
+
+[[rate_limits.policies]]
+name = "burst"
+requests = 40
+window_seconds = 60
+by = "token"
+
+[[routes]]
+path = "/lim/token"
+upstream = "mock"
+rate_limits = ["per-token"]
+
+[[routes]]
+path = "/lim/account"
+upstream = "mock"
+rate_limits = ["per-account"]
+
+[[routes]]
+path = "/lim/tenant"
+upstream = "mock"
+rate_limits = ["per-tenant"]
+
+[[routes]]
+path = "/lim/ip"
+upstream = "mock"
+auth = "none"
+rate_limits = ["per-ip"]
+
+[[routes]]
+path = "/lim/burst"
+upstream = "mock"
+rate_limits = ["burst"]
+
+[[routes]]
+path = "/lim/both"
+upstream = "mock"
+rate_limits = ["burst", "per-token"]
+
+[forward_auth]
+path = "/_tokengate/auth"
+"#;
+
+async fn spawn(fast: bool) -> TestGateway {
+    Opts::default().fast_path(fast).extra(LIMITED).spawn().await
+}
+
+fn header<'a>(r: &'a common::Reply, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or_else(|| panic!("no {name} in {:?}", r.headers))
+}
+
+/// Of N concurrent requests against a limit L, exactly L are admitted;
+/// every other one is a 429, never anything else.
+#[tokio::test]
+async fn exact_under_concurrency_on_both_codecs() {
+    for fast in [true, false] {
+        let g = spawn(fast).await;
+        let token = g.token(&["*"]).await;
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..120 {
+            let (addr, token) = (g.addr, token.clone());
+            set.spawn(async move {
+                let auth = format!("Bearer {token}");
+                common::send_bytes(
+                    addr,
+                    Method::GET,
+                    "/lim/burst",
+                    &[("authorization", &auth)],
+                    vec![],
+                )
+                .await
+                .status
+            });
+        }
+        let (mut ok, mut limited) = (0, 0);
+        while let Some(s) = set.join_next().await {
+            match s.unwrap() {
+                StatusCode::OK => ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => limited += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!((ok, limited), (40, 80), "fast path: {fast}");
+        assert_eq!(g.upstream.count(), 40);
+        let text = g.metrics_text().await;
+        assert!(
+            text.contains("tokengate_rate_limited_total{policy=\"burst\"} 80"),
+            "{text}"
+        );
+    }
+}
+
+/// The fields on an admitted answer, the 429 with `Retry-After`, and the
+/// window edge on the manual clock: no second burst until the first has
+/// left the window, then exactly a window's worth again.
+#[tokio::test]
+async fn the_fields_the_429_and_the_window_edge() {
+    for fast in [true, false] {
+        let g = spawn(fast).await;
+        let token = g.token(&["*"]).await;
+        for left in [2, 1, 0] {
+            let r = g.get("/lim/token", Some(&token)).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(header(&r, "ratelimit-policy"), "\"per-token\";q=3;w=60");
+            assert_eq!(
+                header(&r, "ratelimit"),
+                format!("\"per-token\";r={left};t=60")
+            );
+        }
+        let r = g.get("/lim/token", Some(&token)).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.code(), "RATE_LIMITED");
+        assert_eq!(header(&r, "retry-after"), "60");
+        assert_eq!(header(&r, "ratelimit-policy"), "\"per-token\";q=3;w=60");
+        assert_eq!(header(&r, "ratelimit"), "\"per-token\";r=0;t=60");
+        assert!(r.headers.contains_key("x-request-id"));
+
+        g.clock.advance(59);
+        let r = g.get("/lim/token", Some(&token)).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "one second early");
+        assert_eq!(header(&r, "retry-after"), "1");
+        g.clock.advance(1);
+        for _ in 0..3 {
+            assert_eq!(
+                g.get("/lim/token", Some(&token)).await.status,
+                StatusCode::OK
+            );
+        }
+        assert_eq!(
+            g.get("/lim/token", Some(&token)).await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // A route without a limit carries no fields.
+        let r = g.get("/api/x", Some(&token)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(!r.headers.contains_key("ratelimit"));
+    }
+}
+
+/// Each `by` counts its own key: tokens apart, tokens of one account
+/// together, one tenant together, and the client's address.
+#[tokio::test]
+async fn each_by_counts_its_own_key() {
+    let g = spawn(true).await;
+    let (a, b) = (g.token(&["*"]).await, g.token(&["*"]).await);
+    let statuses = |path: &'static str, tokens: Vec<String>| {
+        let g = &g;
+        async move {
+            let mut out = Vec::new();
+            for t in tokens {
+                out.push(g.get(path, Some(&t)).await.status.as_u16());
+            }
+            out
+        }
+    };
+    // by token: three each.
+    let seq = vec![a.clone(), a.clone(), a.clone(), a.clone(), b.clone()];
+    assert_eq!(statuses("/lim/token", seq).await, [200, 200, 200, 429, 200]);
+    // by account: both tokens are the seeded account's; four in all.
+    let seq = vec![
+        a.clone(),
+        b.clone(),
+        a.clone(),
+        b.clone(),
+        a.clone(),
+        b.clone(),
+    ];
+    assert_eq!(
+        statuses("/lim/account", seq).await,
+        [200, 200, 200, 200, 429, 429]
+    );
+    // A token of another account of the same tenant has its own count...
+    let acc = tokengate_account(&g, "bob@example.com").await;
+    let c = mint_for(&g, acc, json!({"name": "c"})).await.0;
+    assert_eq!(statuses("/lim/account", vec![c.clone()]).await, [200]);
+    // ...but not by tenant: five in all across the three tokens.
+    let seq = vec![
+        a.clone(),
+        b.clone(),
+        c.clone(),
+        a.clone(),
+        b.clone(),
+        c.clone(),
+    ];
+    assert_eq!(
+        statuses("/lim/tenant", seq).await,
+        [200, 200, 200, 200, 200, 429]
+    );
+    // by client_ip, on a route without tokens: this test's address.
+    for want in [200, 200, 429] {
+        assert_eq!(g.get("/lim/ip", None).await.status.as_u16(), want);
+    }
+    g.clock.advance(10);
+    assert_eq!(g.get("/lim/ip", None).await.status, StatusCode::OK);
+}
+
+/// With two policies the fields list both, the one closest to refusing
+/// first; the one that refuses names itself, and a refusal counts in
+/// neither.
+#[tokio::test]
+async fn several_policies_closest_first() {
+    let g = spawn(false).await;
+    let t = g.token(&["*"]).await;
+    let r = g.get("/lim/both", Some(&t)).await;
+    assert_eq!(
+        header(&r, "ratelimit-policy"),
+        "\"per-token\";q=3;w=60, \"burst\";q=40;w=60"
+    );
+    assert_eq!(
+        header(&r, "ratelimit"),
+        "\"per-token\";r=2;t=60, \"burst\";r=39;t=60"
+    );
+    g.get("/lim/both", Some(&t)).await;
+    g.get("/lim/both", Some(&t)).await;
+    let r = g.get("/lim/both", Some(&t)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&r, "ratelimit"), "\"per-token\";r=0;t=60");
+    // `burst` was not charged for the refusal.
+    let r = g.get("/lim/burst", Some(&t)).await;
+    assert_eq!(header(&r, "ratelimit"), "\"burst\";r=36;t=60");
+}
+
+/// The forward-auth answer carries the fields and counts as a request;
+/// its refusal is the same 429.
+#[tokio::test]
+async fn forward_auth_answer_carries_the_fields() {
+    for fast in [true, false] {
+        let g = spawn(fast).await;
+        let t = g.token(&["*"]).await;
+        let auth = format!("Bearer {t}");
+        let fields = [
+            ("authorization", auth.as_str()),
+            ("x-forwarded-uri", "/lim/token"),
+        ];
+        let ask = || g.send(Method::GET, "/_tokengate/auth", &fields, b"");
+        for left in [2, 1, 0] {
+            let r = ask().await;
+            assert_eq!(r.status, StatusCode::OK, "fast path: {fast}");
+            assert_eq!(header(&r, "ratelimit-policy"), "\"per-token\";q=3;w=60");
+            assert_eq!(
+                header(&r, "ratelimit"),
+                format!("\"per-token\";r={left};t=60")
+            );
+        }
+        let r = ask().await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.code(), "RATE_LIMITED");
+        assert_eq!(header(&r, "retry-after"), "60");
+        assert_eq!(g.upstream.count(), 0, "forward auth forwards nothing");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A token's own limit and quota, through the native API.
+// ---------------------------------------------------------------------------
+
+/// A root token for the native API.
+async fn root(g: &TestGateway) -> String {
+    g.mint(TokenKind::Root, &["*"], None).await.0
+}
+
+/// Creates another account in the seeded tenant; its id.
+async fn tokengate_account(g: &TestGateway, email: &str) -> i64 {
+    let r = call(
+        g.admin_addr,
+        Method::POST,
+        &format!("/v1/tenants/{}/accounts", g.tenant_id),
+        Some(&root(g).await),
+        Some(json!({"email": email, "name": "Bob"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.json()["id"].as_i64().unwrap()
+}
+
+/// Mints an api token for `account` through the native API with `body`;
+/// (secret, id).
+async fn mint_for(g: &TestGateway, account: i64, body: serde_json::Value) -> (String, String) {
+    let r = call(
+        g.admin_addr,
+        Method::POST,
+        &format!("/v1/accounts/{account}/tokens"),
+        Some(&root(g).await),
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let v = r.json();
+    (
+        v["token"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
