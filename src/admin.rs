@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
 use crate::api::{
-    abilities, account_json, audit_json, json_response, masked_token_json, read_object,
-    tenant_json, workspace_json, ApiError, Fields,
+    abilities, account_json, audit_json, json_response, limits_change, masked_token_json,
+    read_object, tenant_json, workspace_json, ApiError, Fields,
 };
 use crate::auth::{decide, Ability};
 use crate::body::{full, Body};
@@ -25,7 +25,7 @@ use crate::clock::rfc3339;
 use crate::error::Denial;
 use crate::gateway::Gateway;
 use crate::issuer::{validate_name, Caller, MintRequest};
-use crate::store::{Account, NewAccount, NewAuditEvent, Status, TokenFilter};
+use crate::store::{Account, NewAccount, NewAuditEvent, Status, TokenFilter, TokenRow};
 use crate::token::TokenKind;
 
 /// Bound on the readiness probe's store round-trip.
@@ -62,6 +62,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/accounts/{id}/tokens"),
     ("GET", "/v1/accounts/{id}/tokens"),
     ("DELETE", "/v1/tokens/{id}"),
+    ("PATCH", "/v1/tokens/{id}"),
+    ("GET", "/v1/tokens/{id}/usage"),
     ("POST", "/v1/tokens/verify"),
     ("GET", "/v1/audit"),
 ];
@@ -316,22 +318,31 @@ async fn route(g: &Gateway, req: Request<Incoming>) -> Result<Response<Body>, Ap
         }
         (&Method::POST, ["v1", "tokens", "verify"]) => verify(g, &caller, f).await,
         (&Method::DELETE, ["v1", "tokens", t]) => {
-            let row = g
-                .store
-                .get_token(t)
-                .await?
-                .ok_or(ApiError::NotFound("token"))?;
-            let reachable = match row.tenant_id {
-                Some(tenant) => caller.reaches_tenant(tenant),
-                None => caller.kind == TokenKind::Root,
-            };
-            if !reachable {
-                return Err(deny_cross_tenant(g, &caller, "token", t).await);
-            }
+            reach_token(g, &caller, t).await?;
             g.issuer.revoke(t, &caller.actor()).await?;
             let mut r = Response::new(full(""));
             *r.status_mut() = StatusCode::NO_CONTENT;
             Ok(r)
+        }
+        (&Method::PATCH, ["v1", "tokens", t]) => {
+            let row = reach_token(g, &caller, t).await?;
+            let change = limits_change(f)?;
+            if change.rate_limit.is_none() && change.quota.is_none() {
+                return Err(ApiError::Invalid(
+                    "give rate_limit or quota (null removes one)".into(),
+                ));
+            }
+            if !crate::auth::kind_may_proxy(row.kind) {
+                return Err(ApiError::Invalid(
+                    "only api and session tokens carry a rate limit or quota".into(),
+                ));
+            }
+            let row = g.issuer.set_limits(t, change, &caller.actor()).await?;
+            ok(masked_token_json(&row))
+        }
+        (&Method::GET, ["v1", "tokens", t, "usage"]) => {
+            let row = reach_token(g, &caller, t).await?;
+            ok(usage_json(g, &row))
         }
         (&Method::GET, ["v1", "audit"]) => {
             let limit = match limit {
@@ -398,6 +409,53 @@ fn status_field(f: Fields<'_>) -> Result<Status, ApiError> {
         .ok_or_else(|| ApiError::Invalid("status is required".into()))?;
     Status::parse(s)
         .ok_or_else(|| ApiError::Invalid("status must be \"active\" or \"blocked\"".into()))
+}
+
+/// The token, if the caller reaches it: its tenant's admin, or root (404
+/// otherwise, audited as a cross-tenant attempt).
+async fn reach_token(g: &Gateway, caller: &Caller, id: &str) -> Result<TokenRow, ApiError> {
+    let row = g
+        .store
+        .get_token(id)
+        .await?
+        .ok_or(ApiError::NotFound("token"))?;
+    let reachable = match row.tenant_id {
+        Some(tenant) => caller.reaches_tenant(tenant),
+        None => caller.kind == TokenKind::Root,
+    };
+    if !reachable {
+        return Err(deny_cross_tenant(g, caller, "token", id).await);
+    }
+    Ok(row)
+}
+
+/// `GET /v1/tokens/{id}/usage`: what is left of the token's own limit (as
+/// this instance counts it) and of its quota (the stored count, or this
+/// instance's when it is ahead: the stored one lags by up to a flush).
+fn usage_json(g: &Gateway, row: &TokenRow) -> Value {
+    let now = g.clock().now();
+    let rate_limit = row.rate_limit.map(|l| {
+        let left = g.limiter.token_limit_left(&row.id, l, now);
+        json!({
+            "requests": l.requests, "window_seconds": l.window_seconds,
+            "remaining": left.remaining, "reset_seconds": left.reset,
+        })
+    });
+    let quota = row.quota.map(|q| {
+        let stored = if row.quota_period_start == q.period.start(now) {
+            u64::try_from(row.quota_used).unwrap_or(0)
+        } else {
+            0
+        };
+        let here = g.limiter.quota_used(&row.id, q.period, now).unwrap_or(0);
+        let used = stored.max(here);
+        json!({
+            "requests": q.requests, "period": q.period, "used": used,
+            "remaining": u64::from(q.requests).saturating_sub(used),
+            "resets_at": rfc3339(q.period.end(now)),
+        })
+    });
+    json!({"rate_limit": rate_limit, "quota": quota})
 }
 
 /// Audits a cross-tenant attempt and answers as for a missing object.
@@ -587,10 +645,11 @@ async fn create_api_token(
             )))
         }
     };
+    let limits = limits_change(f)?;
     let workspace_id = owned_workspace(g, acc.id, f).await?;
     let m = g
         .issuer
-        .mint(
+        .mint_with_limits(
             MintRequest {
                 kind: TokenKind::Api,
                 tenant_id: Some(acc.tenant_id),
@@ -600,6 +659,7 @@ async fn create_api_token(
                 abilities: wanted,
                 expires_at,
             },
+            limits,
             &caller.actor(),
         )
         .await?;
@@ -607,6 +667,7 @@ async fn create_api_token(
         "id": m.row.id, "name": m.row.name, "abilities": m.row.abilities,
         "token": m.secret.expose(), "created_at": rfc3339(m.row.created_at),
         "expires_at": m.row.expires_at.map(rfc3339), "workspace_id": m.row.workspace_id,
+        "rate_limit": m.row.rate_limit, "quota": m.row.quota,
     }))
 }
 

@@ -16,7 +16,8 @@ use crate::body::{full, Body};
 use crate::clock::rfc3339;
 use crate::error::Denial;
 use crate::issuer::IssueError;
-use crate::store::{Account, AuditEvent, StoreError, Tenant, TokenRow, Workspace};
+use crate::ratelimit::{Period, Quota, TokenRateLimit};
+use crate::store::{Account, AuditEvent, LimitsChange, StoreError, Tenant, TokenRow, Workspace};
 
 /// Largest request body the control plane reads. Token requests are tiny;
 /// anything bigger is refused with 413 before it is parsed.
@@ -337,8 +338,64 @@ pub fn masked_token_json(t: &TokenRow) -> Value {
         "tenant_id": t.tenant_id, "account_id": t.account_id, "workspace_id": t.workspace_id,
         "created_at": rfc3339(t.created_at), "expires_at": ts(t.expires_at),
         "revoked_at": ts(t.revoked_at), "last_used_at": ts(t.last_used_at),
-        "created_by": t.created_by,
+        "created_by": t.created_by, "rate_limit": t.rate_limit, "quota": t.quota,
     })
+}
+
+/// A token's `rate_limit` and `quota` as a mint or `PATCH /v1/tokens/{id}`
+/// gives them: absent leaves one as it is, `null` removes it (at a mint,
+/// both mean none). Anything but the documented object, with integers in
+/// range, is a 400 naming the field.
+pub fn limits_change(f: Fields<'_>) -> Result<LimitsChange, ApiError> {
+    let object =
+        |key: &str, keys: &[&str]| -> Result<Option<Option<&Map<String, Value>>>, ApiError> {
+            match f.0.get(key) {
+                None => Ok(None),
+                Some(Value::Null) => Ok(Some(None)),
+                Some(Value::Object(o)) if o.keys().all(|k| keys.contains(&k.as_str())) => {
+                    Ok(Some(Some(o)))
+                }
+                Some(_) => Err(ApiError::Invalid(format!(
+                    "{key} must be null or an object with {}",
+                    keys.join(" and ")
+                ))),
+            }
+        };
+    let count = |key: &str, o: &Map<String, Value>, field: &str| -> Result<u64, ApiError> {
+        o.get(field)
+            .and_then(integer)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| ApiError::Invalid(format!("{key}.{field} must be a positive integer")))
+    };
+    let rate_limit = match object("rate_limit", &["requests", "window_seconds"])? {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(o)) => {
+            let requests = count("rate_limit", o, "requests")?;
+            let window = count("rate_limit", o, "window_seconds")?;
+            let limit = TokenRateLimit::new(requests, window)
+                .map_err(|(field, m)| ApiError::Invalid(format!("rate_limit.{field} {m}")))?;
+            Some(Some(limit))
+        }
+    };
+    let quota = match object("quota", &["requests", "period"])? {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(o)) => {
+            let requests = count("quota", o, "requests")?;
+            let period = o
+                .get("period")
+                .and_then(Value::as_str)
+                .and_then(Period::parse)
+                .ok_or_else(|| {
+                    ApiError::Invalid("quota.period must be \"day\" or \"month\"".into())
+                })?;
+            let quota = Quota::new(requests, period)
+                .map_err(|m| ApiError::Invalid(format!("quota.requests {m}")))?;
+            Some(Some(quota))
+        }
+    };
+    Ok(LimitsChange { rate_limit, quota })
 }
 
 /// An audit event in the native API.

@@ -1071,7 +1071,8 @@ async fn every_405_on_the_admin_listener_says_what_is_allowed() {
         (Method::DELETE, "/v1/accounts/1", "PATCH"),
         (Method::GET, "/v1/accounts/1/sessions", "POST"),
         (Method::PATCH, "/v1/accounts/1/tokens", "GET, HEAD, POST"),
-        (Method::GET, "/v1/tokens/abc", "DELETE"),
+        (Method::GET, "/v1/tokens/abc", "DELETE, PATCH"),
+        (Method::POST, "/v1/tokens/abc/usage", "GET, HEAD"),
         // A literal segment wins: `verify` is no token id.
         (Method::GET, "/v1/tokens/verify", "POST"),
         (Method::DELETE, "/v1/tokens/verify", "POST"),

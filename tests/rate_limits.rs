@@ -337,3 +337,320 @@ async fn mint_for(g: &TestGateway, account: i64, body: serde_json::Value) -> (St
         v["id"].as_str().unwrap().to_string(),
     )
 }
+
+/// A native API call as root.
+async fn api(
+    g: &TestGateway,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> common::Reply {
+    call(g.admin_addr, method, path, Some(&root(g).await), body).await
+}
+
+/// A token's own limit and quota: minted, listed, enforced on every route,
+/// changed (counts kept, effective at once: the cached record is
+/// evicted) and removed through the API.
+#[tokio::test]
+async fn token_limit_and_quota_through_the_api() {
+    for fast in [true, false] {
+        let g = spawn(fast).await;
+        let (t, id) = mint_for(
+            &g,
+            g.account_id,
+            json!({"name": "limited", "rate_limit": {"requests": 2, "window_seconds": 60},
+                   "quota": {"requests": 5, "period": "day"}}),
+        )
+        .await;
+        let list = api(
+            &g,
+            Method::GET,
+            &format!("/v1/accounts/{}/tokens", g.account_id),
+            None,
+        )
+        .await
+        .json();
+        let row = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(
+            row["rate_limit"],
+            json!({"requests": 2, "window_seconds": 60})
+        );
+        assert_eq!(row["quota"], json!({"requests": 5, "period": "day"}));
+
+        // The harness clock: 2027-01-15T08:00:00Z; the day ends in 16 h.
+        let to_midnight = 16 * 3600;
+        let r = g.get("/api/x", Some(&t)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            header(&r, "ratelimit-policy"),
+            "\"token\";q=2;w=60, \"quota\";q=5;w=86400"
+        );
+        assert_eq!(
+            header(&r, "ratelimit"),
+            format!("\"token\";r=1;t=60, \"quota\";r=4;t={to_midnight}")
+        );
+        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+        let r = g.get("/api/x", Some(&t)).await;
+        assert_eq!(r.code(), "RATE_LIMITED");
+        assert_eq!(header(&r, "ratelimit"), "\"token\";r=0;t=60");
+
+        // Raised: effective at once, the two already counted kept.
+        let r = api(
+            &g,
+            Method::PATCH,
+            &format!("/v1/tokens/{id}"),
+            Some(json!({"rate_limit": {"requests": 10, "window_seconds": 60}})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.json()["rate_limit"]["requests"], 10);
+        assert_eq!(
+            r.json()["quota"]["requests"],
+            5,
+            "the quota is left as it was"
+        );
+        let r = g.get("/api/x", Some(&t)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            header(&r, "ratelimit").starts_with("\"quota\";r=2;"),
+            "{r:?}",
+            r = r.headers
+        );
+        assert!(header(&r, "ratelimit").contains("\"token\";r=7;t=60"));
+        // The quota: five a day, refused ones not counted.
+        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+        let r = g.get("/api/x", Some(&t)).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.code(), "QUOTA_EXCEEDED");
+        assert_eq!(header(&r, "retry-after"), to_midnight.to_string());
+        assert_eq!(header(&r, "ratelimit-policy"), "\"quota\";q=5;w=86400");
+        let usage = api(&g, Method::GET, &format!("/v1/tokens/{id}/usage"), None).await;
+        assert_eq!(usage.status, StatusCode::OK);
+        let u = usage.json();
+        assert_eq!(u["quota"]["used"], 5);
+        assert_eq!(u["quota"]["remaining"], 0);
+        assert_eq!(u["quota"]["period"], "day");
+        assert_eq!(u["quota"]["resets_at"], "2027-01-16T00:00:00Z");
+        assert_eq!(u["rate_limit"]["remaining"], 5);
+        assert_eq!(u["rate_limit"]["reset_seconds"], 60);
+
+        // Removed: unlimited by the token, no fields on an unlimited route.
+        let r = api(
+            &g,
+            Method::PATCH,
+            &format!("/v1/tokens/{id}"),
+            Some(json!({"quota": null, "rate_limit": null})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["quota"], serde_json::Value::Null);
+        let r = g.get("/api/x", Some(&t)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(!r.headers.contains_key("ratelimit"));
+        let u = api(&g, Method::GET, &format!("/v1/tokens/{id}/usage"), None)
+            .await
+            .json();
+        assert_eq!(u, json!({"rate_limit": null, "quota": null}));
+        // Put back: the day's count was kept.
+        api(
+            &g,
+            Method::PATCH,
+            &format!("/v1/tokens/{id}"),
+            Some(json!({"quota": {"requests": 6, "period": "day"}})),
+        )
+        .await;
+        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+        assert_eq!(g.get("/api/x", Some(&t)).await.code(), "QUOTA_EXCEEDED");
+        // The next day starts afresh.
+        g.clock.advance(to_midnight);
+        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    }
+}
+
+/// Bad values are a 400 naming the field, never a 500; the usage endpoint
+/// and the PATCH are tenant-walled like every token call.
+#[tokio::test]
+async fn bad_values_and_the_tenant_wall() {
+    let g = spawn(true).await;
+    for bad in [
+        json!({"rate_limit": {"requests": 0, "window_seconds": 60}}),
+        json!({"rate_limit": {"requests": -1, "window_seconds": 60}}),
+        json!({"rate_limit": {"requests": 10, "window_seconds": 0}}),
+        json!({"rate_limit": {"requests": 1_000_000_000_000_i64, "window_seconds": 60}}),
+        json!({"rate_limit": {"requests": 10, "window_seconds": 99_999_999}}),
+        json!({"rate_limit": {"requests": "10", "window_seconds": 60}}),
+        json!({"rate_limit": {"requests": 1.5, "window_seconds": 60}}),
+        json!({"rate_limit": {"requests": 10}}),
+        json!({"rate_limit": {"requests": 10, "window_seconds": 60, "burst": 3}}),
+        json!({"rate_limit": 10}),
+        json!({"rate_limit": [10, 60]}),
+        json!({"quota": {"requests": 0, "period": "day"}}),
+        json!({"quota": {"requests": 10, "period": "week"}}),
+        json!({"quota": {"requests": 10}}),
+        json!({"quota": {"requests": 1e300, "period": "month"}}),
+        json!({"quota": "lots"}),
+    ] {
+        let mut body = bad.clone();
+        body["name"] = json!("x");
+        let r = api(
+            &g,
+            Method::POST,
+            &format!("/v1/accounts/{}/tokens", g.account_id),
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "mint {bad}: {:?}",
+            r.body
+        );
+        assert_eq!(r.json()["code"], "INVALID_REQUEST");
+        let (_, id) = g.mint(TokenKind::Api, &["*"], None).await;
+        let r = api(
+            &g,
+            Method::PATCH,
+            &format!("/v1/tokens/{id}"),
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "patch {bad}: {:?}",
+            r.body
+        );
+    }
+    let (_, id) = g.mint(TokenKind::Api, &["*"], None).await;
+    let r = api(
+        &g,
+        Method::PATCH,
+        &format!("/v1/tokens/{id}"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "nothing to change");
+    let (_, admin_id) = g.mint(TokenKind::TenantAdmin, &["*"], None).await;
+    let r = api(
+        &g,
+        Method::PATCH,
+        &format!("/v1/tokens/{admin_id}"),
+        Some(json!({"quota": {"requests": 1, "period": "day"}})),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "a control-plane token carries no limits"
+    );
+    let r = api(&g, Method::GET, "/v1/tokens/nope/usage", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Another tenant's admin sees neither the usage nor the PATCH.
+    let other = api(
+        &g,
+        Method::POST,
+        "/v1/tenants",
+        Some(json!({"name": "globex"})),
+    )
+    .await;
+    let other_id = other.json()["id"].as_i64().unwrap();
+    let admin = api(
+        &g,
+        Method::POST,
+        &format!("/v1/tenants/{other_id}/admin-tokens"),
+        Some(json!({"name": "globex admin"})),
+    )
+    .await;
+    assert_eq!(admin.status, StatusCode::CREATED, "{:?}", admin.body);
+    let stranger = admin.json()["token"].as_str().unwrap().to_string();
+    let r = call(
+        g.admin_addr,
+        Method::GET,
+        &format!("/v1/tokens/{id}/usage"),
+        Some(&stranger),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(
+        g.admin_addr,
+        Method::PATCH,
+        &format!("/v1/tokens/{id}"),
+        Some(&stranger),
+        Some(json!({"quota": null})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Its own tenant's admin does.
+    let (own_admin, _) = g.mint(TokenKind::TenantAdmin, &["*"], None).await;
+    let r = call(
+        g.admin_addr,
+        Method::GET,
+        &format!("/v1/tokens/{id}/usage"),
+        Some(&own_admin),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"rate_limit": null, "quota": null}));
+}
+
+/// Quota counts are written to the store in batches and survive a
+/// restart (SQLite file store): a new process on the same file goes on
+/// from the count, not from zero.
+#[tokio::test]
+async fn quota_counts_survive_a_restart() {
+    let mut g = Opts::default()
+        .extra(LIMITED)
+        .grace_seconds(1)
+        .spawn()
+        .await;
+    let (t, id) = mint_for(
+        &g,
+        g.account_id,
+        json!({"name": "q", "quota": {"requests": 5, "period": "month"}}),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(g.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    }
+    // Shutdown writes what the last batch had not.
+    g.running.take().unwrap().shutdown().await;
+    let store_url = g.store_url();
+    let seeded = (g.tenant_id, g.account_id, g.workspace_id);
+    let again = Opts {
+        store_url: Some(store_url),
+        seeded: Some(seeded),
+        ..Opts::default()
+    }
+    .extra(LIMITED)
+    .spawn()
+    .await;
+    let u = api(&again, Method::GET, &format!("/v1/tokens/{id}/usage"), None)
+        .await
+        .json();
+    assert_eq!(u["quota"]["used"], 3, "{u}");
+    assert_eq!(again.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    assert_eq!(again.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    assert_eq!(again.get("/api/x", Some(&t)).await.code(), "QUOTA_EXCEEDED");
+    // And the periodic flush (every second here) writes without a shutdown.
+    TestGateway::eventually("the count is flushed", || async {
+        let row = again
+            .other_process_store()
+            .await
+            .get_token(&id)
+            .await
+            .unwrap()
+            .unwrap();
+        row.quota_used == 5
+    })
+    .await;
+}
