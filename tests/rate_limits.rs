@@ -654,3 +654,63 @@ async fn quota_counts_survive_a_restart() {
     })
     .await;
 }
+
+/// On PostgreSQL, two instances: a limit set through one reaches the
+/// other's cached record at once (the store's invalidation feed), and both
+/// add their quota counts to the one stored count.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TOKENGATE_TEST_DATABASE_URL; run by .ci/run"]
+async fn pg_a_limit_set_through_one_instance_reaches_the_other() {
+    let (_, url) = common::pg::fresh_url().await;
+    let extra = format!("{LIMITED}\n[cache]\nttl_seconds = 600\nnegative_ttl_seconds = 600\n");
+    let a = Opts {
+        store_url: Some(url.clone()),
+        ..Opts::default()
+    }
+    .extra(&extra)
+    .spawn()
+    .await;
+    let b = a.peer(&url, &extra).await;
+    let (t, id) = mint_for(&a, a.account_id, json!({"name": "shared"})).await;
+    let r = b.get("/api/x", Some(&t)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        !r.headers.contains_key("ratelimit"),
+        "cached on b, no limit"
+    );
+    let r = api(
+        &a,
+        Method::PATCH,
+        &format!("/v1/tokens/{id}"),
+        Some(json!({"quota": {"requests": 100, "period": "month"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    TestGateway::eventually("b applies the quota", || async {
+        let r = b.get("/api/x", Some(&t)).await;
+        r.headers
+            .get("ratelimit")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("\"quota\""))
+    })
+    .await;
+    let counted_on_b = 100
+        - b.get("/api/x", Some(&t)).await.headers["ratelimit"]
+            .to_str()
+            .unwrap()
+            .split(";r=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap();
+    for _ in 0..3 {
+        assert_eq!(a.get("/api/x", Some(&t)).await.status, StatusCode::OK);
+    }
+    TestGateway::eventually("both instances' counts are stored", || async {
+        let row = a.gateway.store.get_token(&id).await.unwrap().unwrap();
+        row.quota_used == counted_on_b + 3
+    })
+    .await;
+}

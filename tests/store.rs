@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokengate::config::DatabaseUrl;
+use tokengate::ratelimit::{Period, Quota, TokenRateLimit};
 use tokengate::store::sqlite::SqliteStore;
 use tokengate::store::{
-    NewAccount, NewAuditEvent, NewToken, Status, StoreError, TokenFilter, TokenStore,
+    LimitsChange, NewAccount, NewAuditEvent, NewToken, Status, StoreError, TokenFilter, TokenStore,
 };
 use tokengate::token::{TokenFormat, TokenHash, TokenKind};
 
@@ -284,6 +285,73 @@ async fn suite(s: Arc<dyn TokenStore>) {
         s.get_token(&tok.id).await.unwrap().unwrap().last_used_at,
         Some(800)
     );
+
+    // A token's own limit and quota, and its quota counts added in batches.
+    let change = LimitsChange {
+        rate_limit: Some(Some(TokenRateLimit::new(10, 60).unwrap())),
+        quota: Some(Some(Quota::new(100, Period::Day).unwrap())),
+    };
+    let changed = s
+        .set_token_limits(
+            &tok.id,
+            &change,
+            &audit("token.limits_changed", tok.tenant_id),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.row.rate_limit, change.rate_limit.unwrap());
+    assert_eq!(changed.row.quota, change.quota.unwrap());
+    let listed = s.get_token(&tok.id).await.unwrap().unwrap();
+    assert_eq!(listed.quota, change.quota.unwrap());
+    let day = 86_400 * 20_000;
+    let id = tok.id.clone();
+    assert_eq!(
+        s.add_quota_counts(&[(id.clone(), day, 3)]).await.unwrap(),
+        vec![(id.clone(), day, 3)]
+    );
+    assert_eq!(
+        s.add_quota_counts(&[(id.clone(), day, 2), ("no-such-token".into(), day, 1)])
+            .await
+            .unwrap(),
+        vec![(id.clone(), day, 5)]
+    );
+    // A count of an earlier period is dropped; a later one starts afresh.
+    assert!(s
+        .add_quota_counts(&[(id.clone(), day - 86_400, 7)])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.add_quota_counts(&[(id.clone(), day + 86_400, 4)])
+            .await
+            .unwrap(),
+        vec![(id.clone(), day + 86_400, 4)]
+    );
+    // Removing the quota (and leaving the limit) keeps the count.
+    let removed = LimitsChange {
+        rate_limit: None,
+        quota: Some(None),
+    };
+    let changed = s
+        .set_token_limits(&id, &removed, &audit("token.limits_changed", tok.tenant_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.row.quota, None);
+    assert_eq!(changed.row.rate_limit, change.rate_limit.unwrap());
+    let record = s.lookup(&changed.hash).await.unwrap().unwrap();
+    assert_eq!(record.limits.rate_limit, change.rate_limit.unwrap());
+    assert_eq!(record.limits.quota, None);
+    assert_eq!(
+        (record.limits.quota_used, record.limits.quota_period_start),
+        (4, day + 86_400)
+    );
+    assert!(s
+        .set_token_limits("no-such-token", &removed, &audit("x", None))
+        .await
+        .unwrap()
+        .is_none());
 
     // Audit: newest first, tenant-scoped on request.
     s.append_audit(&audit("custom", Some(t2.id))).await.unwrap();
