@@ -119,7 +119,11 @@ impl Gateway {
         let routes = RouteTable::new(config.routes.clone());
         let header_names = Arc::new(config.headers.clone());
         let last_used = LastUsed::new(config.store.last_used_resolution);
-        let limiter = Limiter::new(config.rate_limits.clone(), Arc::clone(&metrics));
+        let limiter = Limiter::new(
+            config.rate_limits.clone(),
+            Arc::clone(&metrics),
+            clock.clone(),
+        );
         let trailers: TrailerFilter = {
             let names = Arc::clone(&header_names);
             Arc::new(move |t| strip_for_upstream(t, &names))

@@ -714,3 +714,230 @@ async fn pg_a_limit_set_through_one_instance_reaches_the_other() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Counts shared through Redis: a redis-server of the test's own, on a free
+// port (never 6379), skipped with a message when none is installed.
+// ---------------------------------------------------------------------------
+
+/// A redis-server this test started; killed when dropped.
+struct Redis {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one on a free port, or `None` (printed) without redis-server.
+    async fn start(test: &str) -> Option<Self> {
+        let found = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+        if !found {
+            println!("{test}: skipped: redis-server is not installed");
+            return None;
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut r = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart().await;
+        Some(r)
+    }
+
+    /// (Re)starts it on its port, empty (no persistence).
+    async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        TestGateway::eventually("redis-server listens", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A policy of `limit` a minute by token, counted in Redis.
+fn shared_config(redis: &Redis, limit: u32) -> String {
+    format!(
+        r#"
+[rate_limits]
+store = "{}"
+
+[[rate_limits.policies]]
+name = "shared"
+requests = {limit}
+window_seconds = 60
+by = "token"
+
+[[routes]]
+path = "/shared"
+upstream = "mock"
+rate_limits = ["shared"]
+"#,
+        redis.url()
+    )
+}
+
+/// Two instances on one store (so one token) and one Redis.
+async fn two_instances(extra: &str) -> (TestGateway, TestGateway) {
+    let a = Opts::default().extra(extra).spawn().await;
+    let b = a.peer(&a.store_url(), extra).await;
+    (a, b)
+}
+
+/// Sends `n` requests, alternating between the instances; (admitted,
+/// refused). Anything but 200 and 429 fails the test.
+async fn alternate(a: &TestGateway, b: &TestGateway, token: &str, n: usize) -> (u32, u32) {
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..n {
+        let g = if i % 2 == 0 { a } else { b };
+        match g.get("/shared", Some(token)).await.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other} (request {i})"),
+        }
+    }
+    (ok, limited)
+}
+
+#[tokio::test]
+async fn two_instances_share_a_limit_through_redis() {
+    let Some(redis) = Redis::start("two_instances_share_a_limit_through_redis").await else {
+        return;
+    };
+    let limit = 400;
+    let (a, b) = two_instances(&shared_config(&redis, limit)).await;
+    let token = a.token(&["*"]).await;
+    let (ok, _) = alternate(&a, &b, &token, 3 * limit as usize).await;
+    println!("two instances, one Redis: admitted {ok} of a shared limit of {limit}");
+    let within = f64::from(limit) * 0.05;
+    assert!(
+        (f64::from(ok) - f64::from(limit)).abs() <= within,
+        "admitted {ok} of a shared limit of {limit}"
+    );
+    assert!(a.gateway.limiter.sharing() && b.gateway.limiter.sharing());
+    // The next window, the same load sent 40 at a time to both at once.
+    a.clock.advance(60);
+    b.clock.advance(60);
+    let (mut ok, mut n) = (0u32, 0);
+    while n < 3 * limit as usize {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let addr = if (n + i) % 2 == 0 { a.addr } else { b.addr };
+            let auth = format!("Bearer {token}");
+            set.spawn(async move {
+                common::send_bytes(
+                    addr,
+                    Method::GET,
+                    "/shared",
+                    &[("authorization", &auth)],
+                    vec![],
+                )
+                .await
+                .status
+            });
+        }
+        while let Some(s) = set.join_next().await {
+            match s.unwrap() {
+                StatusCode::OK => ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => {}
+                other => panic!("unexpected {other}"),
+            }
+        }
+        n += 40;
+    }
+    println!("two instances, one Redis, concurrent: admitted {ok} of {limit}");
+    assert!(
+        (f64::from(ok) - f64::from(limit)).abs() <= within,
+        "admitted {ok} of a shared limit of {limit}, concurrently"
+    );
+    assert_eq!(a.gateway.metrics.rate_limit_store_errors.get(), 0);
+    // Each instance alone would have admitted the limit in each window.
+    assert!(a.upstream.count() < 2 * limit as usize && b.upstream.count() < 2 * limit as usize);
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_keeps_limiting_and_rejoins() {
+    let Some(mut redis) =
+        Redis::start("redis_killed_and_restarted_keeps_limiting_and_rejoins").await
+    else {
+        return;
+    };
+    let limit = 200;
+    let (a, b) = two_instances(&shared_config(&redis, limit)).await;
+    let token = a.token(&["*"]).await;
+    let (before, _) = alternate(&a, &b, &token, 100).await;
+    assert!(before >= 90, "{before} of the first 100");
+
+    // Redis gone: each instance limits on its own count (never unlimited,
+    // never a 5xx), counts the errors and says so.
+    redis.kill();
+    let (during, refused) = alternate(&a, &b, &token, 2 * limit as usize).await;
+    assert!(refused > 0, "still limited without Redis");
+    assert!(
+        during + before <= 2 * limit,
+        "each instance stays within the limit on its own: {before} + {during}"
+    );
+    assert!(!a.gateway.limiter.sharing() && !b.gateway.limiter.sharing());
+    assert!(a.metric("tokengate_rate_limit_store_errors_total").await > 0);
+
+    // Back, empty: both rejoin by themselves, and the window's uses are
+    // still counted (each instance is at its own limit, and adds its uses
+    // into the new Redis).
+    redis.restart().await;
+    TestGateway::eventually("both instances share counts again", || async {
+        a.gateway.limiter.sharing() && b.gateway.limiter.sharing()
+    })
+    .await;
+    let (after, _) = alternate(&a, &b, &token, 100).await;
+    assert!(
+        after <= 2 * rate_slice(limit),
+        "{after} admitted after the restart"
+    );
+    // A new window: shared again, the limit once across both.
+    a.clock.advance(60);
+    b.clock.advance(60);
+    let (ok, _) = alternate(&a, &b, &token, 3 * limit as usize).await;
+    println!("before {before}, Redis down {during}, after the restart {after}, next window {ok} (limit {limit})");
+    let within = f64::from(limit) * 0.05;
+    assert!(
+        (f64::from(ok) - f64::from(limit)).abs() <= within,
+        "admitted {ok} of a shared limit of {limit} after the rejoin"
+    );
+}
+
+fn rate_slice(limit: u32) -> u32 {
+    tokengate::ratelimit::slice(limit)
+}

@@ -19,6 +19,7 @@
 
 mod fields;
 mod policy;
+mod shared;
 mod window;
 
 use std::net::IpAddr;
@@ -32,8 +33,12 @@ pub use policy::{
     RateLimitConfig, TokenLimits, TokenRateLimit, MAX_NAME_LEN, MAX_REQUESTS, MAX_WINDOW_SECONDS,
     QUOTA_POLICY, TOKEN_POLICY,
 };
+pub use shared::{RedisUrl, REJOIN_EVERY, RESPONSE_TIMEOUT};
 pub use window::{Left, Window, MAX_BUCKETS};
 
+use shared::{Ask, Granted, Shared};
+
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 
 /// A refusal: the policy that refused, with `remaining` 0 and `reset` the
@@ -81,6 +86,63 @@ enum Key {
     Ip(IpAddr),
 }
 
+impl Key {
+    /// How a shared store names it.
+    fn shared_name(&self) -> String {
+        match self {
+            Key::Token(t) => format!("t:{t}"),
+            Key::Account(a) => format!("a:{a}"),
+            Key::Tenant(t) => format!("n:{t}"),
+            Key::Ip(ip) => format!("i:{ip}"),
+        }
+    }
+}
+
+/// One key's counts: its window here, and (with a shared store) its
+/// allowance.
+#[derive(Debug)]
+struct Entry {
+    window: Window,
+    lease: Lease,
+}
+
+/// A key's standing with the shared store.
+#[derive(Debug, Default, Clone, Copy)]
+struct Lease {
+    /// The bucket the allowance was granted in (it is given back when the
+    /// bucket ends).
+    bucket: i64,
+    /// Requests granted and not yet used.
+    units: u32,
+    /// Requests admitted here that the shared count does not hold yet.
+    unbacked: u32,
+    /// A grant is on its way.
+    asking: bool,
+    /// Every instance's count at the last grant.
+    shared_used: u64,
+    /// The shared window was full at the last grant: nothing to ask for
+    /// before this second.
+    full_until: i64,
+}
+
+/// Where an admitted request's unit came from, to give it back there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// Counted here only (local store, or Redis unreachable).
+    Local,
+    /// From the key's allowance.
+    Lease,
+    /// Admitted ahead of a grant (forced into the shared count later).
+    Unbacked,
+}
+
+/// The allowance an instance takes from the shared store at a time: 2.5%
+/// of the limit (at least 1), so that two instances' unused and
+/// not-yet-counted requests stay within 5% of it.
+pub fn slice(limit: u32) -> u32 {
+    (limit / 40).max(1)
+}
+
 /// Whose window: a named policy's, or a token's own limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Slot {
@@ -118,20 +180,42 @@ pub struct QuotaDelta {
 #[derive(Debug)]
 pub struct Limiter {
     config: RateLimitConfig,
-    windows: DashMap<(Slot, Key), Window>,
+    windows: Arc<DashMap<(Slot, Key), Entry>>,
     quotas: DashMap<Arc<str>, QuotaCount>,
     metrics: Arc<Metrics>,
+    shared: Option<Arc<Shared>>,
+    clock: Clock,
 }
 
 impl Limiter {
-    /// A limiter for these policies.
-    pub fn new(config: RateLimitConfig, metrics: Arc<Metrics>) -> Self {
+    /// A limiter for these policies. With a Redis store this must run
+    /// within a tokio runtime (nothing is sent until the first request).
+    pub fn new(config: RateLimitConfig, metrics: Arc<Metrics>, clock: Clock) -> Self {
+        let shared = match &config.store {
+            CountStore::Local => None,
+            CountStore::Redis(url) => match Shared::new(url, Arc::clone(&metrics)) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    // A URL the config check passed; should the client
+                    // still refuse it, limits stay local, never off.
+                    tracing::error!(error = %e, "cannot set up the Redis rate-limit store; counting locally");
+                    None
+                }
+            },
+        };
         Self {
             config,
-            windows: DashMap::new(),
+            windows: Arc::new(DashMap::new()),
             quotas: DashMap::new(),
             metrics,
+            shared,
+            clock,
         }
+    }
+
+    /// Whether counts are shared right now (a Redis store that answers).
+    pub fn sharing(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.healthy())
     }
 
     /// The validated `[rate_limits]`.
@@ -155,7 +239,7 @@ impl Limiter {
             return Ok(Vec::new());
         }
         let mut standings = Vec::with_capacity(policies.len() + 2);
-        let mut taken: Vec<(Slot, Key)> = Vec::with_capacity(policies.len() + 1);
+        let mut taken: Vec<((Slot, Key), Source)> = Vec::with_capacity(policies.len() + 1);
         let mut refusal = None;
         let windows = policies
             .iter()
@@ -181,12 +265,15 @@ impl Limiter {
         for (slot, key, name, limit, window) in windows {
             let k = (slot, key);
             let outcome = {
-                let mut w = self
-                    .windows
-                    .entry(k.clone())
-                    .or_insert_with(|| Window::new(window));
-                w.rewindow(window, now);
-                w.take(limit, now)
+                let mut e = self.windows.entry(k.clone()).or_insert_with(|| Entry {
+                    window: Window::new(window),
+                    lease: Lease::default(),
+                });
+                e.window.rewindow(window, now);
+                match &self.shared {
+                    None => e.window.take(limit, now).map(|l| (l, Source::Local)),
+                    Some(sh) => self.take_shared(sh, &mut e, &k, name, limit, now),
+                }
             };
             let standing = |remaining, reset| Standing {
                 name,
@@ -196,8 +283,8 @@ impl Limiter {
                 reset,
             };
             match outcome {
-                Ok(left) => {
-                    taken.push(k);
+                Ok((left, source)) => {
+                    taken.push((k, source));
                     standings.push(standing(left.remaining, left.reset));
                 }
                 Err(wait) => {
@@ -217,14 +304,132 @@ impl Limiter {
         let Some(refused) = refusal else {
             return Ok(standings);
         };
-        for k in taken {
-            if let Some(mut w) = self.windows.get_mut(&k) {
-                w.give_back(now);
+        for (k, source) in taken {
+            if let Some(mut e) = self.windows.get_mut(&k) {
+                e.window.give_back(now);
+                match source {
+                    Source::Local => {}
+                    Source::Lease => e.lease.units += 1,
+                    Source::Unbacked => e.lease.unbacked = e.lease.unbacked.saturating_sub(1),
+                }
             }
         }
         let (Refused::RateLimited(r) | Refused::QuotaExceeded(r)) = refused;
         self.count_refusal(r.0.name);
         Err(refused)
+    }
+
+    /// Takes a request from a key's allowance of the shared count (never
+    /// waiting on Redis): from the allowance when there is one; ahead of
+    /// a grant, up to a slice, when there is none (the first requests of a
+    /// key, or while a grant is on its way); on this instance's own count
+    /// while Redis is unreachable. This instance alone never admits more
+    /// than the limit in a window, whatever Redis says.
+    fn take_shared(
+        &self,
+        sh: &Arc<Shared>,
+        e: &mut Entry,
+        k: &(Slot, Key),
+        name: PolicyName,
+        limit: u32,
+        now: i64,
+    ) -> Result<(Left, Source), u32> {
+        let used_here = e.window.used_at(now);
+        if used_here >= u64::from(limit) {
+            return Err(e.window.wait_for(limit, now));
+        }
+        // Uses that have left the window need not reach the shared count.
+        e.lease.unbacked = e
+            .lease
+            .unbacked
+            .min(u32::try_from(used_here).unwrap_or(u32::MAX));
+        if !sh.healthy() {
+            e.lease.unbacked = e.lease.unbacked.saturating_add(1);
+            return Ok((e.window.count(limit, now), Source::Local));
+        }
+        let bucket = e.window.bucket_of(now);
+        let window = e.window.window();
+        let redis_key = || Shared::key(name.as_str(), window, &k.1.shared_name());
+        if e.lease.units > 0 && e.lease.bucket != bucket {
+            // An allowance is for its own bucket: what is left goes back.
+            let (sh, key, b, n) = (Arc::clone(sh), redis_key(), e.lease.bucket, e.lease.units);
+            tokio::spawn(async move { sh.give_back(key, b, n).await });
+            e.lease.units = 0;
+        }
+        let slice = slice(limit);
+        let source = if e.lease.units > 0 {
+            e.lease.units -= 1;
+            Source::Lease
+        } else if e.lease.full_until > now {
+            return Err(u32::try_from(e.lease.full_until - now).unwrap_or(1).max(1));
+        } else if e.lease.unbacked < slice {
+            e.lease.unbacked += 1;
+            Source::Unbacked
+        } else {
+            // A slice is already out ahead of a grant: wait for it.
+            self.ask(sh, e, k, redis_key(), limit, now);
+            return Err(1);
+        };
+        let mut left = e.window.count(limit, now);
+        if e.lease.units.saturating_mul(2) < slice {
+            self.ask(sh, e, k, redis_key(), limit, now);
+        }
+        // Every instance's count as last heard, and what this one holds.
+        let shared_left =
+            u64::from(limit).saturating_sub(e.lease.shared_used) + u64::from(e.lease.units);
+        left.remaining = left
+            .remaining
+            .min(u32::try_from(shared_left).unwrap_or(u32::MAX));
+        Ok((left, source))
+    }
+
+    /// Asks Redis for the next slice of a key's allowance, forcing in the
+    /// uses it does not hold yet (one ask at a time per key; the request
+    /// path never waits for it).
+    fn ask(
+        &self,
+        sh: &Arc<Shared>,
+        e: &mut Entry,
+        k: &(Slot, Key),
+        key: String,
+        limit: u32,
+        now: i64,
+    ) {
+        if e.lease.asking {
+            return;
+        }
+        e.lease.asking = true;
+        let w = &e.window;
+        let ask = Ask {
+            key,
+            bucket: w.bucket_of(now),
+            oldest: w.oldest_bucket(now),
+            limit,
+            want: slice(limit),
+            force: e.lease.unbacked,
+            ttl: w.window() + w.window().div_ceil(MAX_BUCKETS) + 1,
+        };
+        let (sh, windows, k) = (Arc::clone(sh), Arc::clone(&self.windows), k.clone());
+        let clock = self.clock.clone();
+        tokio::spawn(async move {
+            let answer = sh.ask(&ask).await;
+            let now = clock.now();
+            if let Ok(g) = &answer {
+                if g.reset {
+                    readd_after_reset(&windows, now);
+                }
+            }
+            let leftover = match windows.get_mut(&k) {
+                Some(mut e) => {
+                    e.lease.asking = false;
+                    answer.ok().and_then(|g| apply_grant(&mut e, &ask, g, now))
+                }
+                None => answer.ok().map(|g| (ask.bucket, g.granted)),
+            };
+            if let Some((bucket, n)) = leftover.filter(|(_, n)| *n > 0) {
+                sh.give_back(ask.key, bucket, n).await;
+            }
+        });
     }
 
     fn count_refusal(&self, name: PolicyName) {
@@ -299,9 +504,9 @@ impl Limiter {
     pub fn token_limit_left(&self, token_id: &str, limit: TokenRateLimit, now: i64) -> Left {
         let k = (Slot::Token, Key::Token(Arc::from(token_id)));
         match self.windows.get_mut(&k) {
-            Some(mut w) => {
-                w.rewindow(limit.window_seconds, now);
-                w.peek(limit.requests, now)
+            Some(mut e) => {
+                e.window.rewindow(limit.window_seconds, now);
+                e.window.peek(limit.requests, now)
             }
             None => Left {
                 remaining: limit.requests,
@@ -359,7 +564,10 @@ impl Limiter {
     /// of periods that have ended with nothing left to write: memory
     /// follows the keys active within one window.
     pub fn sweep(&self, now: i64) {
-        self.windows.retain(|_, w| !w.idle(now));
+        // An idle key's allowance is simply dropped: its bucket has left
+        // the window, so the shared count no longer holds it either.
+        self.windows
+            .retain(|_, e| !e.window.idle(now) || e.lease.asking);
         self.quotas
             .retain(|_, c| c.pending > 0 || now < c.period_end);
     }
@@ -372,6 +580,39 @@ impl Limiter {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty() && self.quotas.is_empty()
+    }
+}
+
+/// Applies a grant to a key; answers an allowance to give back (the key's
+/// bucket moved on while the grant was on its way).
+fn apply_grant(e: &mut Entry, ask: &Ask, g: Granted, now: i64) -> Option<(i64, u32)> {
+    e.lease.unbacked = e.lease.unbacked.saturating_sub(ask.force);
+    e.lease.shared_used = g.used;
+    e.lease.full_until = if g.granted < ask.want && g.earliest >= 0 {
+        now + i64::from(e.window.until_leaves(g.earliest, now))
+    } else {
+        0
+    };
+    if e.window.bucket_of(now) != ask.bucket {
+        return Some((ask.bucket, g.granted));
+    }
+    if e.lease.bucket != ask.bucket {
+        e.lease.units = 0;
+        e.lease.bucket = ask.bucket;
+    }
+    e.lease.units += g.granted;
+    None
+}
+
+/// Redis lost its counts: every use this instance made within each window
+/// is forced into the new count with the key's next grant, and allowances
+/// granted by the old one are dropped.
+fn readd_after_reset(windows: &DashMap<(Slot, Key), Entry>, now: i64) {
+    for mut e in windows.iter_mut() {
+        let used = e.window.used_at(now);
+        e.lease.unbacked = u32::try_from(used).unwrap_or(u32::MAX);
+        e.lease.units = 0;
+        e.lease.full_until = 0;
     }
 }
 
@@ -408,6 +649,7 @@ mod tests {
         Limiter::new(
             RateLimitConfig::validate(&f).unwrap(),
             Arc::new(Metrics::default()),
+            Clock::system(),
         )
     }
 

@@ -174,6 +174,8 @@ pub enum CountStore {
     /// In this process.
     #[default]
     Local,
+    /// Shared through Redis.
+    Redis(super::shared::RedisUrl),
 }
 
 /// Validated `[rate_limits]`.
@@ -206,12 +208,15 @@ impl RateLimitConfig {
     pub fn validate(f: &FileRateLimits) -> Result<Self, Invalid> {
         let store = match f.store.as_str() {
             "local" => CountStore::Local,
-            s if s.starts_with("redis://") || s.starts_with("rediss://") => {
+            s if s.starts_with("rediss://") => {
                 return Err((
                     "rate_limits.store".into(),
-                    "a Redis store is not supported by this build; use \"local\"".into(),
+                    "rediss:// (TLS) is not supported by this build; use redis://".into(),
                 ))
             }
+            s if s.starts_with("redis://") => CountStore::Redis(
+                super::shared::RedisUrl::parse(s).map_err(|m| ("rate_limits.store".into(), m))?,
+            ),
             s => {
                 return Err((
                     "rate_limits.store".into(),

@@ -168,6 +168,42 @@ impl Window {
     pub fn window(&self) -> u32 {
         self.window
     }
+
+    /// The bucket of second `now` (as a shared store keys it).
+    pub fn bucket_of(&self, now: i64) -> i64 {
+        self.index(now)
+    }
+
+    /// The oldest bucket counted at `now`.
+    pub fn oldest_bucket(&self, now: i64) -> i64 {
+        self.index(now - i64::from(self.window) + 1)
+    }
+
+    /// Seconds from `now` until bucket `i` has left the window (at least 1).
+    pub fn until_leaves(&self, i: i64, now: i64) -> u32 {
+        self.leaves(i, now)
+    }
+
+    /// Requests counted at `now`.
+    pub fn used_at(&mut self, now: i64) -> u64 {
+        self.advance(now);
+        self.used(now)
+    }
+
+    /// Counts a request at `now` whatever the count (the shared store has
+    /// admitted it); what is left against `limit`.
+    pub fn count(&mut self, limit: u32, now: i64) -> Left {
+        self.advance(now);
+        let slot = self.slot(self.newest);
+        self.counts[slot] = self.counts[slot].saturating_add(1);
+        self.peek(limit, now)
+    }
+
+    /// Seconds until fewer than `limit` are counted (at least 1).
+    pub fn wait_for(&mut self, limit: u32, now: i64) -> u32 {
+        self.advance(now);
+        self.wait_below(limit, now)
+    }
 }
 
 #[cfg(test)]
