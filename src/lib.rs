@@ -21,7 +21,7 @@
 //! | | [`metrics`] | counters, Prometheus text |
 //! | | [`tunnel`] | WebSocket tunnels: bytes both ways, ended by the gateway with close 1008 |
 //! | | [`deadline`] | the deadlines of connections served by hyper: first head, idle, head after idle |
-//! | limits | [`ratelimit`] | rate-limit policies and their config, sliding windows per key, token limits and quota counts, the `RateLimit` fields |
+//! | limits | [`ratelimit`] | rate-limit policies and their config, sliding windows per key, token limits and quota counts, counts shared through Redis, the `RateLimit` fields |
 //! | data | [`route`] | path normalisation, the longest-prefix route table, route config |
 //! | | [`store`] | the `TokenStore` trait, SQLite and PostgreSQL, the database URL |
 //! | | [`error`] | every request-path denial and its status, code and JSON, in one place |
