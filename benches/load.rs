@@ -18,7 +18,11 @@
 //! loop, which no separate auth service gets.
 //!
 //! Cases: `direct` (client to upstream), `none` (through tokengate, route with
-//! `auth = "none"`), `cached` (one valid token, warm), `bare` (the same
+//! `auth = "none"`), `cached` (one valid token, warm), `limited` (the same
+//! token on a route with a rate limit it never reaches, a policy by token:
+//! what counting and the `RateLimit` fields cost, against `cached`; with
+//! `lat-limited` and `lat-cached2` on one connection, measured in turn),
+//! `bare` (the same
 //! through a second gateway that sends none of its ten headers upstream,
 //! `headers.omit`, as nginx sends none: a reference for what the upstream
 //! spends reading those headers on the core it shares), `garbage` (random
@@ -963,7 +967,9 @@ fn main() {
                      [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n\
                      [[upstreams]]\nname = \"up\"\nurl = \"http://{up}\"\n\
                      [[routes]]\npath = \"/\"\nupstream = \"up\"\n\
-                     [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n{extra}",
+                     [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n\
+                     [[routes]]\npath = \"/limited\"\nupstream = \"up\"\nrate_limits = [\"bench\"]\n\
+                     [[rate_limits.policies]]\nname = \"bench\"\nrequests = 1000000000\nwindow_seconds = 60\nby = \"token\"\n{extra}",
                     db.display()
                 ),
             )
@@ -1059,8 +1065,8 @@ fn main() {
         // measured differently for running second) would otherwise move
         // every round's ratio the same way.
         let order = [
-            "direct", "none", "cached", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth", "nginx-204",
-            "nginx-auth-tg", "nginx-auth-static",
+            "direct", "none", "cached", "limited", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth",
+            "nginx-204", "nginx-auth-tg", "nginx-auth-static",
         ];
         for round in 0..rounds {
             let mut cases = order;
@@ -1082,6 +1088,22 @@ fn main() {
                         let c = gw.mark();
                         let o = run(gw.addr, "/api/x", hot.clone()).await;
                         samples.push(("cached", row("cached", &o, Some((&gw, c)))));
+                    }
+                    "limited" if want("limited") => {
+                        // The cached case on a route with a rate limit
+                        // (never reached): what counting and the
+                        // RateLimit fields cost.
+                        let c = gw.mark();
+                        let o = run(gw.addr, "/limited/x", hot.clone()).await;
+                        samples.push(("limited", row("limited", &o, Some((&gw, c)))));
+                        let mut pair = [("lat-cached2", "/api/x"), ("lat-limited", "/limited/x")];
+                        if round % 2 == 1 {
+                            pair.reverse();
+                        }
+                        for (name, path) in pair {
+                            let o = drive(gw.addr, path, hot.clone(), 1, secs / 2.0).await;
+                            samples.push((name, row(name, &o, None)));
+                        }
                     }
                     "bare" => {
                         if let Some(b) = &bare {
@@ -1202,7 +1224,8 @@ fn main() {
         let mut nginx_row = None;
         let mut nginx_204_row = None;
         for name in [
-            "none", "cached", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "nginx", "forward-auth", "nginx-204", "lat-fa",
+            "none", "cached", "limited", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "lat-cached2", "lat-limited", "nginx",
+            "forward-auth", "nginx-204", "lat-fa",
             "lat-204", "nginx-auth-tg", "nginx-auth-static", "lat-auth-tg", "lat-auth-static",
         ] {
             if let Some(r) = median(name) {
