@@ -941,3 +941,51 @@ async fn redis_killed_and_restarted_keeps_limiting_and_rejoins() {
 fn rate_slice(limit: u32) -> u32 {
     tokengate::ratelimit::slice(limit)
 }
+
+/// A Redis that stops answering (SIGSTOP) is never waited for: requests
+/// are answered from the instance's own count, and sharing resumes when
+/// it answers again.
+#[tokio::test]
+async fn a_stalled_redis_is_not_waited_for() {
+    let Some(redis) = Redis::start("a_stalled_redis_is_not_waited_for").await else {
+        return;
+    };
+    let pid = redis.child.as_ref().unwrap().id().to_string();
+    let limit = 100;
+    let g = Opts::default()
+        .extra(&shared_config(&redis, limit))
+        .spawn()
+        .await;
+    let token = g.token(&["*"]).await;
+    for _ in 0..10 {
+        assert_eq!(g.get("/shared", Some(&token)).await.status, StatusCode::OK);
+    }
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..2 * limit {
+        match g.get("/shared", Some(&token)).await.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        ok + 10 <= limit,
+        "never more than the limit on its own: {ok}"
+    );
+    assert!(limited >= limit, "{limited} refused");
+    TestGateway::eventually("the stall is noticed", || async {
+        !g.gateway.limiter.sharing()
+    })
+    .await;
+    signal("-CONT");
+    TestGateway::eventually("sharing again", || async { g.gateway.limiter.sharing() }).await;
+    assert!(g.metric("tokengate_rate_limit_store_errors_total").await > 0);
+}
