@@ -111,7 +111,7 @@ async fn process(
         path: &path,
         tls: false,
     };
-    let mut resp = forward(
+    let forwarded = forward(
         upstream,
         g.header_names(),
         g.trailer_filter(),
@@ -120,13 +120,25 @@ async fn process(
         ctx,
         tunnel_end,
     )
-    .await?;
+    .await;
+    let mut resp = match (forwarded, &limits) {
+        (Ok(resp), _) => {
+            g.metrics.forwarded.inc();
+            resp
+        }
+        (Err(d), None) => return Err(d),
+        // After admission on a limited route the answer carries the
+        // route's fields, a failure's too.
+        (Err(d), Some(_)) => {
+            g.count_refusal(d, request_id);
+            denial_response(d, Some(request_id))
+        }
+    };
     if let Some(l) = &limits {
         for (n, v) in l.pairs() {
             resp.headers_mut().append(n.clone(), v.clone());
         }
     }
-    g.metrics.forwarded.inc();
     Ok(resp)
 }
 

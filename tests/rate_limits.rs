@@ -80,6 +80,11 @@ path = "/lim/both"
 upstream = "mock"
 rate_limits = ["burst", "per-token"]
 
+[[routes]]
+path = "/lim/dead"
+upstream = "dead"
+rate_limits = ["per-token"]
+
 [forward_auth]
 path = "/_tokengate/auth"
 "#;
@@ -179,6 +184,24 @@ async fn the_fields_the_429_and_the_window_edge() {
         // A route without a limit carries no fields.
         let r = g.get("/api/x", Some(&token)).await;
         assert_eq!(r.status, StatusCode::OK);
+        assert!(!r.headers.contains_key("ratelimit"));
+    }
+}
+
+/// An upstream failure after admission on a limited route carries the
+/// fields too (and counts: the request was admitted).
+#[tokio::test]
+async fn a_failure_after_admission_carries_the_fields() {
+    for fast in [true, false] {
+        let g = spawn(fast).await;
+        let token = g.token(&["*"]).await;
+        let r = g.get("/lim/dead", Some(&token)).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "fast path: {fast}");
+        assert_eq!(r.code(), "UPSTREAM_UNAVAILABLE");
+        assert_eq!(header(&r, "ratelimit"), "\"per-token\";r=2;t=60");
+        // Refused before admission: no count to tell.
+        let r = g.get("/lim/dead", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert!(!r.headers.contains_key("ratelimit"));
     }
 }

@@ -490,7 +490,9 @@ impl<'a> Client<'a> {
         let changed = path != head.path() || !cfg.base_path.is_empty();
         if changed && PathAndQuery::try_from(target.as_str()).is_err() {
             let d = Denial::BadPath(PathError::BadEscape);
-            return self.refuse(d, &request_id, head.close).await;
+            return self
+                .refuse_limited(d, &request_id, head.close, limits.as_ref())
+                .await;
         }
         let ctx = ForwardContext {
             auth: entry.as_deref(),
@@ -589,7 +591,9 @@ impl<'a> Client<'a> {
                         Denial::UpstreamUnavailable
                     }
                 };
-                return self.refuse(denial, &request_id, head.close).await;
+                return self
+                    .refuse_limited(denial, &request_id, head.close, limits.as_ref())
+                    .await;
             }
             Some(Ok(x)) => x,
         };
@@ -739,8 +743,25 @@ impl<'a> Client<'a> {
 
     /// Answers with a refusal.
     async fn refuse(&mut self, denial: Denial, request_id: &HeaderValue, close: bool) -> Next {
+        self.refuse_limited(denial, request_id, close, None).await
+    }
+
+    /// [`Self::refuse`] after admission on a limited route: the answer
+    /// carries the route's `RateLimit` fields, as every answer there does.
+    async fn refuse_limited(
+        &mut self,
+        denial: Denial,
+        request_id: &HeaderValue,
+        close: bool,
+        limits: Option<&LimitFields>,
+    ) -> Next {
         self.gateway.count_refusal(denial, request_id);
         let (status, mut headers, body) = denial.parts(Some(request_id));
+        if let Some(l) = limits {
+            for (n, v) in l.pairs() {
+                headers.append(n.clone(), v.clone());
+            }
+        }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         // As hyper's server dates every response it writes.
         if let Ok(date) = wire::with_date(HeaderValue::from_bytes) {
