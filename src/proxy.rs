@@ -34,9 +34,11 @@ use crate::fields::{list_has, RequestFields, X_REQUEST_ID};
 use crate::forward_auth;
 use crate::gateway::{check_method, new_request_id, Gateway, TunnelEnd};
 use crate::route::normalize_path;
-use crate::rules::{rewrite_request_headers, strip_response, ForwardContext, Peer};
+use crate::rules::{
+    rewrite_request_headers, strip_response, upstream_target, ForwardContext, Peer,
+};
 use crate::upstream::cap::is_busy;
-use crate::upstream::{Upstream, UpstreamBody, UpstreamProtocol};
+use crate::upstream::{Failure, Upstream, UpstreamBody, UpstreamProtocol};
 
 /// Handles one request on the public listener. Never fails: every error
 /// is a JSON response.
@@ -152,14 +154,7 @@ pub async fn forward(
         }
     }
 
-    let mut pq = String::with_capacity(cfg.base_path.len() + ctx.path.len() + 64);
-    pq.push_str(&cfg.base_path);
-    pq.push_str(ctx.path);
-    if let Some(q) = req.uri().query() {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let pq = PathAndQuery::try_from(pq)
+    let pq = PathAndQuery::try_from(upstream_target(cfg, ctx.path, req.uri().query()))
         .map_err(|_| Denial::BadPath(crate::route::PathError::BadEscape))?;
     let uri = Uri::builder()
         .scheme(cfg.scheme.clone())
@@ -205,18 +200,9 @@ pub async fn forward(
     })
     .await;
     let mut resp = match sent {
-        Err(_) => {
-            tracing::warn!(upstream = %cfg.name, "upstream response timed out");
-            return Err(Denial::UpstreamTimeout);
-        }
-        Ok(Err(e)) if is_busy(e.as_ref()) => {
-            tracing::warn!(upstream = %cfg.name, "upstream connection limit reached");
-            return Err(Denial::UpstreamBusy);
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(upstream = %cfg.name, error = %e, source = ?e.source(), "upstream request failed");
-            return Err(Denial::UpstreamUnavailable);
-        }
+        Err(_) => return Err(Failure::Timeout.denial(&cfg.name)),
+        Ok(Err(e)) if is_busy(e.as_ref()) => return Err(Failure::Busy.denial(&cfg.name)),
+        Ok(Err(e)) => return Err(Failure::Io(e).denial(&cfg.name)),
         Ok(Ok(resp)) => resp,
     };
 
@@ -261,8 +247,7 @@ pub async fn forward(
             return Ok(Response::from_parts(parts, body));
         }
         // An upgrade nobody asked for (or to another protocol) is never tunnelled.
-        tracing::warn!(upstream = %cfg.name, "upstream sent 101 without a matching WebSocket upgrade request");
-        return Err(Denial::UpstreamUnavailable);
+        return Err(Failure::StrayUpgrade.denial(&cfg.name));
     }
 
     let (mut parts, body) = resp.into_parts();
