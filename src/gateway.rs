@@ -15,7 +15,7 @@
 //! while no invalidation has happened since ([`ConnectionMemo`]). The
 //! decision runs on every request, cached or not, against the clock.
 //! Denials become responses in one place
-//! ([`crate::error::Denial::parts`]).
+//! (`crate::error::Denial::parts`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -124,14 +124,15 @@ impl Gateway {
             Arc::clone(&metrics),
             clock.clone(),
         );
+        let strip = StripSet::new(&header_names);
         let trailers: TrailerFilter = {
-            let names = Arc::clone(&header_names);
-            Arc::new(move |t| strip_for_upstream(t, &names))
+            let strip = strip.clone();
+            Arc::new(move |t| strip_for_upstream(t, &strip))
         };
         Arc::new(Self {
             trailers,
             lookalikes: Lookalikes::new(&header_names),
-            strip: StripSet::new(&header_names),
+            strip,
             header_names,
             config,
             store,
@@ -296,7 +297,8 @@ impl Gateway {
         };
         let mut standings = self
             .limiter
-            .check(&route.rate_limits, &subject, now)
+            .check_waiting(&route.rate_limits, &subject, now)
+            .await
             .map_err(|r| match r {
                 Refused::RateLimited(r) => Denial::RateLimited(r),
                 Refused::QuotaExceeded(r) => Denial::QuotaExceeded(r),

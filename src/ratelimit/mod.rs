@@ -11,11 +11,16 @@
 //! Counts live in this process, in a dashmap keyed by (policy, key): the
 //! check and the count of one key happen under its shard's lock, so of N
 //! concurrent requests against a limit L exactly min(N, L) are admitted.
-//! Windows slide ([`window`]); a key whose window holds nothing any more is
+//! Windows slide ([`Window`]); a key whose window holds nothing any more is
 //! dropped by [`Limiter::sweep`], so memory follows the keys active within
 //! one window. Quota counts start from what the token's record was read
 //! with and are written back in batches (`crate::usage::flush_quotas`).
-//! Nothing here waits on I/O.
+//!
+//! With `rate_limits.store = "redis://…"` the windows are shared: each key
+//! admits from an allowance taken from Redis in slices, in the background
+//! (`shared.rs` explains the protocol, README.md its bound); the only wait
+//! on Redis is [`Limiter::check_waiting`]'s, once per slice at most. With
+//! the local store nothing here waits on I/O.
 
 mod fields;
 mod policy;
@@ -26,6 +31,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use tokio::sync::watch;
 
 pub use fields::{header_values, LimitFields, Standing, RATELIMIT, RATELIMIT_POLICY};
 pub use policy::{
@@ -107,7 +113,7 @@ struct Entry {
 }
 
 /// A key's standing with the shared store.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Lease {
     /// The bucket the allowance was granted in (it is given back when the
     /// bucket ends).
@@ -123,6 +129,25 @@ struct Lease {
     /// The shared window was full at the last grant: nothing to ask for
     /// before this second.
     full_until: i64,
+    /// Tells requests waiting for a grant that it has landed (or failed);
+    /// made the first time one waits.
+    landed: Option<watch::Sender<u64>>,
+}
+
+/// Why a window did not admit a request now.
+enum Hold {
+    /// Refused: seconds until one would be admitted.
+    Wait(u32),
+    /// A grant is on its way and the allowance ahead of it is used up:
+    /// worth one short wait.
+    Pending(watch::Receiver<u64>),
+}
+
+/// Why [`Limiter::check_once`] did not admit a request.
+enum Blocked {
+    Refused(Refused),
+    /// Waiting for a grant; the refusal if none comes.
+    Pending(Refusal, watch::Receiver<u64>),
 }
 
 /// Where an admitted request's unit came from, to give it back there.
@@ -141,6 +166,13 @@ enum Source {
 /// not-yet-counted requests stay within 5% of it.
 pub fn slice(limit: u32) -> u32 {
     (limit / 40).max(1)
+}
+
+/// How many requests a key may admit ahead of a grant (half a slice, at
+/// least 1): what an instance may add past the limit when the shared
+/// window fills before it has heard so.
+pub fn ahead(slice: u32) -> u32 {
+    (slice / 2).max(1)
 }
 
 /// Whose window: a named policy's, or a token's own limit.
@@ -226,13 +258,59 @@ impl Limiter {
     /// Counts a request against the route's `policies`, the token's own
     /// limit and its quota, at `now` (Unix seconds). Admitted: where it
     /// left each (empty when nothing applies). Refused: nothing of it stays
-    /// counted anywhere.
+    /// counted anywhere. Never waits: with Redis, a request that finds a
+    /// key's allowance used up while its next slice is on the way is
+    /// refused (`Retry-After: 1`); [`Limiter::check_waiting`] waits for
+    /// the slice instead.
     pub fn check(
         &self,
         policies: &[PolicyId],
         subject: &Subject<'_>,
         now: i64,
     ) -> Result<Vec<Standing>, Refused> {
+        self.check_once(policies, subject, now)
+            .map_err(|b| self.refused(b))
+    }
+
+    /// [`Limiter::check`], except that a request that finds a key's
+    /// allowance used up while its next slice is on the way (a key's first
+    /// requests, a burst) waits for that slice, at most
+    /// [`RESPONSE_TIMEOUT`], once: the only wait on Redis, at most once per
+    /// slice, never per request.
+    pub async fn check_waiting(
+        &self,
+        policies: &[PolicyId],
+        subject: &Subject<'_>,
+        now: i64,
+    ) -> Result<Vec<Standing>, Refused> {
+        match self.check_once(policies, subject, now) {
+            Ok(s) => Ok(s),
+            Err(Blocked::Pending(_, mut landed)) => {
+                let _ = tokio::time::timeout(RESPONSE_TIMEOUT, landed.changed()).await;
+                self.check_once(policies, subject, self.clock.now())
+                    .map_err(|b| self.refused(b))
+            }
+            Err(b) => Err(self.refused(b)),
+        }
+    }
+
+    /// The refusal a blocked request gets, counted.
+    fn refused(&self, b: Blocked) -> Refused {
+        let r = match b {
+            Blocked::Refused(r) => r,
+            Blocked::Pending(r, _) => Refused::RateLimited(r),
+        };
+        let (Refused::RateLimited(x) | Refused::QuotaExceeded(x)) = r;
+        self.count_refusal(x.0.name);
+        r
+    }
+
+    fn check_once(
+        &self,
+        policies: &[PolicyId],
+        subject: &Subject<'_>,
+        now: i64,
+    ) -> Result<Vec<Standing>, Blocked> {
         let token_limit = subject.limits.and_then(|l| l.rate_limit);
         let quota = subject.limits.and_then(|l| l.quota);
         if policies.is_empty() && token_limit.is_none() && quota.is_none() {
@@ -271,7 +349,11 @@ impl Limiter {
                 });
                 e.window.rewindow(window, now);
                 match &self.shared {
-                    None => e.window.take(limit, now).map(|l| (l, Source::Local)),
+                    None => e
+                        .window
+                        .take(limit, now)
+                        .map(|l| (l, Source::Local))
+                        .map_err(Hold::Wait),
                     Some(sh) => self.take_shared(sh, &mut e, &k, name, limit, now),
                 }
             };
@@ -287,8 +369,13 @@ impl Limiter {
                     taken.push((k, source));
                     standings.push(standing(left.remaining, left.reset));
                 }
-                Err(wait) => {
-                    refusal = Some(Refused::RateLimited(Refusal(standing(0, wait))));
+                Err(Hold::Wait(wait)) => {
+                    let r = Refused::RateLimited(Refusal(standing(0, wait)));
+                    refusal = Some(Blocked::Refused(r));
+                    break;
+                }
+                Err(Hold::Pending(landed)) => {
+                    refusal = Some(Blocked::Pending(Refusal(standing(0, 1)), landed));
                     break;
                 }
             }
@@ -297,7 +384,7 @@ impl Limiter {
             if let (Some(q), Some(id), Some(l)) = (quota, subject.token_id, subject.limits) {
                 match self.take_quota(id, q, l, now) {
                     Ok(s) => standings.push(s),
-                    Err(r) => refusal = Some(Refused::QuotaExceeded(r)),
+                    Err(r) => refusal = Some(Blocked::Refused(Refused::QuotaExceeded(r))),
                 }
             }
         }
@@ -314,15 +401,14 @@ impl Limiter {
                 }
             }
         }
-        let (Refused::RateLimited(r) | Refused::QuotaExceeded(r)) = refused;
-        self.count_refusal(r.0.name);
         Err(refused)
     }
 
     /// Takes a request from a key's allowance of the shared count (never
     /// waiting on Redis): from the allowance when there is one; ahead of
-    /// a grant, up to a slice, when there is none (the first requests of a
-    /// key, or while a grant is on its way); on this instance's own count
+    /// a grant, up to half a slice ([`ahead`]), when there is none (the
+    /// first requests of a key, or while a grant is on its way: past that,
+    /// [`Hold::Pending`]); on this instance's own count
     /// while Redis is unreachable. This instance alone never admits more
     /// than the limit in a window, whatever Redis says.
     fn take_shared(
@@ -333,10 +419,10 @@ impl Limiter {
         name: PolicyName,
         limit: u32,
         now: i64,
-    ) -> Result<(Left, Source), u32> {
+    ) -> Result<(Left, Source), Hold> {
         let used_here = e.window.used_at(now);
         if used_here >= u64::from(limit) {
-            return Err(e.window.wait_for(limit, now));
+            return Err(Hold::Wait(e.window.wait_for(limit, now)));
         }
         // Uses that have left the window need not reach the shared count.
         e.lease.unbacked = e
@@ -361,14 +447,20 @@ impl Limiter {
             e.lease.units -= 1;
             Source::Lease
         } else if e.lease.full_until > now {
-            return Err(u32::try_from(e.lease.full_until - now).unwrap_or(1).max(1));
-        } else if e.lease.unbacked < slice {
+            let wait = u32::try_from(e.lease.full_until - now).unwrap_or(1).max(1);
+            return Err(Hold::Wait(wait));
+        } else if e.lease.unbacked < ahead(slice) {
             e.lease.unbacked += 1;
             Source::Unbacked
         } else {
             // A slice is already out ahead of a grant: wait for it.
             self.ask(sh, e, k, redis_key(), limit, now);
-            return Err(1);
+            let landed = e
+                .lease
+                .landed
+                .get_or_insert_with(|| watch::channel(0).0)
+                .subscribe();
+            return Err(Hold::Pending(landed));
         };
         let mut left = e.window.count(limit, now);
         if e.lease.units.saturating_mul(2) < slice {
@@ -422,7 +514,11 @@ impl Limiter {
             let leftover = match windows.get_mut(&k) {
                 Some(mut e) => {
                     e.lease.asking = false;
-                    answer.ok().and_then(|g| apply_grant(&mut e, &ask, g, now))
+                    let leftover = answer.ok().and_then(|g| apply_grant(&mut e, &ask, g, now));
+                    if let Some(landed) = &e.lease.landed {
+                        landed.send_modify(|n| *n += 1);
+                    }
+                    leftover
                 }
                 None => answer.ok().map(|g| (ask.bucket, g.granted)),
             };

@@ -2,13 +2,14 @@
 //!
 //! Redis holds, per policy and key, the window's buckets (a hash: bucket
 //! index -> requests reserved in it, expiring with the window). An
-//! instance never asks Redis on a request's behalf: it reserves a *slice*
-//! of the limit ahead of use ([`GRANT`], one atomic script: drop buckets
-//! that left the window, sum the rest, grant at most what is left), then
-//! admits locally from that allowance. Uses made without an allowance
-//! (the first ones of a key, while a slice is on its way, or while Redis
-//! is unreachable) are *forced* into the count with the next grant, so
-//! Redis learns every use. Allowance left when its bucket ends is given
+//! instance reserves a *slice* of the limit ahead of use ([`GRANT`], one
+//! atomic script: drop buckets that left the window, sum the rest, grant
+//! at most what is left), then admits locally from that allowance; a
+//! request waits on Redis only when the allowance and what may be admitted
+//! ahead of a grant are both used up while the next slice is on its way
+//! (at most once per slice). Uses made without an allowance (ahead of a
+//! grant, or while Redis is unreachable) are *forced* into the count with
+//! the next grant, so Redis learns every use. Allowance left when its bucket ends is given
 //! back ([`GIVE_BACK`]). The bound this gives is stated in README.md
 //! ("Several instances: counts shared through Redis").
 //!
