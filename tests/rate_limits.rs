@@ -1012,3 +1012,43 @@ async fn a_stalled_redis_is_not_waited_for() {
     TestGateway::eventually("sharing again", || async { g.gateway.limiter.sharing() }).await;
     assert!(g.metric("tokengate_rate_limit_store_errors_total").await > 0);
 }
+
+/// A Redis that is not there at start-up stops nothing: the instance
+/// limits on its own count from the first request (no redis-server
+/// needed: nothing listens on the port).
+#[tokio::test]
+async fn redis_absent_from_the_start_limits_locally() {
+    let port = common::dead_port().await;
+    let extra = format!(
+        r#"
+[rate_limits]
+store = "redis://127.0.0.1:{port}/0"
+
+[[rate_limits.policies]]
+name = "shared"
+requests = 5
+window_seconds = 60
+by = "token"
+
+[[routes]]
+path = "/shared"
+upstream = "mock"
+rate_limits = ["shared"]
+"#
+    );
+    for fast in [true, false] {
+        let g = Opts::default().fast_path(fast).extra(&extra).spawn().await;
+        let token = g.token(&["*"]).await;
+        let mut got = Vec::new();
+        for _ in 0..8 {
+            got.push(g.get("/shared", Some(&token)).await.status.as_u16());
+        }
+        assert_eq!(
+            got,
+            [200, 200, 200, 200, 200, 429, 429, 429],
+            "fast path: {fast}"
+        );
+        assert!(!g.gateway.limiter.sharing());
+        assert!(g.metric("tokengate_rate_limit_store_errors_total").await > 0);
+    }
+}
