@@ -19,9 +19,10 @@ LAYERS = [
     # no other module.
     ["fields", "ability", "token", "clock", "metrics"],
     # Routes and the store, each with its own config types.
-    ["route", "store"],
+    ["route", "store", "trace"],
     ["cache"],
-    ["usage"],
+    # The access log and series record carries a cache entry.
+    ["usage", "signals"],
     ["issuer"],
     # Config validation composes the tables above; denials.
     ["config", "error"],

@@ -15,11 +15,17 @@ pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive")
 pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub(crate) static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+/// The W3C trace context header: the gateway sends its own
+/// (`crate::trace`), continuing a valid one the client sent.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Client headers that upstream frameworks trust for the client's address,
-/// scheme, path or method. Removed from every request: the gateway states
-/// these itself (`X-Forwarded-*`), and a client must not be able to steer
-/// the upstream past what was authorised.
-pub(crate) static SPOOFABLE: [HeaderName; 9] = [
+/// scheme, path or method, and `traceparent`. Removed from every request:
+/// the gateway states these itself (`X-Forwarded-*`, its own
+/// `traceparent`), and a client must not be able to steer the upstream
+/// past what was authorised.
+pub(crate) static SPOOFABLE: [HeaderName; 10] = [
+    HeaderName::from_static("traceparent"),
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-forwarded-port"),

@@ -18,11 +18,13 @@
 //! | | [`ability`] | permission strings and which grants which |
 //! | | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
 //! | | [`clock`] | the clock expiry is judged by, injectable for tests |
-//! | | [`metrics`] | counters, Prometheus text |
+//! | | [`metrics`] | counters, per-route and per-upstream series sharded per thread, process series, Prometheus text |
 //! | data | [`route`] | path normalisation, the longest-prefix route table, route config |
+//! | | [`trace`] | request identity: W3C `traceparent` continued or started, the request id (trusted or ours) |
 //! | | [`store`] | the `TokenStore` trait, SQLite and PostgreSQL, the database URL |
 //! | | [`cache`] | moka cache of token records (hits read from a dashmap index), single-flight loads, revocation races |
 //! | | [`usage`] | last-used times batched in memory, flushed periodically |
+//! | | [`signals`] | one record per request feeding the metric series and the access log (its writer thread), `[log]` |
 //! | | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
 //! | rules | [`config`] | `tokengate.toml -> FileConfig -> Config`, errors that name the key |
 //! | | [`error`] | every request-path denial and its status, code and JSON, in one place |
@@ -68,7 +70,9 @@ pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod token;
+pub mod trace;
 pub mod tunnel;
 pub mod usage;
