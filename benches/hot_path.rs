@@ -20,7 +20,7 @@ use tokengate::auth::{decide, extract_credential};
 use tokengate::cache::{AuthEntry, TokenCache};
 use tokengate::config::{CacheConfig, DatabaseUrl, HeaderNames, UpstreamConfig, UpstreamProtocol};
 use tokengate::metrics::Metrics;
-use tokengate::proxy::{rewrite_request_headers, ForwardContext, Peer};
+use tokengate::rules::{rewrite_request_headers, ForwardContext, Peer};
 use tokengate::store::sqlite::SqliteStore;
 use tokengate::store::{
     AuthRecord, NewAccount, NewAuditEvent, NewToken, Status, TokenLookup, TokenStore,

@@ -124,3 +124,54 @@ impl RequestFields for HeaderMap {
         self.get_all(name).iter().map(HeaderValue::as_bytes)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    /// A header map of `pairs`, in order.
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_lists_agree() {
+        for n in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+            assert!(
+                is_hop_by_hop_bytes(n.to_ascii_uppercase().as_bytes()),
+                "{n}"
+            );
+        }
+        for n in [
+            "host",
+            "content-length",
+            "x-request-id",
+            "connections",
+            "t",
+            "tee",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+            assert!(!is_hop_by_hop_bytes(n.as_bytes()), "{n}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The byte-level check says what the `HeaderName` one says, for
+        /// any name.
+        #[test]
+        fn hop_by_hop_checks_agree_on_any_name(name in "[a-zA-Z0-9-]{1,20}") {
+            let parsed = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(is_hop_by_hop(&parsed), is_hop_by_hop_bytes(name.as_bytes()));
+        }
+    }
+}

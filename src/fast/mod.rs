@@ -29,9 +29,9 @@
 //!
 //! - The same policy, in the same order, with the same refusals
 //!   ([`Denial::parts`]) and the same header rewrite
-//!   ([`strip_request_fields`]: [`crate::proxy::rewrite_request_headers`]
+//!   ([`strip_request_fields`]: [`crate::rules::rewrite_request_headers`]
 //!   on the bytes, with a property test holding the two equal; the byte
-//!   form of [`crate::proxy::strip_hop_by_hop`] for responses).
+//!   form of [`crate::rules::strip_hop_by_hop`] for responses).
 //! - The deadlines `crate::deadline` holds hyper's connections to: the
 //!   first head within `server.header_read_timeout_seconds` of the
 //!   accept, at most `server.idle_timeout_seconds` idle between requests,
@@ -75,7 +75,6 @@
 //!   requests pipelined behind the last answer do not provoke a reset
 //!   that could cut its end off.
 
-pub mod pool;
 pub mod wire;
 
 use std::pin::Pin;
@@ -91,15 +90,17 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::cache::AuthEntry;
-use crate::config::{GatewayHeader, HeaderNames, UpstreamConfig};
 use crate::error::Denial;
+use crate::fields::X_REQUEST_ID;
 use crate::forward_auth;
 use crate::gateway::{new_request_id, Gateway};
-use crate::proxy::{
-    caller_headers, request_headers, strip_request_fields, ForwardContext, Peer, X_REQUEST_ID,
-};
 use crate::route::{normalize_path, PathError};
-use pool::{RawConn, RawPool};
+use crate::rules::{
+    caller_headers, request_headers, strip_request_fields, ForwardContext, GatewayHeader,
+    HeaderNames, Peer,
+};
+use crate::upstream::raw::{RawConn, RawPool};
+use crate::upstream::UpstreamConfig;
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
 
 /// Read buffer size of a client connection.
@@ -259,6 +260,30 @@ pub fn caller_fields<'a>(names: &HeaderNames, a: &'a AuthEntry) -> &'a [u8] {
     })
 }
 
+/// [`forward_auth::allowed`] as the fast path writes it, into `out`: the caller's fields
+/// as cached with its entry ([`caller_fields`]), dated, with an empty
+/// body.
+pub fn write_forward_auth_allowed(
+    out: &mut Vec<u8>,
+    names: &HeaderNames,
+    entry: Option<&AuthEntry>,
+    request_id: &HeaderValue,
+    close: bool,
+) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    wire::with_date(|d| wire::push_field(out, b"date", d));
+    if let Some(a) = entry {
+        out.extend_from_slice(caller_fields(names, a));
+    }
+    wire::push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+    wire::push_field(out, b"content-length", b"0");
+    if close {
+        wire::push_field(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Whether a retry after a stale connection is allowed without checking.
 fn is_safe(method: &Method) -> bool {
     matches!(
@@ -408,13 +433,13 @@ impl<'a> Client<'a> {
             {
                 Ok(entry) => {
                     let (names, entry) = (g.header_names(), entry.as_deref());
-                    forward_auth::write_allowed(&mut self.out, names, entry, &request_id, close);
+                    write_forward_auth_allowed(&mut self.out, names, entry, &request_id, close);
                     self.send_out(close).await
                 }
                 Err(d) => self.refuse(d, &request_id, close).await,
             };
         }
-        if g.is_token_api_path(&path) {
+        if crate::flows::match_flow(&g.config.token_api, &path).is_some() {
             return Next::Handoff;
         }
         let request_id = new_request_id();
@@ -500,8 +525,8 @@ impl<'a> Client<'a> {
                     }
                 }
                 .map_err(|e| match e {
-                    pool::ConnectError::Busy(_) => Failed::Busy,
-                    pool::ConnectError::Io(e) => Failed::Io(e),
+                    crate::upstream::raw::ConnectError::Busy(_) => Failed::Busy,
+                    crate::upstream::raw::ConnectError::Io(e) => Failed::Io(e),
                 })?;
                 match send(&mut conn, &self.out, head_request, &mut self.resp).await {
                     Ok(resp) => return Ok((conn, resp)),

@@ -16,7 +16,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 
-use crate::proxy::{connection_tokens, is_hop_by_hop_bytes, RequestFields};
+use crate::fields::{connection_tokens, is_hop_by_hop_bytes, RequestFields};
 
 /// Most header fields in a request head the fast path takes; more go to
 /// hyper.
@@ -285,7 +285,7 @@ pub struct ResponseHead {
 /// head (its own fields, then a blank line). `head_request` says the
 /// request was `HEAD` (so the response has no body whatever it declares).
 ///
-/// The same rewrite as [`crate::proxy::strip_hop_by_hop`] on the hyper
+/// The same rewrite as [`crate::rules::strip_hop_by_hop`] on the hyper
 /// path, done on the bytes: no `HeaderMap` is built for a response.
 /// `Unsupported` here means malformed: a version other than HTTP/1.x, an
 /// unreadable or conflicting `Content-Length`, too many fields.
@@ -397,7 +397,7 @@ fn rewrite_response(
     push_status_line(out, status);
     let keep_coding = matches!(framing, Framing::Chunked | Framing::UntilClose);
     // Names `Connection` lists, other than hop-by-hop ones (rare), read as
-    // `proxy::strip_hop_by_hop` reads them.
+    // `rules::strip_hop_by_hop` reads them.
     let is_listed = |name: &[u8]| {
         let values = resp
             .headers
@@ -1285,14 +1285,14 @@ mod tests {
         (name, value)
     }
 
-    fn upstream() -> crate::config::UpstreamConfig {
-        crate::config::UpstreamConfig {
+    fn upstream() -> crate::upstream::UpstreamConfig {
+        crate::upstream::UpstreamConfig {
             name: "up".into(),
             scheme: http::uri::Scheme::HTTP,
             authority: "up.internal:8080".parse().unwrap(),
             host_header: http::HeaderValue::from_static("up.internal:8080"),
             base_path: String::new(),
-            protocol: crate::config::UpstreamProtocol::Http1,
+            protocol: crate::upstream::UpstreamProtocol::Http1,
             connect_timeout: std::time::Duration::from_secs(1),
             response_timeout: std::time::Duration::from_secs(1),
             pool_idle_timeout: std::time::Duration::from_secs(1),
@@ -1338,7 +1338,7 @@ mod tests {
             fields in proptest::collection::vec(field(), 0..10),
             absolute in any::<bool>(),
         ) {
-            use crate::proxy::{strip_request_fields, strip_request_headers, Lookalikes, StripSet};
+            use crate::rules::{strip_request_fields, strip_request_headers, Lookalikes, StripSet};
             let target = if absolute { "http://client.example:81/p" } else { "/p" };
             let mut s = format!("GET {target} HTTP/1.1\r\n");
             for (n, v) in &fields {
@@ -1355,7 +1355,7 @@ mod tests {
                     http::HeaderValue::from_bytes(v).unwrap(),
                 );
             }
-            let names = crate::config::HeaderNames::default();
+            let names = crate::rules::HeaderNames::default();
             let lookalikes = Lookalikes::new(&names);
             prop_assert_eq!(lookalikes.check(&head), lookalikes.check(&map));
             prop_assert_eq!(

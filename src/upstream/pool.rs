@@ -33,7 +33,7 @@
 //!
 //! Used for plain HTTP/1.1 requests. h2 upstreams (one multiplexed
 //! connection, which does want a task of its own) and WebSocket upgrades go
-//! through hyper-util's client in [`crate::proxy`].
+//! through hyper-util's client ([`super::Upstream`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -54,8 +54,8 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use crate::cap::{Busy, ConnCap};
-use crate::proxy::UpstreamBody;
+use super::cap::{Busy, ConnCap};
+use super::UpstreamBody;
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 

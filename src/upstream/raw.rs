@@ -1,7 +1,7 @@
 //! Idle plain-TCP connections to one `http` upstream, for the fast path.
 //!
 //! A connection is put back only by whoever read its last response to the
-//! end with nothing left over ([`super`] decides). It goes to the longest
+//! end with nothing left over (the fast path, `crate::fast`, decides). It goes to the longest
 //! waiting request if there is one, else it is idle and owned by nobody.
 //! Checkout takes the newest (warm) idle one; one idle past
 //! `pool_idle_timeout` is closed instead. A request that finds none both
@@ -19,8 +19,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::cap::{Busy, ConnCap};
-use crate::pool::Waiters;
+use super::cap::{Busy, ConnCap};
+use super::pool::Waiters;
 
 /// Read buffer size of an upstream connection.
 const READ_BUF: usize = 16 * 1024;
@@ -54,7 +54,7 @@ pub enum ConnectError {
 /// Idle connections to one upstream.
 #[derive(Debug)]
 pub struct RawPool {
-    /// The same TCP connector the hyper clients use (`proxy::tcp_connector`).
+    /// The same TCP connector the hyper clients use (`super::tcp_connector`).
     connector: HttpConnector,
     /// The upstream, as the connector takes it.
     target: Uri,
