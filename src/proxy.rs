@@ -20,6 +20,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -28,50 +29,76 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::auth::extract_credential;
-use crate::body::{denial_response, Body, BoxError, Stalling};
+use crate::body::{parts_response, Body, BoxError, Stalling};
 use crate::error::Denial;
 use crate::fields::X_REQUEST_ID;
 use crate::forward_auth;
-use crate::gateway::{check_method, new_request_id, Gateway, TunnelEnd};
-use crate::metrics::Metrics;
+use crate::gateway::{check_method, Gateway, TunnelEnd};
+use crate::metrics::{Metrics, RouteSeries};
 use crate::route::normalize_path;
 use crate::rules::{rewrite_request_headers, strip_hop_by_hop, ForwardContext, HeaderNames, Peer};
+use crate::signals::{Exchange, Logged};
 use crate::upstream::cap::is_busy;
 use crate::upstream::{TrailerFilter, Upstream, UpstreamBody, UpstreamProtocol};
 
 /// Handles one request on the public listener. Never fails: every error
-/// is a JSON response.
+/// is a JSON response. Its [`Exchange`] is finished when the response body
+/// ends ([`crate::signals::Logged`]).
 pub async fn handle(g: &Arc<Gateway>, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-    let request_id = new_request_id();
-    match process(g, req, peer, &request_id).await {
+    let (request_id, trace) = g.identify(req.headers());
+    let mut ex = Exchange::new(
+        request_id,
+        trace,
+        req.method().clone(),
+        g.signals.keep_path(req.uri().path()),
+        peer.addr.ip(),
+    );
+    ex.bytes_in = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    // For a 405's `Allow` (cheap: the URI's parts are shared).
+    let uri = req.uri().clone();
+    let resp = match process(g, req, peer, &mut ex).await {
         Ok(resp) => resp,
         Err(denial) => {
-            g.count_refusal(denial, &request_id);
-            denial_response(denial, Some(&request_id))
+            ex.code = Some(denial.code());
+            let path = match denial {
+                Denial::MethodNotAllowed => normalize_path(uri.path()).ok(),
+                _ => None,
+            };
+            parts_response(g.refusal(denial, &ex.request_id, path.as_deref()))
         }
-    }
+    };
+    ex.status = resp.status().as_u16();
+    let signals = Arc::clone(&g.signals);
+    resp.map(|b| Body::Logged(Box::new(Logged::new(b, signals, ex))))
 }
 
 async fn process(
     g: &Arc<Gateway>,
     req: Request<Incoming>,
     peer: &Peer,
-    request_id: &HeaderValue,
+    ex: &mut Exchange,
 ) -> Result<Response<Body>, Denial> {
     let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
     // Forward auth is answered here, never forwarded.
     if let Some(suffix) = forward_auth::suffix(&g.config.forward_auth, req.uri().path(), &path) {
+        ex.route = RouteSeries::ForwardAuth;
         let entry =
             forward_auth::decide(g, req.method(), suffix, req.headers(), &peer.memo).await?;
+        ex.auth.clone_from(&entry);
         return Ok(forward_auth::allowed(
             g.header_names(),
             entry.as_deref(),
-            request_id,
+            &ex.request_id,
         ));
     }
     // The seed token endpoints are served here, never forwarded (the
     // method check that `route` makes for the rest comes first).
     if let Some(flow) = crate::flows::match_flow(&g.config.token_api, &path) {
+        ex.route = RouteSeries::TokenApi;
         check_method(req.method())?;
         g.metrics.token_api_requests.inc();
         // Boxed: the flows' futures (store transactions) are large and
@@ -79,6 +106,7 @@ async fn process(
         return Ok(Box::pin(crate::flows::handle(g, flow, req)).await);
     }
     let (route, upstream) = g.route(&path, req.method(), req.headers())?;
+    ex.route = RouteSeries::Route(route.series);
     // A tunnel the upstream agrees to outlives this request, so its
     // admission is checked again for as long as it stays open, from
     // the invalidations after this point on.
@@ -87,6 +115,7 @@ async fn process(
         .contains_key(http::header::UPGRADE)
         .then(|| g.cache.changes());
     let entry = g.admit(route, req.headers(), &peer.memo).await?;
+    ex.auth.clone_from(&entry);
     let tunnel_end = match (&entry, changes) {
         (Some(e), Some(changes)) => extract_credential(req.headers())?.map(|c| {
             let expires_at = e.record.expires_at;
@@ -94,13 +123,17 @@ async fn process(
         }),
         _ => None,
     };
+    ex.upstream = Some(route.upstream);
+    let traceparent = ex.trace.header_value();
     let ctx = ForwardContext {
         auth: entry.as_deref(),
-        request_id,
+        request_id: &ex.request_id,
+        traceparent: &traceparent,
         peer,
         path: &path,
         tls: false,
     };
+    let sent = Instant::now();
     let resp = forward(
         upstream,
         g.header_names(),
@@ -110,7 +143,9 @@ async fn process(
         ctx,
         tunnel_end,
     )
-    .await?;
+    .await;
+    ex.upstream_time = Some(sent.elapsed());
+    let resp = resp?;
     g.metrics.forwarded.inc();
     Ok(resp)
 }

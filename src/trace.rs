@@ -213,7 +213,16 @@ mod tests {
 
     #[test]
     fn client_request_ids_are_kept_only_when_trusted_and_well_formed() {
-        use crate::auth::tests::headers as map;
+        let map = |pairs: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
         let fresh = || HeaderValue::from_static("ours");
         let id = |h: &http::HeaderMap, trust| identify(h, trust, fresh).0;
         let theirs = map(&[("x-request-id", "abc-123")]);

@@ -93,12 +93,14 @@ use crate::cache::AuthEntry;
 use crate::error::Denial;
 use crate::fields::X_REQUEST_ID;
 use crate::forward_auth;
-use crate::gateway::{new_request_id, Gateway};
+use crate::gateway::Gateway;
+use crate::metrics::RouteSeries;
 use crate::route::{normalize_path, PathError};
 use crate::rules::{
     caller_headers, request_headers, strip_request_fields, ForwardContext, GatewayHeader,
     HeaderNames, Peer,
 };
+use crate::signals::Exchange;
 use crate::upstream::raw::{RawConn, RawPool};
 use crate::upstream::UpstreamConfig;
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
@@ -414,46 +416,77 @@ impl<'a> Client<'a> {
         }
     }
 
-    /// Runs the policy steps and answers the request.
+    /// Answers the request, then hands its record to
+    /// [`crate::signals::Signals::finish`] (unless hyper is to answer it).
     async fn respond(&mut self, head: RequestHead, request: &Bytes, shutting_down: bool) -> Next {
+        let g = self.gateway;
+        let (request_id, trace) = g.identify(&head);
+        let mut ex = Exchange::new(
+            request_id,
+            trace,
+            head.method.clone(),
+            g.signals.keep_path(head.path()),
+            self.peer.addr.ip(),
+        );
+        ex.bytes_in = head.body_len;
+        let next = self.answer(head, request, shutting_down, &mut ex).await;
+        if !matches!(next, Next::Handoff) {
+            g.signals.finish(ex);
+        }
+        next
+    }
+
+    /// Runs the policy steps and answers the request.
+    async fn answer(
+        &mut self,
+        head: RequestHead,
+        request: &Bytes,
+        shutting_down: bool,
+        ex: &mut Exchange,
+    ) -> Next {
         let g = self.gateway;
         self.head_request = head.method == Method::HEAD;
         let path = match normalize_path(head.path()) {
             Ok(p) => p,
-            Err(e) => {
-                return self
-                    .refuse(Denial::BadPath(e), &new_request_id(), head.close)
-                    .await
-            }
+            Err(e) => return self.refuse(Denial::BadPath(e), ex, None, head.close).await,
         };
         if let Some(suffix) = forward_auth::suffix(&g.config.forward_auth, head.path(), &path) {
-            let request_id = new_request_id();
+            ex.route = RouteSeries::ForwardAuth;
             let close = head.close || shutting_down;
             return match forward_auth::decide(g, &head.method, suffix, &head, &self.peer.memo).await
             {
                 Ok(entry) => {
-                    let (names, entry) = (g.header_names(), entry.as_deref());
-                    write_forward_auth_allowed(&mut self.out, names, entry, &request_id, close);
+                    let names = g.header_names();
+                    write_forward_auth_allowed(
+                        &mut self.out,
+                        names,
+                        entry.as_deref(),
+                        &ex.request_id,
+                        close,
+                    );
+                    ex.auth = entry;
+                    ex.status = 200;
                     self.send_out(close).await
                 }
-                Err(d) => self.refuse(d, &request_id, close).await,
+                Err(d) => self.refuse(d, ex, None, close).await,
             };
         }
         if crate::flows::match_flow(&g.config.token_api, &path).is_some() {
             return Next::Handoff;
         }
-        let request_id = new_request_id();
         let (route, upstream) = match g.route(&path, &head.method, &head) {
             Ok(x) => x,
-            Err(d) => return self.refuse(d, &request_id, head.close).await,
+            Err(d) => return self.refuse(d, ex, Some(&path), head.close).await,
         };
         let Some(raw) = upstream.raw_pool() else {
             return Next::Handoff;
         };
+        ex.route = RouteSeries::Route(route.series);
         let entry = match g.admit(route, &head, &self.peer.memo).await {
             Ok(e) => e,
-            Err(d) => return self.refuse(d, &request_id, head.close).await,
+            Err(d) => return self.refuse(d, ex, None, head.close).await,
         };
+        ex.upstream = Some(route.upstream);
         let cfg = &upstream.config;
         let mut target = String::with_capacity(cfg.base_path.len() + path.len() + 64);
         target.push_str(&cfg.base_path);
@@ -467,11 +500,13 @@ impl<'a> Client<'a> {
         let changed = path != head.path() || !cfg.base_path.is_empty();
         if changed && PathAndQuery::try_from(target.as_str()).is_err() {
             let d = Denial::BadPath(PathError::BadEscape);
-            return self.refuse(d, &request_id, head.close).await;
+            return self.refuse(d, ex, None, head.close).await;
         }
+        let traceparent = ex.trace.header_value();
         let ctx = ForwardContext {
             auth: entry.as_deref(),
-            request_id: &request_id,
+            request_id: &ex.request_id,
+            traceparent: &traceparent,
             peer: self.peer,
             path: &path,
             tls: false,
@@ -509,8 +544,10 @@ impl<'a> Client<'a> {
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(&request[head.head_len..]);
 
+        ex.auth = entry;
         self.response_timer
             .set(Instant::now() + cfg.response_timeout);
+        let sent_at = Instant::now();
         let safe = is_safe(&head.method);
         let head_request = head.method == Method::HEAD;
         let exchange = async {
@@ -540,11 +577,12 @@ impl<'a> Client<'a> {
             r = exchange => Some(r),
             _ = self.response_timer.expired() => None,
         };
+        ex.upstream_time = Some(sent_at.elapsed());
         let (conn, resp) = match sent {
             None => {
                 tracing::warn!(upstream = %cfg.name, "upstream response timed out");
                 return self
-                    .refuse(Denial::UpstreamTimeout, &request_id, head.close)
+                    .refuse(Denial::UpstreamTimeout, ex, None, head.close)
                     .await;
             }
             Some(Err(e)) => {
@@ -566,14 +604,13 @@ impl<'a> Client<'a> {
                         Denial::UpstreamUnavailable
                     }
                 };
-                return self.refuse(denial, &request_id, head.close).await;
+                return self.refuse(denial, ex, None, head.close).await;
             }
             Some(Ok(x)) => x,
         };
         g.metrics.forwarded.inc();
         let close = head.close || shutting_down;
-        self.pass_response(conn, resp, raw, cfg, &request_id, close)
-            .await
+        self.pass_response(conn, resp, raw, cfg, ex, close).await
     }
 
     /// Finishes the response head in `self.resp` for the client, then
@@ -584,7 +621,7 @@ impl<'a> Client<'a> {
         resp: ResponseHead,
         raw: &RawPool,
         upstream: &UpstreamConfig,
-        request_id: &HeaderValue,
+        ex: &mut Exchange,
         client_close: bool,
     ) -> Next {
         let idle_body = upstream.response_timeout;
@@ -593,8 +630,11 @@ impl<'a> Client<'a> {
             framing,
             close: upstream_close,
             dated,
+            status,
             ..
         } = resp;
+        ex.status = status.as_u16();
+        let request_id = &ex.request_id;
         if !dated {
             wire::with_date(|d| wire::push_field(&mut self.resp, b"date", d));
         }
@@ -625,6 +665,7 @@ impl<'a> Client<'a> {
         };
         self.resp.extend_from_slice(&conn.buf[..n]);
         let _ = conn.buf.split_to(n);
+        ex.bytes_out = n as u64;
         if self.stream.write_all(&self.resp).await.is_err() {
             return Next::Close;
         }
@@ -673,6 +714,7 @@ impl<'a> Client<'a> {
             if self.stream.write_all(&conn.buf[..n]).await.is_err() {
                 return Next::Close;
             }
+            ex.bytes_out += n as u64;
             let _ = conn.buf.split_to(n);
         }
         if !upstream_close && conn.buf.is_empty() {
@@ -713,10 +755,23 @@ impl<'a> Client<'a> {
         let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
-    /// Answers with a refusal.
-    async fn refuse(&mut self, denial: Denial, request_id: &HeaderValue, close: bool) -> Next {
-        self.gateway.count_refusal(denial, request_id);
-        let (status, mut headers, body) = denial.parts(Some(request_id));
+    /// Answers with a refusal (`path`: the normalised path, for a 405's
+    /// `Allow`).
+    async fn refuse(
+        &mut self,
+        denial: Denial,
+        ex: &mut Exchange,
+        path: Option<&str>,
+        close: bool,
+    ) -> Next {
+        let (status, mut headers, body) = self.gateway.refusal(denial, &ex.request_id, path);
+        ex.status = status.as_u16();
+        ex.code = Some(denial.code());
+        ex.bytes_out = if self.head_request {
+            0
+        } else {
+            body.len() as u64
+        };
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         // As hyper's server dates every response it writes.
         if let Ok(date) = wire::with_date(HeaderValue::from_bytes) {
