@@ -178,6 +178,9 @@ struct Line {
     ts: SystemTime,
 }
 
+// Lines are nearly every message: boxing them to shrink the rare flush
+// would cost every request an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Line(Line),
     /// Write out everything queued before, then answer.
@@ -729,6 +732,30 @@ mod tests {
         assert_eq!(v["token_id"], serde_json::Value::Null);
         assert_eq!(v["client_ip"], "127.0.0.1");
         assert_eq!(v["trace_id"].as_str().unwrap().len(), 32);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_never_waits() {
+        let metrics = Arc::new(Metrics::default());
+        let signals = Signals::new(Arc::clone(&metrics), LogConfig::default(), &[], &[]);
+        // A writer that never drains: room for one line.
+        let (tx, _rx) = mpsc::sync_channel(1);
+        assert!(signals.queue.set(tx).is_ok());
+        for _ in 0..3 {
+            signals.finish(line(RouteSeries::None, None).exchange);
+        }
+        assert_eq!(metrics.access_log_dropped.get(), 2);
+        assert_eq!(metrics.series.requests(RouteSeries::None, 4), 3);
+        // Off: nothing queued, nothing dropped, still counted.
+        let off = LogConfig {
+            access: false,
+            ..LogConfig::default()
+        };
+        let signals = Signals::new(Arc::clone(&metrics), off, &[], &[]);
+        assert_eq!(signals.keep_path("/a"), "");
+        signals.finish(line(RouteSeries::None, None).exchange);
+        assert_eq!(metrics.access_log_dropped.get(), 2);
+        assert_eq!(metrics.series.requests(RouteSeries::None, 4), 4);
     }
 
     #[test]
