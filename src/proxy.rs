@@ -8,6 +8,8 @@
 //! hyper-util client. Bodies stream both ways (never collected); upgrades
 //! are tunnelled once the upstream answers 101. What is stripped from the
 //! request and added to it is the rule book's ([`crate::rules`]).
+//! Each request's [`Exchange`] is finished when its response body ends
+//! (sent, or dropped), so its access line and duration cover the body.
 //!
 //! # Retries
 //!

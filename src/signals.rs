@@ -51,7 +51,7 @@ use crate::metrics::{Metrics, RouteSeries};
 use crate::trace::Trace;
 
 /// Lines the access log's queue holds; past it, lines are dropped. With
-/// the writer draining it every [`WRITER_NAP`], enough for some 400,000
+/// the writer draining it every 10 ms, enough for some 400,000
 /// lines a second.
 pub const ACCESS_QUEUE: usize = 4096;
 

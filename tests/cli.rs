@@ -274,10 +274,13 @@ fn serve_answers_and_stops_on_sigterm() {
         .arg(env.config())
         .arg("serve")
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
+        // Colour is for terminals: none in a pipe, NO_COLOR or not.
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let (public, admin) = loop {
@@ -320,6 +323,20 @@ fn serve_answers_and_stops_on_sigterm() {
     assert!(
         status.success(),
         "serve exits cleanly on SIGTERM: {status:?}"
+    );
+    // The access log, on standard output by default, written out before
+    // the process ended: one line for the one public request.
+    let mut access = String::new();
+    stdout.read_to_string(&mut access).unwrap();
+    let lines: Vec<&str> = access.lines().collect();
+    assert_eq!(lines.len(), 1, "{access}");
+    assert!(lines[0].contains(" GET /anything 401 "), "{access}");
+    assert!(lines[0].contains(" code=TOKEN_MISSING "), "{access}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(
+        !rest.contains('\u{1b}') && !line.contains('\u{1b}'),
+        "colour in a pipe: {rest}"
     );
 }
 

@@ -27,6 +27,11 @@
 //!
 //! # Promises it keeps
 //!
+//! - The same request identity ([`Gateway::identify`]: request id,
+//!   `traceparent`) and the same record: each request answered here ends
+//!   in one [`Exchange`] handed to [`crate::signals::Signals::finish`]
+//!   once its answer is written (metrics and the access line, as on
+//!   hyper's path); one handed to hyper is recorded there alone.
 //! - The same policy, in the same order, with the same refusals
 //!   ([`Denial::parts`]) and the same header rewrite
 //!   ([`strip_request_fields`]: [`crate::rules::rewrite_request_headers`]
