@@ -350,6 +350,7 @@ fn write_lines(
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut buf = String::with_capacity(512);
+    let mut clock = Clock::default();
     let mut failed = false;
     // Blocks while idle; once lines come, naps between drains.
     while let Ok(first) = rx.recv() {
@@ -362,8 +363,8 @@ fn write_lines(
                     Msg::Line(line) => {
                         buf.clear();
                         match format {
-                            LogFormat::Json => json_line(&mut buf, &line, labels),
-                            LogFormat::Text => text_line(&mut buf, &line, labels),
+                            LogFormat::Json => json_line(&mut buf, &line, labels, &mut clock),
+                            LogFormat::Text => text_line(&mut buf, &line, labels, &mut clock),
                         }
                         buf.push('\n');
                         if out.write_all(buf.as_bytes()).is_err() {
@@ -390,36 +391,60 @@ fn write_lines(
     let _ = out.flush();
 }
 
+/// The writer's memory of the last second it wrote a timestamp for: lines
+/// come in bursts within one second, and its date and time are the same.
+#[derive(Default)]
+struct Clock {
+    second: u64,
+    /// `2026-12-01T18:00:00`, for `second`.
+    text: String,
+}
+
 /// RFC 3339 UTC with milliseconds: `2026-12-01T18:00:00.123Z`.
-fn push_ts(buf: &mut String, ts: SystemTime) {
+fn push_ts(buf: &mut String, ts: SystemTime, clock: &mut Clock) {
     use std::fmt::Write as _;
     let d = ts
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let t = time::OffsetDateTime::UNIX_EPOCH + d;
-    let _ = write!(
-        buf,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    );
+    if clock.text.is_empty() || clock.second != d.as_secs() {
+        let t = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(d.as_secs());
+        clock.second = d.as_secs();
+        clock.text.clear();
+        let _ = write!(
+            clock.text,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+        );
+    }
+    buf.push_str(&clock.text);
+    let _ = write!(buf, ".{:03}Z", d.subsec_millis());
 }
 
 /// Milliseconds with microsecond precision: `0.412`.
-fn ms(d: Duration) -> String {
+fn push_ms(buf: &mut String, d: Duration) {
+    use std::fmt::Write as _;
     let us = d.as_micros();
-    format!("{}.{:03}", us / 1000, us % 1000)
+    let _ = write!(buf, "{}.{:03}", us / 1000, us % 1000);
 }
 
 /// A JSON string (quoted, escaped) of bytes that should be text.
 fn push_json_str(buf: &mut String, v: &[u8]) {
     use std::fmt::Write as _;
     buf.push('"');
+    // The usual case: printable ASCII with nothing to escape.
+    if let Some(plain) = std::str::from_utf8(v).ok().filter(|s| {
+        s.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    }) {
+        buf.push_str(plain);
+        buf.push('"');
+        return;
+    }
     for ch in String::from_utf8_lossy(v).chars() {
         match ch {
             '"' => buf.push_str("\\\""),
@@ -499,7 +524,7 @@ enum Value<'a> {
     Ip(IpAddr),
 }
 
-fn json_line(buf: &mut String, line: &Line, labels: &Labels) {
+fn json_line(buf: &mut String, line: &Line, labels: &Labels, clock: &mut Clock) {
     use std::fmt::Write as _;
     buf.push('{');
     for (i, (key, value)) in fields(line, labels).into_iter().enumerate() {
@@ -515,10 +540,10 @@ fn json_line(buf: &mut String, line: &Line, labels: &Labels) {
             Value::Int(n) => {
                 let _ = write!(buf, "{n}");
             }
-            Value::Ms(d) => buf.push_str(&ms(d)),
+            Value::Ms(d) => push_ms(buf, d),
             Value::Ts(t) => {
                 buf.push('"');
-                push_ts(buf, t);
+                push_ts(buf, t, clock);
                 buf.push('"');
             }
             Value::Trace(t) => push_json_str(buf, &t),
@@ -531,9 +556,9 @@ fn json_line(buf: &mut String, line: &Line, labels: &Labels) {
 }
 
 /// `ts method path status duration_ms` first, then `key=value` pairs.
-fn text_line(buf: &mut String, line: &Line, labels: &Labels) {
+fn text_line(buf: &mut String, line: &Line, labels: &Labels, clock: &mut Clock) {
     use std::fmt::Write as _;
-    let push = |buf: &mut String, v: Value<'_>| match v {
+    let mut push = |buf: &mut String, v: Value<'_>| match v {
         Value::None => buf.push('-'),
         // Paths and ids are visible ASCII already; anything else shows
         // escaped, so a line stays one line.
@@ -549,40 +574,33 @@ fn text_line(buf: &mut String, line: &Line, labels: &Labels) {
         Value::Int(n) => {
             let _ = write!(buf, "{n}");
         }
-        Value::Ms(d) => buf.push_str(&ms(d)),
-        Value::Ts(t) => push_ts(buf, t),
+        Value::Ms(d) => push_ms(buf, d),
+        Value::Ts(t) => push_ts(buf, t, clock),
         Value::Trace(t) => buf.push_str(std::str::from_utf8(&t).unwrap_or("-")),
         Value::Ip(ip) => {
             let _ = write!(buf, "{ip}");
         }
     };
-    let all = fields(line, labels);
-    let mut rest = Vec::with_capacity(all.len());
-    let mut lead: [Option<Value<'_>>; 5] = [None, None, None, None, None];
-    for (key, value) in all {
-        match key {
-            "ts" => lead[0] = Some(value),
-            "method" => lead[1] = Some(value),
-            "path" => lead[2] = Some(value),
-            "status" => lead[3] = Some(value),
-            "duration_ms" => lead[4] = Some(value),
-            _ => rest.push((key, value)),
-        }
-    }
-    for (i, v) in lead.into_iter().enumerate() {
+    const LEAD: [&str; 5] = ["ts", "method", "path", "status", "duration_ms"];
+    let mut all = fields(line, labels).map(|(k, v)| (k, Some(v)));
+    for (i, key) in LEAD.iter().enumerate() {
         if i > 0 {
             buf.push(' ');
         }
+        let v = all
+            .iter_mut()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.take());
         push(buf, v.unwrap_or(Value::None));
-        if i == 4 {
-            buf.push_str("ms");
-        }
     }
-    for (key, value) in rest {
-        buf.push(' ');
-        buf.push_str(key);
-        buf.push('=');
-        push(buf, value);
+    buf.push_str("ms");
+    for (key, value) in all {
+        if let Some(value) = value {
+            buf.push(' ');
+            buf.push_str(key);
+            buf.push('=');
+            push(buf, value);
+        }
     }
 }
 
@@ -695,6 +713,7 @@ mod tests {
             &mut buf,
             &line(RouteSeries::Route(0), Some("ROUTE_NOT_FOUND")),
             &labels(),
+            &mut Clock::default(),
         );
         let v: serde_json::Value = serde_json::from_str(&buf).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -761,7 +780,12 @@ mod tests {
     #[test]
     fn text_lines_read_left_to_right() {
         let mut buf = String::new();
-        text_line(&mut buf, &line(RouteSeries::None, None), &labels());
+        text_line(
+            &mut buf,
+            &line(RouteSeries::None, None),
+            &labels(),
+            &mut Clock::default(),
+        );
         assert!(
             buf.starts_with(
                 "2027-01-15T08:00:00.123Z GET /api/x\"y 404 2.412ms request_id=rid-1 trace_id="
