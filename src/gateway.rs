@@ -116,14 +116,15 @@ impl Gateway {
         let routes = RouteTable::new(config.routes.clone());
         let header_names = Arc::new(config.headers.clone());
         let last_used = LastUsed::new(config.store.last_used_resolution);
+        let strip = StripSet::new(&header_names);
         let trailers: TrailerFilter = {
-            let names = Arc::clone(&header_names);
-            Arc::new(move |t| strip_for_upstream(t, &names))
+            let strip = strip.clone();
+            Arc::new(move |t| strip_for_upstream(t, &strip))
         };
         Arc::new(Self {
             trailers,
             lookalikes: Lookalikes::new(&header_names),
-            strip: StripSet::new(&header_names),
+            strip,
             header_names,
             config,
             store,

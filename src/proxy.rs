@@ -24,7 +24,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -33,15 +33,15 @@ use hyper_util::rt::TokioIo;
 use crate::auth::extract_credential;
 use crate::body::{parts_response, Body, BoxError, Stalling};
 use crate::error::Denial;
-use crate::fields::X_REQUEST_ID;
+use crate::fields::{list_has, RequestFields, X_REQUEST_ID};
 use crate::forward_auth;
 use crate::gateway::{check_method, Gateway, TunnelEnd};
-use crate::metrics::{Metrics, RouteSeries};
+use crate::metrics::RouteSeries;
 use crate::route::normalize_path;
-use crate::rules::{rewrite_request_headers, strip_hop_by_hop, ForwardContext, HeaderNames, Peer};
+use crate::rules::{rewrite_request_headers, strip_response, ForwardContext, Peer};
 use crate::signals::{Exchange, Logged};
 use crate::upstream::cap::is_busy;
-use crate::upstream::{TrailerFilter, Upstream, UpstreamBody, UpstreamProtocol};
+use crate::upstream::{Upstream, UpstreamBody, UpstreamProtocol};
 
 /// Handles one request on the public listener. Never fails: every error
 /// is a JSON response. Its [`Exchange`] is finished when the response body
@@ -136,16 +136,7 @@ async fn process(
         tls: false,
     };
     let sent = Instant::now();
-    let resp = forward(
-        upstream,
-        g.header_names(),
-        g.trailer_filter(),
-        &g.metrics,
-        req,
-        ctx,
-        tunnel_end,
-    )
-    .await;
+    let resp = forward(g, upstream, req, ctx, tunnel_end).await;
     ex.upstream_time = Some(sent.elapsed());
     let resp = resp?;
     g.metrics.forwarded.inc();
@@ -157,7 +148,12 @@ async fn process(
 /// hand the client a raw HTTP/2 connection to the upstream, past every
 /// check) is refused.
 fn wants_upgrade(req: &Request<Incoming>) -> Result<bool, Denial> {
-    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+    if req.version() != Version::HTTP_11
+        || !list_has(
+            RequestFields::values(req.headers(), &header::CONNECTION),
+            b"upgrade",
+        )
+    {
         return Ok(false);
     }
     match req.headers().get(header::UPGRADE) {
@@ -171,23 +167,12 @@ fn is_websocket(v: &HeaderValue) -> bool {
     v.as_bytes().eq_ignore_ascii_case(b"websocket")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// Forwards a request that has passed authentication. An agreed upgrade
 /// becomes a tunnel that lasts until either side closes or `tunnel_end`
 /// resolves.
 pub async fn forward(
+    g: &Gateway,
     upstream: &Upstream,
-    names: &HeaderNames,
-    trailers: &TrailerFilter,
-    metrics: &Metrics,
     mut req: Request<Incoming>,
     ctx: ForwardContext<'_>,
     tunnel_end: Option<TunnelEnd>,
@@ -221,7 +206,14 @@ pub async fn forward(
         .build()
         .map_err(|_| Denial::BadPath(crate::route::PathError::BadEscape))?;
 
-    rewrite_request_headers(req.headers_mut(), names, &ctx, cfg, upgrade);
+    rewrite_request_headers(
+        req.headers_mut(),
+        g.strip_set(),
+        g.header_names(),
+        &ctx,
+        cfg,
+        upgrade,
+    );
     *req.uri_mut() = uri;
     *req.version_mut() = match cfg.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -229,7 +221,8 @@ pub async fn forward(
     };
 
     let moving = Arc::new(AtomicBool::new(false));
-    let req = req.map(|inner| UpstreamBody::new(inner, Arc::clone(trailers), Arc::clone(&moving)));
+    let req = req
+        .map(|inner| UpstreamBody::new(inner, Arc::clone(g.trailer_filter()), Arc::clone(&moving)));
     // Plain HTTP/1.1 requests go through the pool; upgrades need the
     // connection handed over, which hyper-util's client does.
     let pool = upstream.pool.as_ref().filter(|_| !upgrade);
@@ -272,7 +265,7 @@ pub async fn forward(
             .is_some_and(is_websocket);
         if let (Some(client_upgrade), true) = (client_upgrade, agreed) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            metrics.upgrades.inc();
+            g.metrics.upgrades.inc();
             let name = cfg.name.clone();
             tokio::spawn(async move {
                 match tokio::join!(client_upgrade, upstream_upgrade) {
@@ -293,7 +286,7 @@ pub async fn forward(
             });
             let (mut parts, body) = resp.into_parts();
             let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
-            strip_hop_by_hop(&mut parts.headers);
+            strip_response(&mut parts.headers);
             if let Some(v) = upgrade_to {
                 parts.headers.insert(header::UPGRADE, v);
             }
@@ -311,7 +304,7 @@ pub async fn forward(
     }
 
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    strip_response(&mut parts.headers);
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());

@@ -20,8 +20,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::cache::{AuthEntry, ConnectionMemo};
 use crate::error::Denial;
 use crate::fields::{
-    connection_tokens, is_hop_by_hop, RequestFields, HOP_BY_HOP, SPOOFABLE, TOKEN_HEADER,
-    TRACEPARENT,
+    connection_tokens, is_hop_by_hop_bytes, list_has, RequestFields, HOP_BY_HOP, SPOOFABLE,
+    TOKEN_HEADER, TRACEPARENT, X_REQUEST_ID,
 };
 use crate::upstream::{UpstreamConfig, UpstreamProtocol};
 
@@ -303,104 +303,31 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// Removes hop-by-hop headers and every header listed in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    remove_where(headers, is_hop_by_hop);
+/// Whether a response field stays off the client's response (besides
+/// those its `Connection` lists): hop-by-hop fields, and the upstream's
+/// `X-Request-Id` (the gateway states its own). Both codecs strip by it:
+/// [`strip_response`] on a map, the fast path on the bytes.
+pub fn response_drops(name: &[u8]) -> bool {
+    is_hop_by_hop_bytes(name) || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
 }
 
-/// Removes what must not reach an upstream from a client's headers (or
-/// trailers): hop-by-hop headers (and those `Connection` lists), the
+/// Removes from a response's headers what [`response_drops`] picks and
+/// every header listed in `Connection`.
+pub fn strip_response(headers: &mut HeaderMap) {
+    remove_where(headers, |n| response_drops(n.as_str().as_bytes()));
+}
+
+/// Removes what must not reach an upstream from a client's trailers: the
+/// request's own strip ([`StripSet`]) and what `Connection` lists.
+pub fn strip_for_upstream(headers: &mut HeaderMap, strip: &StripSet) {
+    remove_where(headers, |n| strip.contains(n.as_str().as_bytes()));
+}
+
+/// Every name removed from a request before it goes upstream (besides
+/// those `Connection` lists), lower case: hop-by-hop headers, the
 /// credentials, headers that would steer the upstream, and any copy of a
-/// header the gateway sets.
-pub fn strip_for_upstream(headers: &mut HeaderMap, names: &HeaderNames) {
-    remove_where(headers, |n| {
-        is_hop_by_hop(n)
-            || n == header::AUTHORIZATION
-            || n == TOKEN_HEADER
-            || SPOOFABLE.contains(n)
-            || names.all().contains(&n)
-    });
-}
-
-/// h2 clients may split `cookie` into several fields; HTTP/1.1 needs one,
-/// joined with `; ` (RFC 9113 8.2.3).
-fn join_cookies(headers: &mut HeaderMap) {
-    let mut values = headers.get_all(header::COOKIE).iter();
-    if values.next().is_none() || values.next().is_none() {
-        return;
-    }
-    let joined: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
-        headers.insert(header::COOKIE, v);
-    }
-}
-
-/// Rewrites the request headers for the upstream (see the module doc).
-pub fn rewrite_request_headers(
-    headers: &mut HeaderMap,
-    names: &HeaderNames,
-    ctx: &ForwardContext<'_>,
-    upstream: &UpstreamConfig,
-    upgrade: bool,
-) {
-    let original_host = strip_request_headers(headers, names, upstream, upgrade);
-    // Room for what the gateway adds, so adding never regrows the map.
-    headers.reserve(10);
-    // None of these is present any more, so they are appended, which skips
-    // looking for values to replace.
-    gateway_headers(names, ctx, original_host.as_ref(), |n, v| {
-        headers.append(n.clone(), v.clone());
-    });
-}
-
-/// The first half of [`rewrite_request_headers`]: removes what must not
-/// reach the upstream, keeps an agreed upgrade, sets `Host` for the
-/// upstream. Returns the client's `Host`, for `X-Forwarded-Host`.
-pub fn strip_request_headers(
-    headers: &mut HeaderMap,
-    names: &HeaderNames,
-    upstream: &UpstreamConfig,
-    upgrade: bool,
-) -> Option<HeaderValue> {
-    let upgrade_value = if upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    let te_trailers = upstream.protocol == UpstreamProtocol::H2
-        && headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    strip_for_upstream(headers, names);
-    if let Some(v) = upgrade_value {
-        headers.insert(header::UPGRADE, v);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    if te_trailers {
-        // gRPC needs `te: trailers` to reach an h2 upstream.
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    match upstream.protocol {
-        UpstreamProtocol::Http1 => {
-            join_cookies(headers);
-            headers.insert(header::HOST, upstream.host_header.clone())
-        }
-        // h2 carries the authority in the URI; a Host header would conflict.
-        UpstreamProtocol::H2 => headers.remove(header::HOST),
-    }
-}
-
-/// Every name [`strip_for_upstream`] removes from a request (besides those
-/// `Connection` lists), lower case, for code that reads names as bytes:
-/// the fast path's [`strip_request_fields`]. Built once per gateway; a
-/// test holds it equal to the `HeaderName` check.
+/// header the gateway sets. Built once per gateway; the one list both
+/// codecs strip by ([`strip_request`], [`strip_for_upstream`]).
 #[derive(Debug, Clone)]
 pub struct StripSet {
     names: Vec<Vec<u8>>,
@@ -430,49 +357,128 @@ impl StripSet {
     }
 }
 
-/// [`strip_request_headers`] for an HTTP/1.1 upstream and no upgrade, on a
-/// request's fields as they came (the fast path's): `emit` gets each field
-/// to forward, in order, then the upstream's `Host` and the cookies joined
-/// into one field ([`join_cookies`]). Returns the client's `Host`, for
-/// `X-Forwarded-Host`. A property test holds the result equal to what
-/// [`strip_request_headers`] leaves in a `HeaderMap`.
-pub fn strip_request_fields<'h>(
-    fields: &'h (impl RequestFields + ?Sized),
+/// Where [`strip_request`] puts what goes upstream: hyper's path builds a
+/// `HeaderMap` ([`MapSink`]), the fast path writes bytes.
+pub trait RequestSink<F> {
+    /// A client's field that passes, as the codec holds it.
+    fn pass(&mut self, field: F);
+    /// A field the rule book states (the upstream's `Host`, joined
+    /// cookies, a kept `Upgrade`, `TE: trailers`).
+    fn add(&mut self, name: &HeaderName, value: &[u8]);
+    /// [`Self::add`] for a value already made.
+    fn add_value(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.add(name, value.as_bytes());
+    }
+}
+
+/// The request rewrite, once for both codecs: hands `sink` every field of
+/// `request` that may reach the upstream, in order, then what the rule book
+/// states: an agreed `upgrade` kept (`Upgrade` and `Connection: upgrade`),
+/// `TE: trailers` for an h2 upstream that asked for it (gRPC), and for an
+/// HTTP/1.1 upstream its own `Host` and the cookies in one field (h2
+/// clients may split them; RFC 9113 8.2.3). Removed: [`StripSet`]'s names,
+/// every name `Connection` lists, and the client's `Host`, which is
+/// returned for `X-Forwarded-Host` (an h2 upstream takes the authority from
+/// the URI; a `Host` there would conflict).
+pub fn strip_request<'h, R: RequestFields + ?Sized>(
+    request: &'h R,
     strip: &StripSet,
     upstream: &UpstreamConfig,
-    mut emit: impl FnMut(&[u8], &[u8]),
-) -> Option<&'h [u8]> {
+    upgrade: bool,
+    sink: &mut impl RequestSink<R::Field<'h>>,
+) -> Option<R::Field<'h>> {
+    static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
+    static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
     // (No `Connection` field, no allocation.)
-    let listed: Vec<&[u8]> = connection_tokens(fields.values(&header::CONNECTION)).collect();
+    let listed: Vec<&[u8]> = connection_tokens(request.values(&header::CONNECTION)).collect();
     let is_listed = |name: &[u8]| listed.iter().any(|t| t.eq_ignore_ascii_case(name));
+    let h1 = upstream.protocol == UpstreamProtocol::Http1;
     let mut host = None;
     // The first cookie, and all of them joined once there is a second.
-    let mut cookie: Option<&[u8]> = None;
+    let mut cookie = None;
     let mut cookies: Option<Vec<u8>> = None;
-    for (name, value) in fields.fields() {
+    for field in request.held() {
+        let (name, value) = R::bytes(field);
         if strip.contains(name) || is_listed(name) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"host") {
-            host = host.or(Some(value));
-        } else if name.eq_ignore_ascii_case(b"cookie") {
+            host = host.or(Some(field));
+        } else if h1 && name.eq_ignore_ascii_case(b"cookie") {
             match cookie {
-                None => cookie = Some(value),
+                None => cookie = Some(field),
                 Some(first) => {
-                    let joined = cookies.get_or_insert_with(|| first.to_vec());
+                    let joined = cookies.get_or_insert_with(|| R::bytes(first).1.to_vec());
                     joined.extend_from_slice(b"; ");
                     joined.extend_from_slice(value);
                 }
             }
         } else {
-            emit(name, value);
+            sink.pass(field);
         }
     }
-    emit(b"host", upstream.host_header.as_bytes());
-    if let Some(c) = cookies.as_deref().or(cookie) {
-        emit(b"cookie", c);
+    if upgrade {
+        if let Some(v) = request.values(&header::UPGRADE).next() {
+            sink.add(&header::UPGRADE, v);
+            sink.add_value(&header::CONNECTION, &UPGRADE);
+        }
+    }
+    if !h1 && list_has(request.values(&header::TE), b"trailers") {
+        sink.add_value(&header::TE, &TRAILERS);
+    }
+    if h1 {
+        sink.add_value(&header::HOST, &upstream.host_header);
+        match (cookies, cookie) {
+            (Some(joined), _) => sink.add(&header::COOKIE, &joined),
+            (None, Some(one)) => sink.pass(one),
+            (None, None) => {}
+        }
     }
     host
+}
+
+/// hyper's sink for [`strip_request`]: a new map, the passed fields cloned
+/// (a name or value clone shares its bytes; nothing is copied).
+#[derive(Debug, Default)]
+pub struct MapSink(pub HeaderMap);
+
+impl<'h> RequestSink<(&'h HeaderName, &'h HeaderValue)> for MapSink {
+    fn pass(&mut self, (name, value): (&'h HeaderName, &'h HeaderValue)) {
+        self.0.append(name.clone(), value.clone());
+    }
+
+    fn add(&mut self, name: &HeaderName, value: &[u8]) {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            self.0.append(name.clone(), v);
+        }
+    }
+
+    fn add_value(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.0.append(name.clone(), value.clone());
+    }
+}
+
+/// Rewrites hyper's request headers for the upstream (see the module doc):
+/// [`strip_request`] into a new map, then [`gateway_headers`].
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    strip: &StripSet,
+    names: &HeaderNames,
+    ctx: &ForwardContext<'_>,
+    upstream: &UpstreamConfig,
+    upgrade: bool,
+) {
+    // Room for what the gateway adds, so adding never regrows the map.
+    let mut sink = MapSink(HeaderMap::with_capacity(headers.len() + 12));
+    let original_host =
+        strip_request(&*headers, strip, upstream, upgrade, &mut sink).map(|(_, v)| v.clone());
+    let mut out = sink.0;
+    // None of these is present any more, so they are appended, which skips
+    // looking for values to replace.
+    gateway_headers(names, ctx, original_host.as_ref(), |n, v| {
+        out.append(n.clone(), v.clone());
+    });
+    *headers = out;
 }
 
 /// The second half of [`rewrite_request_headers`]: the headers the gateway
@@ -575,7 +581,7 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_and_connection_listed_headers_go_and_nothing_else() {
+    fn hop_by_hop_request_ids_and_connection_listed_headers_go_and_nothing_else() {
         let mut h = map(&[
             ("connection", "keep-alive, X-Foo"),
             ("keep-alive", "timeout=5"),
@@ -584,15 +590,15 @@ mod tests {
             ("close", "3"),
             ("te", "trailers"),
         ]);
-        strip_hop_by_hop(&mut h);
+        strip_response(&mut h);
         assert_eq!(names(&h), vec!["close", "x-bar"]);
 
         // `close` is removed only when `Connection` lists it.
         let mut h = map(&[("connection", "close"), ("close", "1"), ("x-bar", "2")]);
-        strip_hop_by_hop(&mut h);
+        strip_response(&mut h);
         assert_eq!(names(&h), vec!["x-bar"]);
         let mut h = map(&[("close", "1"), ("x-bar", "2")]);
-        strip_hop_by_hop(&mut h);
+        strip_response(&mut h);
         assert_eq!(names(&h), vec!["close", "x-bar"]);
 
         // Several `Connection` fields, one of them unusual.
@@ -602,7 +608,7 @@ mod tests {
             ("x-baz", "1"),
             ("x-bar", "2"),
         ]);
-        strip_hop_by_hop(&mut h);
+        strip_response(&mut h);
         assert_eq!(names(&h), vec!["x-bar"]);
     }
 }

@@ -34,9 +34,9 @@
 //!   hyper's path); one handed to hyper is recorded there alone.
 //! - The same policy, in the same order, with the same refusals
 //!   ([`Denial::parts`]) and the same header rewrite
-//!   ([`strip_request_fields`]: [`crate::rules::rewrite_request_headers`]
-//!   on the bytes, with a property test holding the two equal; the byte
-//!   form of [`crate::rules::strip_hop_by_hop`] for responses).
+//!   ([`strip_request`], the rule book's, into a byte sink where hyper's
+//!   path has a map; a property test holds the two sinks equal; the byte
+//!   form of [`crate::rules::strip_response`] for responses).
 //! - The deadlines `crate::deadline` holds hyper's connections to: the
 //!   first head within `server.header_read_timeout_seconds` of the
 //!   accept, at most `server.idle_timeout_seconds` idle between requests,
@@ -102,8 +102,8 @@ use crate::gateway::Gateway;
 use crate::metrics::RouteSeries;
 use crate::route::{normalize_path, PathError};
 use crate::rules::{
-    caller_headers, request_headers, strip_request_fields, ForwardContext, GatewayHeader,
-    HeaderNames, Peer,
+    caller_headers, request_headers, strip_request, ForwardContext, GatewayHeader, HeaderNames,
+    Peer,
 };
 use crate::signals::Exchange;
 use crate::upstream::raw::{RawConn, RawPool};
@@ -522,15 +522,12 @@ impl<'a> Client<'a> {
         self.out.clear();
         wire::push_request_line(&mut self.out, &head.method, &target);
         let out = &mut self.out;
-        let host = strip_request_fields(&head, g.strip_set(), cfg, |n, v| {
-            // The body's length is stated by the gateway, from what it
-            // read: a `Connection: content-length` would strip the
-            // client's, and without one the upstream would read the body
-            // as a request.
-            if !n.eq_ignore_ascii_case(b"content-length") {
-                wire::push_field(out, n, v);
-            }
-        });
+        // The body's length is stated by the gateway, from what it read.
+        let mut sink = wire::FieldWriter {
+            out,
+            drop_length: true,
+        };
+        let host = strip_request(&head, g.strip_set(), cfg, false, &mut sink).map(|(_, v)| v);
         if head.has_length {
             let n = HeaderValue::from(head.body_len);
             wire::push_field(&mut self.out, b"content-length", n.as_bytes());
