@@ -64,7 +64,8 @@
 //! and `store-1m`), `LOAD_TOOL=wrk` to drive the fixed-token cases with wrk
 //! instead of the built-in client, `LOAD_ACCESS_LOG` (`off`, the default:
 //! `[log] access = false`; `json`: the access log on, JSON, appended to a
-//! file in the bench's temp dir, to compare against `off`).
+//! file in the bench's temp dir, to compare against `off`; `none`: no
+//! `[log]` table, for a `LOAD_TOKENGATE_BIN` built before it existed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -963,6 +964,7 @@ fn main() {
                 "[log]\nformat = \"json\"\naccess_file = {:?}\n",
                 dir.path().join("access.log").display().to_string()
             ),
+            Ok("none") => String::new(),
             _ => "[log]\naccess = false\n".to_string(),
         };
         eprintln!("access log: {}", access_log.replace('\n', " "));

@@ -448,3 +448,71 @@ fn a_listener_address_in_use_is_named() {
     }
     drop(held);
 }
+
+#[test]
+fn log_format_json_writes_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.config()).unwrap();
+    let access = env.dir.path().join("access.log");
+    std::fs::write(
+        env.config(),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\naccess_file = {:?}\n{cfg}",
+            access.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("--config")
+        .arg(env.config())
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let listening = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["fields"]["message"] == "tokengate listening" {
+            break v;
+        }
+    };
+    assert_eq!(listening["level"], "INFO");
+    let public = listening["fields"]["public_addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&public).unwrap();
+        write!(
+            s,
+            "GET /x?k=v HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(child.wait().unwrap().success());
+    // Written out at shutdown, to the configured file.
+    let lines = std::fs::read_to_string(&access).unwrap();
+    let v: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
+    assert_eq!(v["path"], "/x");
+    assert_eq!(v["status"], 401);
+    assert_eq!(v["code"], "TOKEN_MISSING");
+}
