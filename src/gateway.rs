@@ -15,7 +15,7 @@
 //! while no invalidation has happened since ([`ConnectionMemo`]). The
 //! decision runs on every request, cached or not, against the clock.
 //! Denials become responses in one place
-//! ([`crate::error::Denial::parts`]).
+//! (`crate::error::Denial::parts`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,10 +169,10 @@ impl Gateway {
         crate::trace::identify(fields, self.config.server.trust_request_id, new_request_id)
     }
 
-    /// A refusal's response in pieces ([`Denial::parts`]), for both codecs:
+    /// A refusal's response in pieces (`Denial::parts`), for both codecs:
     /// a 405 also says which methods the path allows (`Allow`, RFC 9110
     /// 15.5.6), `path` being the normalised path. Counts and logs it.
-    pub fn refusal(
+    pub(crate) fn refusal(
         &self,
         denial: Denial,
         request_id: &HeaderValue,

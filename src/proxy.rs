@@ -38,10 +38,12 @@ use crate::forward_auth;
 use crate::gateway::{check_method, Gateway, TunnelEnd};
 use crate::metrics::RouteSeries;
 use crate::route::normalize_path;
-use crate::rules::{rewrite_request_headers, strip_response, ForwardContext, Peer};
+use crate::rules::{
+    rewrite_request_headers, strip_response, upstream_target, ForwardContext, Peer,
+};
 use crate::signals::{Exchange, Logged};
 use crate::upstream::cap::is_busy;
-use crate::upstream::{Upstream, UpstreamBody, UpstreamProtocol};
+use crate::upstream::{Failure, Upstream, UpstreamBody, UpstreamProtocol};
 
 /// Handles one request on the public listener. Never fails: every error
 /// is a JSON response. Its [`Exchange`] is finished when the response body
@@ -190,14 +192,7 @@ pub async fn forward(
         }
     }
 
-    let mut pq = String::with_capacity(cfg.base_path.len() + ctx.path.len() + 64);
-    pq.push_str(&cfg.base_path);
-    pq.push_str(ctx.path);
-    if let Some(q) = req.uri().query() {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let pq = PathAndQuery::try_from(pq)
+    let pq = PathAndQuery::try_from(upstream_target(cfg, ctx.path, req.uri().query()))
         .map_err(|_| Denial::BadPath(crate::route::PathError::BadEscape))?;
     let uri = Uri::builder()
         .scheme(cfg.scheme.clone())
@@ -243,18 +238,9 @@ pub async fn forward(
     })
     .await;
     let mut resp = match sent {
-        Err(_) => {
-            tracing::warn!(upstream = %cfg.name, "upstream response timed out");
-            return Err(Denial::UpstreamTimeout);
-        }
-        Ok(Err(e)) if is_busy(e.as_ref()) => {
-            tracing::warn!(upstream = %cfg.name, "upstream connection limit reached");
-            return Err(Denial::UpstreamBusy);
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(upstream = %cfg.name, error = %e, source = ?e.source(), "upstream request failed");
-            return Err(Denial::UpstreamUnavailable);
-        }
+        Err(_) => return Err(Failure::Timeout.denial(&cfg.name)),
+        Ok(Err(e)) if is_busy(e.as_ref()) => return Err(Failure::Busy.denial(&cfg.name)),
+        Ok(Err(e)) => return Err(Failure::Io(e).denial(&cfg.name)),
         Ok(Ok(resp)) => resp,
     };
 
@@ -299,8 +285,7 @@ pub async fn forward(
             return Ok(Response::from_parts(parts, body));
         }
         // An upgrade nobody asked for (or to another protocol) is never tunnelled.
-        tracing::warn!(upstream = %cfg.name, "upstream sent 101 without a matching WebSocket upgrade request");
-        return Err(Denial::UpstreamUnavailable);
+        return Err(Failure::StrayUpgrade.denial(&cfg.name));
     }
 
     let (mut parts, body) = resp.into_parts();

@@ -458,6 +458,20 @@ impl<'h> RequestSink<(&'h HeaderName, &'h HeaderValue)> for MapSink {
     }
 }
 
+/// The target an upstream is sent: its base path, the normalised `path`,
+/// and the client's query as it came. The caller checks it parses (hyper's
+/// path always; the fast path when it differs from the client's).
+pub fn upstream_target(upstream: &UpstreamConfig, path: &str, query: Option<&str>) -> String {
+    let mut target = String::with_capacity(upstream.base_path.len() + path.len() + 64);
+    target.push_str(&upstream.base_path);
+    target.push_str(path);
+    if let Some(q) = query {
+        target.push('?');
+        target.push_str(q);
+    }
+    target
+}
+
 /// Rewrites hyper's request headers for the upstream (see the module doc):
 /// [`strip_request`] into a new map, then [`gateway_headers`].
 pub fn rewrite_request_headers(

@@ -8,7 +8,7 @@
 //! it hands over, and on the admin listener always, they are served by
 //! hyper-util's auto builder (HTTP/1.1 and h2 on the same port, upgrades
 //! allowed). Both hold every connection to its deadlines (first request
-//! head, idle, head after idle: [`crate::deadline`] for hyper's).
+//! head, idle, head after idle: `crate::deadline` for hyper's).
 //!
 //! Shutdown ([`Running::shutdown`], or SIGTERM / ctrl-c in `serve`): stop
 //! accepting, let in-flight requests finish for up to

@@ -22,7 +22,7 @@
 //! its life ([`Ended::Handoff`]), which serves it exactly as it would have
 //! without a fast path. So the two paths never disagree on a request; they
 //! differ only in who parses it. A forward-auth request
-//! ([`crate::forward_auth`]) is answered here whatever its route's
+//! (`crate::forward_auth`) is answered here whatever its route's
 //! upstream: nothing is forwarded.
 //!
 //! # Promises it keeps
@@ -33,7 +33,7 @@
 //!   once its answer is written (metrics and the access line, as on
 //!   hyper's path); one handed to hyper is recorded there alone.
 //! - The same policy, in the same order, with the same refusals
-//!   ([`Denial::parts`]) and the same header rewrite
+//!   (`Denial::parts`) and the same header rewrite
 //!   ([`strip_request`], the rule book's, into a byte sink where hyper's
 //!   path has a map; a property test holds the two sinks equal; the byte
 //!   form of [`crate::rules::strip_response`] for responses).
@@ -102,12 +102,12 @@ use crate::gateway::Gateway;
 use crate::metrics::RouteSeries;
 use crate::route::{normalize_path, PathError};
 use crate::rules::{
-    caller_headers, request_headers, strip_request, ForwardContext, GatewayHeader, HeaderNames,
-    Peer,
+    caller_headers, request_headers, strip_request, upstream_target, ForwardContext, GatewayHeader,
+    HeaderNames, Peer,
 };
 use crate::signals::Exchange;
 use crate::upstream::raw::{RawConn, RawPool};
-use crate::upstream::UpstreamConfig;
+use crate::upstream::{Failure, UpstreamConfig};
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
 
 /// Read buffer size of a client connection.
@@ -267,7 +267,7 @@ pub fn caller_fields<'a>(names: &HeaderNames, a: &'a AuthEntry) -> &'a [u8] {
     })
 }
 
-/// [`forward_auth::allowed`] as the fast path writes it, into `out`: the caller's fields
+/// `forward_auth::allowed` as the fast path writes it, into `out`: the caller's fields
 /// as cached with its entry ([`caller_fields`]), dated, with an empty
 /// body.
 pub fn write_forward_auth_allowed(
@@ -326,18 +326,6 @@ impl Body {
             Framing::UntilClose => Ok((avail.len(), false)),
         }
     }
-}
-
-/// Why an exchange with the upstream failed before a response head.
-enum Failed {
-    /// A reused connection closed before answering: try a new one.
-    Stale,
-    /// The upstream's connection cap stayed full.
-    Busy,
-    /// Anything else.
-    Io(std::io::Error),
-    /// The response head was malformed.
-    BadResponse,
 }
 
 impl<'a> Client<'a> {
@@ -493,13 +481,7 @@ impl<'a> Client<'a> {
         };
         ex.upstream = Some(route.upstream);
         let cfg = &upstream.config;
-        let mut target = String::with_capacity(cfg.base_path.len() + path.len() + 64);
-        target.push_str(&cfg.base_path);
-        target.push_str(&path);
-        if let Some(q) = head.query() {
-            target.push('?');
-            target.push_str(q);
-        }
+        let target = upstream_target(cfg, &path, head.query());
         // The client's target was checked as it was parsed; only a path
         // normalisation changed, or a base path added, needs a new look.
         let changed = path != head.path() || !cfg.base_path.is_empty();
@@ -559,17 +541,17 @@ impl<'a> Client<'a> {
                     raw.connect().await
                 } else {
                     match checkout(raw) {
-                        Some(c) => Ok(c),
-                        None => raw.wait_or_connect().await,
+                        Ok(c) => Ok(c),
+                        Err(waiter) => raw.connect_or_wait(waiter).await,
                     }
                 }
                 .map_err(|e| match e {
-                    crate::upstream::raw::ConnectError::Busy(_) => Failed::Busy,
-                    crate::upstream::raw::ConnectError::Io(e) => Failed::Io(e),
+                    crate::upstream::raw::ConnectError::Busy(_) => Failure::Busy,
+                    crate::upstream::raw::ConnectError::Io(e) => Failure::Io(e.into()),
                 })?;
                 match send(&mut conn, &self.out, head_request, &mut self.resp).await {
                     Ok(resp) => return Ok((conn, resp)),
-                    Err(Failed::Stale) if safe => fresh_only = true,
+                    Err(Failure::Stale) if safe => fresh_only = true,
                     Err(e) => return Err(e),
                 }
             }
@@ -582,31 +564,12 @@ impl<'a> Client<'a> {
         ex.upstream_time = Some(sent_at.elapsed());
         let (conn, resp) = match sent {
             None => {
-                tracing::warn!(upstream = %cfg.name, "upstream response timed out");
-                return self
-                    .refuse(Denial::UpstreamTimeout, ex, None, head.close)
-                    .await;
+                let d = Failure::Timeout.denial(&cfg.name);
+                return self.refuse(d, ex, None, head.close).await;
             }
             Some(Err(e)) => {
-                let denial = match e {
-                    Failed::Busy => {
-                        tracing::warn!(upstream = %cfg.name, "upstream connection limit reached");
-                        Denial::UpstreamBusy
-                    }
-                    Failed::Io(e) => {
-                        tracing::warn!(upstream = %cfg.name, error = %e, "upstream request failed");
-                        Denial::UpstreamUnavailable
-                    }
-                    Failed::Stale => {
-                        tracing::warn!(upstream = %cfg.name, "upstream closed a reused connection before answering");
-                        Denial::UpstreamUnavailable
-                    }
-                    Failed::BadResponse => {
-                        tracing::warn!(upstream = %cfg.name, "upstream sent a malformed or unexpected response head");
-                        Denial::UpstreamUnavailable
-                    }
-                };
-                return self.refuse(denial, ex, None, head.close).await;
+                let d = e.denial(&cfg.name);
+                return self.refuse(d, ex, None, head.close).await;
             }
             Some(Ok(x)) => x,
         };
@@ -810,15 +773,16 @@ impl<'a> Client<'a> {
 /// clears it). It cannot see what arrived after the reactor last looked:
 /// a close still in flight is caught by the retry of safe methods, and a
 /// stray response in flight is a race no HTTP/1.1 client can rule out.
-fn checkout(raw: &RawPool) -> Option<RawConn> {
-    while let Some(conn) = raw.checkout() {
+fn checkout(raw: &RawPool) -> Result<RawConn, tokio::sync::oneshot::Receiver<RawConn>> {
+    loop {
+        let conn = raw.pop_or_join()?;
         let mut probe = [0u8; 1];
-        match conn.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
-            _ => continue,
+        if let Err(e) = conn.stream.try_read(&mut probe) {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(conn);
+            }
         }
     }
-    None
 }
 
 /// Writes a request and reads the response head, skipping interim (1xx)
@@ -828,10 +792,14 @@ async fn send(
     request: &[u8],
     head_request: bool,
     head: &mut Vec<u8>,
-) -> Result<ResponseHead, Failed> {
+) -> Result<ResponseHead, Failure> {
     let reused = conn.reused;
     if let Err(e) = conn.stream.write_all(request).await {
-        return Err(if reused { Failed::Stale } else { Failed::Io(e) });
+        return Err(if reused {
+            Failure::Stale
+        } else {
+            Failure::Io(e.into())
+        });
     }
     let mut any = false;
     loop {
@@ -840,7 +808,7 @@ async fn send(
             head.clear();
             match wire::parse_response(&conn.buf, head_request, head) {
                 Parsed::Complete(h) if h.status == http::StatusCode::SWITCHING_PROTOCOLS => {
-                    return Err(Failed::BadResponse);
+                    return Err(Failure::BadResponse);
                 }
                 Parsed::Complete(h) => {
                     let _ = conn.buf.split_to(h.head_len);
@@ -849,21 +817,23 @@ async fn send(
                     }
                     continue;
                 }
-                Parsed::Unsupported => return Err(Failed::BadResponse),
+                Parsed::Unsupported => return Err(Failure::BadResponse),
                 Parsed::Partial if conn.buf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(Failed::BadResponse)
+                    return Err(Failure::BadResponse)
                 }
                 Parsed::Partial => {}
             }
         }
         conn.buf.reserve(READ_BUF);
         match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) if reused && !any => return Err(Failed::Stale),
-            Err(_) if reused && !any => return Err(Failed::Stale),
+            Ok(0) if reused && !any => return Err(Failure::Stale),
+            Err(_) if reused && !any => return Err(Failure::Stale),
             Ok(0) => {
-                return Err(Failed::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                return Err(Failure::Io(
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into(),
+                ));
             }
-            Err(e) => return Err(Failed::Io(e)),
+            Err(e) => return Err(Failure::Io(e.into())),
             Ok(_) => {}
         }
     }

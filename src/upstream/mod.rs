@@ -10,6 +10,7 @@
 //! ([`TrailerFilter`]).
 
 pub mod cap;
+pub mod idle;
 pub mod pool;
 pub mod raw;
 
@@ -26,6 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::error::Denial;
 use cap::{CappedConnector, ConnCap};
 use pool::Pool;
 use raw::RawPool;
@@ -64,6 +66,66 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     /// Connections open at once, idle or busy, across both paths.
     pub max_connections: usize,
+}
+
+/// Why an exchange with an upstream failed, on either path. [`Self::denial`]
+/// logs it, once, in the same words for both, and says what the client is
+/// answered.
+#[derive(Debug)]
+pub enum Failure {
+    /// No response head within the upstream's `response_timeout_ms`.
+    Timeout,
+    /// The upstream's connection cap stayed full for the connect timeout.
+    Busy,
+    /// A reused connection closed before answering.
+    Stale,
+    /// Connecting, sending or reading failed.
+    Io(Box<dyn std::error::Error + Send + Sync>),
+    /// The response head was malformed or unexpected.
+    BadResponse,
+    /// A 101 that no WebSocket upgrade asked for.
+    StrayUpgrade,
+}
+
+impl Failure {
+    /// Logs the failure against `upstream` and gives the client's denial.
+    pub fn denial(&self, upstream: &str) -> Denial {
+        match self {
+            Failure::Timeout => {
+                tracing::warn!(upstream, "upstream response timed out");
+                Denial::UpstreamTimeout
+            }
+            Failure::Busy => {
+                tracing::warn!(upstream, "upstream connection limit reached");
+                Denial::UpstreamBusy
+            }
+            Failure::Stale => {
+                tracing::warn!(
+                    upstream,
+                    "upstream closed a reused connection before answering"
+                );
+                Denial::UpstreamUnavailable
+            }
+            Failure::Io(e) => {
+                tracing::warn!(upstream, error = %e, source = ?e.source(), "upstream request failed");
+                Denial::UpstreamUnavailable
+            }
+            Failure::BadResponse => {
+                tracing::warn!(
+                    upstream,
+                    "upstream sent a malformed or unexpected response head"
+                );
+                Denial::UpstreamUnavailable
+            }
+            Failure::StrayUpgrade => {
+                tracing::warn!(
+                    upstream,
+                    "upstream sent 101 without a matching WebSocket upgrade request"
+                );
+                Denial::UpstreamUnavailable
+            }
+        }
+    }
 }
 
 /// What a request body's trailers go through on their way upstream (the
