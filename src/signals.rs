@@ -244,11 +244,6 @@ impl Signals {
         }
     }
 
-    /// Whether access lines are written.
-    pub fn access_log(&self) -> bool {
-        self.config.access
-    }
-
     /// The request path for the record: copied when an access line will
     /// be written, empty (no allocation) when not.
     pub fn keep_path(&self, path: &str) -> String {
