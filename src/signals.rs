@@ -417,14 +417,56 @@ fn push_ts(buf: &mut String, ts: SystemTime, clock: &mut Clock) {
         );
     }
     buf.push_str(&clock.text);
-    let _ = write!(buf, ".{:03}Z", d.subsec_millis());
+    buf.push('.');
+    push_padded(buf, u64::from(d.subsec_millis()), 3);
+    buf.push('Z');
 }
 
 /// Milliseconds with microsecond precision: `0.412`.
 fn push_ms(buf: &mut String, d: Duration) {
-    use std::fmt::Write as _;
-    let us = d.as_micros();
-    let _ = write!(buf, "{}.{:03}", us / 1000, us % 1000);
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_u64(buf, us / 1000);
+    buf.push('.');
+    push_padded(buf, us % 1000, 3);
+}
+
+/// `n` in decimal: the writer's one number format, without the
+/// formatting machinery (a line has a dozen numbers).
+fn push_u64(buf: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend(digits[i..].iter().map(|d| char::from(*d)));
+}
+
+/// `n` in decimal, zero-padded to `width` digits.
+fn push_padded(buf: &mut String, n: u64, width: usize) {
+    let mut len = 1;
+    let mut m = n / 10;
+    while m > 0 {
+        len += 1;
+        m /= 10;
+    }
+    for _ in len..width {
+        buf.push('0');
+    }
+    push_u64(buf, n);
+}
+
+/// A signed number (ids), in decimal.
+fn push_i64(buf: &mut String, n: i64) {
+    if n < 0 {
+        buf.push('-');
+    }
+    push_u64(buf, n.unsigned_abs());
 }
 
 /// A JSON string (quoted, escaped) of bytes that should be text.
@@ -532,9 +574,7 @@ fn json_line(buf: &mut String, line: &Line, labels: &Labels, clock: &mut Clock) 
         match value {
             Value::None => buf.push_str("null"),
             Value::Str(s) => push_json_str(buf, s),
-            Value::Int(n) => {
-                let _ = write!(buf, "{n}");
-            }
+            Value::Int(n) => push_i64(buf, n),
             Value::Ms(d) => push_ms(buf, d),
             Value::Ts(t) => {
                 buf.push('"');
@@ -566,9 +606,7 @@ fn text_line(buf: &mut String, line: &Line, labels: &Labels, clock: &mut Clock) 
                 }
             }
         }
-        Value::Int(n) => {
-            let _ = write!(buf, "{n}");
-        }
+        Value::Int(n) => push_i64(buf, n),
         Value::Ms(d) => push_ms(buf, d),
         Value::Ts(t) => push_ts(buf, t, clock),
         Value::Trace(t) => buf.push_str(std::str::from_utf8(&t).unwrap_or("-")),
@@ -770,6 +808,26 @@ mod tests {
         signals.finish(line(RouteSeries::None, None).exchange);
         assert_eq!(metrics.access_log_dropped.get(), 2);
         assert_eq!(metrics.series.requests(RouteSeries::None, 4), 4);
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_would() {
+        for n in [0u64, 7, 10, 999, 1000, 123_456_789, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+            let mut s = String::new();
+            push_padded(&mut s, n % 1000, 3);
+            assert_eq!(s, format!("{:03}", n % 1000));
+        }
+        for n in [0i64, -1, i64::MIN, i64::MAX] {
+            let mut s = String::new();
+            push_i64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+        let mut s = String::new();
+        push_ms(&mut s, Duration::from_micros(12_005));
+        assert_eq!(s, "12.005");
     }
 
     #[test]
