@@ -794,10 +794,12 @@ impl Config {
             let series = match same {
                 Some(x) if r.name.is_none() && x.label == x.path => x.series,
                 Some(_) => {
+                    // Blame the key that made the label.
+                    let k = if r.name.is_some() { "name" } else { "path" };
                     return Err(invalid(
-                        &key("name"),
+                        &key(k),
                         format!("{label:?} is already the name or path of an earlier route"),
-                    ))
+                    ));
                 }
                 None => routes.iter().map(|x| x.series + 1).max().unwrap_or(0),
             };
@@ -1095,7 +1097,7 @@ mod tests {
                     route("/a", Some("/b"), ""),
                     route("/b", None, "")
                 ),
-                "routes[1].name",
+                "routes[1].path",
             ),
             (
                 format!("{up}{}", route("/a", Some("a b"), "")),
