@@ -20,7 +20,7 @@
 //! request whose reused connection closed before answering; no request with
 //! side effects reaches an upstream twice.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -137,8 +137,10 @@ async fn process(
         path: &path,
         tls: false,
     };
+    let forwarded = Arc::new(AtomicU64::new(0));
+    ex.bytes_forwarded = Some(Arc::clone(&forwarded));
     let sent = Instant::now();
-    let resp = forward(g, upstream, req, ctx, tunnel_end).await;
+    let resp = forward(g, upstream, req, ctx, tunnel_end, forwarded).await;
     ex.upstream_time = Some(sent.elapsed());
     let resp = resp?;
     g.metrics.forwarded.inc();
@@ -171,13 +173,14 @@ fn is_websocket(v: &HeaderValue) -> bool {
 
 /// Forwards a request that has passed authentication. An agreed upgrade
 /// becomes a tunnel that lasts until either side closes or `tunnel_end`
-/// resolves.
+/// resolves. `forwarded` counts the request body's bytes as they go up.
 pub async fn forward(
     g: &Gateway,
     upstream: &Upstream,
     mut req: Request<Incoming>,
     ctx: ForwardContext<'_>,
     tunnel_end: Option<TunnelEnd>,
+    forwarded: Arc<AtomicU64>,
 ) -> Result<Response<Body>, Denial> {
     let cfg = &upstream.config;
     let upgrade = wants_upgrade(&req)?;
@@ -216,8 +219,10 @@ pub async fn forward(
     };
 
     let moving = Arc::new(AtomicBool::new(false));
-    let req = req
-        .map(|inner| UpstreamBody::new(inner, Arc::clone(g.trailer_filter()), Arc::clone(&moving)));
+    let req = req.map(|inner| {
+        let trailers = Arc::clone(g.trailer_filter());
+        UpstreamBody::new(inner, trailers, Arc::clone(&moving), forwarded)
+    });
     // Plain HTTP/1.1 requests go through the pool; upgrades need the
     // connection handed over, which hyper-util's client does.
     let pool = upstream.pool.as_ref().filter(|_| !upgrade);

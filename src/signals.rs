@@ -38,6 +38,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -137,8 +138,12 @@ pub struct Exchange {
     pub auth: Option<Arc<AuthEntry>>,
     /// The client's address.
     pub client_ip: IpAddr,
-    /// Request body bytes.
+    /// Request body bytes: its `Content-Length` (0 for none) unless
+    /// `bytes_forwarded` counts them.
     pub bytes_in: u64,
+    /// Request body bytes as they are streamed upstream (hyper's path,
+    /// where a body may have no length); read when the exchange finishes.
+    pub bytes_forwarded: Option<Arc<AtomicU64>>,
     /// Response body bytes sent.
     pub bytes_out: u64,
 }
@@ -166,6 +171,7 @@ impl Exchange {
             auth: None,
             client_ip,
             bytes_in: 0,
+            bytes_forwarded: None,
             bytes_out: 0,
         }
     }
@@ -291,8 +297,11 @@ impl Signals {
     }
 
     /// Counts and logs a finished request: the one rule for both codecs.
-    pub fn finish(&self, exchange: Exchange) {
+    pub fn finish(&self, mut exchange: Exchange) {
         let duration = exchange.started.elapsed();
+        if let Some(n) = &exchange.bytes_forwarded {
+            exchange.bytes_in = n.load(Ordering::Relaxed);
+        }
         let series = &self.metrics.series;
         series.request(exchange.route, exchange.status, duration);
         if let (Some(u), Some(t)) = (exchange.upstream, exchange.upstream_time) {

@@ -164,6 +164,30 @@ async fn access_lines_hold_every_field_on_both_paths() {
 }
 
 #[tokio::test]
+async fn a_chunked_upload_through_hyper_counts_its_bytes_in() {
+    // A body of no stated length (chunked): the fast path hands it to
+    // hyper, which counts what it streams upstream.
+    let (g, _dir, path) = logged(true, "json").await;
+    let token = g.token(&[]).await;
+    let (tx, resp) = g.upload("/echo/up", &token);
+    for chunk in [&b"hello "[..], b"chunked ", b"world"] {
+        tx.send(bytes::Bytes::from_static(chunk)).await.unwrap();
+    }
+    drop(tx);
+    let resp = resp.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"hello chunked world");
+    let line: serde_json::Value = serde_json::from_str(&lines(&path, 1).await[0]).unwrap();
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["bytes_in"], 19, "{line}");
+    assert_eq!(line["bytes_out"], 19, "{line}");
+}
+
+#[tokio::test]
 async fn text_access_lines_read_as_one_line_each() {
     for fast in [true, false] {
         let (g, _dir, path) = logged(fast, "text").await;
