@@ -23,10 +23,11 @@ LAYERS = [
     # in memory, below the store (whose rows carry a token's limits).
     ["ratelimit"],
     # Routes and the store, each with its own config types.
-    ["route", "store"],
+    ["route", "store", "trace"],
     # Denials and the token cache.
     ["error", "cache"],
-    ["usage"],
+    # The access log and series record carries a cache entry.
+    ["usage", "signals"],
     ["issuer"],
     # Upstream connections: config, cap, pools, clients.
     ["upstream"],

@@ -30,12 +30,14 @@ use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
 use crate::fields::RequestFields;
 use crate::issuer::{Caller, Issuer};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Series};
 use crate::ratelimit::{header_values, LimitFields, Limiter, Refused, Subject};
 use crate::route::{is_miscased_method, RouteMatch, RouteTable};
 use crate::rules::{strip_for_upstream, HeaderNames, Lookalikes, StripSet};
+use crate::signals::Signals;
 use crate::store::TokenStore;
 use crate::token::{Checked, TokenHash};
+use crate::trace::Trace;
 use crate::upstream::{TrailerFilter, Upstream};
 use crate::usage::LastUsed;
 
@@ -71,6 +73,8 @@ pub struct Gateway {
     pub issuer: Issuer,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Where each finished request is counted and logged.
+    pub signals: Arc<Signals>,
     /// Batched last-used times.
     pub last_used: LastUsed,
     /// Rate-limit and quota counts.
@@ -98,7 +102,15 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Assembles a gateway over an open store.
     pub fn new(config: Config, store: Arc<dyn TokenStore>, clock: Clock) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::default());
+        let route_labels = config.route_labels();
+        let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let metrics = Arc::new(Metrics::new(Series::new(&route_labels, &upstream_names)));
+        let signals = Arc::new(Signals::new(
+            Arc::clone(&metrics),
+            config.log.clone(),
+            &route_labels,
+            &upstream_names,
+        ));
         let cache = Arc::new(TokenCache::new(
             &config.cache,
             config.store.timeout,
@@ -139,6 +151,7 @@ impl Gateway {
             cache,
             issuer,
             metrics,
+            signals,
             last_used,
             limiter,
             clock,
@@ -169,6 +182,31 @@ impl Gateway {
             .min()
             .unwrap_or(std::time::Duration::from_secs(30))
             .max(std::time::Duration::from_millis(100))
+    }
+
+    /// A request's id and trace ([`crate::trace::identify`]), worked out
+    /// once, first, by both codecs.
+    pub fn identify(&self, fields: &(impl RequestFields + ?Sized)) -> (HeaderValue, Trace) {
+        crate::trace::identify(fields, self.config.server.trust_request_id, new_request_id)
+    }
+
+    /// A refusal's response in pieces (`Denial::parts`), for both codecs:
+    /// a 405 also says which methods the path allows (`Allow`, RFC 9110
+    /// 15.5.6), `path` being the normalised path. Counts and logs it.
+    pub(crate) fn refusal(
+        &self,
+        denial: Denial,
+        request_id: &HeaderValue,
+        path: Option<&str>,
+    ) -> (http::StatusCode, http::HeaderMap, bytes::Bytes) {
+        self.count_refusal(denial, request_id);
+        let (status, mut headers, body) = denial.parts(Some(request_id));
+        if let (Denial::MethodNotAllowed, Some(path)) = (denial, path) {
+            if let Ok(allow) = HeaderValue::from_str(&self.routes.allow(path)) {
+                headers.insert(http::header::ALLOW, allow);
+            }
+        }
+        (status, headers, body)
     }
 
     /// Counts and logs a refusal (its response is made by the caller).
