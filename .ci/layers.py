@@ -18,8 +18,8 @@ LAYERS = [
     # HTTP vocabulary, abilities, token format, clock, counters: they know
     # no other module.
     ["fields", "ability", "token", "clock", "metrics"],
-    # Routes and the store, each with its own config types.
-    ["route", "store"],
+    # Routes, the store and TLS, each with its own config types.
+    ["route", "store", "tls"],
     ["cache"],
     ["usage"],
     ["issuer"],

@@ -22,6 +22,7 @@ pub use crate::cache::CacheConfig;
 use crate::route::normalize_path;
 pub use crate::route::{AuthMode, RouteConfig};
 pub use crate::store::DatabaseUrl;
+pub use crate::tls::{FileSni, FileTls, TlsSettings};
 use crate::token::{TokenFormat, MAX_PREFIX_LEN};
 
 /// The default config path, relative to the working directory.
@@ -94,6 +95,12 @@ pub struct FileConfig {
     /// `[forward_auth]`
     #[serde(default)]
     pub forward_auth: FileForwardAuth,
+    /// `[tls]`: the public listener speaks TLS when present.
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+    /// `[admin_tls]`: the admin listener speaks TLS when present.
+    #[serde(default)]
+    pub admin_tls: Option<FileTls>,
 }
 
 /// `[server]`: listeners and connection handling.
@@ -398,6 +405,10 @@ pub struct Config {
     pub token_api: TokenApiPaths,
     /// The forward-auth endpoint.
     pub forward_auth: ForwardAuthConfig,
+    /// The public listener's TLS; `None`: plain TCP.
+    pub tls: Option<TlsSettings>,
+    /// The admin listener's TLS; `None`: plain TCP.
+    pub admin_tls: Option<TlsSettings>,
 }
 
 /// Validated `[forward_auth]`.
@@ -920,6 +931,16 @@ impl Config {
         let token_api = validate_token_api(path, &f.token_api)?;
         let forward_auth = validate_forward_auth(path, &f.forward_auth, &token_api)?;
 
+        // Last: reads the certificate files, once the rest is known good.
+        let tls_table = |table: &str, t: &Option<FileTls>| {
+            t.as_ref()
+                .map(|t| crate::tls::build(table, t))
+                .transpose()
+                .map_err(|e| invalid(&e.key, e.message))
+        };
+        let tls = tls_table("tls", &f.tls)?;
+        let admin_tls = tls_table("admin_tls", &f.admin_tls)?;
+
         Ok(Config {
             server,
             store,
@@ -930,6 +951,8 @@ impl Config {
             routes,
             token_api,
             forward_auth,
+            tls,
+            admin_tls,
         })
     }
 }

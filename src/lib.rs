@@ -21,6 +21,7 @@
 //! | | [`metrics`] | counters, Prometheus text |
 //! | data | [`route`] | path normalisation, the longest-prefix route table, route config |
 //! | | [`store`] | the `TokenStore` trait, SQLite and PostgreSQL, the database URL |
+//! | | [`tls`] | `[tls]` / `[admin_tls]`: PEM certificates and keys checked, rustls configs, SNI choice |
 //! | | [`cache`] | moka cache of token records (hits read from a dashmap index), single-flight loads, revocation races |
 //! | | [`usage`] | last-used times batched in memory, flushed periodically |
 //! | | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
@@ -69,6 +70,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod tunnel;
 pub mod usage;
