@@ -213,7 +213,7 @@ impl Gateway {
             request_id,
             peer,
             path: &path,
-            tls: false,
+            tls: peer.tls,
         };
         let resp = forward(
             upstream,

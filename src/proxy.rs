@@ -373,10 +373,12 @@ pub struct Peer {
     pub ip_header: HeaderValue,
     /// The token its last request presented, and what it resolved to.
     pub memo: ConnectionMemo,
+    /// Whether it speaks TLS to us (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 impl Peer {
-    /// The peer of a newly accepted connection.
+    /// The peer of a newly accepted plain TCP connection.
     pub fn new(addr: SocketAddr) -> Self {
         let ip_header = HeaderValue::from_str(&addr.ip().to_string())
             // An IP address is always a valid header value.
@@ -385,7 +387,14 @@ impl Peer {
             addr,
             ip_header,
             memo: ConnectionMemo::default(),
+            tls: false,
         }
+    }
+
+    /// The same peer, having finished a TLS handshake.
+    pub fn over_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 }
 

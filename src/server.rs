@@ -10,6 +10,13 @@
 //! allowed). Both hold every connection to its deadlines (first request
 //! head, idle, head after idle: [`crate::deadline`] for hyper's).
 //!
+//! With `[tls]` (`[admin_tls]`), a listener's connections first finish a
+//! TLS handshake ([`crate::tls::accept`]) within their first-head deadline;
+//! then one that chose `h2` by ALPN goes to hyper, and any other (ALPN
+//! `http/1.1` or none) is served exactly as a plain TCP connection, fast
+//! path included. Each handshake takes the certificates in force when it
+//! starts.
+//!
 //! Shutdown ([`Running::shutdown`], or SIGTERM / ctrl-c in `serve`): stop
 //! accepting, let in-flight requests finish for up to
 //! `server.shutdown_grace_seconds` (keep-alive connections are told to
@@ -27,14 +34,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::config::ServerConfig;
 use crate::deadline::{Activity, Deadlines, Expired, Tracked, Watched};
-use crate::fast::{Ended, Prefixed};
+use crate::fast::{ClientStream, Ended, Prefixed};
 use crate::gateway::Gateway;
 use crate::proxy::{Body, Peer};
 use crate::store::{FeedEvent, Invalidation, InvalidationFeed};
@@ -63,6 +70,10 @@ impl Running {
         }
     }
 }
+
+/// Where a TLS listener's rustls config comes from: asked at every accept,
+/// so that new handshakes take the certificates in force.
+type TlsSource = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
 
 /// Binds both listeners from the config and starts serving.
 pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
@@ -104,11 +115,20 @@ pub async fn start_on(
         .server
         .fast_path
         .then(|| Arc::clone(&gateway));
+    let public_tls = gateway.config.tls.is_some().then(|| {
+        let g = Arc::clone(&gateway);
+        Arc::new(move || g.config.tls.as_ref().map(|t| Arc::clone(&t.server))) as TlsSource
+    });
+    let admin_tls = gateway.config.admin_tls.is_some().then(|| {
+        let g = Arc::clone(&gateway);
+        Arc::new(move || g.config.admin_tls.as_ref().map(|t| Arc::clone(&t.server))) as TlsSource
+    });
     let public_task = tokio::spawn(accept_loop(
         public,
         rx.clone(),
         server.clone(),
         fast,
+        public_tls,
         move |req, peer: Arc<Peer>| {
             let g = Arc::clone(&g);
             async move { g.handle(req, &peer).await }
@@ -120,6 +140,7 @@ pub async fn start_on(
         rx.clone(),
         server,
         None,
+        admin_tls,
         move |req, _peer: Arc<Peer>| {
             let g = Arc::clone(&g);
             async move { admin::handle(&g, req).await }
@@ -135,7 +156,13 @@ pub async fn start_on(
     }
     tasks.push(tokio::spawn(sweep_loop(Arc::clone(&gateway), rx.clone())));
     tasks.push(tokio::spawn(flush_loop(Arc::clone(&gateway), rx)));
-    tracing::info!(%public_addr, %admin_addr, "tokengate listening");
+    tracing::info!(
+        %public_addr,
+        %admin_addr,
+        public_tls = gateway.config.tls.is_some(),
+        admin_tls = gateway.config.admin_tls.is_some(),
+        "tokengate listening"
+    );
     Ok(Running {
         public_addr,
         admin_addr,
@@ -148,14 +175,16 @@ pub async fn start_on(
 /// finish closing before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Accepts connections and serves each on a task of its own: by the fast
-/// path first when `fast` is given (the public listener), by hyper (and
-/// `handler`) from the first request the fast path hands over.
+/// Accepts connections and serves each on a task of its own: after a TLS
+/// handshake when `tls` is given; by the fast path first when `fast` is
+/// given (the public listener), by hyper (and `handler`) from the first
+/// request the fast path hands over (at once for TLS with ALPN `h2`).
 async fn accept_loop<H, F>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     server: ServerConfig,
     fast: Option<Arc<Gateway>>,
+    tls: Option<TlsSource>,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
@@ -196,6 +225,7 @@ async fn accept_loop<H, F>(
                         continue;
                     }
                 };
+                let accepted = tokio::time::Instant::now();
                 let _ = stream.set_nodelay(true);
                 // Held for the connection's whole life, fast path included,
                 // so shutdown waits for it.
@@ -204,9 +234,23 @@ async fn accept_loop<H, F>(
                 let h = handler.clone();
                 let fast = fast.clone();
                 let stop = shutdown.clone();
+                let tls = tls.as_ref().and_then(|source| source());
                 tokio::spawn(async move {
                     let _held = held;
-                    serve_connection(stream, addr, fast, h, builders, stop, deadlines).await;
+                    let Some(tls) = tls else {
+                        let peer = Peer::new(addr);
+                        serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
+                        return;
+                    };
+                    let by = accepted + deadlines.header;
+                    match crate::tls::accept(tls, stream, by).await {
+                        Ok((stream, h2)) => {
+                            let peer = Peer::new(addr).over_tls(true);
+                            let fast = fast.filter(|_| !h2);
+                            serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
+                        }
+                        Err(e) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed; closing"),
+                    }
                 });
             }
             _ = shutdown.changed() => break,
@@ -221,32 +265,42 @@ async fn accept_loop<H, F>(
     }
 }
 
-/// Serves one client connection: the fast path first when given, then
-/// hyper, held to its [`Deadlines`] throughout.
-async fn serve_connection<H, F>(
-    mut stream: TcpStream,
-    addr: SocketAddr,
+/// Serves one client connection (TCP, or TLS over it): the fast path first
+/// when given, then hyper, held to its [`Deadlines`] throughout (the first
+/// request head's from `accepted`).
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<S, H, F>(
+    mut stream: S,
+    peer: Peer,
+    accepted: tokio::time::Instant,
     fast: Option<Arc<Gateway>>,
     handler: H,
     builders: Arc<(auto::Builder<TokioExecutor>, auto::Builder<TokioExecutor>)>,
     mut stop: watch::Receiver<bool>,
     deadlines: Deadlines,
 ) where
+    S: ClientStream + 'static,
     H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     // Worked out once per connection, not per request.
-    let peer = Arc::new(Peer::new(addr));
-    let prefix = match &fast {
-        Some(g) => match crate::fast::serve(&mut stream, g, &peer, &mut stop).await {
+    let addr = peer.addr;
+    let peer = Arc::new(peer);
+    let (prefix, header) = match &fast {
+        Some(g) => match crate::fast::serve(&mut stream, g, &peer, &mut stop, accepted).await {
             Ended::Closed => return,
-            Ended::Handoff(bytes) => bytes,
+            // Its first request head to hyper is due within the header
+            // timeout of the hand-over.
+            Ended::Handoff(bytes) => (bytes, deadlines.header),
         },
-        None => Bytes::new(),
+        // Within the header timeout of the accept (a TLS handshake counts).
+        None => (
+            Bytes::new(),
+            deadlines.header.saturating_sub(accepted.elapsed()),
+        ),
     };
-    // From here hyper serves it; its first request head is due within the
-    // header timeout of now.
-    let activity = Activity::new(deadlines.header);
+    // From here hyper serves it.
+    let activity = Activity::new(header);
     let svc = {
         let activity = Arc::clone(&activity);
         service_fn(move |req: Request<Incoming>| {

@@ -215,6 +215,27 @@ pub fn build(table: &str, f: &FileTls) -> Result<TlsSettings, TlsError> {
     })
 }
 
+/// A finished server-side TLS stream over TCP.
+pub type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Runs the server side of a handshake on an accepted connection, which
+/// must finish by `by` (the connection's first-head deadline: a client
+/// that sends nothing, or plain HTTP, is not waited on for longer, and
+/// anything not a TLS handshake fails it at once). Returns the stream and
+/// whether the client chose HTTP/2 by ALPN.
+pub async fn accept(
+    config: Arc<ServerConfig>,
+    tcp: tokio::net::TcpStream,
+    by: tokio::time::Instant,
+) -> std::io::Result<(TlsStream, bool)> {
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+    let stream = tokio::time::timeout_at(by, handshake).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake in time")
+    })??;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN[0]);
+    Ok((stream, h2))
+}
+
 /// A `[[tls.sni]]` name, lower-cased: a DNS name, or `*.` and one.
 fn sni_name(key: &str, name: &str) -> Result<String, TlsError> {
     let lower = name.trim().to_ascii_lowercase();

@@ -85,8 +85,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
@@ -136,9 +135,16 @@ enum Next {
     Handoff,
 }
 
+/// What a client connection is: a TCP socket, or a TLS stream over one
+/// (`crate::tls`). The fast path is the same code over either, so TLS
+/// costs the crypto and nothing else.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for S {}
+
 /// One client connection's state.
-struct Client<'a> {
-    stream: &'a mut TcpStream,
+struct Client<'a, S> {
+    stream: &'a mut S,
     gateway: &'a Gateway,
     peer: &'a Peer,
     /// Bytes read from the client, not yet taken as a request.
@@ -147,8 +153,8 @@ struct Client<'a> {
     out: Vec<u8>,
     /// The response head (and first body bytes) being written to the client.
     resp: Vec<u8>,
-    /// When the connection was accepted: its first request head is due
-    /// within the header read timeout of it.
+    /// When the connection was accepted (before any TLS handshake): its
+    /// first request head is due within the header read timeout of it.
     accepted: Instant,
     /// Whether a request has been answered on it (later ones may wait
     /// `idle_timeout` before their first byte).
@@ -163,12 +169,14 @@ struct Client<'a> {
 }
 
 /// Serves a public-listener connection for as long as its requests suit
-/// the fast path.
-pub async fn serve(
-    stream: &mut TcpStream,
+/// the fast path. `accepted`: when the connection was accepted, which its
+/// first request head's deadline counts from.
+pub async fn serve<S: ClientStream>(
+    stream: &mut S,
     gateway: &Gateway,
     peer: &Peer,
     shutdown: &mut watch::Receiver<bool>,
+    accepted: Instant,
 ) -> Ended {
     let mut c = Client {
         stream,
@@ -177,7 +185,7 @@ pub async fn serve(
         buf: BytesMut::with_capacity(READ_BUF),
         out: Vec::with_capacity(1024),
         resp: Vec::with_capacity(1024),
-        accepted: Instant::now(),
+        accepted,
         answered: false,
         header_timer: Deadline::new(),
         response_timer: Deadline::new(),
@@ -308,7 +316,7 @@ enum Failed {
     BadResponse,
 }
 
-impl<'a> Client<'a> {
+impl<S: ClientStream> Client<'_, S> {
     /// Reads the next request: `None` when the connection ends first;
     /// `Some((None, bytes))` when it is not for the fast path.
     async fn read_request(
@@ -449,7 +457,7 @@ impl<'a> Client<'a> {
             request_id: &request_id,
             peer: self.peer,
             path: &path,
-            tls: false,
+            tls: self.peer.tls,
         };
         // The same rewrite as `rewrite_request_headers`, on the fields as
         // they came, written straight out.
@@ -600,7 +608,7 @@ impl<'a> Client<'a> {
         };
         self.resp.extend_from_slice(&conn.buf[..n]);
         let _ = conn.buf.split_to(n);
-        if self.stream.write_all(&self.resp).await.is_err() {
+        if write_flush(self.stream, &self.resp).await.is_err() {
             return Next::Close;
         }
         if !finished {
@@ -645,7 +653,7 @@ impl<'a> Client<'a> {
                 return Next::Close;
             };
             finished = f;
-            if self.stream.write_all(&conn.buf[..n]).await.is_err() {
+            if write_flush(self.stream, &conn.buf[..n]).await.is_err() {
                 return Next::Close;
             }
             let _ = conn.buf.split_to(n);
@@ -713,11 +721,19 @@ impl<'a> Client<'a> {
     /// Writes the answer made in `self.out`; the connection goes on unless
     /// it says `close` or the write fails.
     async fn send_out(&mut self, close: bool) -> Next {
-        match self.stream.write_all(&self.out).await {
+        match write_flush(self.stream, &self.out).await {
             Ok(()) if !close => Next::KeepAlive,
             _ => Next::Close,
         }
     }
+}
+
+/// Writes to the client and pushes it out: on TCP the flush is nothing;
+/// over TLS it sends the records rustls may still hold when the socket
+/// was full (`write_all` alone can leave them there).
+async fn write_flush<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// An idle connection to reuse: one the upstream has, as far as tokio
@@ -788,21 +804,21 @@ async fn send(
 }
 
 /// A connection handed to hyper: the bytes the fast path already read,
-/// then the socket.
+/// then the stream (TCP, or TLS over it).
 #[derive(Debug)]
-pub struct Prefixed {
+pub struct Prefixed<S> {
     prefix: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Prefixed {
+impl<S> Prefixed<S> {
     /// `stream`, to be read from after `prefix`.
-    pub fn new(prefix: Bytes, stream: TcpStream) -> Self {
+    pub fn new(prefix: Bytes, stream: S) -> Self {
         Self { prefix, stream }
     }
 }
 
-impl tokio::io::AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -818,7 +834,7 @@ impl tokio::io::AsyncRead for Prefixed {
     }
 }
 
-impl tokio::io::AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
