@@ -15,23 +15,32 @@ import sys
 
 # Bottom up. A module may use modules of lower layers only.
 LAYERS = [
-    # HTTP vocabulary, abilities, token format, clock, counters: they know
-    # no other module.
-    ["fields", "ability", "token", "clock", "metrics"],
+    # HTTP vocabulary, abilities, token format, clock, counters, and the
+    # byte-level pieces of the edges (tunnels, deadlines): they know no
+    # other module.
+    ["fields", "ability", "token", "clock", "metrics", "tunnel", "deadline"],
     # Routes, the store and TLS, each with its own config types.
     ["route", "store", "tls"],
-    ["cache"],
+    # Denials and the token cache.
+    ["error", "cache"],
     ["usage"],
     ["issuer"],
-    # Config validation composes the tables above; denials.
-    ["config", "error"],
+    # Upstream connections: config, cap, pools, clients.
+    ["upstream"],
+    # The request rule book: what is stripped, refused, added.
+    ["rules"],
+    # Config validation composes the tables above; the response body.
+    ["config", "body"],
+    # The auth decision.
     ["auth"],
+    # The request path's state and decision, no codec in it.
     ["gateway"],
     ["forward_auth"],
-    # Pieces of the edges that know nothing of each other.
-    ["cap", "tunnel", "deadline"],
-    # The edges and the control plane (still tangled: see the report).
-    ["pool", "proxy", "fast", "api", "flows", "admin", "echo"],
+    # The control plane's shared vocabulary, then the control plane.
+    ["api"],
+    ["flows", "admin"],
+    # The edges: hyper's driver, the fast path, the built-in echo upstream.
+    ["proxy", "fast", "echo"],
     ["server"],
     ["cli"],
 ]

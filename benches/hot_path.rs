@@ -20,7 +20,7 @@ use tokengate::auth::{decide, extract_credential};
 use tokengate::cache::{AuthEntry, TokenCache};
 use tokengate::config::{CacheConfig, DatabaseUrl, HeaderNames, UpstreamConfig, UpstreamProtocol};
 use tokengate::metrics::Metrics;
-use tokengate::proxy::{rewrite_request_headers, ForwardContext, Peer};
+use tokengate::rules::{rewrite_request_headers, ForwardContext, Peer, StripSet};
 use tokengate::store::sqlite::SqliteStore;
 use tokengate::store::{
     AuthRecord, NewAccount, NewAuditEvent, NewToken, Status, TokenLookup, TokenStore,
@@ -77,6 +77,7 @@ fn pieces(c: &mut Criterion) {
 
     let entry = AuthEntry::new(record());
     let names = HeaderNames::default();
+    let strip = StripSet::new(&names);
     let upstream = UpstreamConfig {
         name: "api".into(),
         scheme: http::uri::Scheme::HTTP,
@@ -103,7 +104,7 @@ fn pieces(c: &mut Criterion) {
                     path: "/api/calls",
                     tls: false,
                 };
-                rewrite_request_headers(h, &names, &ctx, &upstream, false)
+                rewrite_request_headers(h, &strip, &names, &ctx, &upstream, false)
             },
             criterion::BatchSize::SmallInput,
         )

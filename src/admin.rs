@@ -20,11 +20,11 @@ use crate::api::{
     tenant_json, workspace_json, ApiError, Fields,
 };
 use crate::auth::{decide, Ability};
+use crate::body::{full, Body};
 use crate::clock::rfc3339;
 use crate::error::Denial;
 use crate::gateway::Gateway;
 use crate::issuer::{validate_name, Caller, MintRequest};
-use crate::proxy::{full, Body};
 use crate::store::{Account, NewAccount, NewAuditEvent, Status, TokenFilter};
 use crate::token::TokenKind;
 

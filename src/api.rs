@@ -12,10 +12,10 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
 use crate::auth::Ability;
+use crate::body::{full, Body};
 use crate::clock::rfc3339;
 use crate::error::Denial;
 use crate::issuer::IssueError;
-use crate::proxy::{full, Body};
 use crate::store::{Account, AuditEvent, StoreError, Tenant, TokenRow, Workspace};
 
 /// Largest request body the control plane reads. Token requests are tiny;
@@ -233,7 +233,7 @@ impl ApiError {
     /// The JSON response.
     pub fn into_response(self) -> Response<Body> {
         if let ApiError::Unauthorized(d) = self {
-            return crate::proxy::denial_response(d, None);
+            return crate::body::denial_response(d, None);
         }
         let (status, code) = self.status_and_code();
         let mut r = json_response(

@@ -102,7 +102,8 @@ pub fn decide<'a>(
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use http::{HeaderMap, HeaderName, HeaderValue};
+    use crate::fields::tests::headers;
+    use http::{HeaderMap, HeaderValue};
     use proptest::prelude::*;
 
     #[test]
@@ -132,18 +133,6 @@ pub(crate) mod tests {
         assert_eq!(Ability::parse("*:read"), Err(AbilityError::Wildcard));
         assert_eq!(Ability::parse(":x"), Err(AbilityError::Charset));
         assert_eq!(Ability::parse(&"a".repeat(129)), Err(AbilityError::Length));
-    }
-
-    /// A header map of these fields, in order (for tests here and elsewhere).
-    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub struct AuthEntry {
     /// When a use was last passed on to last-used batching (see
     /// [`AuthEntry::use_to_note`]).
     noted: AtomicI64,
-    /// [`crate::proxy::caller_headers`] as written on the wire, made on
+    /// [`crate::rules::caller_headers`] as written on the wire, made on
     /// the fast path's first use of the entry.
     pub wire: OnceLock<Vec<u8>>,
 }

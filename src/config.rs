@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::{Method, Uri};
 use serde::Deserialize;
 
@@ -21,9 +21,11 @@ use crate::ability::Ability;
 pub use crate::cache::CacheConfig;
 use crate::route::normalize_path;
 pub use crate::route::{AuthMode, RouteConfig};
+pub use crate::rules::{GatewayHeader, HeaderNames, HEADER_KEYS};
 pub use crate::store::DatabaseUrl;
 pub use crate::tls::{FileSni, FileTls, TlsSettings};
 use crate::token::{TokenFormat, MAX_PREFIX_LEN};
+pub use crate::upstream::{UpstreamConfig, UpstreamProtocol};
 
 /// The default config path, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tokengate.toml";
@@ -451,189 +453,6 @@ pub struct StoreConfig {
     pub last_used_flush: Duration,
     /// Least time between two writes of one token's last-used time.
     pub last_used_resolution: Duration,
-}
-
-/// How an upstream is spoken to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamProtocol {
-    /// HTTP/1.1 with keep-alive.
-    Http1,
-    /// HTTP/2 (h2c prior knowledge on http, ALPN h2 on https).
-    H2,
-}
-
-/// Validated `[[upstreams]]` entry.
-#[derive(Clone, Debug)]
-pub struct UpstreamConfig {
-    /// Name routes refer to.
-    pub name: String,
-    /// `http` or `https`.
-    pub scheme: http::uri::Scheme,
-    /// `host:port`.
-    pub authority: http::uri::Authority,
-    /// `authority` as the `Host` header HTTP/1.1 requests carry.
-    pub host_header: HeaderValue,
-    /// Base path without trailing slash (`""` for none).
-    pub base_path: String,
-    /// Wire protocol.
-    pub protocol: UpstreamProtocol,
-    /// Connect bound (502 after it).
-    pub connect_timeout: Duration,
-    /// Response-headers bound (504 after it).
-    pub response_timeout: Duration,
-    /// Idle pooled connection lifetime.
-    pub pool_idle_timeout: Duration,
-    /// Idle pooled connections per host.
-    pub pool_max_idle: usize,
-    /// Connections open at once, idle or busy, across both paths.
-    pub max_connections: usize,
-}
-
-/// Header names sent upstream (all lower-case, as `http` stores them).
-#[derive(Clone, Debug)]
-pub struct HeaderNames {
-    /// Tenant id.
-    pub tenant_id: HeaderName,
-    /// Account id.
-    pub account_id: HeaderName,
-    /// Workspace id.
-    pub workspace_id: HeaderName,
-    /// Token id.
-    pub token_id: HeaderName,
-    /// Token name.
-    pub token_name: HeaderName,
-    /// Token abilities, comma-separated.
-    pub token_abilities: HeaderName,
-    /// Request id.
-    pub request_id: HeaderName,
-    /// Client address.
-    pub forwarded_for: HeaderName,
-    /// `http` / `https` as the client spoke.
-    pub forwarded_proto: HeaderName,
-    /// Host the client asked for.
-    pub forwarded_host: HeaderName,
-    /// Bit `i` set: `all()[i]` is not sent (`headers.omit`).
-    omit: u16,
-}
-
-/// The `[headers]` keys, in [`HeaderNames::all`]'s order.
-pub const HEADER_KEYS: [&str; 10] = [
-    "tenant_id",
-    "account_id",
-    "workspace_id",
-    "token_id",
-    "token_name",
-    "token_abilities",
-    "request_id",
-    "forwarded_for",
-    "forwarded_proto",
-    "forwarded_host",
-];
-
-/// One of the gateway's headers, as an index into [`HeaderNames::all`].
-#[derive(Clone, Copy, Debug)]
-#[repr(u8)]
-pub enum GatewayHeader {
-    /// `X-Tenant-Id`.
-    TenantId,
-    /// `X-Account-Id`.
-    AccountId,
-    /// `X-Workspace-Id`.
-    WorkspaceId,
-    /// `X-Token-Id`.
-    TokenId,
-    /// `X-Token-Name`.
-    TokenName,
-    /// `X-Token-Abilities`.
-    TokenAbilities,
-    /// `X-Request-Id`.
-    RequestId,
-    /// `X-Forwarded-For`.
-    ForwardedFor,
-    /// `X-Forwarded-Proto`.
-    ForwardedProto,
-    /// `X-Forwarded-Host`.
-    ForwardedHost,
-}
-
-impl GatewayHeader {
-    /// All ten, in [`HeaderNames::all`]'s and [`HEADER_KEYS`]' order.
-    pub const ALL: [GatewayHeader; 10] = [
-        GatewayHeader::TenantId,
-        GatewayHeader::AccountId,
-        GatewayHeader::WorkspaceId,
-        GatewayHeader::TokenId,
-        GatewayHeader::TokenName,
-        GatewayHeader::TokenAbilities,
-        GatewayHeader::RequestId,
-        GatewayHeader::ForwardedFor,
-        GatewayHeader::ForwardedProto,
-        GatewayHeader::ForwardedHost,
-    ];
-}
-
-impl HeaderNames {
-    /// Whether `h` is sent upstream (not listed in `headers.omit`).
-    #[inline]
-    pub fn sends(&self, h: GatewayHeader) -> bool {
-        self.omit & (1 << h as u8) == 0
-    }
-
-    /// The configured name of `h`.
-    pub fn name(&self, h: GatewayHeader) -> &HeaderName {
-        use GatewayHeader as G;
-        match h {
-            G::TenantId => &self.tenant_id,
-            G::AccountId => &self.account_id,
-            G::WorkspaceId => &self.workspace_id,
-            G::TokenId => &self.token_id,
-            G::TokenName => &self.token_name,
-            G::TokenAbilities => &self.token_abilities,
-            G::RequestId => &self.request_id,
-            G::ForwardedFor => &self.forwarded_for,
-            G::ForwardedProto => &self.forwarded_proto,
-            G::ForwardedHost => &self.forwarded_host,
-        }
-    }
-
-    /// `add` for the headers that are sent: each call names the header and
-    /// gives its value; omitted ones are dropped here.
-    #[inline]
-    pub fn sender<'a>(
-        &'a self,
-        mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
-    ) -> impl FnMut(GatewayHeader, &'a HeaderValue) {
-        move |h, v| {
-            if self.sends(h) {
-                add(self.name(h), v);
-            }
-        }
-    }
-
-    /// Every header the gateway itself sets upstream. Client-sent copies of
-    /// these are always removed.
-    pub fn all(&self) -> [&HeaderName; 10] {
-        GatewayHeader::ALL.map(|h| self.name(h))
-    }
-}
-
-impl Default for HeaderNames {
-    fn default() -> Self {
-        let h = HeaderName::from_static;
-        HeaderNames {
-            tenant_id: h("x-tenant-id"),
-            account_id: h("x-account-id"),
-            workspace_id: h("x-workspace-id"),
-            token_id: h("x-token-id"),
-            token_name: h("x-token-name"),
-            token_abilities: h("x-token-abilities"),
-            request_id: h("x-request-id"),
-            forwarded_for: h("x-forwarded-for"),
-            forwarded_proto: h("x-forwarded-proto"),
-            forwarded_host: h("x-forwarded-host"),
-            omit: 0,
-        }
-    }
 }
 
 /// Paths of the seed token flows (`None` = off).

@@ -168,7 +168,7 @@ impl Denial {
 
     /// The JSON response in pieces (status, headers with
     /// `WWW-Authenticate` on 401 and `Retry-After` on 503, body): each
-    /// codec writes them its own way (`crate::proxy::denial_response` for
+    /// codec writes them its own way (`crate::body::denial_response` for
     /// hyper, the fast path as bytes).
     pub fn parts(self, request_id: Option<&HeaderValue>) -> (StatusCode, HeaderMap, Bytes) {
         let body = serde_json::json!({

@@ -11,10 +11,6 @@ pub static TOKEN_HEADER: HeaderName = HeaderName::from_static("token");
 /// `X-Request-Id` on the gateway's own responses.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-pub(crate) static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
-
 /// Client headers that upstream frameworks trust for the client's address,
 /// scheme, path or method. Removed from every request: the gateway states
 /// these itself (`X-Forwarded-*`), and a client must not be able to steer
@@ -31,8 +27,8 @@ pub(crate) static SPOOFABLE: [HeaderName; 9] = [
     HeaderName::from_static("x-method-override"),
 ];
 
-/// The names [`is_hop_by_hop`] picks, for code that reads names as bytes
-/// (the fast path's response heads); a test holds the two equal.
+/// The hop-by-hop names, lower case: the one list [`is_hop_by_hop`] and
+/// [`is_hop_by_hop_bytes`] read.
 pub const HOP_BY_HOP: [&str; 10] = [
     "connection",
     "keep-alive",
@@ -74,18 +70,15 @@ pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
-/// plus the de-facto `Keep-Alive` and `Proxy-Connection`.
+/// plus the de-facto `Keep-Alive` and `Proxy-Connection`: [`HOP_BY_HOP`].
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name == HTTP2_SETTINGS
+    is_hop_by_hop_bytes(name.as_str().as_bytes())
+}
+
+/// Whether a comma-separated list field's values (`Connection`, `TE`)
+/// name `token`, read as [`connection_tokens`] reads them.
+pub fn list_has<'a>(values: impl Iterator<Item = &'a [u8]> + 'a, token: &[u8]) -> bool {
+    connection_tokens(values).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Hop-by-hop and credential headers: never configurable as gateway headers.
@@ -101,20 +94,82 @@ pub fn is_reserved_header(name: &HeaderName) -> bool {
 /// ([`crate::fast::wire::RequestHead`]). Names compare in any letter case
 /// (a `HeaderMap`'s are lower case already).
 pub trait RequestFields {
+    /// One field as the codec holds it: hyper's name and value (so a
+    /// rewrite keeps them without copying), or the fast path's bytes.
+    type Field<'a>: Copy
+    where
+        Self: 'a;
+
+    /// Every field as held, in order.
+    fn held(&self) -> impl Iterator<Item = Self::Field<'_>>;
+
+    /// A held field's name and value.
+    fn bytes<'a>(field: Self::Field<'a>) -> (&'a [u8], &'a [u8])
+    where
+        Self: 'a;
+
     /// Every field, name and value, in order.
-    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.held().map(Self::bytes)
+    }
 
     /// The values of every field called `name`, in order.
     fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a;
 }
 
 impl RequestFields for HeaderMap {
-    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+    type Field<'a> = (&'a HeaderName, &'a HeaderValue);
+
+    fn held(&self) -> impl Iterator<Item = Self::Field<'_>> {
         self.iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+    }
+
+    fn bytes<'a>((n, v): Self::Field<'a>) -> (&'a [u8], &'a [u8]) {
+        (n.as_str().as_bytes(), v.as_bytes())
     }
 
     fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    /// A header map of `pairs`, in order.
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_names_in_any_case_and_nothing_else() {
+        for n in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+            assert!(
+                is_hop_by_hop_bytes(n.to_ascii_uppercase().as_bytes()),
+                "{n}"
+            );
+        }
+        for n in [
+            "host",
+            "content-length",
+            "x-request-id",
+            "connections",
+            "t",
+            "tee",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+            assert!(!is_hop_by_hop_bytes(n.as_bytes()), "{n}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! and as whom?
 //!
 //! Served on the public listener at `forward_auth.path` and everything
-//! below it, by both paths: [`crate::gateway::Gateway::handle`] and the
+//! below it, by both paths: [`crate::proxy::handle`] and the
 //! fast path ([`crate::fast`]) find it with [`suffix`] and decide it with
 //! [`decide`], which runs the proxy path's own steps
 //! ([`Gateway::route`], [`Gateway::admit`]) on the *original* request:
@@ -27,13 +27,14 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Response};
 
+use crate::body::{full, Body};
 use crate::cache::{AuthEntry, ConnectionMemo};
-use crate::config::{ForwardAuthConfig, HeaderNames};
+use crate::config::ForwardAuthConfig;
 use crate::error::Denial;
-use crate::fast::{caller_fields, wire};
+use crate::fields::{RequestFields, X_REQUEST_ID};
 use crate::gateway::Gateway;
-use crate::proxy::{caller_headers, full, Body, RequestFields, X_REQUEST_ID};
 use crate::route::{normalize_path, PathError};
+use crate::rules::{caller_headers, HeaderNames};
 
 /// The original method, as Traefik and Caddy send it.
 pub static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -160,36 +161,12 @@ pub fn allowed(
     resp
 }
 
-/// [`allowed`] as the fast path writes it, into `out`: the caller's fields
-/// as cached with its entry ([`caller_fields`]), dated, with an empty
-/// body.
-pub fn write_allowed(
-    out: &mut Vec<u8>,
-    names: &HeaderNames,
-    entry: Option<&AuthEntry>,
-    request_id: &HeaderValue,
-    close: bool,
-) {
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    wire::with_date(|d| wire::push_field(out, b"date", d));
-    if let Some(a) = entry {
-        out.extend_from_slice(caller_fields(names, a));
-    }
-    wire::push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
-    wire::push_field(out, b"content-length", b"0");
-    if close {
-        wire::push_field(out, b"connection", b"close");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    use crate::auth::tests::headers as map;
+    use crate::fields::tests::headers as map;
 
     fn on(path: &str) -> ForwardAuthConfig {
         ForwardAuthConfig {

@@ -20,24 +20,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
+use http::HeaderValue;
 
 use crate::auth::{decide, extract_credential, kind_may_proxy};
 use crate::cache::{AuthEntry, ConnectionMemo, TokenCache};
 use crate::clock::Clock;
-use crate::config::{AuthMode, Config, HeaderNames, RouteConfig};
+use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
-use crate::forward_auth;
+use crate::fields::RequestFields;
 use crate::issuer::{Caller, Issuer};
 use crate::metrics::Metrics;
-use crate::proxy::{
-    forward, Body, ForwardContext, Lookalikes, Peer, RequestFields, StripSet, TunnelEnd, Upstream,
-};
-use crate::route::{is_miscased_method, normalize_path, RouteMatch, RouteTable};
+use crate::route::{is_miscased_method, RouteMatch, RouteTable};
+use crate::rules::{strip_for_upstream, HeaderNames, Lookalikes, StripSet};
 use crate::store::TokenStore;
 use crate::token::{Checked, TokenHash};
+use crate::upstream::{TrailerFilter, Upstream};
 use crate::usage::LastUsed;
+
+/// Resolves when an upgraded tunnel must be closed (its token no longer
+/// admits it); see [`Gateway::tunnel_end`].
+pub type TunnelEnd = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The least time between two checks of an open tunnel's token, however
 /// many invalidations arrive: what a burst of them (mints invalidate too)
@@ -62,7 +64,9 @@ pub struct Gateway {
     routes: RouteTable,
     upstreams: Vec<Upstream>,
     /// Shared with every request body's trailer filter.
-    header_names: Arc<crate::config::HeaderNames>,
+    header_names: Arc<HeaderNames>,
+    /// What request trailers go through on their way upstream.
+    trailers: TrailerFilter,
     lookalikes: Lookalikes,
     strip: StripSet,
 }
@@ -100,9 +104,15 @@ impl Gateway {
         let routes = RouteTable::new(config.routes.clone());
         let header_names = Arc::new(config.headers.clone());
         let last_used = LastUsed::new(config.store.last_used_resolution);
+        let strip = StripSet::new(&header_names);
+        let trailers: TrailerFilter = {
+            let strip = strip.clone();
+            Arc::new(move |t| strip_for_upstream(t, &strip))
+        };
         Arc::new(Self {
+            trailers,
             lookalikes: Lookalikes::new(&header_names),
-            strip: StripSet::new(&header_names),
+            strip,
             header_names,
             config,
             store,
@@ -140,19 +150,6 @@ impl Gateway {
             .max(std::time::Duration::from_millis(100))
     }
 
-    /// Handles one request on the public listener. Never fails: every error
-    /// is a JSON response.
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-        let request_id = new_request_id();
-        match self.process(req, peer, &request_id).await {
-            Ok(resp) => resp,
-            Err(denial) => {
-                self.count_refusal(denial, &request_id);
-                crate::proxy::denial_response(denial, Some(&request_id))
-            }
-        }
-    }
-
     /// Counts and logs a refusal (its response is made by the caller).
     pub fn count_refusal(&self, denial: Denial, request_id: &HeaderValue) {
         self.metrics.deny(denial.code());
@@ -164,70 +161,6 @@ impl Gateway {
         );
     }
 
-    async fn process(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        peer: &Peer,
-        request_id: &HeaderValue,
-    ) -> Result<Response<Body>, Denial> {
-        let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
-        // Forward auth is answered here, never forwarded.
-        if let Some(suffix) =
-            forward_auth::suffix(&self.config.forward_auth, req.uri().path(), &path)
-        {
-            let entry =
-                forward_auth::decide(self, req.method(), suffix, req.headers(), &peer.memo).await?;
-            return Ok(forward_auth::allowed(
-                &self.header_names,
-                entry.as_deref(),
-                request_id,
-            ));
-        }
-        // The seed token endpoints are served here, never forwarded (the
-        // method check that `route` makes for the rest comes first).
-        if let Some(flow) = crate::flows::match_flow(&self.config.token_api, &path) {
-            check_method(req.method())?;
-            self.metrics.token_api_requests.inc();
-            // Boxed: the flows' futures (store transactions) are large and
-            // would otherwise be part of every proxied request's future.
-            return Ok(Box::pin(crate::flows::handle(self, flow, req)).await);
-        }
-        let (route, upstream) = self.route(&path, req.method(), req.headers())?;
-        // A tunnel the upstream agrees to outlives this request, so its
-        // admission is checked again for as long as it stays open, from
-        // the invalidations after this point on.
-        let changes = req
-            .headers()
-            .contains_key(http::header::UPGRADE)
-            .then(|| self.cache.changes());
-        let entry = self.admit(route, req.headers(), &peer.memo).await?;
-        let tunnel_end = match (&entry, changes) {
-            (Some(e), Some(changes)) => extract_credential(req.headers())?.map(|c| {
-                let expires_at = e.record.expires_at;
-                self.tunnel_end(c.to_owned(), route.clone(), changes, expires_at)
-            }),
-            _ => None,
-        };
-        let ctx = ForwardContext {
-            auth: entry.as_deref(),
-            request_id,
-            peer,
-            path: &path,
-            tls: peer.tls,
-        };
-        let resp = forward(
-            upstream,
-            &self.header_names,
-            &self.metrics,
-            req,
-            ctx,
-            tunnel_end,
-        )
-        .await?;
-        self.metrics.forwarded.inc();
-        Ok(resp)
-    }
-
     /// Resolves when `credential` no longer admits a request to `route`
     /// (revoked, expired, blocked, abilities gone). `changes` must have
     /// been taken before the admission, so that no invalidation falls
@@ -237,7 +170,7 @@ impl Gateway {
     /// least once per cache TTL (a change made by another process on
     /// SQLite). A store that cannot answer ends nothing: a tunnel is cut for
     /// a refusal, not for an outage.
-    fn tunnel_end(
+    pub fn tunnel_end(
         self: &Arc<Self>,
         credential: String,
         route: RouteConfig,
@@ -291,12 +224,6 @@ impl Gateway {
         })
     }
 
-    /// Whether a normalised path belongs to the seed token endpoints (served
-    /// by [`crate::flows`], never forwarded).
-    pub fn is_token_api_path(&self, path: &str) -> bool {
-        crate::flows::match_flow(&self.config.token_api, path).is_some()
-    }
-
     /// The route and upstream for a normalised path, after refusing
     /// look-alike headers. Has no side effects.
     pub fn route(
@@ -344,6 +271,12 @@ impl Gateway {
     /// The header names the gateway sets and strips.
     pub fn header_names(&self) -> &HeaderNames {
         &self.header_names
+    }
+
+    /// What request trailers go through on their way upstream (the
+    /// request headers' own filter).
+    pub fn trailer_filter(&self) -> &TrailerFilter {
+        &self.trailers
     }
 
     /// Every request header name the gateway strips, for reading names as
@@ -431,7 +364,7 @@ impl Gateway {
 /// Refuses a case variant of a standard method ([`is_miscased_method`]),
 /// before anything matches on the method: the seed flows and
 /// [`Gateway::route`].
-fn check_method(method: &http::Method) -> Result<(), Denial> {
+pub fn check_method(method: &http::Method) -> Result<(), Denial> {
     if is_miscased_method(method) {
         return Err(Denial::BadMethod);
     }

@@ -39,11 +39,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::deadline::{Activity, Deadlines, Expired, Tracked, Watched};
 use crate::fast::{ClientStream, Ended, Prefixed};
 use crate::gateway::Gateway;
-use crate::proxy::{Body, Peer};
+use crate::rules::Peer;
 use crate::store::{FeedEvent, Invalidation, InvalidationFeed};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
@@ -131,7 +132,7 @@ pub async fn start_on(
         public_tls,
         move |req, peer: Arc<Peer>| {
             let g = Arc::clone(&g);
-            async move { g.handle(req, &peer).await }
+            async move { crate::proxy::handle(&g, req, &peer).await }
         },
     ));
     let g = Arc::clone(&gateway);

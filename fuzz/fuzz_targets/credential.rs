@@ -11,7 +11,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tokengate::auth::extract_credential;
 use tokengate::fast::wire::{parse_request, Parsed};
-use tokengate::proxy::RequestFields;
+use tokengate::fields::RequestFields;
 
 /// The names extraction looks at, in assorted cases, and a few others.
 const NAMES: &[&str] = &[

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tokengate::fast::wire::{parse_request, Parsed, MAX_BUFFERED_BODY};
-use tokengate::proxy::RequestFields;
+use tokengate::fields::RequestFields;
 
 fuzz_target!(|data: &[u8]| {
     let buf = Bytes::copy_from_slice(data);

@@ -29,9 +29,9 @@
 //!
 //! - The same policy, in the same order, with the same refusals
 //!   ([`Denial::parts`]) and the same header rewrite
-//!   ([`strip_request_fields`]: [`crate::proxy::rewrite_request_headers`]
-//!   on the bytes, with a property test holding the two equal; the byte
-//!   form of [`crate::proxy::strip_hop_by_hop`] for responses).
+//!   ([`strip_request`], the rule book's, into a byte sink where hyper's
+//!   path has a map; a property test holds the two sinks equal; the byte
+//!   form of [`crate::rules::strip_response`] for responses).
 //! - The deadlines `crate::deadline` holds hyper's connections to: the
 //!   first head within `server.header_read_timeout_seconds` of the
 //!   accept, at most `server.idle_timeout_seconds` idle between requests,
@@ -75,7 +75,6 @@
 //!   requests pipelined behind the last answer do not provoke a reset
 //!   that could cut its end off.
 
-pub mod pool;
 pub mod wire;
 
 use std::pin::Pin;
@@ -90,15 +89,17 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::cache::AuthEntry;
-use crate::config::{GatewayHeader, HeaderNames, UpstreamConfig};
 use crate::error::Denial;
+use crate::fields::X_REQUEST_ID;
 use crate::forward_auth;
 use crate::gateway::{new_request_id, Gateway};
-use crate::proxy::{
-    caller_headers, request_headers, strip_request_fields, ForwardContext, Peer, X_REQUEST_ID,
-};
 use crate::route::{normalize_path, PathError};
-use pool::{RawConn, RawPool};
+use crate::rules::{
+    caller_headers, request_headers, strip_request, upstream_target, ForwardContext, GatewayHeader,
+    HeaderNames, Peer,
+};
+use crate::upstream::raw::{RawConn, RawPool};
+use crate::upstream::{Failure, UpstreamConfig};
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
 
 /// Read buffer size of a client connection.
@@ -267,6 +268,30 @@ pub fn caller_fields<'a>(names: &HeaderNames, a: &'a AuthEntry) -> &'a [u8] {
     })
 }
 
+/// [`forward_auth::allowed`] as the fast path writes it, into `out`: the caller's fields
+/// as cached with its entry ([`caller_fields`]), dated, with an empty
+/// body.
+pub fn write_forward_auth_allowed(
+    out: &mut Vec<u8>,
+    names: &HeaderNames,
+    entry: Option<&AuthEntry>,
+    request_id: &HeaderValue,
+    close: bool,
+) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    wire::with_date(|d| wire::push_field(out, b"date", d));
+    if let Some(a) = entry {
+        out.extend_from_slice(caller_fields(names, a));
+    }
+    wire::push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+    wire::push_field(out, b"content-length", b"0");
+    if close {
+        wire::push_field(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Whether a retry after a stale connection is allowed without checking.
 fn is_safe(method: &Method) -> bool {
     matches!(
@@ -302,18 +327,6 @@ impl Body {
             Framing::UntilClose => Ok((avail.len(), false)),
         }
     }
-}
-
-/// Why an exchange with the upstream failed before a response head.
-enum Failed {
-    /// A reused connection closed before answering: try a new one.
-    Stale,
-    /// The upstream's connection cap stayed full.
-    Busy,
-    /// Anything else.
-    Io(std::io::Error),
-    /// The response head was malformed.
-    BadResponse,
 }
 
 impl<S: ClientStream> Client<'_, S> {
@@ -416,13 +429,13 @@ impl<S: ClientStream> Client<'_, S> {
             {
                 Ok(entry) => {
                     let (names, entry) = (g.header_names(), entry.as_deref());
-                    forward_auth::write_allowed(&mut self.out, names, entry, &request_id, close);
+                    write_forward_auth_allowed(&mut self.out, names, entry, &request_id, close);
                     self.send_out(close).await
                 }
                 Err(d) => self.refuse(d, &request_id, close).await,
             };
         }
-        if g.is_token_api_path(&path) {
+        if crate::flows::match_flow(&g.config.token_api, &path).is_some() {
             return Next::Handoff;
         }
         let request_id = new_request_id();
@@ -438,13 +451,7 @@ impl<S: ClientStream> Client<'_, S> {
             Err(d) => return self.refuse(d, &request_id, head.close).await,
         };
         let cfg = &upstream.config;
-        let mut target = String::with_capacity(cfg.base_path.len() + path.len() + 64);
-        target.push_str(&cfg.base_path);
-        target.push_str(&path);
-        if let Some(q) = head.query() {
-            target.push('?');
-            target.push_str(q);
-        }
+        let target = upstream_target(cfg, &path, head.query());
         // The client's target was checked as it was parsed; only a path
         // normalisation changed, or a base path added, needs a new look.
         let changed = path != head.path() || !cfg.base_path.is_empty();
@@ -465,15 +472,12 @@ impl<S: ClientStream> Client<'_, S> {
         self.out.clear();
         wire::push_request_line(&mut self.out, &head.method, &target);
         let out = &mut self.out;
-        let host = strip_request_fields(&head, g.strip_set(), cfg, |n, v| {
-            // The body's length is stated by the gateway, from what it
-            // read: a `Connection: content-length` would strip the
-            // client's, and without one the upstream would read the body
-            // as a request.
-            if !n.eq_ignore_ascii_case(b"content-length") {
-                wire::push_field(out, n, v);
-            }
-        });
+        // The body's length is stated by the gateway, from what it read.
+        let mut sink = wire::FieldWriter {
+            out,
+            drop_length: true,
+        };
+        let host = strip_request(&head, g.strip_set(), cfg, false, &mut sink).map(|(_, v)| v);
         if head.has_length {
             let n = HeaderValue::from(head.body_len);
             wire::push_field(&mut self.out, b"content-length", n.as_bytes());
@@ -503,17 +507,17 @@ impl<S: ClientStream> Client<'_, S> {
                     raw.connect().await
                 } else {
                     match checkout(raw) {
-                        Some(c) => Ok(c),
-                        None => raw.wait_or_connect().await,
+                        Ok(c) => Ok(c),
+                        Err(waiter) => raw.connect_or_wait(waiter).await,
                     }
                 }
                 .map_err(|e| match e {
-                    pool::ConnectError::Busy(_) => Failed::Busy,
-                    pool::ConnectError::Io(e) => Failed::Io(e),
+                    crate::upstream::raw::ConnectError::Busy(_) => Failure::Busy,
+                    crate::upstream::raw::ConnectError::Io(e) => Failure::Io(e.into()),
                 })?;
                 match send(&mut conn, &self.out, head_request, &mut self.resp).await {
                     Ok(resp) => return Ok((conn, resp)),
-                    Err(Failed::Stale) if safe => fresh_only = true,
+                    Err(Failure::Stale) if safe => fresh_only = true,
                     Err(e) => return Err(e),
                 }
             }
@@ -525,31 +529,12 @@ impl<S: ClientStream> Client<'_, S> {
         };
         let (conn, resp) = match sent {
             None => {
-                tracing::warn!(upstream = %cfg.name, "upstream response timed out");
-                return self
-                    .refuse(Denial::UpstreamTimeout, &request_id, head.close)
-                    .await;
+                let d = Failure::Timeout.denial(&cfg.name);
+                return self.refuse(d, &request_id, head.close).await;
             }
             Some(Err(e)) => {
-                let denial = match e {
-                    Failed::Busy => {
-                        tracing::warn!(upstream = %cfg.name, "upstream connection limit reached");
-                        Denial::UpstreamBusy
-                    }
-                    Failed::Io(e) => {
-                        tracing::warn!(upstream = %cfg.name, error = %e, "upstream request failed");
-                        Denial::UpstreamUnavailable
-                    }
-                    Failed::Stale => {
-                        tracing::warn!(upstream = %cfg.name, "upstream closed a reused connection before answering");
-                        Denial::UpstreamUnavailable
-                    }
-                    Failed::BadResponse => {
-                        tracing::warn!(upstream = %cfg.name, "upstream sent a malformed or unexpected response head");
-                        Denial::UpstreamUnavailable
-                    }
-                };
-                return self.refuse(denial, &request_id, head.close).await;
+                let d = e.denial(&cfg.name);
+                return self.refuse(d, &request_id, head.close).await;
             }
             Some(Ok(x)) => x,
         };
@@ -744,15 +729,16 @@ async fn write_flush<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::
 /// clears it). It cannot see what arrived after the reactor last looked:
 /// a close still in flight is caught by the retry of safe methods, and a
 /// stray response in flight is a race no HTTP/1.1 client can rule out.
-fn checkout(raw: &RawPool) -> Option<RawConn> {
-    while let Some(conn) = raw.checkout() {
+fn checkout(raw: &RawPool) -> Result<RawConn, tokio::sync::oneshot::Receiver<RawConn>> {
+    loop {
+        let conn = raw.pop_or_join()?;
         let mut probe = [0u8; 1];
-        match conn.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
-            _ => continue,
+        if let Err(e) = conn.stream.try_read(&mut probe) {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(conn);
+            }
         }
     }
-    None
 }
 
 /// Writes a request and reads the response head, skipping interim (1xx)
@@ -762,10 +748,14 @@ async fn send(
     request: &[u8],
     head_request: bool,
     head: &mut Vec<u8>,
-) -> Result<ResponseHead, Failed> {
+) -> Result<ResponseHead, Failure> {
     let reused = conn.reused;
     if let Err(e) = conn.stream.write_all(request).await {
-        return Err(if reused { Failed::Stale } else { Failed::Io(e) });
+        return Err(if reused {
+            Failure::Stale
+        } else {
+            Failure::Io(e.into())
+        });
     }
     let mut any = false;
     loop {
@@ -774,7 +764,7 @@ async fn send(
             head.clear();
             match wire::parse_response(&conn.buf, head_request, head) {
                 Parsed::Complete(h) if h.status == http::StatusCode::SWITCHING_PROTOCOLS => {
-                    return Err(Failed::BadResponse);
+                    return Err(Failure::BadResponse);
                 }
                 Parsed::Complete(h) => {
                     let _ = conn.buf.split_to(h.head_len);
@@ -783,21 +773,23 @@ async fn send(
                     }
                     continue;
                 }
-                Parsed::Unsupported => return Err(Failed::BadResponse),
+                Parsed::Unsupported => return Err(Failure::BadResponse),
                 Parsed::Partial if conn.buf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(Failed::BadResponse)
+                    return Err(Failure::BadResponse)
                 }
                 Parsed::Partial => {}
             }
         }
         conn.buf.reserve(READ_BUF);
         match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) if reused && !any => return Err(Failed::Stale),
-            Err(_) if reused && !any => return Err(Failed::Stale),
+            Ok(0) if reused && !any => return Err(Failure::Stale),
+            Err(_) if reused && !any => return Err(Failure::Stale),
             Ok(0) => {
-                return Err(Failed::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                return Err(Failure::Io(
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into(),
+                ));
             }
-            Err(e) => return Err(Failed::Io(e)),
+            Err(e) => return Err(Failure::Io(e.into())),
             Ok(_) => {}
         }
     }

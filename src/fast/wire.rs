@@ -16,7 +16,8 @@ use http::header::{HeaderMap, HeaderName};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 
-use crate::proxy::{connection_tokens, is_hop_by_hop_bytes, RequestFields};
+use crate::fields::{connection_tokens, is_hop_by_hop_bytes, RequestFields};
+use crate::rules::{response_drops, RequestSink};
 
 /// Most header fields in a request head the fast path takes; more go to
 /// hyper.
@@ -101,11 +102,17 @@ impl RequestHead {
 }
 
 impl RequestFields for RequestHead {
-    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+    type Field<'a> = (&'a [u8], &'a [u8]);
+
+    fn held(&self) -> impl Iterator<Item = Self::Field<'_>> {
         self.fields
             .iter()
             .map(|f| (self.span(f.name), self.span(f.value)))
             .chain(self.authority.as_deref().map(|a| (&b"host"[..], a)))
+    }
+
+    fn bytes<'a>(field: Self::Field<'a>) -> (&'a [u8], &'a [u8]) {
+        field
     }
 
     fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
@@ -202,8 +209,7 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
         {
             return Parsed::Unsupported;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in f.value.split(|b| *b == b',') {
-                let t = t.trim_ascii();
+            for t in connection_tokens(std::iter::once(f.value)) {
                 if t.eq_ignore_ascii_case(b"upgrade") {
                     return Parsed::Unsupported;
                 }
@@ -285,7 +291,7 @@ pub struct ResponseHead {
 /// head (its own fields, then a blank line). `head_request` says the
 /// request was `HEAD` (so the response has no body whatever it declares).
 ///
-/// The same rewrite as [`crate::proxy::strip_hop_by_hop`] on the hyper
+/// The same rule as [`crate::rules::strip_response`] on the hyper
 /// path, done on the bytes: no `HeaderMap` is built for a response.
 /// `Unsupported` here means malformed: a version other than HTTP/1.x, an
 /// unreadable or conflicting `Content-Length`, too many fields.
@@ -346,8 +352,7 @@ fn rewrite_response(
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in f.value.split(|b| *b == b',') {
-                let t = t.trim_ascii();
+            for t in connection_tokens(std::iter::once(f.value)) {
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if version == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
@@ -397,7 +402,7 @@ fn rewrite_response(
     push_status_line(out, status);
     let keep_coding = matches!(framing, Framing::Chunked | Framing::UntilClose);
     // Names `Connection` lists, other than hop-by-hop ones (rare), read as
-    // `proxy::strip_hop_by_hop` reads them.
+    // `rules::strip_response` reads them.
     let is_listed = |name: &[u8]| {
         let values = resp
             .headers
@@ -414,9 +419,7 @@ fn rewrite_response(
         } else if name.eq_ignore_ascii_case(b"content-length") {
             !transfer_coded
         } else {
-            !is_hop_by_hop_bytes(name)
-                && !name.eq_ignore_ascii_case(b"x-request-id")
-                && !is_listed(name)
+            !response_drops(name) && !is_listed(name)
         };
         if keep {
             // Only a `Date` that reaches the client counts (one the
@@ -449,6 +452,32 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The fast path's sink for the request rewrite
+/// ([`crate::rules::strip_request`]): each field written out as it comes.
+/// With `drop_length`, a `Content-Length` is left for the caller to state
+/// from what it read (a `Connection: content-length` would strip the
+/// client's, and without one the upstream would read the body as a
+/// request).
+#[derive(Debug)]
+pub struct FieldWriter<'a> {
+    /// Where the fields go.
+    pub out: &'a mut Vec<u8>,
+    /// Leave out `Content-Length`.
+    pub drop_length: bool,
+}
+
+impl<'h> RequestSink<(&'h [u8], &'h [u8])> for FieldWriter<'_> {
+    fn pass(&mut self, (name, value): (&'h [u8], &'h [u8])) {
+        if !(self.drop_length && name.eq_ignore_ascii_case(b"content-length")) {
+            push_field(self.out, name, value);
+        }
+    }
+
+    fn add(&mut self, name: &HeaderName, value: &[u8]) {
+        push_field(self.out, name.as_str().as_bytes(), value);
+    }
 }
 
 /// Calls `f` with the current time as an HTTP-date (IMF-fixdate, RFC 9110
@@ -1285,14 +1314,14 @@ mod tests {
         (name, value)
     }
 
-    fn upstream() -> crate::config::UpstreamConfig {
-        crate::config::UpstreamConfig {
+    fn upstream() -> crate::upstream::UpstreamConfig {
+        crate::upstream::UpstreamConfig {
             name: "up".into(),
             scheme: http::uri::Scheme::HTTP,
             authority: "up.internal:8080".parse().unwrap(),
             host_header: http::HeaderValue::from_static("up.internal:8080"),
             base_path: String::new(),
-            protocol: crate::config::UpstreamProtocol::Http1,
+            protocol: crate::upstream::UpstreamProtocol::Http1,
             connect_timeout: std::time::Duration::from_secs(1),
             response_timeout: std::time::Duration::from_secs(1),
             pool_idle_timeout: std::time::Duration::from_secs(1),
@@ -1338,7 +1367,7 @@ mod tests {
             fields in proptest::collection::vec(field(), 0..10),
             absolute in any::<bool>(),
         ) {
-            use crate::proxy::{strip_request_fields, strip_request_headers, Lookalikes, StripSet};
+            use crate::rules::{strip_request, Lookalikes, MapSink, StripSet};
             let target = if absolute { "http://client.example:81/p" } else { "/p" };
             let mut s = format!("GET {target} HTTP/1.1\r\n");
             for (n, v) in &fields {
@@ -1355,7 +1384,7 @@ mod tests {
                     http::HeaderValue::from_bytes(v).unwrap(),
                 );
             }
-            let names = crate::config::HeaderNames::default();
+            let names = crate::rules::HeaderNames::default();
             let lookalikes = Lookalikes::new(&names);
             prop_assert_eq!(lookalikes.check(&head), lookalikes.check(&map));
             prop_assert_eq!(
@@ -1363,16 +1392,25 @@ mod tests {
                 crate::auth::extract_credential(&map)
             );
             let up = upstream();
+            let strip = StripSet::new(&names);
+            // The fast path's sink (bytes) and hyper's (a new map), fed by
+            // the one rule book.
+            let mut written = Vec::new();
+            let host = strip_request(&head, &strip, &up, false, &mut FieldWriter { out: &mut written, drop_length: false });
+            let mut hyper = MapSink::default();
+            let hyper_host = strip_request(&map, &strip, &up, false, &mut hyper);
+            prop_assert_eq!(host.map(|h| h.1), hyper_host.map(|(_, v)| v.as_bytes()));
             let mut emitted = HeaderMap::new();
-            let host = strip_request_fields(&head, &StripSet::new(&names), &up, |n, v| {
+            for line in written.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let line = line.strip_suffix(b"\r").unwrap();
+                // `push_field` writes `name: value`, the value as it is.
+                let colon = line.iter().position(|b| *b == b':').unwrap();
                 emitted.append(
-                    HeaderName::from_bytes(n).unwrap(),
-                    http::HeaderValue::from_bytes(v).unwrap(),
+                    HeaderName::from_bytes(&line[..colon]).unwrap(),
+                    http::HeaderValue::from_bytes(&line[colon + 2..]).unwrap(),
                 );
-            });
-            let hyper_host = strip_request_headers(&mut map, &names, &up, false);
-            prop_assert_eq!(host, hyper_host.as_ref().map(|h| h.as_bytes()));
-            prop_assert_eq!(emitted, map);
+            }
+            prop_assert_eq!(emitted, hyper.0);
         }
     }
 }

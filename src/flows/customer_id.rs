@@ -22,10 +22,10 @@ use serde_json::{json, Value};
 use super::{active_workspace, audit_denied, check};
 use crate::api::{integer, json_response, read_object, BodyError, Fields};
 use crate::auth::{extract_credential, Ability, TOKEN_HEADER};
+use crate::body::Body;
 use crate::error::Denial;
 use crate::gateway::Gateway;
 use crate::issuer::{MintRequest, MAX_NAME_LEN};
-use crate::proxy::Body;
 use crate::store::Status;
 use crate::token::{Checked, TokenFormat, TokenKind};
 

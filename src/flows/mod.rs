@@ -26,11 +26,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::auth::decide;
+use crate::body::Body;
 use crate::config::TokenApiPaths;
 use crate::error::Denial;
 use crate::gateway::Gateway;
 use crate::issuer::Caller;
-use crate::proxy::Body;
 use crate::store::{NewAuditEvent, Status};
 
 /// Which flow a request is for.

@@ -16,11 +16,11 @@ use serde_json::json;
 use super::check;
 use crate::api::{json_response, read_object, BodyError, Fields};
 use crate::auth::{extract_credential, Ability};
+use crate::body::Body;
 use crate::clock::rfc3339;
 use crate::error::Denial;
 use crate::gateway::Gateway;
 use crate::issuer::{MintRequest, MAX_NAME_LEN};
-use crate::proxy::Body;
 use crate::token::TokenKind;
 
 fn message(status: StatusCode, m: &str) -> Response<Body> {

@@ -19,10 +19,10 @@ use serde_json::json;
 use super::check;
 use crate::api::{json_response, read_object, BodyError};
 use crate::auth::{Ability, TOKEN_HEADER};
+use crate::body::Body;
 use crate::error::Denial;
 use crate::gateway::Gateway;
 use crate::issuer::MintRequest;
-use crate::proxy::Body;
 use crate::token::TokenKind;
 
 fn error(status: StatusCode, code: &str) -> Response<Body> {

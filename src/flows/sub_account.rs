@@ -22,11 +22,11 @@ use serde_json::{json, Value};
 use super::{active_workspace, audit_denied, check};
 use crate::api::{json_response, read_object, BodyError, Fields};
 use crate::auth::{extract_credential, Ability};
+use crate::body::Body;
 use crate::clock::rfc3339;
 use crate::error::Denial;
 use crate::gateway::Gateway;
 use crate::issuer::{Caller, MintRequest, MAX_NAME_LEN};
-use crate::proxy::Body;
 use crate::store::{Account, TokenFilter, TokenRow};
 use crate::token::TokenKind;
 

@@ -33,14 +33,13 @@
 //!
 //! Used for plain HTTP/1.1 requests. h2 upstreams (one multiplexed
 //! connection, which does want a task of its own) and WebSocket upgrades go
-//! through hyper-util's client in [`crate::proxy`].
+//! through hyper-util's client ([`super::Upstream`]).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
@@ -54,8 +53,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use crate::cap::{Busy, ConnCap};
-use crate::proxy::UpstreamBody;
+use super::cap::{Busy, ConnCap};
+use super::idle::{IdleStack, Pooled};
+use super::UpstreamBody;
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 
@@ -115,72 +115,17 @@ impl Conn {
     }
 }
 
-struct Idle {
-    conn: Box<Conn>,
-    since: Instant,
-}
-
-/// What the pool holds, under one lock.
-#[derive(Default)]
-struct Shared {
-    /// Idle connections, oldest first (checkout takes the newest).
-    idle: Vec<Idle>,
-    /// Requests waiting for a connection while one is being made for them:
-    /// a connection coming back goes to the oldest, whichever is first.
-    waiters: Waiters<Box<Conn>>,
-}
-
-/// Requests waiting for a connection, oldest first: the queue both pools
-/// (this one and the fast path's) hand returning connections through.
-#[derive(Debug)]
-pub struct Waiters<T>(VecDeque<oneshot::Sender<T>>);
-
-impl<T> Default for Waiters<T> {
-    fn default() -> Self {
-        Self(VecDeque::new())
-    }
-}
-
-impl<T> Waiters<T> {
-    /// Joins the queue. Requests whose own connection won leave their place
-    /// behind; those are cleared out now and then (amortised: at each power
-    /// of two from 64), and at every [`Waiters::prune`].
-    pub fn join(&mut self) -> oneshot::Receiver<T> {
-        let n = self.0.len();
-        if n >= 64 && n.is_power_of_two() {
-            self.prune();
-        }
-        let (tx, rx) = oneshot::channel();
-        self.0.push_back(tx);
-        rx
-    }
-
-    /// Gives `conn` to the oldest request still waiting; hands it back if
-    /// there is none.
-    pub fn hand_over(&mut self, mut conn: T) -> Option<T> {
-        while let Some(waiter) = self.0.pop_front() {
-            match waiter.send(conn) {
-                Ok(()) => return None,
-                // That request gave up (or got its own connection).
-                Err(back) => conn = back,
-            }
-        }
-        Some(conn)
-    }
-
-    /// Drops the places of requests that stopped waiting.
-    pub fn prune(&mut self) {
-        self.0.retain(|w| !w.is_closed());
+impl Pooled for Box<Conn> {
+    fn settle(&mut self) -> bool {
+        Conn::settle(self)
     }
 }
 
 /// The idle HTTP/1.1 connections to one upstream and how to make more.
 pub struct Pool {
-    shared: Mutex<Shared>,
+    idle: Arc<IdleStack<Box<Conn>>>,
     connector: HttpsConnector<HttpConnector>,
     connect_timeout: Duration,
-    max_idle: usize,
-    idle_timeout: Duration,
     cap: ConnCap,
 }
 
@@ -188,8 +133,6 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("idle", &self.idle_count())
-            .field("max_idle", &self.max_idle)
-            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -213,40 +156,21 @@ impl Pool {
         cap: ConnCap,
     ) -> Arc<Self> {
         Arc::new(Self {
-            shared: Mutex::new(Shared::default()),
+            idle: Arc::new(IdleStack::new(max_idle, idle_timeout)),
             connector,
             connect_timeout,
-            max_idle,
-            idle_timeout,
             cap,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        // Nothing under this lock can panic half-way; a poisoned lock still
-        // holds a consistent pool.
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Idle connections held now.
     pub fn idle_count(&self) -> usize {
-        self.lock().idle.len()
+        self.idle.idle_count()
     }
 
     /// Closes idle connections older than the idle timeout.
     pub fn sweep(&self) {
-        let timeout = self.idle_timeout;
-        let expired: Vec<Idle> = {
-            let mut shared = self.lock();
-            let (old, keep) = std::mem::take(&mut shared.idle)
-                .into_iter()
-                .partition(|i| i.since.elapsed() >= timeout);
-            shared.idle = keep;
-            shared.waiters.prune();
-            old
-        };
-        // Closed outside the lock.
-        drop(expired);
+        self.idle.sweep();
     }
 
     /// Sends `req` to the upstream named by its URI (absolute-form; it is
@@ -301,17 +225,10 @@ impl Pool {
     /// closed on the way), or else a place in the waiters' queue.
     fn checkout(&self, cx: &mut Context<'_>) -> Checkout {
         loop {
-            let idle = {
-                let mut shared = self.lock();
-                match shared.idle.pop() {
-                    Some(idle) => idle,
-                    None => return Checkout::Wait(shared.waiters.join()),
-                }
+            let mut conn = match self.idle.pop_or_join() {
+                Ok(conn) => conn,
+                Err(waiter) => return Checkout::Wait(waiter),
             };
-            if idle.since.elapsed() >= self.idle_timeout {
-                continue;
-            }
-            let mut conn = idle.conn;
             // Polled with this task's waker: any wake-up from now on
             // (response bytes, the request channel) comes here.
             conn.drive(cx);
@@ -321,36 +238,16 @@ impl Pool {
         }
     }
 
-    /// Opens a connection, unless one comes back to the pool first; then
-    /// that one is used and the new one joins the pool when it is up. The
-    /// flag says whether the connection was used before.
+    /// Opens a connection, unless one comes back to the pool first
+    /// ([`IdleStack::connect_or_wait`]). The flag says whether the
+    /// connection was used before.
     async fn connect_or_wait(
         self: &Arc<Self>,
         target: &Uri,
-        mut waiter: oneshot::Receiver<Box<Conn>>,
+        waiter: oneshot::Receiver<Box<Conn>>,
     ) -> Result<(Box<Conn>, bool), PoolError> {
-        let mut connecting = Box::pin(Arc::clone(self).connect(target.clone()));
-        tokio::select! {
-            biased;
-            Ok(conn) = &mut waiter => {
-                let pool = Arc::clone(self);
-                tokio::spawn(async move {
-                    if let Ok(conn) = connecting.await {
-                        pool.put_back(conn);
-                    }
-                });
-                Ok((conn, true))
-            }
-            made = &mut connecting => {
-                // A connection handed over while this one came up is not
-                // lost with the receiver: it goes back to the pool.
-                waiter.close();
-                if let Ok(handed) = waiter.try_recv() {
-                    self.put_back(handed);
-                }
-                made.map(|c| (c, false))
-            }
-        }
+        let connecting = Arc::clone(self).connect(target.clone());
+        self.idle.connect_or_wait(waiter, connecting).await
     }
 
     async fn connect(self: Arc<Self>, target: Uri) -> Result<Box<Conn>, PoolError> {
@@ -380,20 +277,8 @@ impl Pool {
     /// Returns a connection whose response has been read: to the oldest
     /// waiting request, else to the idle list (if there is room), else it
     /// is closed.
-    fn put_back(&self, mut conn: Box<Conn>) {
-        if !conn.settle() {
-            return;
-        }
-        let mut shared = self.lock();
-        let Some(conn) = shared.waiters.hand_over(conn) else {
-            return;
-        };
-        if shared.idle.len() < self.max_idle {
-            shared.idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
-        }
+    fn put_back(&self, conn: Box<Conn>) {
+        self.idle.put(conn);
     }
 }
 

@@ -1,17 +1,13 @@
 //! Idle plain-TCP connections to one `http` upstream, for the fast path.
 //!
 //! A connection is put back only by whoever read its last response to the
-//! end with nothing left over ([`super`] decides). It goes to the longest
-//! waiting request if there is one, else it is idle and owned by nobody.
-//! Checkout takes the newest (warm) idle one; one idle past
-//! `pool_idle_timeout` is closed instead. A request that finds none both
-//! connects and waits, and takes whichever comes first: in a burst, a
-//! connection coming back serves it long before a thousand new ones would
-//! be accepted. At most `pool_max_idle` are kept; [`RawPool::sweep`]
-//! closes the expired ones when traffic stops.
+//! end with nothing left over (the fast path, `crate::fast`, decides).
+//! Idle connections and waiting requests are kept by the pools' shared
+//! core ([`super::idle`]); the fast path checks a connection taken from it
+//! before use.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use http::Uri;
@@ -19,8 +15,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::cap::{Busy, ConnCap};
-use crate::pool::Waiters;
+use tokio::sync::oneshot;
+
+use super::cap::{Busy, ConnCap};
+use super::idle::{IdleStack, Pooled};
 
 /// Read buffer size of an upstream connection.
 const READ_BUF: usize = 16 * 1024;
@@ -54,24 +52,16 @@ pub enum ConnectError {
 /// Idle connections to one upstream.
 #[derive(Debug)]
 pub struct RawPool {
-    /// The same TCP connector the hyper clients use (`proxy::tcp_connector`).
+    /// The same TCP connector the hyper clients use (`super::tcp_connector`).
     connector: HttpConnector,
     /// The upstream, as the connector takes it.
     target: Uri,
     connect_timeout: Duration,
-    max_idle: usize,
-    idle_timeout: Duration,
     cap: ConnCap,
-    inner: Mutex<Inner>,
+    idle: Arc<IdleStack<RawConn>>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// Newest last.
-    idle: Vec<(RawConn, Instant)>,
-    /// Requests waiting for a connection, oldest first.
-    waiters: Waiters<RawConn>,
-}
+impl Pooled for RawConn {}
 
 impl RawPool {
     /// A pool for `target` (scheme and authority), connecting through
@@ -88,84 +78,39 @@ impl RawPool {
             connector,
             target,
             connect_timeout,
-            max_idle,
-            idle_timeout,
             cap,
-            inner: Mutex::new(Inner::default()),
+            idle: Arc::new(IdleStack::new(max_idle, idle_timeout)),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The newest idle connection that has not timed out, if any.
-    pub fn checkout(&self) -> Option<RawConn> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        while let Some((conn, since)) = inner.idle.pop() {
-            if now.duration_since(since) < self.idle_timeout {
-                return Some(conn);
-            }
-        }
-        None
+    /// The newest idle connection that has not timed out, or else a place
+    /// in the queue for the next one to come back.
+    pub fn pop_or_join(&self) -> Result<RawConn, oneshot::Receiver<RawConn>> {
+        self.idle.pop_or_join()
     }
 
     /// A connection for a request that found none idle: a new one, or one
-    /// put back while it connects, whichever comes first. A connect that
-    /// loses the race is not wasted: its connection joins the pool, so a
-    /// burst opens at most one connection per request in flight.
-    pub async fn wait_or_connect(self: &Arc<Self>) -> Result<RawConn, ConnectError> {
-        let mut rx = self.lock().waiters.join();
+    /// put back to `waiter` while it connects, whichever comes first
+    /// ([`IdleStack::connect_or_wait`]).
+    pub async fn connect_or_wait(
+        self: &Arc<Self>,
+        waiter: oneshot::Receiver<RawConn>,
+    ) -> Result<RawConn, ConnectError> {
         let pool = Arc::clone(self);
-        let mut connect = Box::pin(async move { pool.connect().await });
-        tokio::select! {
-            biased;
-            Ok(conn) = &mut rx => {
-                let pool = Arc::clone(self);
-                tokio::spawn(async move {
-                    if let Ok(conn) = connect.await {
-                        pool.put(conn);
-                    }
-                });
-                Ok(conn)
-            }
-            connected = &mut connect => {
-                // One may have been handed over just now: put it back.
-                rx.close();
-                if let Ok(conn) = rx.try_recv() {
-                    self.put(conn);
-                }
-                connected
-            }
-        }
+        let connecting = async move { pool.connect().await };
+        Ok(self.idle.connect_or_wait(waiter, connecting).await?.0)
     }
 
     /// Puts a connection back after a response: to the oldest waiting
     /// request, else idle (or closes it, when enough are idle).
     pub fn checkin(&self, mut conn: RawConn) {
         conn.reused = true;
-        self.put(conn);
-    }
-
-    fn put(&self, conn: RawConn) {
-        let mut inner = self.lock();
-        let Some(conn) = inner.waiters.hand_over(conn) else {
-            return;
-        };
-        if inner.idle.len() < self.max_idle {
-            inner.idle.push((conn, Instant::now()));
-        }
+        self.idle.put(conn);
     }
 
     /// Closes idle connections past the idle timeout.
     pub fn sweep(&self) {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        inner
-            .idle
-            .retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
-        inner.waiters.prune();
+        self.idle.sweep();
     }
 
     /// A new connection, within the connect timeout (name resolution
