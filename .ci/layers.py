@@ -36,6 +36,8 @@ LAYERS = [
     # The request path's state and decision, no codec in it.
     ["gateway"],
     ["forward_auth"],
+    # Live reload: build, validate, swap the gateway's snapshot.
+    ["reload"],
     # The control plane's shared vocabulary, then the control plane.
     ["api"],
     ["flows", "admin"],

@@ -16,6 +16,13 @@
 //! decision runs on every request, cached or not, against the clock.
 //! Denials become responses in one place
 //! ([`crate::error::Denial::parts`]).
+//!
+//! What a reload (`crate::reload`) replaces is one [`Snapshot`]: the
+//! config in force and the route table, upstreams and header rules built
+//! from it. A request loads it once ([`Gateway::snapshot`]) and keeps it
+//! to its end; a reload swaps in a new one for every request after it, on
+//! old connections too. The store, token cache, last-used batching and
+//! counters live in [`Gateway`] itself and are never rebuilt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +32,8 @@ use http::HeaderValue;
 use crate::auth::{decide, extract_credential, kind_may_proxy};
 use crate::cache::{AuthEntry, ConnectionMemo, TokenCache};
 use crate::clock::Clock;
+use arc_swap::ArcSwap;
+
 use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
 use crate::fields::RequestFields;
@@ -48,7 +57,10 @@ pub const TUNNEL_RECHECK_GAP: Duration = Duration::from_millis(100);
 
 /// Everything the request path and the control plane share.
 pub struct Gateway {
-    /// The validated configuration.
+    /// The configuration as started. The keys a reload cannot change
+    /// (`[server]`, `[store]`, `[cache]`, `[tokens]`) are read here; the
+    /// rest (routes, upstreams, headers, forward auth, token API paths,
+    /// TLS) only from [`Gateway::snapshot`].
     pub config: Config,
     /// The token store.
     pub store: Arc<dyn TokenStore>,
@@ -61,22 +73,116 @@ pub struct Gateway {
     /// Batched last-used times.
     pub last_used: LastUsed,
     clock: Clock,
+    /// What a reload replaces, swapped at once.
+    live: ArcSwap<Snapshot>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("live", &self.live.load().routes)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+/// The reloadable part of the gateway, as one value: the config in force
+/// and what is built from it. Built whole and checked before it is swapped
+/// in, so a request sees the old one or the new one, never a mix.
+pub struct Snapshot {
+    /// The config in force: the reloadable keys as last (re)loaded, the
+    /// keys that need a restart as the gateway started.
+    pub config: Config,
     routes: RouteTable,
-    upstreams: Vec<Upstream>,
+    /// Shared with the snapshots before and after this one while their
+    /// config is the same, with their pooled connections and cap.
+    upstreams: Vec<Arc<Upstream>>,
     /// Shared with every request body's trailer filter.
     header_names: Arc<HeaderNames>,
     /// What request trailers go through on their way upstream.
     trailers: TrailerFilter,
     lookalikes: Lookalikes,
     strip: StripSet,
+    // Rate limits (DESIGN section 10) belong here too, built from
+    // `config` in `Snapshot::build`, so that a reload swaps them with the
+    // routes they name (counters that must survive a reload stay in
+    // `Gateway`).
 }
 
-impl std::fmt::Debug for Gateway {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway")
-            .field("routes", &self.routes)
-            .field("cache", &self.cache)
-            .finish()
+impl Snapshot {
+    /// Builds the route table, upstreams and header rules of `config`.
+    /// An upstream whose config is unchanged from `previous` is taken over,
+    /// pooled connections and connection cap included.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Self {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|c| {
+                previous
+                    .and_then(|p| p.upstreams.iter().find(|u| u.config == *c))
+                    .map_or_else(|| Arc::new(Upstream::new(c.clone())), Arc::clone)
+            })
+            .collect();
+        let routes = RouteTable::new(config.routes.clone());
+        let header_names = Arc::new(config.headers.clone());
+        let strip = StripSet::new(&header_names);
+        let trailers: TrailerFilter = {
+            let strip = strip.clone();
+            Arc::new(move |t| strip_for_upstream(t, &strip))
+        };
+        Self {
+            trailers,
+            lookalikes: Lookalikes::new(&header_names),
+            strip,
+            header_names,
+            config,
+            routes,
+            upstreams,
+        }
+    }
+
+    /// The route and upstream for a normalised path, after refusing
+    /// look-alike headers. Has no side effects.
+    pub fn route(
+        &self,
+        path: &str,
+        method: &http::Method,
+        headers: &(impl RequestFields + ?Sized),
+    ) -> Result<(&RouteConfig, &Upstream), Denial> {
+        check_method(method)?;
+        self.lookalikes.check(headers)?;
+        let route = match self.routes.find(path, method) {
+            RouteMatch::Found(r) => r,
+            RouteMatch::MethodNotAllowed => return Err(Denial::MethodNotAllowed),
+            RouteMatch::NotFound => return Err(Denial::RouteNotFound),
+        };
+        let upstream = self
+            .upstreams
+            .get(route.upstream)
+            .ok_or(Denial::RouteNotFound)?;
+        Ok((route, upstream))
+    }
+
+    /// The header names the gateway sets and strips.
+    pub fn header_names(&self) -> &HeaderNames {
+        &self.header_names
+    }
+
+    /// What request trailers go through on their way upstream (the
+    /// request headers' own filter).
+    pub fn trailer_filter(&self) -> &TrailerFilter {
+        &self.trailers
+    }
+
+    /// Every request header name the gateway strips, for reading names as
+    /// bytes (the fast path).
+    pub fn strip_set(&self) -> &StripSet {
+        &self.strip
+    }
+
+    /// The upstreams, in config order.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
     }
 }
 
@@ -95,25 +201,9 @@ impl Gateway {
             clock.clone(),
             Some(Arc::clone(&cache)),
         );
-        let upstreams = config
-            .upstreams
-            .iter()
-            .cloned()
-            .map(Upstream::new)
-            .collect();
-        let routes = RouteTable::new(config.routes.clone());
-        let header_names = Arc::new(config.headers.clone());
         let last_used = LastUsed::new(config.store.last_used_resolution);
-        let strip = StripSet::new(&header_names);
-        let trailers: TrailerFilter = {
-            let strip = strip.clone();
-            Arc::new(move |t| strip_for_upstream(t, &strip))
-        };
+        let live = ArcSwap::from_pointee(Snapshot::build(config.clone(), None));
         Arc::new(Self {
-            trailers,
-            lookalikes: Lookalikes::new(&header_names),
-            strip,
-            header_names,
             config,
             store,
             cache,
@@ -121,9 +211,20 @@ impl Gateway {
             metrics,
             last_used,
             clock,
-            routes,
-            upstreams,
+            live,
         })
+    }
+
+    /// The reloadable config in force and what is built from it. A request
+    /// takes it once and keeps it to its end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Puts `next` in force for every request that starts from now on
+    /// (`crate::reload` builds and checks it first).
+    pub fn install(&self, next: Snapshot) {
+        self.live.store(Arc::new(next));
     }
 
     /// The clock decisions are made against.
@@ -133,7 +234,7 @@ impl Gateway {
 
     /// Closes upstream connections idle past their upstream's timeout.
     pub fn sweep_idle_upstreams(&self) {
-        for u in &self.upstreams {
+        for u in self.snapshot().upstreams() {
             u.sweep_idle();
         }
     }
@@ -142,7 +243,8 @@ impl Gateway {
     /// shortest idle timeout, so no connection stays idle more than 1.5
     /// times its timeout.
     pub fn sweep_interval(&self) -> std::time::Duration {
-        self.upstreams
+        self.snapshot()
+            .upstreams()
             .iter()
             .map(|u| u.config.pool_idle_timeout / 2)
             .min()
@@ -224,28 +326,6 @@ impl Gateway {
         })
     }
 
-    /// The route and upstream for a normalised path, after refusing
-    /// look-alike headers. Has no side effects.
-    pub fn route(
-        &self,
-        path: &str,
-        method: &http::Method,
-        headers: &(impl RequestFields + ?Sized),
-    ) -> Result<(&RouteConfig, &Upstream), Denial> {
-        check_method(method)?;
-        self.lookalikes.check(headers)?;
-        let route = match self.routes.find(path, method) {
-            RouteMatch::Found(r) => r,
-            RouteMatch::MethodNotAllowed => return Err(Denial::MethodNotAllowed),
-            RouteMatch::NotFound => return Err(Denial::RouteNotFound),
-        };
-        let upstream = self
-            .upstreams
-            .get(route.upstream)
-            .ok_or(Denial::RouteNotFound)?;
-        Ok((route, upstream))
-    }
-
     /// Authenticates the request as its route demands and records the
     /// token's use. `Ok(None)`: no token needed, or none sent on an
     /// `optional` route.
@@ -266,23 +346,6 @@ impl Gateway {
             self.last_used.note_use(e, self.clock.now());
         }
         Ok(entry)
-    }
-
-    /// The header names the gateway sets and strips.
-    pub fn header_names(&self) -> &HeaderNames {
-        &self.header_names
-    }
-
-    /// What request trailers go through on their way upstream (the
-    /// request headers' own filter).
-    pub fn trailer_filter(&self) -> &TrailerFilter {
-        &self.trailers
-    }
-
-    /// Every request header name the gateway strips, for reading names as
-    /// bytes (the fast path).
-    pub fn strip_set(&self) -> &StripSet {
-        &self.strip
     }
 
     /// Finds and judges the request's token for a route. `Ok(None)`: no

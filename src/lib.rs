@@ -67,6 +67,7 @@ pub mod gateway;
 pub mod issuer;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod rules;
 pub mod server;

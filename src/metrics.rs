@@ -61,6 +61,10 @@ pub struct Metrics {
     /// Forward-auth requests answered 200 (refusals are counted by code
     /// in `denied`, with the proxy path's).
     pub forward_auth_allowed: Counter,
+    /// Config reloads (SIGHUP) that applied.
+    pub config_reloads_ok: Counter,
+    /// Config reloads refused (a bad file or certificate; nothing changed).
+    pub config_reloads_error: Counter,
 }
 
 impl Metrics {
@@ -142,6 +146,12 @@ impl Metrics {
             "tokengate_feed_resyncs_total",
             "Invalidation feed reconnects (each clears the cache).",
             self.feed_resyncs.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tokengate_config_reloads_total Config reloads (SIGHUP), by result.\n# TYPE tokengate_config_reloads_total counter\ntokengate_config_reloads_total{{result=\"ok\"}} {}\ntokengate_config_reloads_total{{result=\"error\"}} {}",
+            self.config_reloads_ok.get(),
+            self.config_reloads_error.get()
         );
         let _ = writeln!(
             out,

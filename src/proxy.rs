@@ -32,7 +32,7 @@ use crate::body::{denial_response, Body, BoxError, Stalling};
 use crate::error::Denial;
 use crate::fields::{list_has, RequestFields, X_REQUEST_ID};
 use crate::forward_auth;
-use crate::gateway::{check_method, new_request_id, Gateway, TunnelEnd};
+use crate::gateway::{check_method, new_request_id, Gateway, Snapshot, TunnelEnd};
 use crate::route::normalize_path;
 use crate::rules::{
     rewrite_request_headers, strip_response, upstream_target, ForwardContext, Peer,
@@ -60,26 +60,28 @@ async fn process(
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, Denial> {
     let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
+    // The config this request sees to its end, whatever a reload does.
+    let snap = g.snapshot();
     // Forward auth is answered here, never forwarded.
-    if let Some(suffix) = forward_auth::suffix(&g.config.forward_auth, req.uri().path(), &path) {
+    if let Some(suffix) = forward_auth::suffix(&snap.config.forward_auth, req.uri().path(), &path) {
         let entry =
-            forward_auth::decide(g, req.method(), suffix, req.headers(), &peer.memo).await?;
+            forward_auth::decide(g, &snap, req.method(), suffix, req.headers(), &peer.memo).await?;
         return Ok(forward_auth::allowed(
-            g.header_names(),
+            snap.header_names(),
             entry.as_deref(),
             request_id,
         ));
     }
     // The seed token endpoints are served here, never forwarded (the
     // method check that `route` makes for the rest comes first).
-    if let Some(flow) = crate::flows::match_flow(&g.config.token_api, &path) {
+    if let Some(flow) = crate::flows::match_flow(&snap.config.token_api, &path) {
         check_method(req.method())?;
         g.metrics.token_api_requests.inc();
         // Boxed: the flows' futures (store transactions) are large and
         // would otherwise be part of every proxied request's future.
         return Ok(Box::pin(crate::flows::handle(g, flow, req)).await);
     }
-    let (route, upstream) = g.route(&path, req.method(), req.headers())?;
+    let (route, upstream) = snap.route(&path, req.method(), req.headers())?;
     // A tunnel the upstream agrees to outlives this request, so its
     // admission is checked again for as long as it stays open, from
     // the invalidations after this point on.
@@ -102,7 +104,7 @@ async fn process(
         path: &path,
         tls: peer.tls,
     };
-    let resp = forward(g, upstream, req, ctx, tunnel_end).await?;
+    let resp = forward(g, &snap, upstream, req, ctx, tunnel_end).await?;
     g.metrics.forwarded.inc();
     Ok(resp)
 }
@@ -136,6 +138,7 @@ fn is_websocket(v: &HeaderValue) -> bool {
 /// resolves.
 pub async fn forward(
     g: &Gateway,
+    snap: &Snapshot,
     upstream: &Upstream,
     mut req: Request<Incoming>,
     ctx: ForwardContext<'_>,
@@ -165,8 +168,8 @@ pub async fn forward(
 
     rewrite_request_headers(
         req.headers_mut(),
-        g.strip_set(),
-        g.header_names(),
+        snap.strip_set(),
+        snap.header_names(),
         &ctx,
         cfg,
         upgrade,
@@ -178,8 +181,13 @@ pub async fn forward(
     };
 
     let moving = Arc::new(AtomicBool::new(false));
-    let req = req
-        .map(|inner| UpstreamBody::new(inner, Arc::clone(g.trailer_filter()), Arc::clone(&moving)));
+    let req = req.map(|inner| {
+        UpstreamBody::new(
+            inner,
+            Arc::clone(snap.trailer_filter()),
+            Arc::clone(&moving),
+        )
+    });
     // Plain HTTP/1.1 requests go through the pool; upgrades need the
     // connection handed over, which hyper-util's client does.
     let pool = upstream.pool.as_ref().filter(|_| !upgrade);

@@ -118,11 +118,21 @@ pub async fn start_on(
         .then(|| Arc::clone(&gateway));
     let public_tls = gateway.config.tls.is_some().then(|| {
         let g = Arc::clone(&gateway);
-        Arc::new(move || g.config.tls.as_ref().map(|t| Arc::clone(&t.server))) as TlsSource
+        Arc::new(move || {
+            let snapshot = g.snapshot();
+            snapshot.config.tls.as_ref().map(|t| Arc::clone(&t.server))
+        }) as TlsSource
     });
     let admin_tls = gateway.config.admin_tls.is_some().then(|| {
         let g = Arc::clone(&gateway);
-        Arc::new(move || g.config.admin_tls.as_ref().map(|t| Arc::clone(&t.server))) as TlsSource
+        Arc::new(move || {
+            let snapshot = g.snapshot();
+            snapshot
+                .config
+                .admin_tls
+                .as_ref()
+                .map(|t| Arc::clone(&t.server))
+        }) as TlsSource
     });
     let public_task = tokio::spawn(accept_loop(
         public,

@@ -422,24 +422,26 @@ impl<S: ClientStream> Client<'_, S> {
                     .await
             }
         };
-        if let Some(suffix) = forward_auth::suffix(&g.config.forward_auth, head.path(), &path) {
+        // The config this request sees to its end, whatever a reload does.
+        let snap = g.snapshot();
+        if let Some(suffix) = forward_auth::suffix(&snap.config.forward_auth, head.path(), &path) {
             let request_id = new_request_id();
             let close = head.close || shutting_down;
-            return match forward_auth::decide(g, &head.method, suffix, &head, &self.peer.memo).await
-            {
+            let memo = &self.peer.memo;
+            return match forward_auth::decide(g, &snap, &head.method, suffix, &head, memo).await {
                 Ok(entry) => {
-                    let (names, entry) = (g.header_names(), entry.as_deref());
+                    let (names, entry) = (snap.header_names(), entry.as_deref());
                     write_forward_auth_allowed(&mut self.out, names, entry, &request_id, close);
                     self.send_out(close).await
                 }
                 Err(d) => self.refuse(d, &request_id, close).await,
             };
         }
-        if crate::flows::match_flow(&g.config.token_api, &path).is_some() {
+        if crate::flows::match_flow(&snap.config.token_api, &path).is_some() {
             return Next::Handoff;
         }
         let request_id = new_request_id();
-        let (route, upstream) = match g.route(&path, &head.method, &head) {
+        let (route, upstream) = match snap.route(&path, &head.method, &head) {
             Ok(x) => x,
             Err(d) => return self.refuse(d, &request_id, head.close).await,
         };
@@ -468,7 +470,7 @@ impl<S: ClientStream> Client<'_, S> {
         };
         // The same rewrite as `rewrite_request_headers`, on the fields as
         // they came, written straight out.
-        let names = g.header_names();
+        let names = snap.header_names();
         self.out.clear();
         wire::push_request_line(&mut self.out, &head.method, &target);
         let out = &mut self.out;
@@ -477,7 +479,7 @@ impl<S: ClientStream> Client<'_, S> {
             out,
             drop_length: true,
         };
-        let host = strip_request(&head, g.strip_set(), cfg, false, &mut sink).map(|(_, v)| v);
+        let host = strip_request(&head, snap.strip_set(), cfg, false, &mut sink).map(|(_, v)| v);
         if head.has_length {
             let n = HeaderValue::from(head.body_len);
             wire::push_field(&mut self.out, b"content-length", n.as_bytes());
