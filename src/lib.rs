@@ -33,8 +33,9 @@
 //! | | [`config`] | `tokengate.toml -> FileConfig -> Config`, errors that name the key |
 //! | | [`body`] | the body of every response; a denial as a response |
 //! | | [`auth`] | credential extraction, the in-memory decision |
-//! | request path | [`gateway`] | the shared state and the decision both codecs call: route, admit, tunnel re-checks |
+//! | request path | [`gateway`] | the shared state, the reloadable snapshot (routes, upstreams, header rules), and the decision both codecs call: route, admit, tunnel re-checks |
 //! | | [`forward_auth`] | the answer front proxies ask for (nginx `auth_request`, Caddy, Traefik, Envoy): the same decision, not forwarded |
+//! | | [`reload`] | SIGHUP: the config and certificates read and checked, then the gateway's snapshot swapped |
 //! | control plane | [`api`] | what the control plane shares: JSON bodies, the native API's errors |
 //! | | [`flows`] | the five documented token-issuing APIs, on the public listener |
 //! | | [`admin`] | the admin listener: the native API, health, readiness, metrics, OpenAPI |
