@@ -39,7 +39,11 @@
 //! `proxy_pass` to the upstream) and `nginx-auth-static` (the same nginx
 //! config, its subrequest proxied over keep-alive to another server block
 //! of the same nginx worker answering `return 204`: both pay one proxied
-//! subrequest hop; only what answers it differs). For each:
+//! subrequest hop; only what answers it differs), and `nginx-auth-proc`
+//! (the same again, its subrequest answered `return 204` by a second nginx
+//! process on core 1: an auth service of its own, so that, as with
+//! tokengate, two processes share the core and each subrequest switches
+//! between them; its CPU per request is both nginx processes'). For each:
 //! requests/s, latency p50 / p99 / p99.9, the proxy's CPU time per request
 //! (from `/proc`), how often per request it slept waiting for a socket
 //! (voluntary context switches), how busy core 0 was (at 100% the load
@@ -50,7 +54,7 @@
 //! tokengate cases also as
 //! ratios to `direct`, `cached` as ratios to `none` and `nginx` and `bare`
 //! to `nginx`, `forward-auth` to `nginx-204`, `nginx-auth-tg` to
-//! `nginx-auth-static`, also round by round (`nginx-auth-tg`'s CPU also
+//! `nginx-auth-static` and to `nginx-auth-proc`, also round by round (`nginx-auth-tg`'s CPU also
 //! split into nginx's and tokengate's shares, and both on one connection,
 //! `lat-auth-tg` and `lat-auth-static`); the paired `store-1m` rounds also
 //! print the last-used rows each window wrote. Every other round runs its
@@ -344,6 +348,11 @@ struct AuthFronts {
     tokengate: SocketAddr,
     /// Asks a server block of this nginx answering `return 204`.
     fixed: SocketAddr,
+    /// Asks a second nginx process (one worker, also on core 1) answering
+    /// `return 204`: an auth service of its own, as tokengate is.
+    separate: SocketAddr,
+    /// That second nginx.
+    answerer: Proxy,
 }
 
 /// One `auth_request` front: `location /` proxies to the bench upstream
@@ -374,8 +383,9 @@ fn start_nginx(
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| Path::new(p).exists())?;
-    let ports = free_ports(4)?;
+    let ports = free_ports(6)?;
     let (port, tg_port, fixed_port, answer_port) = (ports[0], ports[1], ports[2], ports[3]);
+    let (separate_port, separate_answer_port) = (ports[4], ports[5]);
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -386,28 +396,58 @@ fn start_nginx(
                upstream up {{ server {upstream}; keepalive 256; }}\n\
                upstream tokengate {{ server {tokengate}; keepalive 256; }}\n\
                upstream answer204 {{ server 127.0.0.1:{answer_port}; keepalive 256; }}\n\
+               upstream separate204 {{ server 127.0.0.1:{separate_answer_port}; keepalive 256; }}\n\
                server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
                  proxy_pass http://up;\n      proxy_http_version 1.1;\n\
                  proxy_set_header Connection \"\";\n    }}\n\
                  location = /nginx-204 {{ return 204; }}\n  }}\n\
-             {tg_front}{fixed_front}\
+             {tg_front}{fixed_front}{separate_front}\
                server {{\n    listen 127.0.0.1:{answer_port};\n    location / {{ return 204; }}\n  }}\n}}\n",
             dir = dir.display(),
             tg_front = auth_front(tg_port, "tokengate"),
             fixed_front = auth_front(fixed_port, "answer204"),
+            separate_front = auth_front(separate_port, "separate204"),
         ),
     )
     .ok()?;
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let proxy = spawn_nginx(nginx, &conf, at(port))?;
+    // The second nginx: a `return 204` service of its own, on core 1.
+    let answerer_conf = dir.join("nginx-answer.conf");
+    std::fs::write(
+        &answerer_conf,
+        format!(
+            "worker_processes 1;\npid {dir}/nginx-answer.pid;\nerror_log {dir}/nginx-answer.err warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
+               server {{\n    listen 127.0.0.1:{separate_answer_port};\n    location / {{ return 204; }}\n  }}\n}}\n",
+            dir = dir.display(),
+        ),
+    )
+    .ok()?;
+    let answerer = spawn_nginx(nginx, &answerer_conf, at(separate_answer_port))?;
+    Some((
+        proxy,
+        AuthFronts {
+            tokengate: at(tg_port),
+            fixed: at(fixed_port),
+            separate: at(separate_port),
+            answerer,
+        },
+    ))
+}
+
+/// Starts nginx with `conf` on core 1 and waits until `addr` answers; its
+/// master and worker(s) are the process's pids.
+fn spawn_nginx(nginx: &str, conf: &Path, addr: SocketAddr) -> Option<Proxy> {
     let child = Command::new("taskset")
         .args(["-c", "1", nginx, "-c"])
-        .arg(&conf)
+        .arg(conf)
         .args(["-g", "daemon off;"])
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
     let master = child.id();
-    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let addr = at(port);
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {
@@ -430,18 +470,12 @@ fn start_nginx(
             pids.push(pid);
         }
     }
-    Some((
-        Proxy {
-            addr,
-            admin: None,
-            child,
-            pids,
-        },
-        AuthFronts {
-            tokengate: at(tg_port),
-            fixed: at(fixed_port),
-        },
-    ))
+    Some(Proxy {
+        addr,
+        admin: None,
+        child,
+        pids,
+    })
 }
 
 async fn store_lookups(admin: SocketAddr) -> u64 {
@@ -1030,7 +1064,7 @@ fn main() {
                 })
                 .collect(),
         );
-        let with_auth_fronts = want("nginx-auth-tg") || want("nginx-auth-static");
+        let with_auth_fronts = want("nginx-auth-tg") || want("nginx-auth-static") || want("nginx-auth-proc");
         let with_nginx = want("nginx") || want("nginx-204") || with_auth_fronts;
         let (nginx, fronts) = match with_nginx.then(|| start_nginx(dir.path(), up, gw.addr)).flatten() {
             Some((ng, fronts)) => (Some(ng), Some(fronts)),
@@ -1042,7 +1076,11 @@ fn main() {
         if let (Some(f), true) = (&fronts, with_auth_fronts) {
             // Fills each front's keep-alive pools, and says so at once if
             // a front does not let the token through.
-            for (name, addr) in [("nginx-auth-tg", f.tokengate), ("nginx-auth-static", f.fixed)] {
+            for (name, addr) in [
+                ("nginx-auth-tg", f.tokengate),
+                ("nginx-auth-static", f.fixed),
+                ("nginx-auth-proc", f.separate),
+            ] {
                 let o = drive(addr, "/api/x", hot.clone(), conns, 0.5).await;
                 if o.non_2xx > 0 || o.requests == 0 {
                     println!("{name}: warm-up got {} non-2xx of {} requests", o.non_2xx, o.requests);
@@ -1060,7 +1098,7 @@ fn main() {
         // every round's ratio the same way.
         let order = [
             "direct", "none", "cached", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth", "nginx-204",
-            "nginx-auth-tg", "nginx-auth-static",
+            "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc",
         ];
         for round in 0..rounds {
             let mut cases = order;
@@ -1156,6 +1194,15 @@ fn main() {
                             samples.push(("nginx-auth-tg", row_of("nginx-auth-tg", &o, &[(ng, n), (&gw, g)])));
                         }
                     }
+                    "nginx-auth-proc" if want("nginx-auth-proc") => {
+                        if let (Some(ng), Some(f)) = (&nginx, &fronts) {
+                            // Two processes on core 1, as in
+                            // nginx-auth-tg: nginx and the 204 service.
+                            let (n, a) = (ng.mark(), f.answerer.mark());
+                            let o = run(f.separate, "/api/x", hot.clone()).await;
+                            samples.push(("nginx-auth-proc", row_of("nginx-auth-proc", &o, &[(ng, n), (&f.answerer, a)])));
+                        }
+                    }
                     "nginx-auth-static" if want("nginx-auth-static") => {
                         if let (Some(ng), Some(f)) = (&nginx, &fronts) {
                             let c = ng.mark();
@@ -1195,6 +1242,7 @@ fn main() {
         let paired_bare = paired("bare", "nginx");
         let paired_fa = paired("forward-auth", "nginx-204");
         let paired_auth = paired("nginx-auth-tg", "nginx-auth-static");
+        let paired_proc = paired("nginx-auth-tg", "nginx-auth-proc");
         let median = |name: &str| median_row(name, &of(name));
         println!("medians of {rounds} interleaved rounds:");
         let direct = median("direct").unwrap();
@@ -1203,7 +1251,7 @@ fn main() {
         let mut nginx_204_row = None;
         for name in [
             "none", "cached", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "nginx", "forward-auth", "nginx-204", "lat-fa",
-            "lat-204", "nginx-auth-tg", "nginx-auth-static", "lat-auth-tg", "lat-auth-static",
+            "lat-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "lat-auth-tg", "lat-auth-static",
         ] {
             if let Some(r) = median(name) {
                 print_row(&r, Some(&direct));
@@ -1377,6 +1425,16 @@ fn main() {
                 split(|p| p.1),
                 s.cpu_us.unwrap_or(f64::NAN)
             );
+        }
+        if let (Some(t), Some(s)) = (get("nginx-auth-tg"), get("nginx-auth-proc")) {
+            println!(
+                "nginx auth_request asking tokengate / asking a return 204 in a process of its own (both cases two processes on core 1): throughput {:.2}x, CPU per request {:.2}x",
+                t.rps / s.rps,
+                t.cpu_us.unwrap_or(0.0) / s.cpu_us.unwrap_or(f64::NAN)
+            );
+            if let Some((tput, cpu)) = paired_proc {
+                println!("  medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");
+            }
         }
         if let (Some(t), Some(s)) = (get("lat-auth-tg"), get("lat-auth-static")) {
             println!(

@@ -128,10 +128,10 @@ impl AuthEntry {
     }
 
     /// Whether a use at `now` (Unix seconds) is to be passed on to
-    /// [`crate::usage::LastUsed::record`]: the entry's first use, then the
+    /// `crate::usage::LastUsed::record`: the entry's first use, then the
     /// first at least `every` seconds (at least one) after the time its
     /// window was last set from (see [`AuthEntry::noted_from`]).
-    /// [`crate::usage::LastUsed`] writes a token at most once per
+    /// `crate::usage::LastUsed` writes a token at most once per
     /// resolution period, so with `every` set to that period and the window
     /// set from what `record` answers, a token is looked up in its maps once
     /// a period instead of once a second (with 100k tokens each in use
@@ -150,7 +150,7 @@ impl AuthEntry {
     }
 
     /// Sets the start of the window [`AuthEntry::use_to_note`] measures
-    /// from: what [`crate::usage::LastUsed::record`] answered, which is
+    /// from: what `crate::usage::LastUsed::record` answered, which is
     /// earlier than the use when the token was written recently (by this
     /// entry or one loaded before it).
     pub fn noted_from(&self, since: i64) {

@@ -326,10 +326,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 async fn serve(cfg: Config, path: &std::path::Path) -> Result<(), CliError> {
     let store = open_store(&cfg).await?;
     let gateway = Gateway::new(cfg, store, Clock::system());
-    // Before the listeners: from "listening" on, SIGHUP reloads.
+    // Before the listeners: from "listening" on, SIGHUP reloads and
+    // SIGTERM shuts down (neither kills the process).
     let reloads = crate::reload::on_sighup(Arc::clone(&gateway), path.to_path_buf())?;
+    let stop = crate::server::shutdown_signal();
     let running = crate::server::start(gateway).await?;
-    crate::server::shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     reloads.abort();
     running.shutdown().await;

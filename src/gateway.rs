@@ -15,7 +15,7 @@
 //! while no invalidation has happened since ([`ConnectionMemo`]). The
 //! decision runs on every request, cached or not, against the clock.
 //! Denials become responses in one place
-//! ([`crate::error::Denial::parts`]).
+//! (`crate::error::Denial::parts`).
 //!
 //! What a reload (`crate::reload`) replaces is one [`Snapshot`]: the
 //! config in force and the route table, upstreams and header rules built

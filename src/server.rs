@@ -8,7 +8,7 @@
 //! it hands over, and on the admin listener always, they are served by
 //! hyper-util's auto builder (HTTP/1.1 and h2 on the same port, upgrades
 //! allowed). Both hold every connection to its deadlines (first request
-//! head, idle, head after idle: [`crate::deadline`] for hyper's).
+//! head, idle, head after idle: `crate::deadline` for hyper's).
 //!
 //! With `[tls]` (`[admin_tls]`), a listener's connections first finish a
 //! TLS handshake ([`crate::tls::accept`]) within their first-head deadline;
@@ -447,25 +447,33 @@ async fn flush_loop(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) 
 }
 
 /// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+///
+/// The SIGTERM handler is installed when this is called, not when the
+/// future is first polled: called before the listeners start, a SIGTERM
+/// from "listening" on shuts down cleanly rather than killing the process.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::certs::{self, Ca};
 use common::raw::{request, Client, Upstream};
-use tokengate::ability::Ability;
+use tokengate::auth::Ability;
 use tokengate::clock::Clock;
 use tokengate::config::Config;
 use tokengate::issuer::{Actor, Issuer, MintRequest};

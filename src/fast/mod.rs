@@ -22,13 +22,13 @@
 //! its life ([`Ended::Handoff`]), which serves it exactly as it would have
 //! without a fast path. So the two paths never disagree on a request; they
 //! differ only in who parses it. A forward-auth request
-//! ([`crate::forward_auth`]) is answered here whatever its route's
+//! (`crate::forward_auth`) is answered here whatever its route's
 //! upstream: nothing is forwarded.
 //!
 //! # Promises it keeps
 //!
 //! - The same policy, in the same order, with the same refusals
-//!   ([`Denial::parts`]) and the same header rewrite
+//!   (`Denial::parts`) and the same header rewrite
 //!   ([`strip_request`], the rule book's, into a byte sink where hyper's
 //!   path has a map; a property test holds the two sinks equal; the byte
 //!   form of [`crate::rules::strip_response`] for responses).
@@ -268,7 +268,7 @@ pub fn caller_fields<'a>(names: &HeaderNames, a: &'a AuthEntry) -> &'a [u8] {
     })
 }
 
-/// [`forward_auth::allowed`] as the fast path writes it, into `out`: the caller's fields
+/// `forward_auth::allowed` as the fast path writes it, into `out`: the caller's fields
 /// as cached with its entry ([`caller_fields`]), dated, with an empty
 /// body.
 pub fn write_forward_auth_allowed(
