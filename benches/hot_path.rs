@@ -102,7 +102,6 @@ fn pieces(c: &mut Criterion) {
                     request_id: &rid,
                     peer: &peer,
                     path: "/api/calls",
-                    tls: false,
                 };
                 rewrite_request_headers(h, &strip, &names, &ctx, &upstream, false)
             },

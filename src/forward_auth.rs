@@ -7,7 +7,7 @@
 //! below it, by both paths: [`crate::proxy::handle`] and the
 //! fast path ([`crate::fast`]) find it with [`suffix`] and decide it with
 //! [`decide`], which runs the proxy path's own steps
-//! ([`Gateway::route`], [`Gateway::admit`]) on the *original* request:
+//! ([`Snapshot::route`](crate::gateway::Snapshot::route), [`Gateway::admit`]) on the *original* request:
 //!
 //! - its method: `X-Forwarded-Method`, else `X-Original-Method`, else the
 //!   forward-auth request's own;
@@ -302,7 +302,7 @@ mod tests {
             orig("GET", "", &[("x-forwarded-method", "")]),
             Err(Denial::BadMethod)
         );
-        // A case variant parses; `Gateway::route` refuses it, as it does
+        // A case variant parses; `Snapshot::route` refuses it, as it does
         // on the proxy path.
         assert_eq!(
             orig("GET", "", &[("x-forwarded-method", "get")]),

@@ -426,7 +426,7 @@ impl Gateway {
 
 /// Refuses a case variant of a standard method ([`is_miscased_method`]),
 /// before anything matches on the method: the seed flows and
-/// [`Gateway::route`].
+/// [`Snapshot::route`].
 pub fn check_method(method: &http::Method) -> Result<(), Denial> {
     if is_miscased_method(method) {
         return Err(Denial::BadMethod);

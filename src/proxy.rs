@@ -102,7 +102,6 @@ async fn process(
         request_id,
         peer,
         path: &path,
-        tls: peer.tls,
     };
     let resp = forward(g, &snap, upstream, req, ctx, tunnel_end).await?;
     g.metrics.forwarded.inc();

@@ -217,8 +217,6 @@ pub struct ForwardContext<'a> {
     pub peer: &'a Peer,
     /// The normalised path to forward.
     pub path: &'a str,
-    /// Whether the client spoke TLS to us.
-    pub tls: bool,
 }
 
 /// The look-alike check: refuses header names that are not one of the
@@ -556,7 +554,7 @@ pub fn request_headers<'a>(
     let mut add = names.sender(add);
     add(G::RequestId, ctx.request_id);
     add(G::ForwardedFor, &ctx.peer.ip_header);
-    add(G::ForwardedProto, if ctx.tls { &HTTPS } else { &HTTP });
+    add(G::ForwardedProto, if ctx.peer.tls { &HTTPS } else { &HTTP });
     if let Some(h) = original_host {
         add(G::ForwardedHost, h);
     }

@@ -6,9 +6,12 @@
 //! about three quarters of the gateway's CPU per request, measured. Here a
 //! connection on the public listener is one loop on one task, the shape
 //! nginx has: read a request head, run the same policy steps the hyper path
-//! runs ([`Gateway::route`], [`Gateway::admit`], the same header rewrite),
+//! runs ([`Snapshot::route`](crate::gateway::Snapshot::route), [`Gateway::admit`], the same header rewrite),
 //! write the head to an idle upstream connection, then pass the response
-//! through, rewriting its head and copying its body as framed.
+//! through, rewriting its head and copying its body as framed. The
+//! connection is a TCP socket or a TLS stream over one ([`ClientStream`]):
+//! HTTP/1.1 over TLS takes this same path, so TLS costs the crypto and
+//! nothing else.
 //!
 //! # What it takes, and what it hands over
 //!
@@ -466,7 +469,6 @@ impl<S: ClientStream> Client<'_, S> {
             request_id: &request_id,
             peer: self.peer,
             path: &path,
-            tls: self.peer.tls,
         };
         // The same rewrite as `rewrite_request_headers`, on the fields as
         // they came, written straight out.
