@@ -19,11 +19,12 @@ LAYERS = [
     # byte-level pieces of the edges (tunnels, deadlines): they know no
     # other module.
     ["fields", "ability", "token", "clock", "metrics", "tunnel", "deadline"],
-    # Routes, the store and TLS, each with its own config types.
-    ["route", "store", "tls"],
+    # Routes, the store, request identity and TLS, each with its own config types.
+    ["route", "store", "trace", "tls"],
     # Denials and the token cache.
     ["error", "cache"],
-    ["usage"],
+    # The access log and series record carries a cache entry.
+    ["usage", "signals"],
     ["issuer"],
     # Upstream connections: config, cap, pools, clients.
     ["upstream"],

@@ -93,6 +93,7 @@ fn pieces(c: &mut Criterion) {
     };
     let rid = HeaderValue::from_static("0193a5b4-7c1d-7000-8000-00000000beef");
     let peer = Peer::new("127.0.0.1:5555".parse().unwrap());
+    let tp = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     c.bench_function("rewrite_request_headers", |b| {
         b.iter_batched_ref(
             || headers.clone(),
@@ -100,6 +101,7 @@ fn pieces(c: &mut Criterion) {
                 let ctx = ForwardContext {
                     auth: Some(&entry),
                     request_id: &rid,
+                    traceparent: &tp,
                     peer: &peer,
                     path: "/api/calls",
                 };

@@ -53,6 +53,10 @@ listen = "127.0.0.1:$PUB"
 admin_listen = "127.0.0.1:$ADM"
 [store]
 url = "sqlite://$DIR/tg.db"
+# Comparable with earlier counts: no access log (ACCESS_LOG=json turns it
+# on, to a file, to count what it adds).
+[log]
+$(if [ "${ACCESS_LOG:-}" = json ]; then echo "format = \"json\""; echo "access_file = \"$DIR/access.log\""; else echo "access = false"; fi)
 [[upstreams]]
 name = "up"
 url = "http://127.0.0.1:$UP"

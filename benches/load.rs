@@ -75,7 +75,10 @@
 //! tokengate build to measure instead), `LOAD_CASES` (comma list,
 //! default all), `LOAD_BIG_STORE` (1M tokens, default on; `0` skips `cold`
 //! and `store-1m`), `LOAD_TOOL=wrk` to drive the fixed-token cases with wrk
-//! instead of the built-in client.
+//! instead of the built-in client, `LOAD_ACCESS_LOG` (`off`, the default:
+//! `[log] access = false`; `json`: the access log on, JSON, appended to a
+//! file in the bench's temp dir, to compare against `off`; `none`: no
+//! `[log]` table, for a `LOAD_TOKENGATE_BIN` built before it existed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -306,6 +309,8 @@ fn start_tokengate(config: &Path) -> Proxy {
         .arg("serve")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        // Access lines, if a case writes them to standard output.
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("taskset and the tokengate binary");
@@ -1059,13 +1064,22 @@ fn main() {
         let tokens = Arc::new(add_tokens(&db, account.id, tenant.id, 10_000).await);
         eprintln!("stored 10k tokens in {:.1}s", t0.elapsed().as_secs_f64());
 
+        let access_log = match std::env::var("LOAD_ACCESS_LOG").as_deref() {
+            Ok("json") => format!(
+                "[log]\nformat = \"json\"\naccess_file = {:?}\n",
+                dir.path().join("access.log").display().to_string()
+            ),
+            Ok("none") => String::new(),
+            _ => "[log]\naccess = false\n".to_string(),
+        };
+        eprintln!("access log: {}", access_log.replace('\n', " "));
         let write_config = |name: &str, db: &Path, extra: &str| {
             let config = dir.path().join(name);
             std::fs::write(
                 &config,
                 format!(
                     "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-                     [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n\
+                     [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n{access_log}\
                      [[upstreams]]\nname = \"up\"\nurl = \"http://{up}\"\n\
                      [[routes]]\npath = \"/\"\nupstream = \"up\"\n\
                      [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n{extra}",

@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::error::Denial;
+use crate::signals::Logged;
 use crate::upstream::pool::PooledBody;
 
 /// The error a response body can end with.
@@ -31,11 +32,21 @@ pub enum Body {
     Upstream(Stalling<Incoming>),
     /// Written by the gateway itself.
     Local(Full<Bytes>),
+    /// A public-listener response that finishes its request's record
+    /// when it ends ([`crate::signals::Logged`]).
+    Logged(Box<Logged<Body>>),
 }
 
 /// A denial as hyper's response ([`Denial::parts`]).
 pub fn denial_response(denial: Denial, request_id: Option<&HeaderValue>) -> Response<Body> {
-    let (status, headers, body) = denial.parts(request_id);
+    parts_response(denial.parts(request_id))
+}
+
+/// A response from its pieces (a refusal's, [`Denial::parts`] or
+/// `Gateway::refusal`).
+pub fn parts_response(
+    (status, headers, body): (http::StatusCode, http::HeaderMap, Bytes),
+) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
@@ -61,6 +72,7 @@ impl http_body::Body for Body {
             Body::Local(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+            Body::Logged(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -69,6 +81,7 @@ impl http_body::Body for Body {
             Body::Pooled(b) => b.inner.is_end_stream(),
             Body::Upstream(b) => b.inner.is_end_stream(),
             Body::Local(b) => b.is_end_stream(),
+            Body::Logged(b) => b.is_end_stream(),
         }
     }
 
@@ -77,6 +90,7 @@ impl http_body::Body for Body {
             Body::Pooled(b) => b.inner.size_hint(),
             Body::Upstream(b) => b.inner.size_hint(),
             Body::Local(b) => b.size_hint(),
+            Body::Logged(b) => b.size_hint(),
         }
     }
 }

@@ -231,6 +231,16 @@ pub struct TokenIssue {
 /// A failed command: the message for stderr.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The `[log] format` the command's config asks for, read before anything
+/// is logged: text when there is no config to read (`echo`) or it does not
+/// load (its error is reported when the command loads it).
+pub fn log_format(cli: &Cli) -> crate::signals::LogFormat {
+    if matches!(cli.command, Command::Echo { .. }) {
+        return crate::signals::LogFormat::Text;
+    }
+    Config::from_file(&cli.config).map_or_else(|_| Default::default(), |c| c.log.format)
+}
+
 fn load(cli: &Cli) -> Result<Config, CliError> {
     Config::from_file(&cli.config).map_err(|e| e.to_string().into())
 }

@@ -19,9 +19,10 @@ use serde::Deserialize;
 
 use crate::ability::Ability;
 pub use crate::cache::CacheConfig;
-use crate::route::normalize_path;
+use crate::route::{check_route_name, normalize_path, route_label};
 pub use crate::route::{AuthMode, RouteConfig};
 pub use crate::rules::{GatewayHeader, HeaderNames, HEADER_KEYS};
+use crate::signals::{LogConfig, LogFormat};
 pub use crate::store::DatabaseUrl;
 pub use crate::tls::{FileSni, FileTls, TlsSettings};
 use crate::token::{TokenFormat, MAX_PREFIX_LEN};
@@ -97,6 +98,9 @@ pub struct FileConfig {
     /// `[forward_auth]`
     #[serde(default)]
     pub forward_auth: FileForwardAuth,
+    /// `[log]`
+    #[serde(default)]
+    pub log: FileLog,
     /// `[tls]`: the public listener speaks TLS when present.
     #[serde(default)]
     pub tls: Option<FileTls>,
@@ -127,6 +131,10 @@ pub struct FileServer {
     /// Serve plain HTTP/1.1 requests on the public listener by the fast
     /// path (`crate::fast`) rather than hyper. Default true.
     pub fast_path: bool,
+    /// Keep a client's well-formed `X-Request-Id` (at most 128 visible
+    /// ASCII characters) instead of replacing it with the gateway's own.
+    /// Default false: only a trusted front proxy should set it.
+    pub trust_request_id: bool,
 }
 
 impl Default for FileServer {
@@ -139,6 +147,7 @@ impl Default for FileServer {
             idle_timeout_seconds: 60,
             h2_max_concurrent_streams: 100,
             fast_path: true,
+            trust_request_id: false,
         }
     }
 }
@@ -322,6 +331,10 @@ pub struct FileRoute {
     /// Abilities a token needs, all of them; empty means any valid token.
     #[serde(default)]
     pub abilities: Vec<String>,
+    /// The route's `route` label in metrics and the access log; default
+    /// its `path`. Unique; ASCII letters, digits and `_ - . : /`.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// `[token_api]`: public paths of the five documented token flows. An empty
@@ -374,6 +387,30 @@ pub struct FileForwardAuth {
     pub path: String,
 }
 
+/// `[log]`: the format of every log line and the access log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLog {
+    /// `text` (default; colour only on a terminal) or `json`.
+    pub format: String,
+    /// One line per request, after its response. Default true.
+    pub access: bool,
+    /// Where access lines go: a file, opened for appending (created if
+    /// missing). Default: none, standard output (the diagnostic log goes
+    /// to standard error).
+    pub access_file: Option<PathBuf>,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            access: true,
+            access_file: None,
+        }
+    }
+}
+
 impl Default for FileForwardAuth {
     fn default() -> Self {
         Self {
@@ -407,10 +444,26 @@ pub struct Config {
     pub token_api: TokenApiPaths,
     /// The forward-auth endpoint.
     pub forward_auth: ForwardAuthConfig,
+    /// Log format and the access log.
+    pub log: LogConfig,
     /// The public listener's TLS; `None`: plain TCP.
     pub tls: Option<TlsSettings>,
     /// The admin listener's TLS; `None`: plain TCP.
     pub admin_tls: Option<TlsSettings>,
+}
+
+impl Config {
+    /// The distinct `route` label values, in series order
+    /// ([`RouteConfig::series`] indexes it).
+    pub fn route_labels(&self) -> Vec<&str> {
+        let mut labels: Vec<&str> = Vec::new();
+        for r in &self.routes {
+            if r.series == labels.len() {
+                labels.push(&r.label);
+            }
+        }
+        labels
+    }
 }
 
 /// Validated `[forward_auth]`.
@@ -438,6 +491,8 @@ pub struct ServerConfig {
     pub h2_max_concurrent_streams: u32,
     /// Whether plain HTTP/1.1 requests take the fast path.
     pub fast_path: bool,
+    /// Whether a client's well-formed `X-Request-Id` is kept.
+    pub trust_request_id: bool,
 }
 
 /// Validated `[store]`.
@@ -532,6 +587,7 @@ impl Config {
             )?)
             .unwrap_or(u32::MAX),
             fast_path: f.server.fast_path,
+            trust_request_id: f.server.trust_request_id,
         };
         if server.listen == server.admin_listen && server.listen.port() != 0 {
             return Err(invalid(
@@ -738,13 +794,56 @@ impl Config {
                     format!("{path:?} overlaps an earlier route with the same path and methods"),
                 ));
             }
+            if let Some(name) = &r.name {
+                check_route_name(name).map_err(|m| invalid(&key("name"), m))?;
+            }
+            // Each label names one series: a name is used once, and by no
+            // other route's path; unnamed routes on one path (split by
+            // method) share theirs.
+            let label = route_label(r.name.as_deref(), &path);
+            let same = routes.iter().find(|x: &&RouteConfig| x.label == label);
+            let series = match same {
+                Some(x) if r.name.is_none() && x.label == x.path => x.series,
+                Some(_) => {
+                    // Blame the key that made the label.
+                    let k = if r.name.is_some() { "name" } else { "path" };
+                    return Err(invalid(
+                        &key(k),
+                        format!("{label:?} is already the name or path of an earlier route"),
+                    ));
+                }
+                None => routes.iter().map(|x| x.series + 1).max().unwrap_or(0),
+            };
             routes.push(RouteConfig {
                 path,
                 upstream,
                 methods,
                 auth,
                 abilities,
+                label,
+                series,
             });
+        }
+        let log = LogConfig {
+            format: match f.log.format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(invalid(
+                        "log.format",
+                        format!("{other:?} is not one of \"text\", \"json\""),
+                    ))
+                }
+            },
+            access: f.log.access,
+            access_file: f.log.access_file.clone(),
+        };
+        if log
+            .access_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid("log.access_file", "must not be empty".into()));
         }
 
         let token_api = validate_token_api(path, &f.token_api)?;
@@ -772,6 +871,7 @@ impl Config {
             forward_auth,
             tls,
             admin_tls,
+            log,
         })
     }
 }
@@ -970,6 +1070,88 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.forward_auth.path.as_deref(), Some("/api/v1/global"));
+    }
+
+    #[test]
+    fn route_names_label_series_and_are_checked() {
+        let up = "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\n";
+        let route = |path: &str, name: Option<&str>, methods: &str| {
+            let name = name.map_or(String::new(), |n| format!("name = {n:?}\n"));
+            format!("[[routes]]\npath = {path:?}\nupstream = \"a\"\nmethods = [{methods}]\n{name}")
+        };
+        let c = parse(&format!(
+            "{up}{}{}{}{}",
+            route("/api", None, "\"GET\""),
+            route("/api", None, "\"POST\""),
+            route("/api/calls", Some("calls"), ""),
+            route("/b", None, ""),
+        ))
+        .unwrap();
+        let series: Vec<(&str, usize)> = c
+            .routes
+            .iter()
+            .map(|r| (r.label.as_str(), r.series))
+            .collect();
+        assert_eq!(series, [("/api", 0), ("/api", 0), ("calls", 1), ("/b", 2)]);
+        assert_eq!(c.route_labels(), ["/api", "calls", "/b"]);
+        assert!(c.log.access);
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert!(!c.server.trust_request_id);
+        for (text, key) in [
+            (
+                format!(
+                    "{up}{}{}",
+                    route("/a", Some("x"), ""),
+                    route("/b", Some("x"), "")
+                ),
+                "routes[1].name",
+            ),
+            (
+                format!(
+                    "{up}{}{}",
+                    route("/a", None, ""),
+                    route("/b", Some("/a"), "")
+                ),
+                "routes[1].name",
+            ),
+            (
+                format!(
+                    "{up}{}{}",
+                    route("/a", Some("/b"), ""),
+                    route("/b", None, "")
+                ),
+                "routes[1].path",
+            ),
+            (
+                format!("{up}{}", route("/a", Some("a b"), "")),
+                "routes[0].name",
+            ),
+            (
+                format!("{up}{}", route("/a", Some("a\"b"), "")),
+                "routes[0].name",
+            ),
+            (
+                format!("{up}{}", route("/a", Some(""), "")),
+                "routes[0].name",
+            ),
+            (
+                format!("{up}{}", route("/a", Some("none"), "")),
+                "routes[0].name",
+            ),
+            (
+                format!("{up}{}", route("/a", Some(&"n".repeat(65)), "")),
+                "routes[0].name",
+            ),
+            ("[log]\nformat = \"xml\"\n".into(), "log.format"),
+            ("[log]\naccess_file = \"\"\n".into(), "log.access_file"),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let c = parse("[log]\nformat = \"json\"\naccess = false\naccess_file = \"/tmp/a.log\"\n[server]\ntrust_request_id = true\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(!c.log.access);
+        assert!(c.server.trust_request_id);
     }
 
     #[test]

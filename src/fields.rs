@@ -11,11 +11,17 @@ pub static TOKEN_HEADER: HeaderName = HeaderName::from_static("token");
 /// `X-Request-Id` on the gateway's own responses.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The W3C trace context header: the gateway sends its own
+/// (`crate::trace`), continuing a valid one the client sent.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Client headers that upstream frameworks trust for the client's address,
-/// scheme, path or method. Removed from every request: the gateway states
-/// these itself (`X-Forwarded-*`), and a client must not be able to steer
-/// the upstream past what was authorised.
-pub(crate) static SPOOFABLE: [HeaderName; 9] = [
+/// scheme, path or method, and `traceparent`. Removed from every request:
+/// the gateway states these itself (`X-Forwarded-*`, its own
+/// `traceparent`), and a client must not be able to steer the upstream
+/// past what was authorised.
+pub(crate) static SPOOFABLE: [HeaderName; 10] = [
+    HeaderName::from_static("traceparent"),
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("x-forwarded-port"),

@@ -38,11 +38,13 @@ use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
 use crate::fields::RequestFields;
 use crate::issuer::{Caller, Issuer};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Series};
 use crate::route::{is_miscased_method, RouteMatch, RouteTable};
 use crate::rules::{strip_for_upstream, HeaderNames, Lookalikes, StripSet};
+use crate::signals::Signals;
 use crate::store::TokenStore;
 use crate::token::{Checked, TokenHash};
+use crate::trace::Trace;
 use crate::upstream::{TrailerFilter, Upstream};
 use crate::usage::LastUsed;
 
@@ -70,6 +72,8 @@ pub struct Gateway {
     pub issuer: Issuer,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Where each finished request is counted and logged.
+    pub signals: Arc<Signals>,
     /// Batched last-used times.
     pub last_used: LastUsed,
     clock: Clock,
@@ -103,6 +107,9 @@ pub struct Snapshot {
     trailers: TrailerFilter,
     lookalikes: Lookalikes,
     strip: StripSet,
+    /// Each upstream's index among the metric series and access-log
+    /// labels, which are fixed at start-up: `None` for one a reload added.
+    upstream_series: Vec<Option<usize>>,
     // Rate limits (DESIGN section 10) belong here too, built from
     // `config` in `Snapshot::build`, so that a reload swaps them with the
     // routes they name (counters that must survive a reload stay in
@@ -112,8 +119,23 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the route table, upstreams and header rules of `config`.
     /// An upstream whose config is unchanged from `previous` is taken over,
-    /// pooled connections and connection cap included.
-    pub fn build(config: Config, previous: Option<&Snapshot>) -> Self {
+    /// pooled connections and connection cap included. The metric series
+    /// (route labels, upstream names) are those of `started`, the config
+    /// the gateway started with: a route or upstream a reload adds is
+    /// counted as route `none` / under no upstream until a restart.
+    pub fn build(mut config: Config, previous: Option<&Snapshot>, started: &Config) -> Self {
+        let labels = started.route_labels();
+        for r in &mut config.routes {
+            r.series = labels
+                .iter()
+                .position(|l| *l == r.label)
+                .unwrap_or(usize::MAX);
+        }
+        let upstream_series = config
+            .upstreams
+            .iter()
+            .map(|u| started.upstreams.iter().position(|s| s.name == u.name))
+            .collect();
         let upstreams = config
             .upstreams
             .iter()
@@ -138,7 +160,13 @@ impl Snapshot {
             config,
             routes,
             upstreams,
+            upstream_series,
         }
+    }
+
+    /// Upstream `i`'s index among the metric series, if it has one.
+    pub fn upstream_series(&self, i: usize) -> Option<usize> {
+        self.upstream_series.get(i).copied().flatten()
     }
 
     /// The route and upstream for a normalised path, after refusing
@@ -189,7 +217,15 @@ impl Snapshot {
 impl Gateway {
     /// Assembles a gateway over an open store.
     pub fn new(config: Config, store: Arc<dyn TokenStore>, clock: Clock) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::default());
+        let route_labels = config.route_labels();
+        let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let metrics = Arc::new(Metrics::new(Series::new(&route_labels, &upstream_names)));
+        let signals = Arc::new(Signals::new(
+            Arc::clone(&metrics),
+            config.log.clone(),
+            &route_labels,
+            &upstream_names,
+        ));
         let cache = Arc::new(TokenCache::new(
             &config.cache,
             config.store.timeout,
@@ -202,13 +238,14 @@ impl Gateway {
             Some(Arc::clone(&cache)),
         );
         let last_used = LastUsed::new(config.store.last_used_resolution);
-        let live = ArcSwap::from_pointee(Snapshot::build(config.clone(), None));
+        let live = ArcSwap::from_pointee(Snapshot::build(config.clone(), None, &config));
         Arc::new(Self {
             config,
             store,
             cache,
             issuer,
             metrics,
+            signals,
             last_used,
             clock,
             live,
@@ -250,6 +287,34 @@ impl Gateway {
             .min()
             .unwrap_or(std::time::Duration::from_secs(30))
             .max(std::time::Duration::from_millis(100))
+    }
+
+    /// A request's id and trace ([`crate::trace::identify`]), worked out
+    /// once, first, by both codecs.
+    pub fn identify(&self, fields: &(impl RequestFields + ?Sized)) -> (HeaderValue, Trace) {
+        crate::trace::identify(fields, self.config.server.trust_request_id, new_request_id)
+    }
+
+    /// A refusal's response in pieces (`Denial::parts`), for both codecs:
+    /// a 405 also says which methods the path allows (`Allow`, RFC 9110
+    /// 15.5.6), `path` being the normalised path. Counts and logs it.
+    pub(crate) fn refusal(
+        &self,
+        denial: Denial,
+        request_id: &HeaderValue,
+        path: Option<&str>,
+    ) -> (http::StatusCode, http::HeaderMap, bytes::Bytes) {
+        self.count_refusal(denial, request_id);
+        let (status, mut headers, body) = denial.parts(Some(request_id));
+        if let (Denial::MethodNotAllowed, Some(path)) = (denial, path) {
+            // The snapshot in force now: a reload between the refusal and
+            // here is the only way it can differ from the request's.
+            let allow = self.snapshot().routes.allow(path);
+            if let Ok(allow) = HeaderValue::from_str(&allow) {
+                headers.insert(http::header::ALLOW, allow);
+            }
+        }
+        (status, headers, body)
     }
 
     /// Counts and logs a refusal (its response is made by the caller).

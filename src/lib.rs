@@ -20,15 +20,17 @@
 //! | | `ability` | permission strings and which grants which |
 //! | | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
 //! | | [`clock`] | the clock expiry is judged by, injectable for tests |
-//! | | [`metrics`] | counters, Prometheus text |
+//! | | [`metrics`] | counters, per-route and per-upstream series sharded per thread, process series, Prometheus text |
 //! | | `tunnel` | WebSocket tunnels: bytes both ways, ended by the gateway with close 1008 |
 //! | | `deadline` | the deadlines of connections served by hyper: first head, idle, head after idle |
 //! | data | [`route`] | path normalisation, the longest-prefix route table, route config |
+//! | | [`trace`] | request identity: W3C `traceparent` continued or started, the request id (trusted or ours) |
 //! | | [`store`] | the `TokenStore` trait, SQLite and PostgreSQL, the database URL |
 //! | | [`tls`] | `[tls]` / `[admin_tls]`: PEM certificates and keys checked, rustls configs, SNI choice |
 //! | | `error` | every request-path denial and its status, code and JSON, in one place |
 //! | | [`cache`] | moka cache of token records (hits read from a dashmap index), single-flight loads, revocation races |
 //! | | `usage` | last-used times batched in memory, flushed periodically |
+//! | | [`signals`] | one record per request feeding the metric series and the access log (its writer thread), `[log]` |
 //! | | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
 //! | | `upstream` | upstream config and connections: the cap, the HTTP/1.1 pool, the fast path's sockets, hyper-util's client |
 //! | rules | [`rules`] | the request rule book: what is stripped, refused and added, and the gateway's header names |
@@ -74,9 +76,11 @@ pub(crate) mod reload;
 pub mod route;
 pub mod rules;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod trace;
 pub(crate) mod tunnel;
 pub(crate) mod upstream;
 pub(crate) mod usage;

@@ -2,16 +2,10 @@
 //! [`tokengate::cli::run`].
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = tokengate::cli::Cli::parse();
+    tokengate::signals::init_tracing(tokengate::cli::log_format(&cli));
     // On one core (a container limit, `taskset`), a current-thread runtime
     // does the same work without the multi-thread scheduler's cross-thread
     // bookkeeping; on more, the work-stealing runtime uses them all.

@@ -8,6 +8,8 @@
 //! hyper-util client. Bodies stream both ways (never collected); upgrades
 //! are tunnelled once the upstream answers 101. What is stripped from the
 //! request and added to it is the rule book's ([`crate::rules`]).
+//! Each request's [`Exchange`] is finished when its response body ends
+//! (sent, or dropped), so its access line and duration cover the body.
 //!
 //! # Retries
 //!
@@ -18,8 +20,9 @@
 //! request whose reused connection closed before answering; no request with
 //! side effects reaches an upstream twice.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -28,53 +31,80 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::auth::extract_credential;
-use crate::body::{denial_response, Body, BoxError, Stalling};
+use crate::body::{parts_response, Body, BoxError, Stalling};
 use crate::error::Denial;
 use crate::fields::{list_has, RequestFields, X_REQUEST_ID};
 use crate::forward_auth;
-use crate::gateway::{check_method, new_request_id, Gateway, Snapshot, TunnelEnd};
+use crate::gateway::{check_method, Gateway, Snapshot, TunnelEnd};
+use crate::metrics::RouteSeries;
 use crate::route::normalize_path;
 use crate::rules::{
     rewrite_request_headers, strip_response, upstream_target, ForwardContext, Peer,
 };
+use crate::signals::{Exchange, Logged};
 use crate::upstream::cap::is_busy;
 use crate::upstream::{Failure, Upstream, UpstreamBody, UpstreamProtocol};
 
 /// Handles one request on the public listener. Never fails: every error
-/// is a JSON response.
+/// is a JSON response. Its [`Exchange`] is finished when the response body
+/// ends ([`crate::signals::Logged`]).
 pub async fn handle(g: &Arc<Gateway>, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-    let request_id = new_request_id();
-    match process(g, req, peer, &request_id).await {
+    let (request_id, trace) = g.identify(req.headers());
+    let mut ex = Exchange::new(
+        request_id,
+        trace,
+        req.method().clone(),
+        g.signals.keep_path(req.uri().path()),
+        peer.addr.ip(),
+    );
+    ex.bytes_in = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    // For a 405's `Allow` (cheap: the URI's parts are shared).
+    let uri = req.uri().clone();
+    let resp = match process(g, req, peer, &mut ex).await {
         Ok(resp) => resp,
         Err(denial) => {
-            g.count_refusal(denial, &request_id);
-            denial_response(denial, Some(&request_id))
+            ex.code = Some(denial.code());
+            let path = match denial {
+                Denial::MethodNotAllowed => normalize_path(uri.path()).ok(),
+                _ => None,
+            };
+            parts_response(g.refusal(denial, &ex.request_id, path.as_deref()))
         }
-    }
+    };
+    ex.status = resp.status().as_u16();
+    let signals = Arc::clone(&g.signals);
+    resp.map(|b| Body::Logged(Box::new(Logged::new(b, signals, ex))))
 }
 
 async fn process(
     g: &Arc<Gateway>,
     req: Request<Incoming>,
     peer: &Peer,
-    request_id: &HeaderValue,
+    ex: &mut Exchange,
 ) -> Result<Response<Body>, Denial> {
     let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
     // The config this request sees to its end, whatever a reload does.
     let snap = g.snapshot();
     // Forward auth is answered here, never forwarded.
     if let Some(suffix) = forward_auth::suffix(&snap.config.forward_auth, req.uri().path(), &path) {
+        ex.route = RouteSeries::ForwardAuth;
         let entry =
             forward_auth::decide(g, &snap, req.method(), suffix, req.headers(), &peer.memo).await?;
+        ex.auth.clone_from(&entry);
         return Ok(forward_auth::allowed(
             snap.header_names(),
             entry.as_deref(),
-            request_id,
+            &ex.request_id,
         ));
     }
     // The seed token endpoints are served here, never forwarded (the
     // method check that `route` makes for the rest comes first).
     if let Some(flow) = crate::flows::match_flow(&snap.config.token_api, &path) {
+        ex.route = RouteSeries::TokenApi;
         check_method(req.method())?;
         g.metrics.token_api_requests.inc();
         // Boxed: the flows' futures (store transactions) are large and
@@ -82,6 +112,7 @@ async fn process(
         return Ok(Box::pin(crate::flows::handle(g, flow, req)).await);
     }
     let (route, upstream) = snap.route(&path, req.method(), req.headers())?;
+    ex.route = RouteSeries::Route(route.series);
     // A tunnel the upstream agrees to outlives this request, so its
     // admission is checked again for as long as it stays open, from
     // the invalidations after this point on.
@@ -90,6 +121,7 @@ async fn process(
         .contains_key(http::header::UPGRADE)
         .then(|| g.cache.changes());
     let entry = g.admit(route, req.headers(), &peer.memo).await?;
+    ex.auth.clone_from(&entry);
     let tunnel_end = match (&entry, changes) {
         (Some(e), Some(changes)) => extract_credential(req.headers())?.map(|c| {
             let expires_at = e.record.expires_at;
@@ -97,13 +129,21 @@ async fn process(
         }),
         _ => None,
     };
+    ex.upstream = snap.upstream_series(route.upstream);
+    let traceparent = ex.trace.header_value();
     let ctx = ForwardContext {
         auth: entry.as_deref(),
-        request_id,
+        request_id: &ex.request_id,
+        traceparent: &traceparent,
         peer,
         path: &path,
     };
-    let resp = forward(g, &snap, upstream, req, ctx, tunnel_end).await?;
+    let forwarded = Arc::new(AtomicU64::new(0));
+    ex.bytes_forwarded = Some(Arc::clone(&forwarded));
+    let sent = Instant::now();
+    let resp = forward(g, &snap, upstream, req, ctx, tunnel_end, forwarded).await;
+    ex.upstream_time = Some(sent.elapsed());
+    let resp = resp?;
     g.metrics.forwarded.inc();
     Ok(resp)
 }
@@ -134,7 +174,7 @@ fn is_websocket(v: &HeaderValue) -> bool {
 
 /// Forwards a request that has passed authentication. An agreed upgrade
 /// becomes a tunnel that lasts until either side closes or `tunnel_end`
-/// resolves.
+/// resolves. `forwarded` counts the request body's bytes as they go up.
 pub async fn forward(
     g: &Gateway,
     snap: &Snapshot,
@@ -142,6 +182,7 @@ pub async fn forward(
     mut req: Request<Incoming>,
     ctx: ForwardContext<'_>,
     tunnel_end: Option<TunnelEnd>,
+    forwarded: Arc<AtomicU64>,
 ) -> Result<Response<Body>, Denial> {
     let cfg = &upstream.config;
     let upgrade = wants_upgrade(&req)?;
@@ -181,11 +222,8 @@ pub async fn forward(
 
     let moving = Arc::new(AtomicBool::new(false));
     let req = req.map(|inner| {
-        UpstreamBody::new(
-            inner,
-            Arc::clone(snap.trailer_filter()),
-            Arc::clone(&moving),
-        )
+        let trailers = Arc::clone(snap.trailer_filter());
+        UpstreamBody::new(inner, trailers, Arc::clone(&moving), forwarded)
     });
     // Plain HTTP/1.1 requests go through the pool; upgrades need the
     // connection handed over, which hyper-util's client does.

@@ -15,7 +15,7 @@
 //! stays in force. What a reload changes: routes, upstreams, header names,
 //! forward auth, the token API paths, TLS certificates (new handshakes).
 //! What needs a restart ([`keep_restart_keys`]): `[server]` (listeners and
-//! timeouts), `[store]`, `[cache]`, `[tokens]`, and turning TLS on or off
+//! timeouts), `[store]`, `[cache]`, `[tokens]`, `[log]`, and turning TLS on or off
 //! on a listener; such a change is logged by key and left as running,
 //! while the rest of the reload applies. Requests in flight finish with
 //! the snapshot they started with.
@@ -53,7 +53,30 @@ fn apply(gateway: &Gateway, path: &Path) -> Result<(), ConfigError> {
             "changed, but takes effect only after a restart; kept as running"
         );
     }
-    let snapshot = Snapshot::build(config, Some(&current));
+    // Metric series and access-log labels are fixed at start-up.
+    let started = &gateway.config;
+    let labels = started.route_labels();
+    for r in config
+        .routes
+        .iter()
+        .filter(|r| !labels.contains(&r.label.as_str()))
+    {
+        tracing::warn!(
+            route = %r.label,
+            "a route the reload added: counted as route \"none\" in metrics and the access log until a restart"
+        );
+    }
+    for u in config
+        .upstreams
+        .iter()
+        .filter(|u| !started.upstreams.iter().any(|s| s.name == u.name))
+    {
+        tracing::warn!(
+            upstream = %u.name,
+            "an upstream the reload added: no upstream series or access-log name until a restart"
+        );
+    }
+    let snapshot = Snapshot::build(config, Some(&current), started);
     let (routes, upstreams) = (snapshot.config.routes.len(), snapshot.upstreams().len());
     let certificates =
         |t: &Option<crate::tls::TlsSettings>| t.as_ref().map_or(0, |t| t.files.len());
@@ -99,6 +122,10 @@ pub fn keep_restart_keys(running: &Config, mut next: Config) -> (Config, Vec<Str
         r.h2_max_concurrent_streams == n.h2_max_concurrent_streams,
     );
     check("server.fast_path", r.fast_path == n.fast_path);
+    check(
+        "server.trust_request_id",
+        r.trust_request_id == n.trust_request_id,
+    );
     let (r, n) = (&running.store, &next.store);
     check("store.url", r.url == n.url);
     check(
@@ -126,6 +153,11 @@ pub fn keep_restart_keys(running: &Config, mut next: Config) -> (Config, Vec<Str
         "tokens",
         format!("{:?}", running.tokens) == format!("{:?}", next.tokens),
     );
+    // The log format and the access log's writer are set up at start-up.
+    check(
+        "log",
+        format!("{:?}", running.log) == format!("{:?}", next.log),
+    );
     let tls_same = running.tls.is_some() == next.tls.is_some();
     check("tls (on or off)", tls_same);
     let admin_tls_same = running.admin_tls.is_some() == next.admin_tls.is_some();
@@ -135,6 +167,7 @@ pub fn keep_restart_keys(running: &Config, mut next: Config) -> (Config, Vec<Str
     next.store = running.store.clone();
     next.cache = running.cache.clone();
     next.tokens = running.tokens.clone();
+    next.log = running.log.clone();
     if !tls_same {
         next.tls = running.tls.clone();
     }

@@ -280,6 +280,46 @@ pub struct RouteConfig {
     pub auth: AuthMode,
     /// Abilities needed, all of them.
     pub abilities: Vec<Ability>,
+    /// The `route` label of its metric series: its `name`, else its
+    /// `path` (see [`route_label`]).
+    pub label: String,
+    /// Index of its series among the config's distinct labels (two
+    /// unnamed routes on one path, split by method, share one).
+    pub series: usize,
+}
+
+/// Longest route name accepted.
+pub const MAX_ROUTE_NAME: usize = 64;
+
+/// The `route` label values of requests that match no route, of the seed
+/// token endpoints and of forward-auth requests. A route name may not be
+/// one of them (nor can a configured path, which starts with `/`).
+pub const RESERVED_ROUTE_LABELS: [&str; 3] = ["none", "token_api", "forward_auth"];
+
+/// Whether `name` is usable as a route name: 1 to [`MAX_ROUTE_NAME`] ASCII
+/// letters, digits, `_`, `-`, `.`, `:` or `/`, not a reserved label. Safe
+/// in a Prometheus label value and a log line as it stands.
+pub fn check_route_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_ROUTE_NAME {
+        return Err(format!("must be 1 to {MAX_ROUTE_NAME} characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
+    {
+        return Err(format!(
+            "{name:?} may hold only ASCII letters, digits and _ - . : /"
+        ));
+    }
+    if RESERVED_ROUTE_LABELS.contains(&name) {
+        return Err(format!("{name:?} is reserved (requests matching no route, the seed token endpoints, forward auth)"));
+    }
+    Ok(())
+}
+
+/// A route's label value: its name, else its configured path.
+pub fn route_label(name: Option<&str>, path: &str) -> String {
+    name.unwrap_or(path).to_owned()
 }
 
 #[cfg(test)]
@@ -337,6 +377,8 @@ mod tests {
 
     fn route(path: &str, methods: &[Method]) -> RouteConfig {
         RouteConfig {
+            label: path.into(),
+            series: 0,
             path: path.into(),
             upstream: 0,
             methods: methods.to_vec(),

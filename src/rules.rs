@@ -21,7 +21,7 @@ use crate::cache::{AuthEntry, ConnectionMemo};
 use crate::error::Denial;
 use crate::fields::{
     connection_tokens, is_hop_by_hop_bytes, list_has, RequestFields, HOP_BY_HOP, SPOOFABLE,
-    TOKEN_HEADER, X_REQUEST_ID,
+    TOKEN_HEADER, TRACEPARENT, X_REQUEST_ID,
 };
 use crate::upstream::{UpstreamConfig, UpstreamProtocol};
 
@@ -213,6 +213,8 @@ pub struct ForwardContext<'a> {
     pub auth: Option<&'a AuthEntry>,
     /// The request id.
     pub request_id: &'a HeaderValue,
+    /// The `traceparent` sent upstream ([`crate::trace::Trace`]).
+    pub traceparent: &'a HeaderValue,
     /// The client's connection.
     pub peer: &'a Peer,
     /// The normalised path to forward.
@@ -540,17 +542,18 @@ pub fn caller_headers<'a>(
     add(G::TokenAbilities, &a.abilities);
 }
 
-/// The second part of [`gateway_headers`]: this request's id and where it
-/// came from.
+/// The second part of [`gateway_headers`]: this request's id, its trace
+/// context (`traceparent`, always sent) and where it came from.
 pub fn request_headers<'a>(
     names: &'a HeaderNames,
     ctx: &'a ForwardContext<'_>,
     original_host: Option<&'a HeaderValue>,
-    add: impl FnMut(&'a HeaderName, &'a HeaderValue),
+    mut add: impl FnMut(&'a HeaderName, &'a HeaderValue),
 ) {
     static HTTP: HeaderValue = HeaderValue::from_static("http");
     static HTTPS: HeaderValue = HeaderValue::from_static("https");
     use GatewayHeader as G;
+    add(&TRACEPARENT, ctx.traceparent);
     let mut add = names.sender(add);
     add(G::RequestId, ctx.request_id);
     add(G::ForwardedFor, &ctx.peer.ip_header);

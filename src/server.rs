@@ -45,11 +45,15 @@ use crate::deadline::{Activity, Deadlines, Expired, Tracked, Watched};
 use crate::fast::{ClientStream, Ended, Prefixed};
 use crate::gateway::Gateway;
 use crate::rules::Peer;
+use crate::signals::Signals;
 use crate::store::{FeedEvent, Invalidation, InvalidationFeed};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How long shutdown waits for the access log's last lines to be written.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
 
 /// A running gateway.
 #[derive(Debug)]
@@ -60,6 +64,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    signals: Arc<Signals>,
 }
 
 impl Running {
@@ -69,6 +74,9 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The last requests' access lines, written before the process ends.
+        let signals = self.signals;
+        let _ = tokio::task::spawn_blocking(move || signals.flush(ACCESS_LOG_FLUSH)).await;
     }
 }
 
@@ -101,6 +109,7 @@ pub async fn start_on(
     public: TcpListener,
     admin: TcpListener,
 ) -> std::io::Result<Running> {
+    gateway.signals.open_access_log()?;
     let feed =
         gateway.store.subscribe().await.map_err(|e| {
             std::io::Error::other(format!("cannot subscribe to invalidations: {e}"))
@@ -179,6 +188,7 @@ pub async fn start_on(
         admin_addr,
         shutdown: tx,
         tasks,
+        signals: Arc::clone(&gateway.signals),
     })
 }
 

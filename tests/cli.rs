@@ -274,10 +274,13 @@ fn serve_answers_and_stops_on_sigterm() {
         .arg(env.config())
         .arg("serve")
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
+        // Colour is for terminals: none in a pipe, NO_COLOR or not.
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let (public, admin) = loop {
@@ -320,6 +323,20 @@ fn serve_answers_and_stops_on_sigterm() {
     assert!(
         status.success(),
         "serve exits cleanly on SIGTERM: {status:?}"
+    );
+    // The access log, on standard output by default, written out before
+    // the process ended: one line for the one public request.
+    let mut access = String::new();
+    stdout.read_to_string(&mut access).unwrap();
+    let lines: Vec<&str> = access.lines().collect();
+    assert_eq!(lines.len(), 1, "{access}");
+    assert!(lines[0].contains(" GET /anything 401 "), "{access}");
+    assert!(lines[0].contains(" code=TOKEN_MISSING "), "{access}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(
+        !rest.contains('\u{1b}') && !line.contains('\u{1b}'),
+        "colour in a pipe: {rest}"
     );
 }
 
@@ -430,4 +447,72 @@ fn a_listener_address_in_use_is_named() {
         assert!(stderr.contains("in use"), "{stderr}");
     }
     drop(held);
+}
+
+#[test]
+fn log_format_json_writes_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.config()).unwrap();
+    let access = env.dir.path().join("access.log");
+    std::fs::write(
+        env.config(),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\naccess_file = {:?}\n{cfg}",
+            access.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("--config")
+        .arg(env.config())
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let listening = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["fields"]["message"] == "tokengate listening" {
+            break v;
+        }
+    };
+    assert_eq!(listening["level"], "INFO");
+    let public = listening["fields"]["public_addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&public).unwrap();
+        write!(
+            s,
+            "GET /x?k=v HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(child.wait().unwrap().success());
+    // Written out at shutdown, to the configured file.
+    let lines = std::fs::read_to_string(&access).unwrap();
+    let v: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
+    assert_eq!(v["path"], "/x");
+    assert_eq!(v["status"], 401);
+    assert_eq!(v["code"], "TOKEN_MISSING");
 }

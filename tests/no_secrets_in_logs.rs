@@ -35,7 +35,14 @@ async fn no_token_or_hash_is_ever_logged() {
         .with_ansi(false)
         .init();
 
-    let g = TestGateway::spawn().await;
+    // The access log too, to a file read at the end.
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.log");
+    let g = common::Opts::default()
+        .log("format", "json")
+        .log("access_file", access.to_str().unwrap())
+        .spawn()
+        .await;
     let (t, id) = g.mint(TokenKind::Api, &["calls:read"], None).await;
     let bearer = format!("Bearer {t}");
     g.send(
@@ -73,7 +80,16 @@ async fn no_token_or_hash_is_ever_logged() {
         .flush(g.gateway.store.as_ref(), &g.gateway.metrics, g.clock.now())
         .await;
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    TestGateway::eventually("five access lines", || async {
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 5
+    })
+    .await;
+    let mut logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    logs.push_str(&std::fs::read_to_string(&access).unwrap());
     assert!(
         logs.contains("upstream request failed"),
         "logging was captured:\n{logs}"

@@ -30,6 +30,11 @@
 //!
 //! # Promises it keeps
 //!
+//! - The same request identity ([`Gateway::identify`]: request id,
+//!   `traceparent`) and the same record: each request answered here ends
+//!   in one [`Exchange`] handed to [`crate::signals::Signals::finish`]
+//!   once its answer is written (metrics and the access line, as on
+//!   hyper's path); one handed to hyper is recorded there alone.
 //! - The same policy, in the same order, with the same refusals
 //!   (`Denial::parts`) and the same header rewrite
 //!   ([`strip_request`], the rule book's, into a byte sink where hyper's
@@ -95,12 +100,14 @@ use crate::cache::AuthEntry;
 use crate::error::Denial;
 use crate::fields::X_REQUEST_ID;
 use crate::forward_auth;
-use crate::gateway::{new_request_id, Gateway};
+use crate::gateway::Gateway;
+use crate::metrics::RouteSeries;
 use crate::route::{normalize_path, PathError};
 use crate::rules::{
     caller_headers, request_headers, strip_request, upstream_target, ForwardContext, GatewayHeader,
     HeaderNames, Peer,
 };
+use crate::signals::Exchange;
 use crate::upstream::raw::{RawConn, RawPool};
 use crate::upstream::{Failure, UpstreamConfig};
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
@@ -413,48 +420,79 @@ impl<S: ClientStream> Client<'_, S> {
         }
     }
 
-    /// Runs the policy steps and answers the request.
+    /// Answers the request, then hands its record to
+    /// [`crate::signals::Signals::finish`] (unless hyper is to answer it).
     async fn respond(&mut self, head: RequestHead, request: &Bytes, shutting_down: bool) -> Next {
+        let g = self.gateway;
+        let (request_id, trace) = g.identify(&head);
+        let mut ex = Exchange::new(
+            request_id,
+            trace,
+            head.method.clone(),
+            g.signals.keep_path(head.path()),
+            self.peer.addr.ip(),
+        );
+        ex.bytes_in = head.body_len;
+        let next = self.answer(head, request, shutting_down, &mut ex).await;
+        if !matches!(next, Next::Handoff) {
+            g.signals.finish(ex);
+        }
+        next
+    }
+
+    /// Runs the policy steps and answers the request.
+    async fn answer(
+        &mut self,
+        head: RequestHead,
+        request: &Bytes,
+        shutting_down: bool,
+        ex: &mut Exchange,
+    ) -> Next {
         let g = self.gateway;
         self.head_request = head.method == Method::HEAD;
         let path = match normalize_path(head.path()) {
             Ok(p) => p,
-            Err(e) => {
-                return self
-                    .refuse(Denial::BadPath(e), &new_request_id(), head.close)
-                    .await
-            }
+            Err(e) => return self.refuse(Denial::BadPath(e), ex, None, head.close).await,
         };
         // The config this request sees to its end, whatever a reload does.
         let snap = g.snapshot();
         if let Some(suffix) = forward_auth::suffix(&snap.config.forward_auth, head.path(), &path) {
-            let request_id = new_request_id();
+            ex.route = RouteSeries::ForwardAuth;
             let close = head.close || shutting_down;
             let memo = &self.peer.memo;
             return match forward_auth::decide(g, &snap, &head.method, suffix, &head, memo).await {
                 Ok(entry) => {
-                    let (names, entry) = (snap.header_names(), entry.as_deref());
-                    write_forward_auth_allowed(&mut self.out, names, entry, &request_id, close);
+                    let names = snap.header_names();
+                    write_forward_auth_allowed(
+                        &mut self.out,
+                        names,
+                        entry.as_deref(),
+                        &ex.request_id,
+                        close,
+                    );
+                    ex.auth = entry;
+                    ex.status = 200;
                     self.send_out(close).await
                 }
-                Err(d) => self.refuse(d, &request_id, close).await,
+                Err(d) => self.refuse(d, ex, None, close).await,
             };
         }
         if crate::flows::match_flow(&snap.config.token_api, &path).is_some() {
             return Next::Handoff;
         }
-        let request_id = new_request_id();
         let (route, upstream) = match snap.route(&path, &head.method, &head) {
             Ok(x) => x,
-            Err(d) => return self.refuse(d, &request_id, head.close).await,
+            Err(d) => return self.refuse(d, ex, Some(&path), head.close).await,
         };
         let Some(raw) = upstream.raw_pool() else {
             return Next::Handoff;
         };
+        ex.route = RouteSeries::Route(route.series);
         let entry = match g.admit(route, &head, &self.peer.memo).await {
             Ok(e) => e,
-            Err(d) => return self.refuse(d, &request_id, head.close).await,
+            Err(d) => return self.refuse(d, ex, None, head.close).await,
         };
+        ex.upstream = snap.upstream_series(route.upstream);
         let cfg = &upstream.config;
         let target = upstream_target(cfg, &path, head.query());
         // The client's target was checked as it was parsed; only a path
@@ -462,11 +500,13 @@ impl<S: ClientStream> Client<'_, S> {
         let changed = path != head.path() || !cfg.base_path.is_empty();
         if changed && PathAndQuery::try_from(target.as_str()).is_err() {
             let d = Denial::BadPath(PathError::BadEscape);
-            return self.refuse(d, &request_id, head.close).await;
+            return self.refuse(d, ex, None, head.close).await;
         }
+        let traceparent = ex.trace.header_value();
         let ctx = ForwardContext {
             auth: entry.as_deref(),
-            request_id: &request_id,
+            request_id: &ex.request_id,
+            traceparent: &traceparent,
             peer: self.peer,
             path: &path,
         };
@@ -500,8 +540,10 @@ impl<S: ClientStream> Client<'_, S> {
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(&request[head.head_len..]);
 
+        ex.auth = entry;
         self.response_timer
             .set(Instant::now() + cfg.response_timeout);
+        let sent_at = Instant::now();
         let safe = is_safe(&head.method);
         let head_request = head.method == Method::HEAD;
         let exchange = async {
@@ -531,21 +573,21 @@ impl<S: ClientStream> Client<'_, S> {
             r = exchange => Some(r),
             _ = self.response_timer.expired() => None,
         };
+        ex.upstream_time = Some(sent_at.elapsed());
         let (conn, resp) = match sent {
             None => {
                 let d = Failure::Timeout.denial(&cfg.name);
-                return self.refuse(d, &request_id, head.close).await;
+                return self.refuse(d, ex, None, head.close).await;
             }
             Some(Err(e)) => {
                 let d = e.denial(&cfg.name);
-                return self.refuse(d, &request_id, head.close).await;
+                return self.refuse(d, ex, None, head.close).await;
             }
             Some(Ok(x)) => x,
         };
         g.metrics.forwarded.inc();
         let close = head.close || shutting_down;
-        self.pass_response(conn, resp, raw, cfg, &request_id, close)
-            .await
+        self.pass_response(conn, resp, raw, cfg, ex, close).await
     }
 
     /// Finishes the response head in `self.resp` for the client, then
@@ -556,7 +598,7 @@ impl<S: ClientStream> Client<'_, S> {
         resp: ResponseHead,
         raw: &RawPool,
         upstream: &UpstreamConfig,
-        request_id: &HeaderValue,
+        ex: &mut Exchange,
         client_close: bool,
     ) -> Next {
         let idle_body = upstream.response_timeout;
@@ -565,8 +607,11 @@ impl<S: ClientStream> Client<'_, S> {
             framing,
             close: upstream_close,
             dated,
+            status,
             ..
         } = resp;
+        ex.status = status.as_u16();
+        let request_id = &ex.request_id;
         if !dated {
             wire::with_date(|d| wire::push_field(&mut self.resp, b"date", d));
         }
@@ -597,6 +642,7 @@ impl<S: ClientStream> Client<'_, S> {
         };
         self.resp.extend_from_slice(&conn.buf[..n]);
         let _ = conn.buf.split_to(n);
+        ex.bytes_out = n as u64;
         if write_flush(self.stream, &self.resp).await.is_err() {
             return Next::Close;
         }
@@ -645,6 +691,7 @@ impl<S: ClientStream> Client<'_, S> {
             if write_flush(self.stream, &conn.buf[..n]).await.is_err() {
                 return Next::Close;
             }
+            ex.bytes_out += n as u64;
             let _ = conn.buf.split_to(n);
         }
         if !upstream_close && conn.buf.is_empty() {
@@ -685,10 +732,23 @@ impl<S: ClientStream> Client<'_, S> {
         let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
-    /// Answers with a refusal.
-    async fn refuse(&mut self, denial: Denial, request_id: &HeaderValue, close: bool) -> Next {
-        self.gateway.count_refusal(denial, request_id);
-        let (status, mut headers, body) = denial.parts(Some(request_id));
+    /// Answers with a refusal (`path`: the normalised path, for a 405's
+    /// `Allow`).
+    async fn refuse(
+        &mut self,
+        denial: Denial,
+        ex: &mut Exchange,
+        path: Option<&str>,
+        close: bool,
+    ) -> Next {
+        let (status, mut headers, body) = self.gateway.refusal(denial, &ex.request_id, path);
+        ex.status = status.as_u16();
+        ex.code = Some(denial.code());
+        ex.bytes_out = if self.head_request {
+            0
+        } else {
+            body.len() as u64
+        };
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         // As hyper's server dates every response it writes.
         if let Ok(date) = wire::with_date(HeaderValue::from_bytes) {

@@ -14,7 +14,7 @@ pub mod idle;
 pub mod pool;
 pub mod raw;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,16 +140,24 @@ pub struct UpstreamBody {
     trailers: TrailerFilter,
     /// Set on every frame sent: the exchange is moving (see `crate::body::Stalling`).
     moving: Arc<AtomicBool>,
+    /// Data bytes sent so far (the access log's `bytes_in`).
+    sent: Arc<AtomicU64>,
 }
 
 impl UpstreamBody {
     /// The client's body `inner`, its trailers put through `trailers`;
-    /// `moving` is set on every frame.
-    pub fn new(inner: Incoming, trailers: TrailerFilter, moving: Arc<AtomicBool>) -> Self {
+    /// `moving` is set on every frame, `sent` counts its data bytes.
+    pub fn new(
+        inner: Incoming,
+        trailers: TrailerFilter,
+        moving: Arc<AtomicBool>,
+        sent: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             inner,
             trailers,
             moving,
+            sent,
         }
     }
 }
@@ -166,6 +174,9 @@ impl http_body::Body for UpstreamBody {
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 this.moving.store(true, Ordering::Relaxed);
+                if let Some(data) = frame.data_ref() {
+                    this.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
                         (this.trailers)(&mut trailers);

@@ -250,6 +250,9 @@ pub struct Opts {
     pub store: String,
     /// Puts the store behind this switch, so the test can take it down.
     pub outage: Option<outage::Outage>,
+    /// Keys of the generated `[log]` table; see [`Opts::log`]. Empty:
+    /// `access = false`, so test output carries no access lines.
+    pub log: String,
 }
 
 impl Default for Opts {
@@ -263,6 +266,7 @@ impl Default for Opts {
             server: String::new(),
             store: String::new(),
             outage: None,
+            log: String::new(),
         }
     }
 }
@@ -278,6 +282,13 @@ impl Opts {
     /// Sets a key of the `[store]` table: `.store("last_used_flush_seconds", 3600)`.
     pub fn store(mut self, key: &str, value: impl TomlValue) -> Self {
         self.store.push_str(&format!("{key} = {}\n", value.toml()));
+        self
+    }
+
+    /// Sets a key of the `[log]` table: `.log("access_file", path)`. Once
+    /// any is set, the access log is on unless `access = false` is set.
+    pub fn log(mut self, key: &str, value: impl TomlValue) -> Self {
+        self.log.push_str(&format!("{key} = {}\n", value.toml()));
         self
     }
 
@@ -423,7 +434,13 @@ impl TestGateway {
             server,
             store: store_keys,
             outage,
+            log,
         } = opts;
+        let log = if log.is_empty() {
+            "access = false\n".to_string()
+        } else {
+            log
+        };
         let extra = extra.as_str();
         let upstream = MockUpstream::spawn(false).await;
         let h2_upstream = MockUpstream::spawn(true).await;
@@ -441,6 +458,9 @@ shutdown_grace_seconds = {grace_seconds}
 url = "{db}"
 timeout_seconds = {store_timeout_seconds}
 {store_keys}
+
+[log]
+{log}
 
 [[upstreams]]
 name = "mock"

@@ -1,0 +1,243 @@
+//! Request identity: the W3C trace context and the request id.
+//!
+//! Both codecs ask [`identify`] once per request, before anything else, and
+//! pass what it returns on: the request id to the upstream (and the
+//! client, and the access log), the `traceparent` to the upstream, the
+//! trace id to the access log.
+//!
+//! - `traceparent` (W3C Trace Context, level 1): a valid incoming one is
+//!   continued (same trace id and flags, a new span id of the gateway's
+//!   own as the upstream's parent); a missing, repeated or invalid one is
+//!   replaced by a fresh trace, flagged sampled (the gateway is its root,
+//!   and an upstream sampling by its parent should record it). The
+//!   client's own `traceparent` never reaches the upstream as it came.
+//! - `X-Request-Id`: the gateway's own (a UUIDv7), unless
+//!   `server.trust_request_id` is on and the client sent exactly one of at
+//!   most [`MAX_REQUEST_ID`] visible ASCII characters.
+
+use http::header::{HeaderName, HeaderValue};
+
+use crate::fields::{RequestFields, TRACEPARENT, X_REQUEST_ID};
+
+/// Longest client request id kept when `server.trust_request_id` is on.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// A request's place in a trace: the trace it belongs to and the span id
+/// the gateway gives its call to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trace {
+    /// 16 bytes, never all zero.
+    pub trace_id: [u8; 16],
+    /// The gateway's span: the upstream's parent.
+    pub span_id: [u8; 8],
+    /// Trace flags (bit 0: sampled), continued as they came.
+    pub flags: u8,
+}
+
+impl Trace {
+    /// Continues the trace `incoming` names, or starts a new one when it is
+    /// missing or invalid.
+    pub fn continue_or_start(incoming: Option<&[u8]>) -> Self {
+        let span_id = nonzero_random();
+        match incoming.and_then(parse_traceparent) {
+            Some((trace_id, _parent, flags)) => Self {
+                trace_id,
+                span_id,
+                flags,
+            },
+            None => Self {
+                trace_id: nonzero_random(),
+                span_id,
+                flags: 0x01,
+            },
+        }
+    }
+
+    /// The `traceparent` value sent upstream: `00-{trace}-{span}-{flags}`.
+    pub fn header_value(&self) -> HeaderValue {
+        let mut buf = [0u8; 55];
+        buf[..3].copy_from_slice(b"00-");
+        hex_into(&self.trace_id, &mut buf[3..35]);
+        buf[35] = b'-';
+        hex_into(&self.span_id, &mut buf[36..52]);
+        buf[52] = b'-';
+        hex_into(&[self.flags], &mut buf[53..55]);
+        // Lower-case hex and dashes: always a valid header value.
+        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+    }
+
+    /// The trace id as 32 lower-case hex digits (the access log's
+    /// `trace_id`).
+    pub fn trace_id_hex(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex_into(&self.trace_id, &mut out);
+        out
+    }
+}
+
+fn nonzero_random<const N: usize>() -> [u8; N] {
+    use rand::RngCore;
+    let mut v = [0u8; N];
+    loop {
+        rand::thread_rng().fill_bytes(&mut v);
+        if v.iter().any(|b| *b != 0) {
+            return v;
+        }
+    }
+}
+
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+}
+
+fn lower_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+/// Reads a `traceparent` value: `(trace id, parent id, flags)`, or `None`
+/// when it is not a valid one. Version `00` must be exactly 55 characters;
+/// a later version may carry more after a `-` (read as version `00`, as
+/// the specification asks); version `ff`, upper-case hex and all-zero ids
+/// are invalid.
+pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let version = lower_hex::<1>(&v[..2])?[0];
+    if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    let trace_id = lower_hex::<16>(&v[3..35])?;
+    let parent = lower_hex::<8>(&v[36..52])?;
+    let flags = lower_hex::<1>(&v[53..55])?[0];
+    if trace_id.iter().all(|b| *b == 0) || parent.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some((trace_id, parent, flags))
+}
+
+/// The only value of a field sent once, `None` when it is absent or
+/// repeated.
+fn single<'a>(fields: &'a (impl RequestFields + ?Sized), name: &'a HeaderName) -> Option<&'a [u8]> {
+    let mut values = fields.values(name);
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+/// The request id and trace of a request (see the module doc). `fresh`
+/// makes the gateway's own request id.
+pub fn identify(
+    fields: &(impl RequestFields + ?Sized),
+    trust_request_id: bool,
+    fresh: impl FnOnce() -> HeaderValue,
+) -> (HeaderValue, Trace) {
+    let trace = Trace::continue_or_start(single(fields, &TRACEPARENT));
+    let kept = trust_request_id
+        .then(|| single(fields, &X_REQUEST_ID))
+        .flatten()
+        .filter(|v| {
+            !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(u8::is_ascii_graphic)
+        })
+        .and_then(|v| HeaderValue::from_bytes(v).ok());
+    (kept.unwrap_or_else(fresh), trace)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_traceparent_is_continued_with_a_new_span() {
+        let t = Trace::continue_or_start(Some(VALID.as_bytes()));
+        assert_eq!(&t.trace_id_hex(), b"4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.flags, 1);
+        let v = t.header_value();
+        let s = v.to_str().unwrap();
+        assert!(s.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{s}");
+        assert_ne!(&s[36..52], "00f067aa0ba902b7");
+        assert!(parse_traceparent(v.as_bytes()).is_some());
+        // Unsampled stays unsampled.
+        let off = VALID.replace("-01", "-00");
+        assert_eq!(Trace::continue_or_start(Some(off.as_bytes())).flags, 0);
+    }
+
+    #[test]
+    fn invalid_traceparents_start_a_new_trace() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad.as_bytes()).is_none(), "{bad}");
+            let t = Trace::continue_or_start(Some(bad.as_bytes()));
+            assert_ne!(&t.trace_id_hex(), b"4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(t.flags, 1);
+        }
+        // A later version may carry more.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what";
+        assert!(parse_traceparent(later.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn fresh_traces_differ_and_parse() {
+        let a = Trace::continue_or_start(None);
+        let b = Trace::continue_or_start(None);
+        assert_ne!(a.trace_id, b.trace_id);
+        assert!(parse_traceparent(a.header_value().as_bytes()).is_some());
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_only_when_trusted_and_well_formed() {
+        let map = |pairs: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let fresh = || HeaderValue::from_static("ours");
+        let id = |h: &http::HeaderMap, trust| identify(h, trust, fresh).0;
+        let theirs = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(id(&theirs, true), "abc-123");
+        assert_eq!(id(&theirs, false), "ours");
+        let long = "a".repeat(MAX_REQUEST_ID + 1);
+        for bad in [
+            &map(&[("x-request-id", &long)]),
+            &map(&[("x-request-id", "a b")]),
+            &map(&[("x-request-id", "")]),
+            &map(&[("x-request-id", "a"), ("x-request-id", "b")]),
+        ] {
+            assert_eq!(id(bad, true), "ours");
+        }
+        let max = "a".repeat(MAX_REQUEST_ID);
+        assert_eq!(id(&map(&[("x-request-id", &max)]), true), max.as_str());
+    }
+}
