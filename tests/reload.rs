@@ -63,6 +63,8 @@ impl Gateway {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("TOKENGATE_CONFIG")
+            // The access log; this test reads stderr only.
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -225,7 +227,10 @@ async fn a_route_change_reaches_new_requests_while_one_in_flight_finishes() {
     })
     .await;
 
-    g.rewrite(&routes(&up, "\"calls:write\""));
+    // The reload also adds a route: served at once, counted as route
+    // "none" (the metric series are fixed at start-up).
+    let added = "[[routes]]\npath = \"/added\"\nupstream = \"raw\"\nauth = \"none\"\n";
+    g.rewrite(&format!("{}{added}", routes(&up, "\"calls:write\"")));
     g.reload("ok").await;
     assert!(g.logs().contains("config reloaded"), "{}", g.logs());
 
@@ -243,6 +248,22 @@ async fn a_route_change_reaches_new_requests_while_one_in_flight_finishes() {
     let r = in_flight.response(false).await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(up.count("/up/b") + up.count("/up/c"), 0);
+
+    let r = Client::exchange(g.public, &request("GET", "/added/x", &[], b"")).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    // The route kept its label's series across the reload: its two
+    // refusals after it count there.
+    let want = "tokengate_requests_total{route=\"/up\",status=\"4xx\"} 2";
+    common::TestGateway::eventually("the /up series counts the refusals", || async {
+        let m = Client::exchange(g.admin, &request("GET", "/metrics", &[], b"")).await;
+        m.body_str().contains(want)
+    })
+    .await;
+    assert!(
+        g.logs().contains("a route the reload added"),
+        "{}",
+        g.logs()
+    );
     assert!(g.alive());
 }
 
