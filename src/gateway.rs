@@ -27,13 +27,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use crate::auth::{decide, extract_credential, kind_may_proxy};
 use crate::cache::{AuthEntry, ConnectionMemo, TokenCache};
 use crate::clock::Clock;
-use arc_swap::ArcSwap;
-
 use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
 use crate::fields::RequestFields;
@@ -60,7 +59,7 @@ pub const TUNNEL_RECHECK_GAP: Duration = Duration::from_millis(100);
 /// Everything the request path and the control plane share.
 pub struct Gateway {
     /// The configuration as started. The keys a reload cannot change
-    /// (`[server]`, `[store]`, `[cache]`, `[tokens]`) are read here; the
+    /// (`[server]`, `[store]`, `[cache]`, `[tokens]`, `[log]`) are read here; the
     /// rest (routes, upstreams, headers, forward auth, token API paths,
     /// TLS) only from [`Gateway::snapshot`].
     pub config: Config,

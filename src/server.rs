@@ -255,7 +255,13 @@ async fn accept_loop<H, F>(
                 let h = handler.clone();
                 let fast = fast.clone();
                 let stop = shutdown.clone();
-                let tls = tls.as_ref().and_then(|source| source());
+                // A TLS listener never serves plain TCP, whatever the
+                // config in force says (a reload cannot turn TLS off).
+                let tls = match tls.as_ref().map(|source| source()) {
+                    None => None,
+                    Some(Some(config)) => Some(config),
+                    Some(None) => continue,
+                };
                 tokio::spawn(async move {
                     let _held = held;
                     let Some(tls) = tls else {
