@@ -369,9 +369,29 @@ async fn a_rotated_certificate_reaches_new_connections_only() {
     old.write_all(get).await.unwrap();
     assert!(read_head(&mut old).await.starts_with("HTTP/1.1 200"));
 
+    // A client that keeps its session tickets.
+    let mut resuming = (*client).clone();
+    resuming.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    let resuming = Arc::new(resuming);
+    let mut r = certs::connect(g.public, "localhost", resuming.clone())
+        .await
+        .unwrap();
+    r.write_all(get).await.unwrap();
+    assert!(read_head(&mut r).await.starts_with("HTTP/1.1 200"));
+    drop(r);
+
     let second = ca.leaf(&["localhost"]);
     second.write(g.dir.path(), "server");
     g.reload("ok").await;
+
+    // Session tickets outlive the rotation (one ticket key per process).
+    let r = certs::connect(g.public, "localhost", resuming)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
 
     let new = certs::connect(g.public, "localhost", client).await.unwrap();
     assert!(

@@ -599,3 +599,36 @@ fn start_up_errors_name_the_key_and_the_file() {
         assert!(!stderr.contains("PRIVATE KEY"), "a key in the log:\n{stderr}");
     }
 }
+
+#[tokio::test]
+async fn tls_13_sessions_resume_by_ticket() {
+    let ca = Ca::new("test ca");
+    let (g, _dir) = tls_gateway(&ca, Opts::default()).await;
+    let mut config = (*certs::client_config(&ca.pem(), &[H1], None)).clone();
+    config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    let config = std::sync::Arc::new(config);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let mut s = certs::connect(g.addr, "localhost", config.clone())
+            .await
+            .unwrap();
+        kinds.push(s.get_ref().1.handshake_kind());
+        assert_eq!(
+            s.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        // The tickets come after the handshake; reading the answer takes them in.
+        s.write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = raw_response(&mut s, &mut Vec::new()).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    assert_eq!(
+        kinds,
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+}
