@@ -1166,7 +1166,7 @@ fn main() {
                 .collect(),
         );
         let with_auth_fronts = want("nginx-auth-tg") || want("nginx-auth-static") || want("nginx-auth-proc");
-        let with_nginx = want("nginx") || want("nginx-204") || with_auth_fronts;
+        let with_nginx = want("nginx") || want("nginx-204") || want("nginx-close") || with_auth_fronts;
         let (nginx, fronts) = match with_nginx.then(|| start_nginx(dir.path(), up, gw.addr)).flatten() {
             Some((ng, fronts)) => (Some(ng), Some(fronts)),
             None => (None, None),

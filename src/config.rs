@@ -4,7 +4,10 @@
 //! `deny_unknown_fields`, so the error names the key and its line).
 //! [`Config::from_file`] then validates it into the runtime [`Config`]:
 //! addresses parsed, routes normalised and pointed at known upstreams,
-//! abilities and header names checked. Every validation error names the
+//! abilities and header names checked, `[tls]` and `[admin_tls]` read into
+//! rustls configs (`crate::tls`: the certificate and key files are read
+//! and checked here, so `check-config` and a reload check them too).
+//! Every validation error names the
 //! file and the key, e.g. `config/tokengate.toml: routes[1].upstream: no
 //! upstream named "billing"`.
 
