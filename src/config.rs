@@ -7,9 +7,9 @@
 //! abilities and header names checked, `[tls]` and `[admin_tls]` read into
 //! rustls configs (`crate::tls`: the certificate and key files are read
 //! and checked here, so `check-config` and a reload check them too).
-//! Every validation error names the
-//! file and the key, e.g. `config/tokengate.toml: routes[1].upstream: no
-//! upstream named "billing"`.
+//! Every validation error names the file and the key, e.g.
+//! `config/tokengate.toml: routes[1].upstream: no upstream named
+//! "billing"`.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
