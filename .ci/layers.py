@@ -19,8 +19,8 @@ LAYERS = [
     # byte-level pieces of the edges (tunnels, deadlines): they know no
     # other module.
     ["fields", "ability", "token", "clock", "metrics", "tunnel", "deadline"],
-    # Routes and the store, each with its own config types.
-    ["route", "store", "trace"],
+    # Routes, the store, request identity and TLS, each with its own config types.
+    ["route", "store", "trace", "tls"],
     # Denials and the token cache.
     ["error", "cache"],
     # The access log and series record carries a cache entry.
@@ -37,6 +37,8 @@ LAYERS = [
     # The request path's state and decision, no codec in it.
     ["gateway"],
     ["forward_auth"],
+    # Live reload: build, validate, swap the gateway's snapshot.
+    ["reload"],
     # The control plane's shared vocabulary, then the control plane.
     ["api"],
     ["flows", "admin"],

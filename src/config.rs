@@ -4,9 +4,12 @@
 //! `deny_unknown_fields`, so the error names the key and its line).
 //! [`Config::from_file`] then validates it into the runtime [`Config`]:
 //! addresses parsed, routes normalised and pointed at known upstreams,
-//! abilities and header names checked. Every validation error names the
-//! file and the key, e.g. `config/tokengate.toml: routes[1].upstream: no
-//! upstream named "billing"`.
+//! abilities and header names checked, `[tls]` and `[admin_tls]` read into
+//! rustls configs (`crate::tls`: the certificate and key files are read
+//! and checked here, so `check-config` and a reload check them too).
+//! Every validation error names the file and the key, e.g.
+//! `config/tokengate.toml: routes[1].upstream: no upstream named
+//! "billing"`.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ pub use crate::route::{AuthMode, RouteConfig};
 pub use crate::rules::{GatewayHeader, HeaderNames, HEADER_KEYS};
 use crate::signals::{LogConfig, LogFormat};
 pub use crate::store::DatabaseUrl;
+pub use crate::tls::{FileSni, FileTls, TlsSettings};
 use crate::token::{TokenFormat, MAX_PREFIX_LEN};
 pub use crate::upstream::{UpstreamConfig, UpstreamProtocol};
 
@@ -100,6 +104,12 @@ pub struct FileConfig {
     /// `[log]`
     #[serde(default)]
     pub log: FileLog,
+    /// `[tls]`: the public listener speaks TLS when present.
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+    /// `[admin_tls]`: the admin listener speaks TLS when present.
+    #[serde(default)]
+    pub admin_tls: Option<FileTls>,
 }
 
 /// `[server]`: listeners and connection handling.
@@ -439,6 +449,10 @@ pub struct Config {
     pub forward_auth: ForwardAuthConfig,
     /// Log format and the access log.
     pub log: LogConfig,
+    /// The public listener's TLS; `None`: plain TCP.
+    pub tls: Option<TlsSettings>,
+    /// The admin listener's TLS; `None`: plain TCP.
+    pub admin_tls: Option<TlsSettings>,
 }
 
 impl Config {
@@ -552,6 +566,16 @@ impl Config {
         let token_api = validate_token_api(path, &f.token_api)?;
         let forward_auth = validate_forward_auth(path, &f.forward_auth, &token_api)?;
 
+        // Last: reads the certificate files, once the rest is known good.
+        let tls_table = |table: &str, t: &Option<FileTls>| {
+            t.as_ref()
+                .map(|t| crate::tls::build(table, t))
+                .transpose()
+                .map_err(|e| invalid(&e.key, e.message))
+        };
+        let tls = tls_table("tls", &f.tls)?;
+        let admin_tls = tls_table("admin_tls", &f.admin_tls)?;
+
         Ok(Config {
             server,
             store,
@@ -562,6 +586,8 @@ impl Config {
             routes,
             token_api,
             forward_auth,
+            tls,
+            admin_tls,
             log,
         })
     }

@@ -324,6 +324,10 @@ pub struct Metrics {
     /// Forward-auth requests answered 200 (refusals are counted by code
     /// in `denied`, with the proxy path's).
     pub forward_auth_allowed: Counter,
+    /// Config reloads (SIGHUP) that applied.
+    pub config_reloads_ok: Counter,
+    /// Config reloads refused (a bad file or certificate; nothing changed).
+    pub config_reloads_error: Counter,
     /// Access-log lines dropped because the writer fell behind (its queue
     /// was full) or failed.
     pub access_log_dropped: Counter,
@@ -356,6 +360,8 @@ impl Metrics {
             token_api_requests: Counter::default(),
             forward_auth_allowed: Counter::default(),
             access_log_dropped: Counter::default(),
+            config_reloads_ok: Counter::default(),
+            config_reloads_error: Counter::default(),
             series,
         }
     }
@@ -443,6 +449,12 @@ impl Metrics {
             "tokengate_access_log_dropped_total",
             "Access-log lines dropped: the writer fell behind or failed.",
             self.access_log_dropped.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tokengate_config_reloads_total Config reloads (SIGHUP), by result.\n# TYPE tokengate_config_reloads_total counter\ntokengate_config_reloads_total{{result=\"ok\"}} {}\ntokengate_config_reloads_total{{result=\"error\"}} {}",
+            self.config_reloads_ok.get(),
+            self.config_reloads_error.get()
         );
         let _ = writeln!(
             out,
