@@ -567,14 +567,8 @@ impl Config {
         let forward_auth = validate_forward_auth(path, &f.forward_auth, &token_api)?;
 
         // Last: reads the certificate files, once the rest is known good.
-        let tls_table = |table: &str, t: &Option<FileTls>| {
-            t.as_ref()
-                .map(|t| crate::tls::build(table, t))
-                .transpose()
-                .map_err(|e| invalid(&e.key, e.message))
-        };
-        let tls = tls_table("tls", &f.tls)?;
-        let admin_tls = tls_table("admin_tls", &f.admin_tls)?;
+        let tls = validate_tls(path, "tls", &f.tls)?;
+        let admin_tls = validate_tls(path, "admin_tls", &f.admin_tls)?;
 
         Ok(Config {
             server,
@@ -894,6 +888,19 @@ fn validate_routes(
         });
     }
     Ok(routes)
+}
+
+/// `[tls]` or `[admin_tls]` (`table`): reads and checks every certificate
+/// and key it names.
+fn validate_tls(
+    path: &Path,
+    table: &str,
+    t: &Option<FileTls>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    t.as_ref()
+        .map(|t| crate::tls::build(table, t))
+        .transpose()
+        .map_err(|e| Check(path).invalid(&e.key, e.message))
 }
 
 /// `[log]`.
