@@ -22,8 +22,8 @@ LAYERS = [
     # Rate-limit policies, windows and quota counts, the RateLimit fields:
     # in memory, below the store (whose rows carry a token's limits).
     ["ratelimit"],
-    # Routes and the store, each with its own config types.
-    ["route", "store", "trace"],
+    # Routes, the store, request identity and TLS, each with its own config types.
+    ["route", "store", "trace", "tls"],
     # Denials and the token cache.
     ["error", "cache"],
     # The access log and series record carries a cache entry.
@@ -40,6 +40,8 @@ LAYERS = [
     # The request path's state and decision, no codec in it.
     ["gateway"],
     ["forward_auth"],
+    # Live reload: build, validate, swap the gateway's snapshot.
+    ["reload"],
     # The control plane's shared vocabulary, then the control plane.
     ["api"],
     ["flows", "admin"],

@@ -105,7 +105,6 @@ fn pieces(c: &mut Criterion) {
                     traceparent: &tp,
                     peer: &peer,
                     path: "/api/calls",
-                    tls: false,
                 };
                 rewrite_request_headers(h, &strip, &names, &ctx, &upstream, false)
             },

@@ -64,6 +64,15 @@
 //! print the last-used rows each window wrote. Every other round runs its
 //! cases in reverse order.
 //!
+//! TLS cases (DESIGN section 9; driven by wrk, as the built-in client
+//! speaks no TLS, and skipped without it): `tls` (the cached token through
+//! a second gateway with `[tls]`, keep-alive) against `nginx-tls` (nginx
+//! `listen ... ssl`, one worker on core 1, no auth, the same ECDSA P-256
+//! certificate); `tls-close` and `nginx-tls-close` (the same with
+//! `Connection: close`: a full TLS 1.3 handshake for every request, wrk
+//! resuming no session); and `close` and `nginx-close` (plain HTTP,
+//! `Connection: close`, through the first gateway and nginx).
+//!
 //! Run: `cargo bench --bench load`. Knobs (environment):
 //! `LOAD_SECONDS` (5), `LOAD_ROUNDS` (3: every case once per round,
 //! medians reported), `LOAD_CONNECTIONS` (32), `LOAD_TOKENGATE_BIN` (another
@@ -446,6 +455,36 @@ fn start_nginx(
     ))
 }
 
+/// nginx with `listen ... ssl` on core 1, one worker: `proxy_pass` to the
+/// upstream over keep-alive, no auth, the certificate tokengate's `tls`
+/// case serves. Its own process, so its CPU is the TLS cases' alone.
+fn start_nginx_tls(dir: &Path, upstream: SocketAddr, cert: &Path, key: &Path) -> Option<Proxy> {
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = free_ports(1)?[0];
+    let conf = dir.join("nginx-tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {dir}/nginx-tls.pid;\nerror_log {dir}/nginx-tls.err warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
+               upstream up {{ server {upstream}; keepalive 256; }}\n\
+               server {{\n    listen 127.0.0.1:{port} ssl;\n\
+                 ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+                 ssl_protocols TLSv1.2 TLSv1.3;\n    location / {{\n\
+                 proxy_pass http://up;\n      proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+            dir = dir.display(),
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    )
+    .ok()?;
+    spawn_nginx(nginx, &conf, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 /// Starts nginx with `conf` on core 1 and waits until `addr` answers; its
 /// master and worker(s) are the process's pids.
 fn spawn_nginx(nginx: &str, conf: &Path, addr: SocketAddr) -> Option<Proxy> {
@@ -706,6 +745,30 @@ fn drive_wrk(
     conns: usize,
     secs: f64,
 ) -> Option<Outcome> {
+    drive_wrk_as(Wrk::Plain, addr, path, token, conns, secs)
+}
+
+/// How wrk speaks to the proxy.
+#[derive(Clone, Copy, PartialEq)]
+enum Wrk {
+    /// HTTP/1.1 keep-alive.
+    Plain,
+    /// HTTP/1.1 with `Connection: close`: a new connection per request.
+    Close,
+    /// HTTPS keep-alive.
+    Tls,
+    /// HTTPS with `Connection: close`: a full handshake per request.
+    TlsClose,
+}
+
+fn drive_wrk_as(
+    how: Wrk,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&HeaderValue>,
+    conns: usize,
+    secs: f64,
+) -> Option<Outcome> {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "0", "wrk", "-t1", "--latency"])
         .arg(format!("-c{conns}"))
@@ -714,8 +777,16 @@ fn drive_wrk(
         cmd.arg("-H")
             .arg(format!("Authorization: {}", t.to_str().ok()?));
     }
+    if matches!(how, Wrk::Close | Wrk::TlsClose) {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let scheme = if matches!(how, Wrk::Tls | Wrk::TlsClose) {
+        "https"
+    } else {
+        "http"
+    };
     let core0 = core0_ticks();
-    let out = cmd.arg(format!("http://{addr}{path}")).output().ok()?;
+    let out = cmd.arg(format!("{scheme}://{addr}{path}")).output().ok()?;
     let load_core = busy_between(core0, core0_ticks());
     let text = String::from_utf8_lossy(&out.stdout);
     let num = |line: &str, i: usize| -> Option<f64> {
@@ -1034,6 +1105,22 @@ fn main() {
             &format!("[headers]\nomit = {:?}\n", tokengate::config::HEADER_KEYS),
         );
 
+        // The TLS cases: one ECDSA P-256 certificate for tokengate and nginx.
+        let tls_cases = ["tls", "nginx-tls", "tls-close", "nginx-tls-close", "close", "nginx-close"];
+        let with_tls = tls_cases.iter().any(|c| want(c))
+            && Command::new("wrk").arg("-v").output().is_ok();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let tls_config = with_tls.then(|| {
+            let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+            std::fs::write(&cert, c.cert.pem()).unwrap();
+            std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+            write_config(
+                "tls.toml",
+                &db,
+                &format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", cert.display().to_string(), key.display().to_string()),
+            )
+        });
+
         let mut rows: Vec<Row> = Vec::new();
         let run = |addr: SocketAddr, path: &'static str, t: Tokens| async move {
             let by_wrk = match (&t, use_wrk) {
@@ -1085,11 +1172,19 @@ fn main() {
                 .collect(),
         );
         let with_auth_fronts = want("nginx-auth-tg") || want("nginx-auth-static") || want("nginx-auth-proc");
-        let with_nginx = want("nginx") || want("nginx-204") || with_auth_fronts;
+        let with_nginx = want("nginx") || want("nginx-204") || want("nginx-close") || with_auth_fronts;
         let (nginx, fronts) = match with_nginx.then(|| start_nginx(dir.path(), up, gw.addr)).flatten() {
             Some((ng, fronts)) => (Some(ng), Some(fronts)),
             None => (None, None),
         };
+        let gw_tls = tls_config.as_ref().map(|c| start_tokengate(c));
+        let nginx_tls = with_tls.then(|| start_nginx_tls(dir.path(), up, &cert, &key)).flatten();
+        if tls_cases.iter().any(|c| want(c)) && !with_tls {
+            println!("tls cases    need wrk (apt-get install wrk): skipped");
+        }
+        if let Some(g) = &gw_tls {
+            let _ = drive_wrk_as(Wrk::Tls, g.addr, "/api/x", Some(&tokens[0]), 1, 1.0);
+        }
         if with_nginx && nginx.is_none() {
             println!("nginx        not installed (apt-get install nginx-light): skipped");
         }
@@ -1118,7 +1213,8 @@ fn main() {
         // every round's ratio the same way.
         let order = [
             "direct", "none", "cached", "limited", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth",
-            "nginx-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc",
+            "nginx-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "tls", "nginx-tls", "tls-close",
+            "nginx-tls-close", "close", "nginx-close",
         ];
         for round in 0..rounds {
             let mut cases = order;
@@ -1258,10 +1354,38 @@ fn main() {
                             }
                         }
                     }
+                    "tls" | "tls-close" | "close" if want(case) => {
+                        let (how, proxy) = match case {
+                            "tls" => (Wrk::Tls, gw_tls.as_ref()),
+                            "tls-close" => (Wrk::TlsClose, gw_tls.as_ref()),
+                            _ => (Wrk::Close, with_tls.then_some(&gw)),
+                        };
+                        if let Some(p) = proxy {
+                            let c = p.mark();
+                            if let Some(o) = drive_wrk_as(how, p.addr, "/api/x", Some(&tokens[0]), conns, secs) {
+                                samples.push((case, row(case, &o, Some((p, c)))));
+                            }
+                        }
+                    }
+                    "nginx-tls" | "nginx-tls-close" | "nginx-close" if want(case) => {
+                        let (how, proxy) = match case {
+                            "nginx-tls" => (Wrk::Tls, nginx_tls.as_ref()),
+                            "nginx-tls-close" => (Wrk::TlsClose, nginx_tls.as_ref()),
+                            _ => (Wrk::Close, nginx.as_ref().filter(|_| with_tls)),
+                        };
+                        if let Some(p) = proxy {
+                            let c = p.mark();
+                            if let Some(o) = drive_wrk_as(how, p.addr, "/nginx", None, conns, secs) {
+                                samples.push((case, row(case, &o, Some((p, c)))));
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
         }
+        drop(nginx_tls);
+        drop(gw_tls);
         drop(nginx);
         drop(gw);
         drop(bare);
@@ -1279,6 +1403,12 @@ fn main() {
         let paired_fa = paired("forward-auth", "nginx-204");
         let paired_auth = paired("nginx-auth-tg", "nginx-auth-static");
         let paired_proc = paired("nginx-auth-tg", "nginx-auth-proc");
+        let paired_tls = [
+            ("tls", "nginx-tls", "TLS keep-alive, tokengate cached token / nginx listen ssl no-auth"),
+            ("tls-close", "nginx-tls-close", "TLS connection per request (full TLS 1.3 handshake each), tokengate / nginx"),
+            ("close", "nginx-close", "plain connection per request (Connection: close), tokengate / nginx"),
+        ]
+        .map(|(a, b, what)| (a, b, what, paired(a, b)));
         let median = |name: &str| median_row(name, &of(name));
         println!("medians of {rounds} interleaved rounds:");
         let direct = median("direct").unwrap();
@@ -1288,7 +1418,7 @@ fn main() {
         for name in [
             "none", "cached", "limited", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "lat-cached2", "lat-limited", "nginx",
             "forward-auth", "nginx-204", "lat-fa", "lat-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "lat-auth-tg",
-            "lat-auth-static",
+            "lat-auth-static", "tls", "nginx-tls", "tls-close", "nginx-tls-close", "close", "nginx-close",
         ] {
             if let Some(r) = median(name) {
                 print_row(&r, Some(&direct));
@@ -1478,6 +1608,18 @@ fn main() {
                 "nginx auth_request, one connection: asking tokengate p50 {} us, p99 {} us; asking a return 204 p50 {} us, p99 {} us",
                 t.p50, t.p99, s.p50, s.p99
             );
+        }
+        for (a, b, what, paired) in &paired_tls {
+            if let (Some(t), Some(n)) = (get(a), get(b)) {
+                println!(
+                    "{what}: throughput {:.2}x (target >= 1.0), CPU per request {:.2}x (target <= 1.0)",
+                    t.rps / n.rps,
+                    t.cpu_us.unwrap_or(0.0) / n.cpu_us.unwrap_or(f64::NAN)
+                );
+                if let Some((tput, cpu)) = paired {
+                    println!("  medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");
+                }
+            }
         }
         if let (Some(c), Some(n)) = (get("cached"), nginx_row.as_ref()) {
             if c.load_core.min(n.load_core) > 0.95 {

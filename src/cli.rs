@@ -290,7 +290,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             eprintln!("store {} is migrated", cfg.store.url);
             Ok(())
         }
-        Command::Serve => serve(cfg).await,
+        Command::Serve => serve(cfg, &cli.config).await,
         // Served above, before any config is read.
         Command::Echo { .. } => Ok(()),
         Command::Init { force, name } => {
@@ -332,12 +332,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn serve(cfg: Config) -> Result<(), CliError> {
+/// Serves until SIGTERM / ctrl-c; SIGHUP reloads `path` ([`crate::reload`]).
+async fn serve(cfg: Config, path: &std::path::Path) -> Result<(), CliError> {
     let store = open_store(&cfg).await?;
     let gateway = Gateway::new(cfg, store, Clock::system());
+    // Before the listeners: from "listening" on, SIGHUP reloads and
+    // SIGTERM shuts down (neither kills the process).
+    let reloads = crate::reload::on_sighup(Arc::clone(&gateway), path.to_path_buf())?;
+    let stop = crate::server::shutdown_signal();
     let running = crate::server::start(gateway).await?;
-    crate::server::shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
+    reloads.abort();
     running.shutdown().await;
     Ok(())
 }

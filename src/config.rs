@@ -4,9 +4,12 @@
 //! `deny_unknown_fields`, so the error names the key and its line).
 //! [`Config::from_file`] then validates it into the runtime [`Config`]:
 //! addresses parsed, routes normalised and pointed at known upstreams,
-//! abilities and header names checked. Every validation error names the
-//! file and the key, e.g. `config/tokengate.toml: routes[1].upstream: no
-//! upstream named "billing"`.
+//! abilities and header names checked, `[tls]` and `[admin_tls]` read into
+//! rustls configs (`crate::tls`: the certificate and key files are read
+//! and checked here, so `check-config` and a reload check them too).
+//! Every validation error names the file and the key, e.g.
+//! `config/tokengate.toml: routes[1].upstream: no upstream named
+//! "billing"`.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ pub use crate::route::{AuthMode, RouteConfig};
 pub use crate::rules::{GatewayHeader, HeaderNames, HEADER_KEYS};
 use crate::signals::{LogConfig, LogFormat};
 pub use crate::store::DatabaseUrl;
+pub use crate::tls::{FileSni, FileTls, TlsSettings};
 use crate::token::{TokenFormat, MAX_PREFIX_LEN};
 pub use crate::upstream::{UpstreamConfig, UpstreamProtocol};
 
@@ -104,6 +108,12 @@ pub struct FileConfig {
     /// `[log]`
     #[serde(default)]
     pub log: FileLog,
+    /// `[tls]`: the public listener speaks TLS when present.
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+    /// `[admin_tls]`: the admin listener speaks TLS when present.
+    #[serde(default)]
+    pub admin_tls: Option<FileTls>,
 }
 
 /// `[server]`: listeners and connection handling.
@@ -448,6 +458,10 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Log format and the access log.
     pub log: LogConfig,
+    /// The public listener's TLS; `None`: plain TCP.
+    pub tls: Option<TlsSettings>,
+    /// The admin listener's TLS; `None`: plain TCP.
+    pub admin_tls: Option<TlsSettings>,
 }
 
 impl Config {
@@ -550,309 +564,27 @@ impl Config {
 
     /// Validates a parsed file.
     pub fn validate(path: &Path, f: FileConfig) -> Result<Self, ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            file: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        };
-        let addr = |key: &str, s: &str| {
-            s.parse::<SocketAddr>()
-                .map_err(|e| invalid(key, format!("{s:?} is not a socket address: {e}")))
-        };
-        let positive = |key: &str, v: u64| {
-            if v == 0 {
-                Err(invalid(key, "must be at least 1".into()))
-            } else {
-                Ok(v)
-            }
-        };
-
-        let server = ServerConfig {
-            listen: addr("server.listen", &f.server.listen)?,
-            admin_listen: addr("server.admin_listen", &f.server.admin_listen)?,
-            shutdown_grace: Duration::from_secs(f.server.shutdown_grace_seconds),
-            header_read_timeout: Duration::from_secs(positive(
-                "server.header_read_timeout_seconds",
-                f.server.header_read_timeout_seconds,
-            )?),
-            idle_timeout: Duration::from_secs(positive(
-                "server.idle_timeout_seconds",
-                f.server.idle_timeout_seconds,
-            )?),
-            h2_max_concurrent_streams: u32::try_from(positive(
-                "server.h2_max_concurrent_streams",
-                u64::from(f.server.h2_max_concurrent_streams),
-            )?)
-            .unwrap_or(u32::MAX),
-            fast_path: f.server.fast_path,
-            trust_request_id: f.server.trust_request_id,
-        };
-        if server.listen == server.admin_listen && server.listen.port() != 0 {
-            return Err(invalid(
-                "server.admin_listen",
-                "must differ from server.listen".into(),
-            ));
-        }
-
-        let url = f.store.url.trim();
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            return Err(invalid(
-                "store.url",
-                "must start with sqlite:, postgres:// or postgresql://".into(),
-            ));
-        }
-        let store = StoreConfig {
-            url: DatabaseUrl::new(url),
-            max_connections: u32::try_from(positive(
-                "store.max_connections",
-                u64::from(f.store.max_connections),
-            )?)
-            .unwrap_or(8),
-            timeout: Duration::from_secs(positive(
-                "store.timeout_seconds",
-                f.store.timeout_seconds,
-            )?),
-            last_used_flush: Duration::from_secs(positive(
-                "store.last_used_flush_seconds",
-                f.store.last_used_flush_seconds,
-            )?),
-            last_used_resolution: Duration::from_secs(f.store.last_used_resolution_seconds),
-        };
-
-        let cache = CacheConfig {
-            ttl: Duration::from_secs(positive("cache.ttl_seconds", f.cache.ttl_seconds)?),
-            negative_ttl: Duration::from_secs(positive(
-                "cache.negative_ttl_seconds",
-                f.cache.negative_ttl_seconds,
-            )?),
-            max_entries: positive("cache.max_entries", f.cache.max_entries)?,
-        };
-
-        let prefixes = [
-            ("tokens.root_prefix", f.tokens.root_prefix),
-            ("tokens.tenant_admin_prefix", f.tokens.tenant_admin_prefix),
-            ("tokens.session_prefix", f.tokens.session_prefix),
-            ("tokens.api_prefix", f.tokens.api_prefix),
-        ];
-        let mut seen = HashSet::new();
-        for (key, p) in &prefixes {
-            if p.is_empty()
-                || p.len() > MAX_PREFIX_LEN
-                || !p.bytes().all(|b| b.is_ascii_alphanumeric())
-            {
-                return Err(invalid(
-                    key,
-                    format!("{p:?} must be 1 to {MAX_PREFIX_LEN} ASCII letters or digits"),
-                ));
-            }
-            if !seen.insert(p.clone()) {
-                return Err(invalid(key, format!("prefix {p:?} is used twice")));
-            }
-        }
-        let tokens = TokenFormat::new(prefixes.map(|(_, p)| p), f.tokens.accept_legacy);
-
+        let server = validate_server(path, &f.server)?;
+        let store = validate_store(path, &f.store)?;
+        let cache = validate_cache(path, &f.cache)?;
+        let tokens = validate_tokens(path, &f.tokens)?;
         let headers = validate_headers(path, &f.headers)?;
-
-        let mut upstreams = Vec::with_capacity(f.upstreams.len());
-        for (i, u) in f.upstreams.iter().enumerate() {
-            let key = |k: &str| format!("upstreams[{i}].{k}");
-            if u.name.is_empty() {
-                return Err(invalid(&key("name"), "must not be empty".into()));
+        let rate_limits = RateLimitConfig::validate(&f.rate_limits).map_err(|(key, message)| {
+            ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key,
+                message,
             }
-            if upstreams.iter().any(|x: &UpstreamConfig| x.name == u.name) {
-                return Err(invalid(
-                    &key("name"),
-                    format!("{:?} is defined twice", u.name),
-                ));
-            }
-            let uri: Uri = u
-                .url
-                .parse()
-                .map_err(|e| invalid(&key("url"), format!("{:?} is not a URL: {e}", u.url)))?;
-            let scheme = match uri.scheme_str() {
-                Some("http") => http::uri::Scheme::HTTP,
-                Some("https") => http::uri::Scheme::HTTPS,
-                _ => return Err(invalid(&key("url"), "scheme must be http or https".into())),
-            };
-            let authority = uri
-                .authority()
-                .cloned()
-                .ok_or_else(|| invalid(&key("url"), "needs a host".into()))?;
-            if uri.query().is_some() {
-                return Err(invalid(&key("url"), "must not have a query string".into()));
-            }
-            let base_path = uri.path().trim_end_matches('/').to_string();
-            let protocol = match u.protocol.as_deref() {
-                None | Some("http1") => UpstreamProtocol::Http1,
-                Some("h2") => UpstreamProtocol::H2,
-                Some(other) => {
-                    return Err(invalid(
-                        &key("protocol"),
-                        format!("{other:?} is not one of \"http1\", \"h2\""),
-                    ))
-                }
-            };
-            let host_header = http::HeaderValue::from_str(authority.as_str())
-                .map_err(|_| invalid(&key("url"), "host is not a valid Host header".into()))?;
-            upstreams.push(UpstreamConfig {
-                name: u.name.clone(),
-                scheme,
-                host_header,
-                authority,
-                base_path,
-                protocol,
-                connect_timeout: Duration::from_millis(positive(
-                    &key("connect_timeout_ms"),
-                    u.connect_timeout_ms.unwrap_or(3_000),
-                )?),
-                response_timeout: Duration::from_millis(positive(
-                    &key("response_timeout_ms"),
-                    u.response_timeout_ms.unwrap_or(30_000),
-                )?),
-                pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_seconds.unwrap_or(60)),
-                pool_max_idle: u.pool_max_idle.unwrap_or(256),
-                max_connections: usize::try_from(positive(
-                    &key("max_connections"),
-                    u.max_connections.unwrap_or(512) as u64,
-                )?)
-                .unwrap_or(usize::MAX),
-            });
-        }
-
-        let rate_limits = RateLimitConfig::validate(&f.rate_limits)
-            .map_err(|(key, message)| invalid(&key, message))?;
-
-        let mut routes = Vec::with_capacity(f.routes.len());
-        for (i, r) in f.routes.iter().enumerate() {
-            let key = |k: &str| format!("routes[{i}].{k}");
-            if !r.path.starts_with('/') {
-                return Err(invalid(
-                    &key("path"),
-                    format!("{:?} must start with /", r.path),
-                ));
-            }
-            let mut path = normalize_path(&r.path)
-                .map_err(|e| invalid(&key("path"), format!("{:?}: {e}", r.path)))?;
-            if path != r.path.trim_end_matches('/') && path != r.path {
-                return Err(invalid(
-                    &key("path"),
-                    format!("{:?} is not normalised; write {path:?}", r.path),
-                ));
-            }
-            if path.len() > 1 && path.ends_with('/') {
-                path.pop();
-            }
-            let upstream = upstreams
-                .iter()
-                .position(|u| u.name == r.upstream)
-                .ok_or_else(|| {
-                    invalid(
-                        &key("upstream"),
-                        format!("no upstream named {:?}", r.upstream),
-                    )
-                })?;
-            let mut methods = Vec::with_capacity(r.methods.len());
-            for m in &r.methods {
-                let m = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| invalid(&key("methods"), format!("{m:?} is not a method")))?;
-                methods.push(m);
-            }
-            let auth = match r.auth.as_deref() {
-                None | Some("required") => AuthMode::Required,
-                Some("optional") => AuthMode::Optional,
-                Some("none") => AuthMode::None,
-                Some(other) => {
-                    return Err(invalid(
-                        &key("auth"),
-                        format!("{other:?} is not one of \"required\", \"optional\", \"none\""),
-                    ))
-                }
-            };
-            let mut abilities = Vec::with_capacity(r.abilities.len());
-            for a in &r.abilities {
-                abilities.push(
-                    Ability::parse(a)
-                        .map_err(|e| invalid(&key("abilities"), format!("{a:?}: {e}")))?,
-                );
-            }
-            if auth == AuthMode::None && !abilities.is_empty() {
-                return Err(invalid(
-                    &key("abilities"),
-                    "a route with auth = \"none\" cannot require abilities".into(),
-                ));
-            }
-            if routes.iter().any(|x: &RouteConfig| {
-                x.path == path
-                    && (x.methods.is_empty()
-                        || methods.is_empty()
-                        || x.methods.iter().any(|m| methods.contains(m)))
-            }) {
-                return Err(invalid(
-                    &key("path"),
-                    format!("{path:?} overlaps an earlier route with the same path and methods"),
-                ));
-            }
-            let route_limits = rate_limits
-                .resolve(&r.rate_limits)
-                .map_err(|m| invalid(&key("rate_limits"), m))?;
-            if let Some(name) = &r.name {
-                check_route_name(name).map_err(|m| invalid(&key("name"), m))?;
-            }
-            // Each label names one series: a name is used once, and by no
-            // other route's path; unnamed routes on one path (split by
-            // method) share theirs.
-            let label = route_label(r.name.as_deref(), &path);
-            let same = routes.iter().find(|x: &&RouteConfig| x.label == label);
-            let series = match same {
-                Some(x) if r.name.is_none() && x.label == x.path => x.series,
-                Some(_) => {
-                    // Blame the key that made the label.
-                    let k = if r.name.is_some() { "name" } else { "path" };
-                    return Err(invalid(
-                        &key(k),
-                        format!("{label:?} is already the name or path of an earlier route"),
-                    ));
-                }
-                None => routes.iter().map(|x| x.series + 1).max().unwrap_or(0),
-            };
-            routes.push(RouteConfig {
-                path,
-                upstream,
-                methods,
-                auth,
-                abilities,
-                rate_limits: route_limits,
-                label,
-                series,
-            });
-        }
-        let log = LogConfig {
-            format: match f.log.format.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => {
-                    return Err(invalid(
-                        "log.format",
-                        format!("{other:?} is not one of \"text\", \"json\""),
-                    ))
-                }
-            },
-            access: f.log.access,
-            access_file: f.log.access_file.clone(),
-        };
-        if log
-            .access_file
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return Err(invalid("log.access_file", "must not be empty".into()));
-        }
-
+        })?;
+        let upstreams = validate_upstreams(path, &f.upstreams)?;
+        let routes = validate_routes(path, &f.routes, &upstreams, &rate_limits)?;
+        let log = validate_log(path, &f.log)?;
         let token_api = validate_token_api(path, &f.token_api)?;
         let forward_auth = validate_forward_auth(path, &f.forward_auth, &token_api)?;
+
+        // Last: reads the certificate files, once the rest is known good.
+        let tls = validate_tls(path, "tls", &f.tls)?;
+        let admin_tls = validate_tls(path, "admin_tls", &f.admin_tls)?;
 
         Ok(Config {
             server,
@@ -865,9 +597,359 @@ impl Config {
             token_api,
             forward_auth,
             rate_limits,
+            tls,
+            admin_tls,
             log,
         })
     }
+}
+
+/// Makes the errors of one config file: each names the file and the key.
+#[derive(Clone, Copy)]
+struct Check<'a>(&'a Path);
+
+impl Check<'_> {
+    fn invalid(self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.0.to_path_buf(),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    fn addr(self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse::<SocketAddr>()
+            .map_err(|e| self.invalid(key, format!("{s:?} is not a socket address: {e}")))
+    }
+
+    fn positive(self, key: &str, v: u64) -> Result<u64, ConfigError> {
+        if v == 0 {
+            Err(self.invalid(key, "must be at least 1".into()))
+        } else {
+            Ok(v)
+        }
+    }
+}
+
+/// `[server]`.
+fn validate_server(path: &Path, s: &FileServer) -> Result<ServerConfig, ConfigError> {
+    let c = Check(path);
+    let server = ServerConfig {
+        listen: c.addr("server.listen", &s.listen)?,
+        admin_listen: c.addr("server.admin_listen", &s.admin_listen)?,
+        shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds),
+        header_read_timeout: Duration::from_secs(c.positive(
+            "server.header_read_timeout_seconds",
+            s.header_read_timeout_seconds,
+        )?),
+        idle_timeout: Duration::from_secs(
+            c.positive("server.idle_timeout_seconds", s.idle_timeout_seconds)?,
+        ),
+        h2_max_concurrent_streams: u32::try_from(c.positive(
+            "server.h2_max_concurrent_streams",
+            u64::from(s.h2_max_concurrent_streams),
+        )?)
+        .unwrap_or(u32::MAX),
+        fast_path: s.fast_path,
+        trust_request_id: s.trust_request_id,
+    };
+    if server.listen == server.admin_listen && server.listen.port() != 0 {
+        return Err(c.invalid(
+            "server.admin_listen",
+            "must differ from server.listen".into(),
+        ));
+    }
+    Ok(server)
+}
+
+/// `[store]`.
+fn validate_store(path: &Path, s: &FileStore) -> Result<StoreConfig, ConfigError> {
+    let c = Check(path);
+    let url = s.url.trim();
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        return Err(c.invalid(
+            "store.url",
+            "must start with sqlite:, postgres:// or postgresql://".into(),
+        ));
+    }
+    let store = StoreConfig {
+        url: DatabaseUrl::new(url),
+        max_connections: u32::try_from(
+            c.positive("store.max_connections", u64::from(s.max_connections))?,
+        )
+        .unwrap_or(8),
+        timeout: Duration::from_secs(c.positive("store.timeout_seconds", s.timeout_seconds)?),
+        last_used_flush: Duration::from_secs(
+            c.positive("store.last_used_flush_seconds", s.last_used_flush_seconds)?,
+        ),
+        last_used_resolution: Duration::from_secs(s.last_used_resolution_seconds),
+    };
+    Ok(store)
+}
+
+/// `[cache]`.
+fn validate_cache(path: &Path, k: &FileCache) -> Result<CacheConfig, ConfigError> {
+    let c = Check(path);
+    let cache = CacheConfig {
+        ttl: Duration::from_secs(c.positive("cache.ttl_seconds", k.ttl_seconds)?),
+        negative_ttl: Duration::from_secs(
+            c.positive("cache.negative_ttl_seconds", k.negative_ttl_seconds)?,
+        ),
+        max_entries: c.positive("cache.max_entries", k.max_entries)?,
+    };
+    Ok(cache)
+}
+
+/// `[tokens]`: the four prefixes, distinct, and the legacy switch.
+fn validate_tokens(path: &Path, t: &FileTokens) -> Result<TokenFormat, ConfigError> {
+    let c = Check(path);
+    let prefixes = [
+        ("tokens.root_prefix", t.root_prefix.clone()),
+        ("tokens.tenant_admin_prefix", t.tenant_admin_prefix.clone()),
+        ("tokens.session_prefix", t.session_prefix.clone()),
+        ("tokens.api_prefix", t.api_prefix.clone()),
+    ];
+    let mut seen = HashSet::new();
+    for (key, p) in &prefixes {
+        if p.is_empty() || p.len() > MAX_PREFIX_LEN || !p.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(c.invalid(
+                key,
+                format!("{p:?} must be 1 to {MAX_PREFIX_LEN} ASCII letters or digits"),
+            ));
+        }
+        if !seen.insert(p.clone()) {
+            return Err(c.invalid(key, format!("prefix {p:?} is used twice")));
+        }
+    }
+    let tokens = TokenFormat::new(prefixes.map(|(_, p)| p), t.accept_legacy);
+    Ok(tokens)
+}
+
+/// `[[upstreams]]`.
+fn validate_upstreams(
+    path: &Path,
+    list: &[FileUpstream],
+) -> Result<Vec<UpstreamConfig>, ConfigError> {
+    let c = Check(path);
+    let mut upstreams = Vec::with_capacity(list.len());
+    for (i, u) in list.iter().enumerate() {
+        let key = |k: &str| format!("upstreams[{i}].{k}");
+        if u.name.is_empty() {
+            return Err(c.invalid(&key("name"), "must not be empty".into()));
+        }
+        if upstreams.iter().any(|x: &UpstreamConfig| x.name == u.name) {
+            return Err(c.invalid(&key("name"), format!("{:?} is defined twice", u.name)));
+        }
+        let uri: Uri = u
+            .url
+            .parse()
+            .map_err(|e| c.invalid(&key("url"), format!("{:?} is not a URL: {e}", u.url)))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => http::uri::Scheme::HTTP,
+            Some("https") => http::uri::Scheme::HTTPS,
+            _ => return Err(c.invalid(&key("url"), "scheme must be http or https".into())),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| c.invalid(&key("url"), "needs a host".into()))?;
+        if uri.query().is_some() {
+            return Err(c.invalid(&key("url"), "must not have a query string".into()));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let protocol = match u.protocol.as_deref() {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2") => UpstreamProtocol::H2,
+            Some(other) => {
+                return Err(c.invalid(
+                    &key("protocol"),
+                    format!("{other:?} is not one of \"http1\", \"h2\""),
+                ))
+            }
+        };
+        let host_header = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| c.invalid(&key("url"), "host is not a valid Host header".into()))?;
+        upstreams.push(UpstreamConfig {
+            name: u.name.clone(),
+            scheme,
+            host_header,
+            authority,
+            base_path,
+            protocol,
+            connect_timeout: Duration::from_millis(c.positive(
+                &key("connect_timeout_ms"),
+                u.connect_timeout_ms.unwrap_or(3_000),
+            )?),
+            response_timeout: Duration::from_millis(c.positive(
+                &key("response_timeout_ms"),
+                u.response_timeout_ms.unwrap_or(30_000),
+            )?),
+            pool_idle_timeout: Duration::from_secs(u.pool_idle_timeout_seconds.unwrap_or(60)),
+            pool_max_idle: u.pool_max_idle.unwrap_or(256),
+            max_connections: usize::try_from(c.positive(
+                &key("max_connections"),
+                u.max_connections.unwrap_or(512) as u64,
+            )?)
+            .unwrap_or(usize::MAX),
+        });
+    }
+    Ok(upstreams)
+}
+
+/// `[[routes]]`, each naming one of `upstreams`.
+fn validate_routes(
+    path: &Path,
+    list: &[FileRoute],
+    upstreams: &[UpstreamConfig],
+    rate_limits: &RateLimitConfig,
+) -> Result<Vec<RouteConfig>, ConfigError> {
+    let c = Check(path);
+    let mut routes = Vec::with_capacity(list.len());
+    for (i, r) in list.iter().enumerate() {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        if !r.path.starts_with('/') {
+            return Err(c.invalid(&key("path"), format!("{:?} must start with /", r.path)));
+        }
+        let mut path = normalize_path(&r.path)
+            .map_err(|e| c.invalid(&key("path"), format!("{:?}: {e}", r.path)))?;
+        if path != r.path.trim_end_matches('/') && path != r.path {
+            return Err(c.invalid(
+                &key("path"),
+                format!("{:?} is not normalised; write {path:?}", r.path),
+            ));
+        }
+        if path.len() > 1 && path.ends_with('/') {
+            path.pop();
+        }
+        let upstream = upstreams
+            .iter()
+            .position(|u| u.name == r.upstream)
+            .ok_or_else(|| {
+                c.invalid(
+                    &key("upstream"),
+                    format!("no upstream named {:?}", r.upstream),
+                )
+            })?;
+        let mut methods = Vec::with_capacity(r.methods.len());
+        for m in &r.methods {
+            let m = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| c.invalid(&key("methods"), format!("{m:?} is not a method")))?;
+            methods.push(m);
+        }
+        let auth = match r.auth.as_deref() {
+            None | Some("required") => AuthMode::Required,
+            Some("optional") => AuthMode::Optional,
+            Some("none") => AuthMode::None,
+            Some(other) => {
+                return Err(c.invalid(
+                    &key("auth"),
+                    format!("{other:?} is not one of \"required\", \"optional\", \"none\""),
+                ))
+            }
+        };
+        let mut abilities = Vec::with_capacity(r.abilities.len());
+        for a in &r.abilities {
+            abilities.push(
+                Ability::parse(a)
+                    .map_err(|e| c.invalid(&key("abilities"), format!("{a:?}: {e}")))?,
+            );
+        }
+        if auth == AuthMode::None && !abilities.is_empty() {
+            return Err(c.invalid(
+                &key("abilities"),
+                "a route with auth = \"none\" cannot require abilities".into(),
+            ));
+        }
+        if routes.iter().any(|x: &RouteConfig| {
+            x.path == path
+                && (x.methods.is_empty()
+                    || methods.is_empty()
+                    || x.methods.iter().any(|m| methods.contains(m)))
+        }) {
+            return Err(c.invalid(
+                &key("path"),
+                format!("{path:?} overlaps an earlier route with the same path and methods"),
+            ));
+        }
+        let route_limits = rate_limits
+            .resolve(&r.rate_limits)
+            .map_err(|m| c.invalid(&key("rate_limits"), m))?;
+        if let Some(name) = &r.name {
+            check_route_name(name).map_err(|m| c.invalid(&key("name"), m))?;
+        }
+        // Each label names one series: a name is used once, and by no
+        // other route's path; unnamed routes on one path (split by
+        // method) share theirs.
+        let label = route_label(r.name.as_deref(), &path);
+        let same = routes.iter().find(|x: &&RouteConfig| x.label == label);
+        let series = match same {
+            Some(x) if r.name.is_none() && x.label == x.path => x.series,
+            Some(_) => {
+                // Blame the key that made the label.
+                let k = if r.name.is_some() { "name" } else { "path" };
+                return Err(c.invalid(
+                    &key(k),
+                    format!("{label:?} is already the name or path of an earlier route"),
+                ));
+            }
+            None => routes.iter().map(|x| x.series + 1).max().unwrap_or(0),
+        };
+        routes.push(RouteConfig {
+            path,
+            upstream,
+            methods,
+            auth,
+            abilities,
+            rate_limits: route_limits,
+            label,
+            series,
+        });
+    }
+    Ok(routes)
+}
+
+/// `[tls]` or `[admin_tls]` (`table`): reads and checks every certificate
+/// and key it names.
+fn validate_tls(
+    path: &Path,
+    table: &str,
+    t: &Option<FileTls>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    t.as_ref()
+        .map(|t| crate::tls::build(table, t))
+        .transpose()
+        .map_err(|e| Check(path).invalid(&e.key, e.message))
+}
+
+/// `[log]`.
+fn validate_log(path: &Path, l: &FileLog) -> Result<LogConfig, ConfigError> {
+    let c = Check(path);
+    let log = LogConfig {
+        format: match l.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(c.invalid(
+                    "log.format",
+                    format!("{other:?} is not one of \"text\", \"json\""),
+                ))
+            }
+        },
+        access: l.access,
+        access_file: l.access_file.clone(),
+    };
+    if log
+        .access_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(c.invalid("log.access_file", "must not be empty".into()));
+    }
+    Ok(log)
 }
 
 /// `headers.omit` as bits of [`HEADER_KEYS`] positions.

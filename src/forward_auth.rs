@@ -7,7 +7,7 @@
 //! below it, by both paths: [`crate::proxy::handle`] and the
 //! fast path ([`crate::fast`]) find it with [`suffix`] and decide it with
 //! [`decide`], which runs the proxy path's own steps
-//! ([`Gateway::route`], [`Gateway::admit`]) on the *original* request:
+//! ([`Snapshot::route`](crate::gateway::Snapshot::route), [`Gateway::admit`]) on the *original* request:
 //!
 //! - its method: `X-Forwarded-Method`, else `X-Original-Method`, else the
 //!   forward-auth request's own;
@@ -32,7 +32,7 @@ use crate::cache::ConnectionMemo;
 use crate::config::ForwardAuthConfig;
 use crate::error::Denial;
 use crate::fields::{RequestFields, X_REQUEST_ID};
-use crate::gateway::{Admission, Gateway};
+use crate::gateway::{Admission, Gateway, Snapshot};
 use crate::route::{normalize_path, PathError};
 use crate::rules::{caller_headers, HeaderNames};
 
@@ -67,15 +67,17 @@ pub fn suffix<'a>(
 }
 
 /// Decides a forward-auth request with the proxy path's own steps:
-/// normalisation, [`Gateway::route`] (method case, look-alike headers,
+/// normalisation, [`Snapshot::route`] (method case, look-alike headers,
 /// 404 / 405) and [`Gateway::admit`] (the route's `auth` mode, the
 /// credential from the request's own `Authorization` / `token` fields,
 /// cache, store, revocation, abilities, rate limits and quota counted as
 /// for a proxied request, by `client_ip`: the front proxy's address).
 /// `own_method` is the request's method and `suffix` what [`suffix`]
 /// found.
+/// `snapshot`: the request's ([`Gateway::snapshot`]).
 pub async fn decide(
     g: &Gateway,
+    snapshot: &Snapshot,
     own_method: &Method,
     suffix: &str,
     fields: &(impl RequestFields + ?Sized),
@@ -83,7 +85,7 @@ pub async fn decide(
     client_ip: IpAddr,
 ) -> Result<Admission, Denial> {
     let (method, path) = original(own_method, suffix, fields)?;
-    let (route, _) = g.route(&path, &method, fields)?;
+    let (route, _) = snapshot.route(&path, &method, fields)?;
     let admission = g.admit(route, fields, memo, client_ip).await?;
     g.metrics.forward_auth_allowed.inc();
     Ok(admission)
@@ -309,7 +311,7 @@ mod tests {
             orig("GET", "", &[("x-forwarded-method", "")]),
             Err(Denial::BadMethod)
         );
-        // A case variant parses; `Gateway::route` refuses it, as it does
+        // A case variant parses; `Snapshot::route` refuses it, as it does
         // on the proxy path.
         assert_eq!(
             orig("GET", "", &[("x-forwarded-method", "get")]),

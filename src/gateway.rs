@@ -16,11 +16,19 @@
 //! decision runs on every request, cached or not, against the clock.
 //! Denials become responses in one place
 //! (`crate::error::Denial::parts`).
+//!
+//! What a reload (`crate::reload`) replaces is one [`Snapshot`]: the
+//! config in force and the route table, upstreams and header rules built
+//! from it. A request loads it once ([`Gateway::snapshot`]) and keeps it
+//! to its end; a reload swaps in a new one for every request after it, on
+//! old connections too. The store, token cache, last-used batching and
+//! counters live in [`Gateway`] itself and are never rebuilt.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use crate::auth::{decide, extract_credential, kind_may_proxy};
@@ -63,7 +71,10 @@ pub struct Admission {
 
 /// Everything the request path and the control plane share.
 pub struct Gateway {
-    /// The validated configuration.
+    /// The configuration as started. The keys a reload cannot change
+    /// (`[server]`, `[store]`, `[cache]`, `[tokens]`, `[log]`) are read here; the
+    /// rest (routes, upstreams, headers, forward auth, token API paths,
+    /// TLS) only from [`Gateway::snapshot`].
     pub config: Config,
     /// The token store.
     pub store: Arc<dyn TokenStore>,
@@ -80,22 +91,140 @@ pub struct Gateway {
     /// Rate-limit and quota counts.
     pub limiter: Limiter,
     clock: Clock,
+    /// What a reload replaces, swapped at once.
+    live: ArcSwap<Snapshot>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("live", &self.live.load().routes)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+/// The reloadable part of the gateway, as one value: the config in force
+/// and what is built from it. Built whole and checked before it is swapped
+/// in, so a request sees the old one or the new one, never a mix.
+pub struct Snapshot {
+    /// The config in force: the reloadable keys as last (re)loaded, the
+    /// keys that need a restart as the gateway started.
+    pub config: Config,
     routes: RouteTable,
-    upstreams: Vec<Upstream>,
+    /// Shared with the snapshots before and after this one while their
+    /// config is the same, with their pooled connections and cap.
+    upstreams: Vec<Arc<Upstream>>,
     /// Shared with every request body's trailer filter.
     header_names: Arc<HeaderNames>,
     /// What request trailers go through on their way upstream.
     trailers: TrailerFilter,
     lookalikes: Lookalikes,
     strip: StripSet,
+    /// Each upstream's index among the metric series and access-log
+    /// labels, which are fixed at start-up: `None` for one a reload added.
+    upstream_series: Vec<Option<usize>>,
+    // Rate limits (DESIGN section 10): each route carries its policies
+    // (`RouteConfig::rate_limits`), so a reload swaps them with the
+    // routes; the counts, keyed by policy name, stay in `Gateway::limiter`
+    // and survive it.
 }
 
-impl std::fmt::Debug for Gateway {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway")
-            .field("routes", &self.routes)
-            .field("cache", &self.cache)
-            .finish()
+impl Snapshot {
+    /// Builds the route table, upstreams and header rules of `config`.
+    /// An upstream whose config is unchanged from `previous` is taken over,
+    /// pooled connections and connection cap included. The metric series
+    /// (route labels, upstream names) are those of `started`, the config
+    /// the gateway started with: a route or upstream a reload adds is
+    /// counted as route `none` / under no upstream until a restart.
+    pub fn build(mut config: Config, previous: Option<&Snapshot>, started: &Config) -> Self {
+        let labels = started.route_labels();
+        for r in &mut config.routes {
+            r.series = labels
+                .iter()
+                .position(|l| *l == r.label)
+                .unwrap_or(usize::MAX);
+        }
+        let upstream_series = config
+            .upstreams
+            .iter()
+            .map(|u| started.upstreams.iter().position(|s| s.name == u.name))
+            .collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|c| {
+                previous
+                    .and_then(|p| p.upstreams.iter().find(|u| u.config == *c))
+                    .map_or_else(|| Arc::new(Upstream::new(c.clone())), Arc::clone)
+            })
+            .collect();
+        let routes = RouteTable::new(config.routes.clone());
+        let header_names = Arc::new(config.headers.clone());
+        let strip = StripSet::new(&header_names);
+        let trailers: TrailerFilter = {
+            let strip = strip.clone();
+            Arc::new(move |t| strip_for_upstream(t, &strip))
+        };
+        Self {
+            trailers,
+            lookalikes: Lookalikes::new(&header_names),
+            strip,
+            header_names,
+            config,
+            routes,
+            upstreams,
+            upstream_series,
+        }
+    }
+
+    /// Upstream `i`'s index among the metric series, if it has one.
+    pub fn upstream_series(&self, i: usize) -> Option<usize> {
+        self.upstream_series.get(i).copied().flatten()
+    }
+
+    /// The route and upstream for a normalised path, after refusing
+    /// look-alike headers. Has no side effects.
+    pub fn route(
+        &self,
+        path: &str,
+        method: &http::Method,
+        headers: &(impl RequestFields + ?Sized),
+    ) -> Result<(&RouteConfig, &Upstream), Denial> {
+        check_method(method)?;
+        self.lookalikes.check(headers)?;
+        let route = match self.routes.find(path, method) {
+            RouteMatch::Found(r) => r,
+            RouteMatch::MethodNotAllowed => return Err(Denial::MethodNotAllowed),
+            RouteMatch::NotFound => return Err(Denial::RouteNotFound),
+        };
+        let upstream = self
+            .upstreams
+            .get(route.upstream)
+            .ok_or(Denial::RouteNotFound)?;
+        Ok((route, upstream))
+    }
+
+    /// The header names the gateway sets and strips.
+    pub fn header_names(&self) -> &HeaderNames {
+        &self.header_names
+    }
+
+    /// What request trailers go through on their way upstream (the
+    /// request headers' own filter).
+    pub fn trailer_filter(&self) -> &TrailerFilter {
+        &self.trailers
+    }
+
+    /// Every request header name the gateway strips, for reading names as
+    /// bytes (the fast path).
+    pub fn strip_set(&self) -> &StripSet {
+        &self.strip
+    }
+
+    /// The upstreams, in config order.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
     }
 }
 
@@ -122,30 +251,16 @@ impl Gateway {
             clock.clone(),
             Some(Arc::clone(&cache)),
         );
-        let upstreams = config
-            .upstreams
-            .iter()
-            .cloned()
-            .map(Upstream::new)
-            .collect();
-        let routes = RouteTable::new(config.routes.clone());
-        let header_names = Arc::new(config.headers.clone());
         let last_used = LastUsed::new(config.store.last_used_resolution);
+        // Counts survive a reload; policies come with each route
+        // (`RouteConfig::rate_limits`), so a reload swaps them with it.
         let limiter = Limiter::new(
             config.rate_limits.clone(),
             Arc::clone(&metrics),
             clock.clone(),
         );
-        let strip = StripSet::new(&header_names);
-        let trailers: TrailerFilter = {
-            let strip = strip.clone();
-            Arc::new(move |t| strip_for_upstream(t, &strip))
-        };
+        let live = ArcSwap::from_pointee(Snapshot::build(config.clone(), None, &config));
         Arc::new(Self {
-            trailers,
-            lookalikes: Lookalikes::new(&header_names),
-            strip,
-            header_names,
             config,
             store,
             cache,
@@ -155,9 +270,20 @@ impl Gateway {
             last_used,
             limiter,
             clock,
-            routes,
-            upstreams,
+            live,
         })
+    }
+
+    /// The reloadable config in force and what is built from it. A request
+    /// takes it once and keeps it to its end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Puts `next` in force for every request that starts from now on
+    /// (`crate::reload` builds and checks it first).
+    pub fn install(&self, next: Snapshot) {
+        self.live.store(Arc::new(next));
     }
 
     /// The clock decisions are made against.
@@ -167,7 +293,7 @@ impl Gateway {
 
     /// Closes upstream connections idle past their upstream's timeout.
     pub fn sweep_idle_upstreams(&self) {
-        for u in &self.upstreams {
+        for u in self.snapshot().upstreams() {
             u.sweep_idle();
         }
     }
@@ -176,7 +302,8 @@ impl Gateway {
     /// shortest idle timeout, so no connection stays idle more than 1.5
     /// times its timeout.
     pub fn sweep_interval(&self) -> std::time::Duration {
-        self.upstreams
+        self.snapshot()
+            .upstreams()
             .iter()
             .map(|u| u.config.pool_idle_timeout / 2)
             .min()
@@ -202,7 +329,10 @@ impl Gateway {
         self.count_refusal(denial, request_id);
         let (status, mut headers, body) = denial.parts(Some(request_id));
         if let (Denial::MethodNotAllowed, Some(path)) = (denial, path) {
-            if let Ok(allow) = HeaderValue::from_str(&self.routes.allow(path)) {
+            // The snapshot in force now: a reload between the refusal and
+            // here is the only way it can differ from the request's.
+            let allow = self.snapshot().routes.allow(path);
+            if let Ok(allow) = HeaderValue::from_str(&allow) {
                 headers.insert(http::header::ALLOW, allow);
             }
         }
@@ -283,32 +413,10 @@ impl Gateway {
         })
     }
 
-    /// The route and upstream for a normalised path, after refusing
-    /// look-alike headers. Has no side effects.
-    pub fn route(
-        &self,
-        path: &str,
-        method: &http::Method,
-        headers: &(impl RequestFields + ?Sized),
-    ) -> Result<(&RouteConfig, &Upstream), Denial> {
-        check_method(method)?;
-        self.lookalikes.check(headers)?;
-        let route = match self.routes.find(path, method) {
-            RouteMatch::Found(r) => r,
-            RouteMatch::MethodNotAllowed => return Err(Denial::MethodNotAllowed),
-            RouteMatch::NotFound => return Err(Denial::RouteNotFound),
-        };
-        let upstream = self
-            .upstreams
-            .get(route.upstream)
-            .ok_or(Denial::RouteNotFound)?;
-        Ok((route, upstream))
-    }
-
     /// Authenticates the request as its route demands, counts it against
     /// the route's rate limits and the token's own limit and quota
-    /// ([`Limiter::check`]), and records the token's use. `entry` is
-    /// `None` when no token was needed, or none sent on an `optional`
+    /// ([`Limiter::check_waiting`]), and records the token's use. `entry`
+    /// is `None` when no token was needed, or none sent on an `optional`
     /// route; `limits` the `RateLimit` fields every answer to it carries.
     pub async fn admit(
         &self,
@@ -348,23 +456,6 @@ impl Gateway {
             entry,
             limits: header_values(&mut standings),
         })
-    }
-
-    /// The header names the gateway sets and strips.
-    pub fn header_names(&self) -> &HeaderNames {
-        &self.header_names
-    }
-
-    /// What request trailers go through on their way upstream (the
-    /// request headers' own filter).
-    pub fn trailer_filter(&self) -> &TrailerFilter {
-        &self.trailers
-    }
-
-    /// Every request header name the gateway strips, for reading names as
-    /// bytes (the fast path).
-    pub fn strip_set(&self) -> &StripSet {
-        &self.strip
     }
 
     /// Finds and judges the request's token for a route. `Ok(None)`: no
@@ -445,7 +536,7 @@ impl Gateway {
 
 /// Refuses a case variant of a standard method ([`is_miscased_method`]),
 /// before anything matches on the method: the seed flows and
-/// [`Gateway::route`].
+/// [`Snapshot::route`].
 pub fn check_method(method: &http::Method) -> Result<(), Denial> {
     if is_miscased_method(method) {
         return Err(Denial::BadMethod);

@@ -27,6 +27,7 @@
 //! | data | [`route`] | path normalisation, the longest-prefix route table, route config |
 //! | | [`trace`] | request identity: W3C `traceparent` continued or started, the request id (trusted or ours) |
 //! | | [`store`] | the `TokenStore` trait, SQLite and PostgreSQL, the database URL |
+//! | | [`tls`] | `[tls]` / `[admin_tls]`: PEM certificates and keys checked, rustls configs, SNI choice |
 //! | | `error` | every request-path denial and its status, code and JSON, in one place |
 //! | | [`cache`] | moka cache of token records (hits read from a dashmap index), single-flight loads, revocation races |
 //! | | `usage` | last-used times batched in memory, flushed periodically |
@@ -37,8 +38,9 @@
 //! | | [`config`] | `tokengate.toml -> FileConfig -> Config`, errors that name the key |
 //! | | `body` | the body of every response; a denial as a response |
 //! | | [`auth`] | credential extraction, the in-memory decision |
-//! | request path | [`gateway`] | the shared state and the decision both codecs call: route, admit, tunnel re-checks |
+//! | request path | [`gateway`] | the shared state, the reloadable snapshot (routes, upstreams, header rules), and the decision both codecs call: route, admit, tunnel re-checks |
 //! | | `forward_auth` | the answer front proxies ask for (nginx `auth_request`, Caddy, Traefik, Envoy): the same decision, not forwarded |
+//! | | `reload` | SIGHUP: the config and certificates read and checked, then the gateway's snapshot swapped |
 //! | control plane | [`api`] | what the control plane shares: JSON bodies, the native API's errors |
 //! | | `flows` | the five documented token-issuing APIs, on the public listener |
 //! | | [`admin`] | the admin listener: the native API, health, readiness, metrics, OpenAPI |
@@ -72,11 +74,13 @@ pub mod issuer;
 pub mod metrics;
 pub(crate) mod proxy;
 pub mod ratelimit;
+pub(crate) mod reload;
 pub mod route;
 pub mod rules;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod trace;
 pub(crate) mod tunnel;

@@ -329,6 +329,10 @@ pub struct Metrics {
     pub rate_limited: DashMap<Box<str>, u64>,
     /// Errors talking to the shared rate-limit store (Redis).
     pub rate_limit_store_errors: Counter,
+    /// Config reloads (SIGHUP) that applied.
+    pub config_reloads_ok: Counter,
+    /// Config reloads refused (a bad file or certificate; nothing changed).
+    pub config_reloads_error: Counter,
     /// Access-log lines dropped because the writer fell behind (its queue
     /// was full) or failed.
     pub access_log_dropped: Counter,
@@ -363,6 +367,8 @@ impl Metrics {
             access_log_dropped: Counter::default(),
             rate_limited: DashMap::new(),
             rate_limit_store_errors: Counter::default(),
+            config_reloads_ok: Counter::default(),
+            config_reloads_error: Counter::default(),
             series,
         }
     }
@@ -485,6 +491,12 @@ impl Metrics {
                 "tokengate_rate_limited_total{{policy=\"{policy}\"}} {n}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP tokengate_config_reloads_total Config reloads (SIGHUP), by result.\n# TYPE tokengate_config_reloads_total counter\ntokengate_config_reloads_total{{result=\"ok\"}} {}\ntokengate_config_reloads_total{{result=\"error\"}} {}",
+            self.config_reloads_ok.get(),
+            self.config_reloads_error.get()
+        );
         let _ = writeln!(
             out,
             "# HELP tokengate_denied_total Requests refused, by code.\n# TYPE tokengate_denied_total counter"

@@ -35,7 +35,7 @@ use crate::body::{parts_response, Body, BoxError, Stalling};
 use crate::error::Denial;
 use crate::fields::{list_has, RequestFields, X_REQUEST_ID};
 use crate::forward_auth;
-use crate::gateway::{check_method, Admission, Gateway, TunnelEnd};
+use crate::gateway::{check_method, Admission, Gateway, Snapshot, TunnelEnd};
 use crate::metrics::RouteSeries;
 use crate::route::normalize_path;
 use crate::rules::{
@@ -87,12 +87,15 @@ async fn process(
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Denial> {
     let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
+    // The config this request sees to its end, whatever a reload does.
+    let snap = g.snapshot();
     // Forward auth is answered here, never forwarded.
-    if let Some(suffix) = forward_auth::suffix(&g.config.forward_auth, req.uri().path(), &path) {
+    if let Some(suffix) = forward_auth::suffix(&snap.config.forward_auth, req.uri().path(), &path) {
         ex.route = RouteSeries::ForwardAuth;
         let client_ip = peer.addr.ip();
         let admission = forward_auth::decide(
             g,
+            &snap,
             req.method(),
             suffix,
             req.headers(),
@@ -102,14 +105,14 @@ async fn process(
         .await?;
         ex.auth.clone_from(&admission.entry);
         return Ok(forward_auth::allowed(
-            g.header_names(),
+            snap.header_names(),
             &admission,
             &ex.request_id,
         ));
     }
     // The seed token endpoints are served here, never forwarded (the
     // method check that `route` makes for the rest comes first).
-    if let Some(flow) = crate::flows::match_flow(&g.config.token_api, &path) {
+    if let Some(flow) = crate::flows::match_flow(&snap.config.token_api, &path) {
         ex.route = RouteSeries::TokenApi;
         check_method(req.method())?;
         g.metrics.token_api_requests.inc();
@@ -117,7 +120,7 @@ async fn process(
         // would otherwise be part of every proxied request's future.
         return Ok(Box::pin(crate::flows::handle(g, flow, req)).await);
     }
-    let (route, upstream) = g.route(&path, req.method(), req.headers())?;
+    let (route, upstream) = snap.route(&path, req.method(), req.headers())?;
     ex.route = RouteSeries::Route(route.series);
     // A tunnel the upstream agrees to outlives this request, so its
     // admission is checked again for as long as it stays open, from
@@ -137,7 +140,7 @@ async fn process(
         }),
         _ => None,
     };
-    ex.upstream = Some(route.upstream);
+    ex.upstream = snap.upstream_series(route.upstream);
     let traceparent = ex.trace.header_value();
     let ctx = ForwardContext {
         auth: entry.as_deref(),
@@ -145,12 +148,11 @@ async fn process(
         traceparent: &traceparent,
         peer,
         path: &path,
-        tls: false,
     };
     let forwarded = Arc::new(AtomicU64::new(0));
     ex.bytes_forwarded = Some(Arc::clone(&forwarded));
     let sent = Instant::now();
-    let resp = forward(g, upstream, req, ctx, tunnel_end, forwarded).await;
+    let resp = forward(g, &snap, upstream, req, ctx, tunnel_end, forwarded).await;
     ex.upstream_time = Some(sent.elapsed());
     let mut resp = match (resp, &limits) {
         (Ok(resp), _) => {
@@ -202,6 +204,7 @@ fn is_websocket(v: &HeaderValue) -> bool {
 /// resolves. `forwarded` counts the request body's bytes as they go up.
 pub async fn forward(
     g: &Gateway,
+    snap: &Snapshot,
     upstream: &Upstream,
     mut req: Request<Incoming>,
     ctx: ForwardContext<'_>,
@@ -232,8 +235,8 @@ pub async fn forward(
 
     rewrite_request_headers(
         req.headers_mut(),
-        g.strip_set(),
-        g.header_names(),
+        snap.strip_set(),
+        snap.header_names(),
         &ctx,
         cfg,
         upgrade,
@@ -246,7 +249,7 @@ pub async fn forward(
 
     let moving = Arc::new(AtomicBool::new(false));
     let req = req.map(|inner| {
-        let trailers = Arc::clone(g.trailer_filter());
+        let trailers = Arc::clone(snap.trailer_filter());
         UpstreamBody::new(inner, trailers, Arc::clone(&moving), forwarded)
     });
     // Plain HTTP/1.1 requests go through the pool; upgrades need the

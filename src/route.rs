@@ -11,7 +11,7 @@
 use http::Method;
 
 use crate::ability::Ability;
-use crate::ratelimit::PolicyId;
+use crate::ratelimit::Policy;
 
 /// Why a request path is refused (400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -281,8 +281,9 @@ pub struct RouteConfig {
     pub auth: AuthMode,
     /// Abilities needed, all of them.
     pub abilities: Vec<Ability>,
-    /// `[[rate_limits.policies]]` counted here.
-    pub rate_limits: Vec<PolicyId>,
+    /// `[[rate_limits.policies]]` counted here (carried with the route,
+    /// so that a reload swaps them with it).
+    pub rate_limits: Vec<Policy>,
     /// The `route` label of its metric series: its `name`, else its
     /// `path` (see [`route_label`]).
     pub label: String,

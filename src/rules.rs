@@ -181,10 +181,12 @@ pub struct Peer {
     pub ip_header: HeaderValue,
     /// The token its last request presented, and what it resolved to.
     pub memo: ConnectionMemo,
+    /// Whether it speaks TLS to us (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 impl Peer {
-    /// The peer of a newly accepted connection.
+    /// The peer of a newly accepted plain TCP connection.
     pub fn new(addr: SocketAddr) -> Self {
         let ip_header = HeaderValue::from_str(&addr.ip().to_string())
             // An IP address is always a valid header value.
@@ -193,7 +195,14 @@ impl Peer {
             addr,
             ip_header,
             memo: ConnectionMemo::default(),
+            tls: false,
         }
+    }
+
+    /// The same peer, having finished a TLS handshake.
+    pub fn over_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -210,8 +219,6 @@ pub struct ForwardContext<'a> {
     pub peer: &'a Peer,
     /// The normalised path to forward.
     pub path: &'a str,
-    /// Whether the client spoke TLS to us.
-    pub tls: bool,
 }
 
 /// The look-alike check: refuses header names that are not one of the
@@ -550,7 +557,7 @@ pub fn request_headers<'a>(
     let mut add = names.sender(add);
     add(G::RequestId, ctx.request_id);
     add(G::ForwardedFor, &ctx.peer.ip_header);
-    add(G::ForwardedProto, if ctx.tls { &HTTPS } else { &HTTP });
+    add(G::ForwardedProto, if ctx.peer.tls { &HTTPS } else { &HTTP });
     if let Some(h) = original_host {
         add(G::ForwardedHost, h);
     }

@@ -10,6 +10,13 @@
 //! allowed). Both hold every connection to its deadlines (first request
 //! head, idle, head after idle: `crate::deadline` for hyper's).
 //!
+//! With `[tls]` (`[admin_tls]`), a listener's connections first finish a
+//! TLS handshake ([`crate::tls::accept`]) within their first-head deadline;
+//! then one that chose `h2` by ALPN goes to hyper, and any other (ALPN
+//! `http/1.1` or none) is served exactly as a plain TCP connection, fast
+//! path included. Each handshake takes the certificates in force when it
+//! starts.
+//!
 //! Shutdown ([`Running::shutdown`], or SIGTERM / ctrl-c in `serve`): stop
 //! accepting, let in-flight requests finish for up to
 //! `server.shutdown_grace_seconds` (keep-alive connections are told to
@@ -27,7 +34,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -35,7 +42,7 @@ use crate::admin;
 use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::deadline::{Activity, Deadlines, Expired, Tracked, Watched};
-use crate::fast::{Ended, Prefixed};
+use crate::fast::{ClientStream, Ended, Prefixed};
 use crate::gateway::Gateway;
 use crate::rules::Peer;
 use crate::signals::Signals;
@@ -73,6 +80,10 @@ impl Running {
         let _ = tokio::task::spawn_blocking(move || signals.flush(ACCESS_LOG_FLUSH)).await;
     }
 }
+
+/// Where a TLS listener's rustls config comes from: asked at every accept,
+/// so that new handshakes take the certificates in force.
+type TlsSource = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
 
 /// Binds both listeners from the config and starts serving.
 pub async fn start(gateway: Arc<Gateway>) -> std::io::Result<Running> {
@@ -115,11 +126,30 @@ pub async fn start_on(
         .server
         .fast_path
         .then(|| Arc::clone(&gateway));
+    let public_tls = gateway.config.tls.is_some().then(|| {
+        let g = Arc::clone(&gateway);
+        Arc::new(move || {
+            let snapshot = g.snapshot();
+            snapshot.config.tls.as_ref().map(|t| Arc::clone(&t.server))
+        }) as TlsSource
+    });
+    let admin_tls = gateway.config.admin_tls.is_some().then(|| {
+        let g = Arc::clone(&gateway);
+        Arc::new(move || {
+            let snapshot = g.snapshot();
+            snapshot
+                .config
+                .admin_tls
+                .as_ref()
+                .map(|t| Arc::clone(&t.server))
+        }) as TlsSource
+    });
     let public_task = tokio::spawn(accept_loop(
         public,
         rx.clone(),
         server.clone(),
         fast,
+        public_tls,
         move |req, peer: Arc<Peer>| {
             let g = Arc::clone(&g);
             async move { crate::proxy::handle(&g, req, &peer).await }
@@ -131,6 +161,7 @@ pub async fn start_on(
         rx.clone(),
         server,
         None,
+        admin_tls,
         move |req, _peer: Arc<Peer>| {
             let g = Arc::clone(&g);
             async move { admin::handle(&g, req).await }
@@ -147,7 +178,13 @@ pub async fn start_on(
     tasks.push(tokio::spawn(sweep_loop(Arc::clone(&gateway), rx.clone())));
     tasks.push(tokio::spawn(limits_loop(Arc::clone(&gateway), rx.clone())));
     tasks.push(tokio::spawn(flush_loop(Arc::clone(&gateway), rx)));
-    tracing::info!(%public_addr, %admin_addr, "tokengate listening");
+    tracing::info!(
+        %public_addr,
+        %admin_addr,
+        public_tls = gateway.config.tls.is_some(),
+        admin_tls = gateway.config.admin_tls.is_some(),
+        "tokengate listening"
+    );
     Ok(Running {
         public_addr,
         admin_addr,
@@ -161,14 +198,16 @@ pub async fn start_on(
 /// finish closing before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Accepts connections and serves each on a task of its own: by the fast
-/// path first when `fast` is given (the public listener), by hyper (and
-/// `handler`) from the first request the fast path hands over.
+/// Accepts connections and serves each on a task of its own: after a TLS
+/// handshake when `tls` is given; by the fast path first when `fast` is
+/// given (the public listener), by hyper (and `handler`) from the first
+/// request the fast path hands over (at once for TLS with ALPN `h2`).
 async fn accept_loop<H, F>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     server: ServerConfig,
     fast: Option<Arc<Gateway>>,
+    tls: Option<TlsSource>,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
@@ -209,6 +248,7 @@ async fn accept_loop<H, F>(
                         continue;
                     }
                 };
+                let accepted = tokio::time::Instant::now();
                 let _ = stream.set_nodelay(true);
                 // Held for the connection's whole life, fast path included,
                 // so shutdown waits for it.
@@ -217,9 +257,29 @@ async fn accept_loop<H, F>(
                 let h = handler.clone();
                 let fast = fast.clone();
                 let stop = shutdown.clone();
+                // A TLS listener never serves plain TCP, whatever the
+                // config in force says (a reload cannot turn TLS off).
+                let tls = match tls.as_ref().map(|source| source()) {
+                    None => None,
+                    Some(Some(config)) => Some(config),
+                    Some(None) => continue,
+                };
                 tokio::spawn(async move {
                     let _held = held;
-                    serve_connection(stream, addr, fast, h, builders, stop, deadlines).await;
+                    let Some(tls) = tls else {
+                        let peer = Peer::new(addr);
+                        serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
+                        return;
+                    };
+                    let by = accepted + deadlines.header;
+                    match crate::tls::accept(tls, stream, by).await {
+                        Ok((stream, h2)) => {
+                            let peer = Peer::new(addr).over_tls(true);
+                            let fast = fast.filter(|_| !h2);
+                            serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
+                        }
+                        Err(e) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed; closing"),
+                    }
                 });
             }
             _ = shutdown.changed() => break,
@@ -234,32 +294,42 @@ async fn accept_loop<H, F>(
     }
 }
 
-/// Serves one client connection: the fast path first when given, then
-/// hyper, held to its [`Deadlines`] throughout.
-async fn serve_connection<H, F>(
-    mut stream: TcpStream,
-    addr: SocketAddr,
+/// Serves one client connection (TCP, or TLS over it): the fast path first
+/// when given, then hyper, held to its [`Deadlines`] throughout (the first
+/// request head's from `accepted`).
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<S, H, F>(
+    mut stream: S,
+    peer: Peer,
+    accepted: tokio::time::Instant,
     fast: Option<Arc<Gateway>>,
     handler: H,
     builders: Arc<(auto::Builder<TokioExecutor>, auto::Builder<TokioExecutor>)>,
     mut stop: watch::Receiver<bool>,
     deadlines: Deadlines,
 ) where
+    S: ClientStream + 'static,
     H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     // Worked out once per connection, not per request.
-    let peer = Arc::new(Peer::new(addr));
-    let prefix = match &fast {
-        Some(g) => match crate::fast::serve(&mut stream, g, &peer, &mut stop).await {
+    let addr = peer.addr;
+    let peer = Arc::new(peer);
+    let (prefix, header) = match &fast {
+        Some(g) => match crate::fast::serve(&mut stream, g, &peer, &mut stop, accepted).await {
             Ended::Closed => return,
-            Ended::Handoff(bytes) => bytes,
+            // Its first request head to hyper is due within the header
+            // timeout of the hand-over.
+            Ended::Handoff(bytes) => (bytes, deadlines.header),
         },
-        None => Bytes::new(),
+        // Within the header timeout of the accept (a TLS handshake counts).
+        None => (
+            Bytes::new(),
+            deadlines.header.saturating_sub(accepted.elapsed()),
+        ),
     };
-    // From here hyper serves it; its first request head is due within the
-    // header timeout of now.
-    let activity = Activity::new(deadlines.header);
+    // From here hyper serves it.
+    let activity = Activity::new(header);
     let svc = {
         let activity = Arc::clone(&activity);
         service_fn(move |req: Request<Incoming>| {
@@ -417,25 +487,33 @@ async fn limits_loop(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>)
 }
 
 /// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+///
+/// The SIGTERM handler is installed when this is called, not when the
+/// future is first polled: called before the listeners start, a SIGTERM
+/// from "listening" on shuts down cleanly rather than killing the process.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

@@ -6,9 +6,12 @@
 //! about three quarters of the gateway's CPU per request, measured. Here a
 //! connection on the public listener is one loop on one task, the shape
 //! nginx has: read a request head, run the same policy steps the hyper path
-//! runs ([`Gateway::route`], [`Gateway::admit`], the same header rewrite),
+//! runs ([`Snapshot::route`](crate::gateway::Snapshot::route), [`Gateway::admit`], the same header rewrite),
 //! write the head to an idle upstream connection, then pass the response
-//! through, rewriting its head and copying its body as framed.
+//! through, rewriting its head and copying its body as framed. The
+//! connection is a TCP socket or a TLS stream over one ([`ClientStream`]):
+//! HTTP/1.1 over TLS takes this same path, so TLS costs the crypto and
+//! nothing else.
 //!
 //! # What it takes, and what it hands over
 //!
@@ -89,8 +92,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
@@ -145,9 +147,16 @@ enum Next {
     Handoff,
 }
 
+/// What a client connection is: a TCP socket, or a TLS stream over one
+/// (`crate::tls`). The fast path is the same code over either, so TLS
+/// costs the crypto and nothing else.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for S {}
+
 /// One client connection's state.
-struct Client<'a> {
-    stream: &'a mut TcpStream,
+struct Client<'a, S> {
+    stream: &'a mut S,
     gateway: &'a Gateway,
     peer: &'a Peer,
     /// Bytes read from the client, not yet taken as a request.
@@ -156,8 +165,8 @@ struct Client<'a> {
     out: Vec<u8>,
     /// The response head (and first body bytes) being written to the client.
     resp: Vec<u8>,
-    /// When the connection was accepted: its first request head is due
-    /// within the header read timeout of it.
+    /// When the connection was accepted (before any TLS handshake): its
+    /// first request head is due within the header read timeout of it.
     accepted: Instant,
     /// Whether a request has been answered on it (later ones may wait
     /// `idle_timeout` before their first byte).
@@ -172,12 +181,14 @@ struct Client<'a> {
 }
 
 /// Serves a public-listener connection for as long as its requests suit
-/// the fast path.
-pub async fn serve(
-    stream: &mut TcpStream,
+/// the fast path. `accepted`: when the connection was accepted, which its
+/// first request head's deadline counts from.
+pub async fn serve<S: ClientStream>(
+    stream: &mut S,
     gateway: &Gateway,
     peer: &Peer,
     shutdown: &mut watch::Receiver<bool>,
+    accepted: Instant,
 ) -> Ended {
     let mut c = Client {
         stream,
@@ -186,7 +197,7 @@ pub async fn serve(
         buf: BytesMut::with_capacity(READ_BUF),
         out: Vec::with_capacity(1024),
         resp: Vec::with_capacity(1024),
-        accepted: Instant::now(),
+        accepted,
         answered: false,
         header_timer: Deadline::new(),
         response_timer: Deadline::new(),
@@ -340,7 +351,7 @@ impl Body {
     }
 }
 
-impl<'a> Client<'a> {
+impl<S: ClientStream> Client<'_, S> {
     /// Reads the next request: `None` when the connection ends first;
     /// `Some((None, bytes))` when it is not for the fast path.
     async fn read_request(
@@ -455,15 +466,16 @@ impl<'a> Client<'a> {
             Ok(p) => p,
             Err(e) => return self.refuse(Denial::BadPath(e), ex, None, head.close).await,
         };
-        if let Some(suffix) = forward_auth::suffix(&g.config.forward_auth, head.path(), &path) {
+        // The config this request sees to its end, whatever a reload does.
+        let snap = g.snapshot();
+        if let Some(suffix) = forward_auth::suffix(&snap.config.forward_auth, head.path(), &path) {
             ex.route = RouteSeries::ForwardAuth;
             let close = head.close || shutting_down;
-            let ip = self.peer.addr.ip();
-            return match forward_auth::decide(g, &head.method, suffix, &head, &self.peer.memo, ip)
-                .await
+            let (memo, ip) = (&self.peer.memo, self.peer.addr.ip());
+            return match forward_auth::decide(g, &snap, &head.method, suffix, &head, memo, ip).await
             {
                 Ok(admission) => {
-                    let names = g.header_names();
+                    let names = snap.header_names();
                     write_forward_auth_allowed(
                         &mut self.out,
                         names,
@@ -478,10 +490,10 @@ impl<'a> Client<'a> {
                 Err(d) => self.refuse(d, ex, None, close).await,
             };
         }
-        if crate::flows::match_flow(&g.config.token_api, &path).is_some() {
+        if crate::flows::match_flow(&snap.config.token_api, &path).is_some() {
             return Next::Handoff;
         }
-        let (route, upstream) = match g.route(&path, &head.method, &head) {
+        let (route, upstream) = match snap.route(&path, &head.method, &head) {
             Ok(x) => x,
             Err(d) => return self.refuse(d, ex, Some(&path), head.close).await,
         };
@@ -496,7 +508,7 @@ impl<'a> Client<'a> {
             Ok(a) => a,
             Err(d) => return self.refuse(d, ex, None, head.close).await,
         };
-        ex.upstream = Some(route.upstream);
+        ex.upstream = snap.upstream_series(route.upstream);
         let cfg = &upstream.config;
         let target = upstream_target(cfg, &path, head.query());
         // The client's target was checked as it was parsed; only a path
@@ -515,11 +527,10 @@ impl<'a> Client<'a> {
             traceparent: &traceparent,
             peer: self.peer,
             path: &path,
-            tls: false,
         };
         // The same rewrite as `rewrite_request_headers`, on the fields as
         // they came, written straight out.
-        let names = g.header_names();
+        let names = snap.header_names();
         self.out.clear();
         wire::push_request_line(&mut self.out, &head.method, &target);
         let out = &mut self.out;
@@ -528,7 +539,7 @@ impl<'a> Client<'a> {
             out,
             drop_length: true,
         };
-        let host = strip_request(&head, g.strip_set(), cfg, false, &mut sink).map(|(_, v)| v);
+        let host = strip_request(&head, snap.strip_set(), cfg, false, &mut sink).map(|(_, v)| v);
         if head.has_length {
             let n = HeaderValue::from(head.body_len);
             wire::push_field(&mut self.out, b"content-length", n.as_bytes());
@@ -655,7 +666,7 @@ impl<'a> Client<'a> {
         self.resp.extend_from_slice(&conn.buf[..n]);
         let _ = conn.buf.split_to(n);
         ex.bytes_out = n as u64;
-        if self.stream.write_all(&self.resp).await.is_err() {
+        if write_flush(self.stream, &self.resp).await.is_err() {
             return Next::Close;
         }
         if !finished {
@@ -700,7 +711,7 @@ impl<'a> Client<'a> {
                 return Next::Close;
             };
             finished = f;
-            if self.stream.write_all(&conn.buf[..n]).await.is_err() {
+            if write_flush(self.stream, &conn.buf[..n]).await.is_err() {
                 return Next::Close;
             }
             ex.bytes_out += n as u64;
@@ -800,11 +811,19 @@ impl<'a> Client<'a> {
     /// Writes the answer made in `self.out`; the connection goes on unless
     /// it says `close` or the write fails.
     async fn send_out(&mut self, close: bool) -> Next {
-        match self.stream.write_all(&self.out).await {
+        match write_flush(self.stream, &self.out).await {
             Ok(()) if !close => Next::KeepAlive,
             _ => Next::Close,
         }
     }
+}
+
+/// Writes to the client and pushes it out: on TCP the flush is nothing;
+/// over TLS it sends the records rustls may still hold when the socket
+/// was full (`write_all` alone can leave them there).
+async fn write_flush<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// An idle connection to reuse: one the upstream has, as far as tokio
@@ -882,21 +901,21 @@ async fn send(
 }
 
 /// A connection handed to hyper: the bytes the fast path already read,
-/// then the socket.
+/// then the stream (TCP, or TLS over it).
 #[derive(Debug)]
-pub struct Prefixed {
+pub struct Prefixed<S> {
     prefix: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Prefixed {
+impl<S> Prefixed<S> {
     /// `stream`, to be read from after `prefix`.
-    pub fn new(prefix: Bytes, stream: TcpStream) -> Self {
+    pub fn new(prefix: Bytes, stream: S) -> Self {
         Self { prefix, stream }
     }
 }
 
-impl tokio::io::AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -912,7 +931,7 @@ impl tokio::io::AsyncRead for Prefixed {
     }
 }
 
-impl tokio::io::AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

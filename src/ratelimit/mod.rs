@@ -35,9 +35,9 @@ use tokio::sync::watch;
 
 pub use fields::{header_values, LimitFields, Standing, RATELIMIT, RATELIMIT_POLICY};
 pub use policy::{
-    By, CountStore, FilePolicy, FileRateLimits, Period, Policy, PolicyId, PolicyName, Quota,
-    RateLimitConfig, TokenLimits, TokenRateLimit, MAX_NAME_LEN, MAX_REQUESTS, MAX_WINDOW_SECONDS,
-    QUOTA_POLICY, TOKEN_POLICY,
+    By, CountStore, FilePolicy, FileRateLimits, Period, Policy, PolicyName, Quota, RateLimitConfig,
+    TokenLimits, TokenRateLimit, MAX_NAME_LEN, MAX_REQUESTS, MAX_WINDOW_SECONDS, QUOTA_POLICY,
+    TOKEN_POLICY,
 };
 pub use shared::{RedisUrl, REJOIN_EVERY, RESPONSE_TIMEOUT};
 pub use window::{Left, Window, MAX_BUCKETS};
@@ -178,7 +178,8 @@ pub fn ahead(slice: u32) -> u32 {
 /// Whose window: a named policy's, or a token's own limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Slot {
-    Policy(u16),
+    /// A named policy's: counts survive a reload that keeps the name.
+    Policy(PolicyName),
     Token,
 }
 
@@ -235,6 +236,15 @@ impl Limiter {
                 }
             },
         };
+        // Every series a refusal can count is there from the start (label
+        // values come from the config, never from a request).
+        let names = config.policies.iter().map(|p| p.name);
+        for name in names.chain([PolicyName::token(), PolicyName::quota()]) {
+            metrics
+                .rate_limited
+                .entry(name.as_str().into())
+                .or_insert(0);
+        }
         Self {
             config,
             windows: Arc::new(DashMap::new()),
@@ -264,7 +274,7 @@ impl Limiter {
     /// the slice instead.
     pub fn check(
         &self,
-        policies: &[PolicyId],
+        policies: &[Policy],
         subject: &Subject<'_>,
         now: i64,
     ) -> Result<Vec<Standing>, Refused> {
@@ -279,7 +289,7 @@ impl Limiter {
     /// slice, never per request.
     pub async fn check_waiting(
         &self,
-        policies: &[PolicyId],
+        policies: &[Policy],
         subject: &Subject<'_>,
         now: i64,
     ) -> Result<Vec<Standing>, Refused> {
@@ -307,7 +317,7 @@ impl Limiter {
 
     fn check_once(
         &self,
-        policies: &[PolicyId],
+        policies: &[Policy],
         subject: &Subject<'_>,
         now: i64,
     ) -> Result<Vec<Standing>, Blocked> {
@@ -321,15 +331,14 @@ impl Limiter {
         let mut refusal = None;
         let windows = policies
             .iter()
-            .filter_map(|id| {
-                let p = self.config.policy(*id)?;
-                Some((
-                    Slot::Policy(id.0),
+            .map(|p| {
+                (
+                    Slot::Policy(p.name),
                     key(p.by, subject),
                     p.name,
                     p.requests,
                     p.window_seconds,
-                ))
+                )
             })
             .chain(token_limit.zip(subject.token_id).map(|(l, id)| {
                 (
@@ -773,8 +782,12 @@ mod tests {
                 std::thread::spawn(move || {
                     let t: Arc<str> = Arc::from(format!("t{i}"));
                     for _ in 0..400 {
-                        if l.check(&[PolicyId(0)], &subject(&t, [10, 0, 0, i], None), 100)
-                            .is_ok()
+                        if l.check(
+                            &[l.config().policies[0]],
+                            &subject(&t, [10, 0, 0, i], None),
+                            100,
+                        )
+                        .is_ok()
                         {
                             admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -799,30 +812,46 @@ mod tests {
         ]);
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
         let s = subject(&a, [1, 1, 1, 1], None);
-        assert!(l.check(&[PolicyId(0)], &s, 0).is_ok());
-        assert!(l.check(&[PolicyId(0)], &s, 0).is_err());
+        assert!(l.check(&[l.config().policies[0]], &s, 0).is_ok());
+        assert!(l.check(&[l.config().policies[0]], &s, 0).is_err());
         assert!(l
-            .check(&[PolicyId(0)], &subject(&b, [1, 1, 1, 1], None), 0)
+            .check(
+                &[l.config().policies[0]],
+                &subject(&b, [1, 1, 1, 1], None),
+                0
+            )
             .is_ok());
         let mut other_account = subject(&b, [1, 1, 1, 1], None);
-        assert!(l.check(&[PolicyId(1)], &s, 0).is_ok());
+        assert!(l.check(&[l.config().policies[1]], &s, 0).is_ok());
         assert!(
-            l.check(&[PolicyId(1)], &other_account, 0).is_err(),
+            l.check(&[l.config().policies[1]], &other_account, 0)
+                .is_err(),
             "same account 7"
         );
         other_account.account_id = Some(8);
-        assert!(l.check(&[PolicyId(1)], &other_account, 0).is_ok());
-        assert!(l.check(&[PolicyId(2)], &s, 0).is_ok());
+        assert!(l
+            .check(&[l.config().policies[1]], &other_account, 0)
+            .is_ok());
+        assert!(l.check(&[l.config().policies[2]], &s, 0).is_ok());
         assert!(
-            l.check(&[PolicyId(2)], &other_account, 0).is_err(),
+            l.check(&[l.config().policies[2]], &other_account, 0)
+                .is_err(),
             "same tenant 3"
         );
-        assert!(l.check(&[PolicyId(3)], &s, 0).is_ok());
+        assert!(l.check(&[l.config().policies[3]], &s, 0).is_ok());
         assert!(l
-            .check(&[PolicyId(3)], &subject(&b, [1, 1, 1, 1], None), 0)
+            .check(
+                &[l.config().policies[3]],
+                &subject(&b, [1, 1, 1, 1], None),
+                0
+            )
             .is_err());
         assert!(l
-            .check(&[PolicyId(3)], &subject(&a, [1, 1, 1, 2], None), 0)
+            .check(
+                &[l.config().policies[3]],
+                &subject(&a, [1, 1, 1, 2], None),
+                0
+            )
             .is_ok());
     }
 
@@ -831,15 +860,22 @@ mod tests {
         let l = limiter(&[("wide", 10, 60, "token"), ("narrow", 1, 60, "token")]);
         let a: Arc<str> = Arc::from("a");
         let s = subject(&a, [1, 1, 1, 1], None);
-        let ok = l.check(&[PolicyId(0), PolicyId(1)], &s, 0).unwrap();
+        let ok = l
+            .check(&[l.config().policies[0], l.config().policies[1]], &s, 0)
+            .unwrap();
         assert_eq!(ok[0].remaining, 9);
-        let Err(Refused::RateLimited(r)) = l.check(&[PolicyId(0), PolicyId(1)], &s, 0) else {
+        let Err(Refused::RateLimited(r)) =
+            l.check(&[l.config().policies[0], l.config().policies[1]], &s, 0)
+        else {
             panic!("narrow refuses")
         };
         assert_eq!(r.0.name.as_str(), "narrow");
         assert_eq!(r.retry_after(), 60);
         // `wide` was given back its count.
-        assert_eq!(l.check(&[PolicyId(0)], &s, 0).unwrap()[0].remaining, 8);
+        assert_eq!(
+            l.check(&[l.config().policies[0]], &s, 0).unwrap()[0].remaining,
+            8
+        );
     }
 
     #[test]
@@ -893,8 +929,12 @@ mod tests {
         let l = limiter(&[("ip", 5, 10, "client_ip")]);
         let a: Arc<str> = Arc::from("a");
         for i in 0..100u8 {
-            l.check(&[PolicyId(0)], &subject(&a, [10, 0, 0, i], None), 1000)
-                .unwrap();
+            l.check(
+                &[l.config().policies[0]],
+                &subject(&a, [10, 0, 0, i], None),
+                1000,
+            )
+            .unwrap();
         }
         assert_eq!(l.len().0, 100);
         l.sweep(1009);

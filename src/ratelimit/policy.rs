@@ -163,11 +163,6 @@ pub struct Policy {
     pub by: By,
 }
 
-/// Where a policy sits in [`RateLimitConfig::policies`]: what a route
-/// holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PolicyId(pub u16);
-
 /// Where counts are kept.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum CountStore {
@@ -230,9 +225,6 @@ impl RateLimitConfig {
                 "must be 1 to 3600".into(),
             ));
         }
-        if f.policies.len() > usize::from(u16::MAX) {
-            return Err(("rate_limits.policies".into(), "too many policies".into()));
-        }
         let mut policies: Vec<Policy> = Vec::with_capacity(f.policies.len());
         for (i, p) in f.policies.iter().enumerate() {
             let key = |k: &str| format!("rate_limits.policies[{i}].{k}");
@@ -271,28 +263,23 @@ impl RateLimitConfig {
         })
     }
 
-    /// The ids of the named policies, for `routes[].rate_limits`; the
-    /// error is the message for the key.
-    pub fn resolve(&self, names: &[String]) -> Result<Vec<PolicyId>, String> {
-        let mut ids = Vec::with_capacity(names.len());
+    /// The named policies, for `routes[].rate_limits` (a route carries
+    /// its policies, so a reload swaps them with it); the error is the
+    /// message for the key.
+    pub fn resolve(&self, names: &[String]) -> Result<Vec<Policy>, String> {
+        let mut found: Vec<Policy> = Vec::with_capacity(names.len());
         for n in names {
-            let i = self
+            let p = self
                 .policies
                 .iter()
-                .position(|p| p.name.as_str() == n)
+                .find(|p| p.name.as_str() == n)
                 .ok_or_else(|| format!("no policy named {n:?} in [[rate_limits.policies]]"))?;
-            let id = PolicyId(i as u16);
-            if ids.contains(&id) {
+            if found.iter().any(|f| f.name == p.name) {
                 return Err(format!("{n:?} is named twice"));
             }
-            ids.push(id);
+            found.push(*p);
         }
-        Ok(ids)
-    }
-
-    /// The policy behind an id.
-    pub fn policy(&self, id: PolicyId) -> Option<&Policy> {
-        self.policies.get(usize::from(id.0))
+        Ok(found)
     }
 }
 
@@ -444,7 +431,7 @@ mod tests {
     fn policies_validate_with_keys_named() {
         let ok = RateLimitConfig::validate(&file(&[("a", 10, 60, "token")])).unwrap();
         assert_eq!(ok.policies[0].requests, 10);
-        assert_eq!(ok.resolve(&["a".into()]).unwrap(), vec![PolicyId(0)]);
+        assert_eq!(ok.resolve(&["a".into()]).unwrap(), vec![ok.policies[0]]);
         assert!(ok
             .resolve(&["b".into()])
             .unwrap_err()

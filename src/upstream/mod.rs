@@ -42,7 +42,7 @@ pub enum UpstreamProtocol {
 }
 
 /// Validated `[[upstreams]]` entry.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Name routes refer to.
     pub name: String,

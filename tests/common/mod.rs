@@ -10,6 +10,7 @@
 //! test can take down; [`ws`] WebSocket clients through the gateway.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod certs;
 pub mod cut;
 pub mod outage;
 pub mod pg;

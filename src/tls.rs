@@ -1,0 +1,549 @@
+//! TLS termination (DESIGN section 9): the `[tls]` and `[admin_tls]`
+//! tables, certificates and keys read from PEM and checked, and the rustls
+//! server configs the listeners hand every handshake to.
+//!
+//! ```text
+//!  [tls] / [admin_tls] ─▶ read PEM ─▶ check ─────────────────────▶ rustls ServerConfig
+//!  (FileTls)              (file named  (a chain, a key that matches   (TLS 1.2 + 1.3, ring,
+//!                          in errors)   its certificate, none expired)  ALPN h2 + http/1.1,
+//!                                                                        SNI choice, mTLS)
+//! ```
+//!
+//! [`build`] does it all before anything is served, at start-up and on
+//! every reload (`crate::reload`), so a certificate that cannot be used is
+//! refused with its file named and the running one stays. The listeners
+//! (`crate::server`) run the handshake under the connection's first-head
+//! deadline, then serve the decrypted stream exactly as a plain one.
+//!
+//! Paths are relative to the working directory, as `store.url`'s SQLite
+//! path is.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use serde::Deserialize;
+
+/// The ALPN protocols both listeners offer, in preference order.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// `[tls]` and `[admin_tls]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// PEM certificate chain, leaf first: served when no `sni` entry
+    /// matches the name the client asked for (or it asked for none).
+    pub cert_file: String,
+    /// PEM private key of `cert_file`'s leaf (PKCS#8, SEC1 or RSA).
+    pub key_file: String,
+    /// `[[tls.sni]]`: more certificates, chosen by the client's SNI name.
+    #[serde(default)]
+    pub sni: Vec<FileSni>,
+    /// `[admin_tls]` only: PEM CA certificate(s); when set, callers need a
+    /// client certificate issued by one of them (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+}
+
+/// `[[tls.sni]]`: a certificate for one server name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSni {
+    /// `api.example.com`, or `*.example.com` for any one label in front
+    /// of `example.com`. An exact name wins over a wildcard.
+    pub server_name: String,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key of its leaf.
+    pub key_file: String,
+}
+
+/// A `[tls]` or `[admin_tls]` table that cannot be used: the dotted key
+/// and what is wrong, naming the file (`crate::config` adds the config
+/// file in front).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsError {
+    /// Dotted key, e.g. `tls.sni[1].key_file`.
+    pub key: String,
+    /// What is wrong, with the certificate or key file named.
+    pub message: String,
+}
+
+/// A validated `[tls]` / `[admin_tls]`: the rustls config every handshake
+/// on the listener uses, built from files read at validation time.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// Handed to `tokio_rustls::TlsAcceptor`.
+    pub server: Arc<ServerConfig>,
+    /// Every file it was built from, for logs.
+    pub files: Vec<PathBuf>,
+    /// Whether callers must present a client certificate.
+    pub client_auth: bool,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("files", &self.files)
+            .field("client_auth", &self.client_auth)
+            .finish()
+    }
+}
+
+impl PartialEq for TlsSettings {
+    /// The same files and client auth: what decides whether a reload
+    /// changes a listener's mode (the certificates themselves may differ).
+    fn eq(&self, other: &Self) -> bool {
+        self.files == other.files && self.client_auth == other.client_auth
+    }
+}
+
+/// The crypto every TLS config of the gateway uses: ring, as the upstream
+/// client does (no cmake/NASM toolchain).
+fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
+}
+
+/// The session-ticket key, one per process: kept across reloads so that
+/// clients resume sessions after a certificate rotation as before (rustls
+/// rotates the key itself every few hours). `None` when the system could
+/// not give it randomness; sessions are then resumed from the per-config
+/// cache only.
+fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+    static TICKETER: OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> = OnceLock::new();
+    TICKETER
+        .get_or_init(|| rustls::crypto::ring::Ticketer::new().ok())
+        .clone()
+}
+
+/// Reads and checks `[tls]` (`table` = `"tls"`) or `[admin_tls]`
+/// (`"admin_tls"`) into a rustls config: TLS 1.2 and 1.3, ALPN `h2` then
+/// `http/1.1`, the certificate chosen by SNI, client certificates demanded
+/// when `client_ca_file` is set (allowed only in `[admin_tls]`).
+pub fn build(table: &str, f: &FileTls) -> Result<TlsSettings, TlsError> {
+    let key = |k: &str| format!("{table}.{k}");
+    let mut files = vec![PathBuf::from(&f.cert_file), PathBuf::from(&f.key_file)];
+    let default = certified_key(
+        &key("cert_file"),
+        &f.cert_file,
+        &key("key_file"),
+        &f.key_file,
+    )?;
+    let mut exact = HashMap::new();
+    let mut wildcard = HashMap::new();
+    for (i, s) in f.sni.iter().enumerate() {
+        let key = |k: &str| format!("{table}.sni[{i}].{k}");
+        let name = sni_name(&key("server_name"), &s.server_name)?;
+        let certified = certified_key(
+            &key("cert_file"),
+            &s.cert_file,
+            &key("key_file"),
+            &s.key_file,
+        )?;
+        let map = match name.strip_prefix("*.") {
+            Some(_) => &mut wildcard,
+            None => &mut exact,
+        };
+        let stem = name.strip_prefix("*.").unwrap_or(&name).to_string();
+        if map.insert(stem, Arc::new(certified)).is_some() {
+            return Err(TlsError {
+                key: key("server_name"),
+                message: format!("{:?} is listed twice", s.server_name),
+            });
+        }
+        files.push(PathBuf::from(&s.cert_file));
+        files.push(PathBuf::from(&s.key_file));
+    }
+    let resolver = Arc::new(SniResolver {
+        default: Arc::new(default),
+        exact,
+        wildcard,
+    });
+
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError {
+            key: table.to_string(),
+            message: format!("cannot set up TLS: {e}"),
+        })?;
+    let client_auth = f.client_ca_file.is_some();
+    let mut server = match &f.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(_) if table == "tls" => {
+            return Err(TlsError {
+                key: key("client_ca_file"),
+                message: "client certificates are asked for on the admin listener only \
+                          ([admin_tls])"
+                    .into(),
+            })
+        }
+        Some(ca_file) => {
+            let ca_key = key("client_ca_file");
+            let mut roots = RootCertStore::empty();
+            for ca in read_certificates(&ca_key, ca_file)? {
+                roots.add(ca).map_err(|e| TlsError {
+                    key: ca_key.clone(),
+                    message: format!("{ca_file}: not a usable CA certificate: {e}"),
+                })?;
+            }
+            files.push(PathBuf::from(ca_file));
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError {
+                    key: ca_key,
+                    message: format!("{ca_file}: cannot verify clients with it: {e}"),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    }
+    .with_cert_resolver(resolver);
+    server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    if let Some(t) = ticketer() {
+        server.ticketer = t;
+    }
+    Ok(TlsSettings {
+        server: Arc::new(server),
+        files,
+        client_auth,
+    })
+}
+
+/// A finished server-side TLS stream over TCP.
+pub type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Runs the server side of a handshake on an accepted connection, which
+/// must finish by `by` (the connection's first-head deadline: a client
+/// that sends nothing, or plain HTTP, is not waited on for longer, and
+/// anything not a TLS handshake fails it at once). Returns the stream and
+/// whether the client chose HTTP/2 by ALPN.
+pub async fn accept(
+    config: Arc<ServerConfig>,
+    tcp: tokio::net::TcpStream,
+    by: tokio::time::Instant,
+) -> std::io::Result<(TlsStream, bool)> {
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+    let stream = tokio::time::timeout_at(by, handshake).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake in time")
+    })??;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN[0]);
+    Ok((stream, h2))
+}
+
+/// A `[[tls.sni]]` name, lower-cased: a DNS name, or `*.` and one.
+fn sni_name(key: &str, name: &str) -> Result<String, TlsError> {
+    let lower = name.trim().to_ascii_lowercase();
+    let dns = lower.strip_prefix("*.").unwrap_or(&lower);
+    match ServerName::try_from(dns) {
+        Ok(ServerName::DnsName(_)) if !dns.contains('*') => Ok(lower),
+        _ => Err(TlsError {
+            key: key.to_string(),
+            message: format!("{name:?} is not a DNS name (nor *. and one)"),
+        }),
+    }
+}
+
+/// Reads a chain and its key, and checks them: a certificate in the chain
+/// file, a key in the key file that ring can sign with and that matches
+/// the leaf, no certificate of the chain past its expiry.
+fn certified_key(
+    cert_key: &str,
+    cert_file: &str,
+    key_key: &str,
+    key_file: &str,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = read_certificates(cert_key, cert_file)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    for (i, c) in chain.iter().enumerate() {
+        let which = if i == 0 {
+            "the certificate".to_string()
+        } else {
+            format!("certificate {} of the chain", i + 1)
+        };
+        let Some(not_after) = not_after(c) else {
+            return Err(TlsError {
+                key: cert_key.to_string(),
+                message: format!("{cert_file}: {which} is not an X.509 certificate"),
+            });
+        };
+        if not_after < now {
+            return Err(TlsError {
+                key: cert_key.to_string(),
+                message: format!("{cert_file}: {which} expired at {}", rfc3339(not_after)),
+            });
+        }
+    }
+    let pem = read(key_key, key_file)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError {
+        key: key_key.to_string(),
+        message: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                format!("{key_file}: no PEM private key in it (PKCS#8, SEC1 or RSA)")
+            }
+            e => format!("{key_file}: not PEM: {e}"),
+        },
+    })?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError {
+            key: key_key.to_string(),
+            message: format!("{key_file}: not a usable private key: {e}"),
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) => Ok(certified),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(certified),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(TlsError {
+                key: key_key.to_string(),
+                message: format!("{key_file}: does not match the certificate in {cert_file}"),
+            })
+        }
+        Err(e) => Err(TlsError {
+            key: cert_key.to_string(),
+            message: format!("{cert_file}: {e}"),
+        }),
+    }
+}
+
+/// A file's bytes; an error names the key and the file.
+fn read(key: &str, file: &str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(Path::new(file)).map_err(|e| TlsError {
+        key: key.to_string(),
+        message: format!("{file}: cannot read: {e}"),
+    })
+}
+
+/// Every PEM certificate in a file, at least one.
+fn read_certificates(key: &str, file: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(key, file)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError {
+            key: key.to_string(),
+            message: format!("{file}: not PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError {
+            key: key.to_string(),
+            message: format!("{file}: no PEM certificate in it"),
+        });
+    }
+    Ok(certs)
+}
+
+/// Picks the certificate for a handshake: the `[[tls.sni]]` entry for the
+/// name the client asked for (exact, then `*.` one label up), else the
+/// table's own.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    /// Lower-cased name.
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` under `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn find(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+        if self.exact.is_empty() && self.wildcard.is_empty() {
+            return None;
+        }
+        let name = name.to_ascii_lowercase();
+        self.exact.get(&name).or_else(|| {
+            let (_, parent) = name.split_once('.')?;
+            self.wildcard.get(parent)
+        })
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|n| self.find(n))
+            .unwrap_or(&self.default);
+        Some(Arc::clone(chosen))
+    }
+}
+
+/// Unix seconds as `2026-01-31T12:00:00Z`.
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// A certificate's `notAfter`, in Unix seconds; `None` if it is not the
+/// DER of an X.509 certificate.
+///
+/// A handful of DER reads rather than an X.509 crate: the validity is the
+/// fifth field of `TBSCertificate` (RFC 5280 4.1), after an optional
+/// `[0]` version, the serial, the signature algorithm and the issuer.
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (tag, cert, _) = tlv(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, tbs, _) = tlv(cert)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut rest = tbs;
+    let (tag, _, after) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    // serialNumber, signature, issuer.
+    for want in [0x02, 0x30, 0x30] {
+        let (tag, _, after) = tlv(rest)?;
+        if tag != want {
+            return None;
+        }
+        rest = after;
+    }
+    let (tag, validity, _) = tlv(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (_, _, after) = tlv(validity)?;
+    let (tag, when, _) = tlv(after)?;
+    der_time(tag, when)
+}
+
+/// One DER tag-length-value: (tag, value, what follows).
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, mut b) = b.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let len = b[..n].iter().fold(0usize, |l, &x| l << 8 | usize::from(x));
+        b = &b[n..];
+        len
+    };
+    if b.len() < len {
+        return None;
+    }
+    Some((tag, &b[..len], &b[len..]))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`, tag 0x18) as Unix seconds.
+fn der_time(tag: u8, v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = s.get(r)?;
+        if !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let (year, rest) = match (tag, s.len()) {
+        (0x17, 12) => {
+            let yy = digits(0..2)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+        }
+        (0x18, 14) => (digits(0..4)?, 4),
+        _ => return None,
+    };
+    let at = |i: usize| digits(rest + i..rest + i + 2);
+    let month = time::Month::try_from(u8::try_from(at(0)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(
+        i32::try_from(year).ok()?,
+        month,
+        u8::try_from(at(2)?).ok()?,
+    )
+    .ok()?;
+    let t = time::Time::from_hms(
+        u8::try_from(at(4)?).ok()?,
+        u8::try_from(at(6)?).ok()?,
+        u8::try_from(at(8)?).ok()?,
+    )
+    .ok()?;
+    Some(date.with_time(t).assume_utc().unix_timestamp())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn cert(not_after: (i32, u8, u8)) -> rcgen::CertifiedKey {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key_pair).unwrap();
+        rcgen::CertifiedKey { cert, key_pair }
+    }
+
+    #[test]
+    fn not_after_reads_utc_and_generalized_times() {
+        // rcgen writes UTCTime before 2050 and GeneralizedTime from it.
+        let c = cert((2030, 6, 15));
+        assert_eq!(not_after(c.cert.der()), Some(1_907_712_000));
+        let c = cert((2060, 1, 1));
+        assert_eq!(not_after(c.cert.der()), Some(2_840_140_800));
+        assert_eq!(not_after(b"not der"), None);
+        assert_eq!(not_after(&[]), None);
+    }
+
+    #[test]
+    fn der_times() {
+        assert_eq!(der_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(der_time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(der_time(0x18, b"19700101000010Z"), Some(10));
+        assert_eq!(der_time(0x17, b"70010100000Z"), None);
+        assert_eq!(der_time(0x17, b"701301000000Z"), None);
+        assert_eq!(der_time(0x18, b"1970010100001+Z"), None);
+    }
+
+    #[test]
+    fn sni_names() {
+        assert_eq!(sni_name("k", "API.example.com").unwrap(), "api.example.com");
+        assert_eq!(sni_name("k", "*.example.com").unwrap(), "*.example.com");
+        assert!(sni_name("k", "a.*.example.com").is_err());
+        assert!(sni_name("k", "127.0.0.1").is_err());
+        assert!(sni_name("k", "").is_err());
+    }
+
+    #[test]
+    fn resolver_prefers_exact_then_wildcard_then_default() {
+        let key = |c: &rcgen::CertifiedKey| {
+            let der = PrivateKeyDer::from_pem_slice(c.key_pair.serialize_pem().as_bytes()).unwrap();
+            Arc::new(CertifiedKey::new(
+                vec![c.cert.der().clone()],
+                provider().key_provider.load_private_key(der).unwrap(),
+            ))
+        };
+        let (d, e, w) = (cert((2099, 1, 1)), cert((2099, 1, 1)), cert((2099, 1, 1)));
+        let r = SniResolver {
+            default: key(&d),
+            exact: HashMap::from([("api.example.com".to_string(), key(&e))]),
+            wildcard: HashMap::from([("example.com".to_string(), key(&w))]),
+        };
+        let leaf = |c: Option<&Arc<CertifiedKey>>| c.map(|c| c.cert[0].clone());
+        assert_eq!(leaf(r.find("API.example.com")), Some(e.cert.der().clone()));
+        assert_eq!(leaf(r.find("www.example.com")), Some(w.cert.der().clone()));
+        assert_eq!(leaf(r.find("a.b.example.com")), None);
+        assert_eq!(leaf(r.find("example.com")), None);
+    }
+}

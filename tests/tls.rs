@@ -1,0 +1,634 @@
+//! TLS termination (DESIGN section 9) over real sockets: HTTP/1.1 and h2
+//! chosen by ALPN, the certificate chosen by SNI, TLS 1.1 and plain HTTP
+//! refused without hanging, HTTP/1.1 over TLS on the fast path, mutual TLS
+//! on the admin listener, and start-up errors that name the file.
+//!
+//! Certificates are made here (`common::certs`, rcgen); none is committed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::certs::{self, Ca, Leaf};
+use common::raw::Upstream;
+use common::{Opts, TestGateway};
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const H1: &[u8] = b"http/1.1";
+const H2: &[u8] = b"h2";
+
+/// Bounds every wait, so a hang fails instead of blocking the run.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The `[tls]` table for a certificate written into `dir`, plus `more`.
+fn tls_table(dir: &Path, leaf: &Leaf, more: &str) -> String {
+    let (cert, key) = leaf.write(dir, "server");
+    format!(
+        "[tls]\ncert_file = {}\nkey_file = {}\n{more}\n",
+        certs::p(&cert),
+        certs::p(&key)
+    )
+}
+
+/// A harness gateway with `[tls]` on the public listener.
+async fn tls_gateway(ca: &Ca, opts: Opts) -> (TestGateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let table = tls_table(dir.path(), &ca.leaf(&["localhost"]), "");
+    (opts.extra(&table).spawn().await, dir)
+}
+
+/// A response read through hyper's client.
+struct Got {
+    status: StatusCode,
+    version: Version,
+    body: Bytes,
+}
+
+/// One GET over a finished TLS stream, as HTTP/2 when `h2`, else HTTP/1.1.
+async fn get_over<S>(stream: S, h2: bool, path: &str, host: &str) -> Got
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
+    let req = |version| {
+        Request::get(format!("https://{host}{path}"))
+            .version(version)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let resp = if h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req(Version::HTTP_2)).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let mut r = req(Version::HTTP_11);
+        *r.uri_mut() = path.parse().unwrap();
+        send.send_request(r).await.unwrap()
+    };
+    let (status, version) = (resp.status(), resp.version());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Got {
+        status,
+        version,
+        body,
+    }
+}
+
+/// Reads one HTTP/1.1 response (framed by `content-length`) off a stream,
+/// as raw bytes: the head as written, then the body. `buf` keeps what
+/// came after it (a pipelined response).
+async fn raw_response<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> (String, String) {
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i + 4]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= i + 4 + len {
+                let body = String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).to_string();
+                buf.drain(..i + 4 + len);
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("the gateway went silent")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads until the peer closes (or resets); everything it sent first.
+/// Panics if it neither closes nor stops within [`WAIT`].
+async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("the gateway neither answered nor closed");
+        match read {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn alpn_chooses_http1_or_h2_and_upstreams_see_https() {
+    let ca = Ca::new("test ca");
+    let (g, _dir) = tls_gateway(&ca, Opts::default()).await;
+
+    for (alpn, h2, version) in [
+        (vec![H2, H1], true, Version::HTTP_2),
+        (vec![H1], false, Version::HTTP_11),
+        // No ALPN at all: HTTP/1.1.
+        (vec![], false, Version::HTTP_11),
+    ] {
+        let s = certs::connect(
+            g.addr,
+            "localhost",
+            certs::client_config(&ca.pem(), &alpn, None),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            certs::alpn(&s).as_deref(),
+            alpn.first().copied(),
+            "ALPN {alpn:?}"
+        );
+        let r = get_over(s, h2, "/public/x", "localhost").await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.version, version);
+        let seen = g.upstream.last();
+        assert_eq!(seen.headers["x-forwarded-proto"], "https", "{alpn:?}");
+    }
+    assert_eq!(g.upstream.count(), 3);
+
+    // Refusals come back over TLS too.
+    let s = certs::connect(
+        g.addr,
+        "localhost",
+        certs::client_config(&ca.pem(), &[H2], None),
+    )
+    .await
+    .unwrap();
+    let r = get_over(s, true, "/api/x", "localhost").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn plain_listener_still_says_http() {
+    let g = TestGateway::spawn().await;
+    assert_eq!(g.get("/public/x", None).await.status, StatusCode::OK);
+    assert_eq!(g.upstream.last().headers["x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
+async fn http1_over_tls_takes_the_fast_path_and_h2_goes_to_hyper() {
+    // The scripted upstream writes `X-Conn`; the fast path passes the name
+    // on byte for byte, hyper lower-cases it (see tests/fast_path.rs).
+    let up = Upstream::spawn().await;
+    let ca = Ca::new("test ca");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[upstreams]]\nname = \"raw\"\nurl = \"http://{}\"\n\n[[routes]]\npath = \"/up\"\nupstream = \"raw\"\nauth = \"none\"\n\n{}",
+        up.addr,
+        tls_table(dir.path(), &ca.leaf(&["localhost"]), "")
+    );
+    let g = Opts::default().extra(&extra).spawn().await;
+
+    let mut s = certs::connect(
+        g.addr,
+        "localhost",
+        certs::client_config(&ca.pem(), &[H2, H1], None),
+    )
+    .await
+    .unwrap();
+    // Offered both, the client got h2 (the server's preference): hyper.
+    assert_eq!(certs::alpn(&s).as_deref(), Some(H2));
+    drop(s);
+
+    s = certs::connect(
+        g.addr,
+        "localhost",
+        certs::client_config(&ca.pem(), &[H1], None),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    for i in 0..3 {
+        s.write_all(b"GET /up/plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = raw_response(&mut s, &mut buf).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.contains("\r\nX-Conn: "),
+            "request {i}: not served by the fast path:\n{head}"
+        );
+        assert_eq!(body, "GET /up/plain conn 1");
+    }
+    assert_eq!(
+        up.last().values("x-forwarded-proto"),
+        vec!["https"],
+        "the fast path says https too"
+    );
+    // Pipelined, over one TLS record.
+    s.write_all(b"GET /up/a HTTP/1.1\r\nHost: localhost\r\n\r\nGET /up/b HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(raw_response(&mut s, &mut buf)
+        .await
+        .1
+        .starts_with("GET /up/a"));
+    assert!(raw_response(&mut s, &mut buf)
+        .await
+        .1
+        .starts_with("GET /up/b"));
+
+    // A request the fast path hands to hyper mid-connection (chunked
+    // upload) is answered over the same TLS stream.
+    s.write_all(b"POST /up/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = raw_response(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("\r\nx-conn: "),
+        "hyper after the hand-over:\n{head}"
+    );
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate() {
+    let ca = Ca::new("test ca");
+    let dir = tempfile::tempdir().unwrap();
+    let default = ca.leaf(&["localhost"]);
+    let api = ca.leaf(&["api.example.test"]);
+    let wild = ca.leaf(&["*.apps.example.test"]);
+    let (api_cert, api_key) = api.write(dir.path(), "api");
+    let (wild_cert, wild_key) = wild.write(dir.path(), "wild");
+    let sni = format!(
+        "[[tls.sni]]\nserver_name = \"API.example.test\"\ncert_file = {}\nkey_file = {}\n\n[[tls.sni]]\nserver_name = \"*.apps.example.test\"\ncert_file = {}\nkey_file = {}\n",
+        certs::p(&api_cert),
+        certs::p(&api_key),
+        certs::p(&wild_cert),
+        certs::p(&wild_key),
+    );
+    let g = Opts::default()
+        .extra(&tls_table(dir.path(), &default, &sni))
+        .spawn()
+        .await;
+    let config = certs::client_config(&ca.pem(), &[H1], None);
+    for (name, want) in [
+        ("api.example.test", &api),
+        ("one.apps.example.test", &wild),
+        ("localhost", &default),
+    ] {
+        let s = certs::connect(g.addr, name, config.clone()).await.unwrap();
+        assert!(
+            certs::presented(&s) == want.der,
+            "{name}: wrong certificate"
+        );
+        let r = get_over(s, false, "/public/x", name).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}");
+    }
+    // A name no entry has gets the default certificate, which does not
+    // cover it: the client refuses it.
+    let s = certs::connect(g.addr, "other.example.test", config).await;
+    assert!(
+        s.is_err(),
+        "the default certificate does not name other.example.test"
+    );
+}
+
+/// A TLS 1.1 ClientHello (record version 3.1, client_version 3.2, the
+/// classic RSA/ECDHE CBC suites, no extensions).
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // session id
+    let suites: [u16; 4] = [0xc013, 0xc014, 0x002f, 0x0035];
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // compression: null
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
+}
+
+#[tokio::test]
+async fn tls_1_1_is_refused() {
+    let ca = Ca::new("test ca");
+    let (g, _dir) = tls_gateway(&ca, Opts::default()).await;
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(&tls11_client_hello()).await.unwrap();
+    let got = read_to_close(&mut s).await;
+    // A fatal alert (record 21, level 2; rustls says handshake_failure,
+    // 40) and the close; never a ServerHello (a handshake record, 22).
+    assert!(
+        got.is_empty() || (got[0] == 21 && got.get(5) == Some(&2)),
+        "not refused with a fatal alert: {got:?}"
+    );
+    assert_eq!(g.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn plain_http_or_silence_on_the_tls_port_is_closed_without_hanging() {
+    let ca = Ca::new("test ca");
+    let (g, _dir) = tls_gateway(
+        &ca,
+        Opts::default().server("header_read_timeout_seconds", 1u64),
+    )
+    .await;
+
+    // Plain HTTP: not a handshake, refused at once (an alert, no HTTP).
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s).await;
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(got.is_empty() || got[0] == 21, "{got:?}");
+
+    // Nothing at all: closed at the first-head deadline.
+    let started = tokio::time::Instant::now();
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    assert!(read_to_close(&mut s).await.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // Half a handshake: the same.
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(&tls11_client_hello()[..20]).await.unwrap();
+    assert!(read_to_close(&mut s).await.is_empty());
+    assert_eq!(g.upstream.count(), 0);
+
+    // And a real client is still served.
+    let s = certs::connect(
+        g.addr,
+        "localhost",
+        certs::client_config(&ca.pem(), &[H1], None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get_over(s, false, "/public/x", "localhost").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn admin_mutual_tls_needs_a_client_certificate_from_the_ca() {
+    let ca = Ca::new("server ca");
+    let ops = Ca::new("ops ca");
+    let stranger = Ca::new("someone else");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.leaf(&["localhost"]).write(dir.path(), "admin");
+    let ops_pem = dir.path().join("ops-ca.pem");
+    std::fs::write(&ops_pem, ops.pem()).unwrap();
+    let g = Opts::default()
+        .extra(&format!(
+            "[admin_tls]\ncert_file = {}\nkey_file = {}\nclient_ca_file = {}\n",
+            certs::p(&cert),
+            certs::p(&key),
+            certs::p(&ops_pem)
+        ))
+        .spawn()
+        .await;
+
+    // With a certificate from the ops CA: served, HTTP/1.1 and h2.
+    let mine = ops.client("operator");
+    for (alpn, h2) in [(H1, false), (H2, true)] {
+        let s = certs::connect(
+            g.admin_addr,
+            "localhost",
+            certs::client_config(&ca.pem(), &[alpn], Some(&mine)),
+        )
+        .await
+        .unwrap();
+        let r = get_over(s, h2, "/healthz", "localhost").await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+
+    // Without one, or with one from another CA: no request is answered.
+    for client in [None, Some(stranger.client("mallory"))] {
+        let config = certs::client_config(&ca.pem(), &[H1], client.as_ref());
+        let answered = async {
+            let s = certs::connect(g.admin_addr, "localhost", config)
+                .await
+                .ok()?;
+            // TLS 1.3: the server judges the client's certificate after
+            // the client has finished; the refusal arrives as an alert.
+            let io = TokioIo::new(s);
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+            tokio::spawn(conn);
+            let req = Request::get("/healthz")
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            send.send_request(req).await.ok()
+        };
+        let answered = tokio::time::timeout(WAIT, answered).await.unwrap();
+        assert!(
+            answered.is_none(),
+            "answered without a good client certificate"
+        );
+    }
+    // Plain HTTP to the admin port is not served either.
+    let mut s = TcpStream::connect(g.admin_addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(!read_to_close(&mut s).await.starts_with(b"HTTP/"));
+    // The public listener is untouched: plain HTTP.
+    assert_eq!(g.get("/public/x", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admin_tls_without_a_client_ca_serves_any_client() {
+    let ca = Ca::new("server ca");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.leaf(&["localhost"]).write(dir.path(), "admin");
+    let g = Opts::default()
+        .extra(&format!(
+            "[admin_tls]\ncert_file = {}\nkey_file = {}\n",
+            certs::p(&cert),
+            certs::p(&key)
+        ))
+        .spawn()
+        .await;
+    let s = certs::connect(
+        g.admin_addr,
+        "localhost",
+        certs::client_config(&ca.pem(), &[H1], None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get_over(s, false, "/healthz", "localhost").await.status,
+        StatusCode::OK
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Start-up errors: the binary, with bad files.
+
+/// Runs `tokengate serve` on a config with `tables`; it must fail at once.
+/// Returns its stderr.
+fn serve_fails(dir: &Path, tables: &str) -> String {
+    let config = dir.join("tokengate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\n\n{tables}",
+            dir.join("tg.db").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env_remove("TOKENGATE_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "served with {tables}:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn start_up_errors_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = Ca::new("test ca");
+    let (cert, key) = ca.leaf(&["localhost"]).write(d, "good");
+    let (_, other_key) = ca.leaf(&["localhost"]).write(d, "other");
+    let (old_cert, old_key) = ca.leaf_until(&["localhost"], (2001, 1, 1)).write(d, "old");
+    let junk = d.join("junk.pem");
+    std::fs::write(&junk, "this is not PEM\n").unwrap();
+    let missing = d.join("missing.pem");
+    let unreadable = d.join("a-directory");
+    std::fs::create_dir(&unreadable).unwrap();
+    let table = |t: &str, c: &Path, k: &Path| {
+        format!(
+            "[{t}]\ncert_file = {}\nkey_file = {}\n",
+            certs::p(c),
+            certs::p(k)
+        )
+    };
+    let d_ = |p: &Path| p.display().to_string();
+    for (tables, key, wants) in [
+        (table("tls", &missing, &key), "tls.cert_file", vec![d_(&missing), "cannot read".into()]),
+        (table("tls", &unreadable, &key), "tls.cert_file", vec![d_(&unreadable), "cannot read".into()]),
+        (table("tls", &junk, &key), "tls.cert_file", vec![d_(&junk), "no PEM certificate".into()]),
+        (table("tls", &cert, &junk), "tls.key_file", vec![d_(&junk), "no PEM private key".into()]),
+        (table("tls", &cert, &missing), "tls.key_file", vec![d_(&missing), "cannot read".into()]),
+        // A certificate file given as the key.
+        (table("tls", &cert, &cert), "tls.key_file", vec![d_(&cert), "no PEM private key".into()]),
+        (
+            table("tls", &cert, &other_key),
+            "tls.key_file",
+            vec![d_(&other_key), "does not match the certificate in".into(), d_(&cert)],
+        ),
+        (
+            table("tls", &old_cert, &old_key),
+            "tls.cert_file",
+            vec![d_(&old_cert), "expired at 2001-01-01T00:00:00Z".into()],
+        ),
+        (
+            table("admin_tls", &cert, &other_key),
+            "admin_tls.key_file",
+            vec![d_(&other_key), "does not match".into()],
+        ),
+        (
+            format!("{}client_ca_file = {}\n", table("admin_tls", &cert, &key), certs::p(&junk)),
+            "admin_tls.client_ca_file",
+            vec![d_(&junk), "no PEM certificate".into()],
+        ),
+        (
+            format!("{}client_ca_file = {}\n", table("tls", &cert, &key), certs::p(&cert)),
+            "tls.client_ca_file",
+            vec!["admin listener only".into()],
+        ),
+        (
+            format!(
+                "{}[[tls.sni]]\nserver_name = \"api.example.test\"\ncert_file = {}\nkey_file = {}\n",
+                table("tls", &cert, &key),
+                certs::p(&missing),
+                certs::p(&key)
+            ),
+            "tls.sni[0].cert_file",
+            vec![d_(&missing)],
+        ),
+        (
+            format!(
+                "{}[[tls.sni]]\nserver_name = \"not a name\"\ncert_file = {}\nkey_file = {}\n",
+                table("tls", &cert, &key),
+                certs::p(&cert),
+                certs::p(&key)
+            ),
+            "tls.sni[0].server_name",
+            vec!["not a DNS name".into()],
+        ),
+    ] {
+        let stderr = serve_fails(d, &tables);
+        assert!(stderr.contains("tokengate.toml"), "{stderr}");
+        assert!(stderr.contains(&format!(": {key}: ")), "want {key}:\n{stderr}");
+        for w in wants {
+            assert!(stderr.contains(&w), "want {w:?}:\n{stderr}");
+        }
+        assert!(!stderr.contains("PRIVATE KEY"), "a key in the log:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn tls_13_sessions_resume_by_ticket() {
+    let ca = Ca::new("test ca");
+    let (g, _dir) = tls_gateway(&ca, Opts::default()).await;
+    let mut config = (*certs::client_config(&ca.pem(), &[H1], None)).clone();
+    config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    let config = std::sync::Arc::new(config);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let mut s = certs::connect(g.addr, "localhost", config.clone())
+            .await
+            .unwrap();
+        kinds.push(s.get_ref().1.handshake_kind());
+        assert_eq!(
+            s.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        // The tickets come after the handshake; reading the answer takes them in.
+        s.write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = raw_response(&mut s, &mut Vec::new()).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    assert_eq!(
+        kinds,
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+}
