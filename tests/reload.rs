@@ -3,7 +3,7 @@
 //! while a request in flight finishes; a bad config and a bad certificate
 //! each leaving the old one in force, the process alive; certificates
 //! rotated for new connections only; keys that need a restart kept; SIGHUP
-//! without TLS.
+//! without TLS; rate-limit policies changed with their counts kept.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -454,4 +454,67 @@ async fn sighup_without_tls_keeps_serving_and_names_keys_needing_a_restart() {
     assert_eq!(Client::exchange(g.public, &get).await.status, 200);
     assert!(g.alive());
     assert!(!g.dir.path().join("other.db").exists());
+}
+
+/// A policy of `requests` a minute by token, named `name`, on `/up`.
+fn limited(up: &Upstream, name: &str, requests: u32) -> String {
+    format!(
+        "{}rate_limits = [\"{name}\"]\n\n[[rate_limits.policies]]\nname = \"{name}\"\nrequests = {requests}\nwindow_seconds = 60\nby = \"token\"\n",
+        routes(up, "")
+    )
+}
+
+/// Rate-limit policies reload with the routes that name them; a policy
+/// that keeps its name keeps its counts, a renamed one starts afresh.
+#[tokio::test]
+async fn a_reload_changes_rate_limits_and_keeps_their_counts() {
+    let up = Upstream::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = token(dir.path(), &["*"]).await;
+    let mut g = Gateway::start(dir, &limited(&up, "per-token", 2));
+    let auth = format!("Bearer {token}");
+    let status = || async {
+        let r = Client::exchange(
+            g.public,
+            &request("GET", "/up/x", &[("Authorization", &auth)], b""),
+        )
+        .await;
+        r.status
+    };
+    assert_eq!(status().await, 200);
+    assert_eq!(status().await, 200);
+    assert_eq!(status().await, 429);
+    // Raised: the two counted stay counted.
+    g.rewrite(&limited(&up, "per-token", 3));
+    g.reload("ok").await;
+    let status = || async {
+        let r = Client::exchange(
+            g.public,
+            &request("GET", "/up/x", &[("Authorization", &auth)], b""),
+        )
+        .await;
+        r.status
+    };
+    assert_eq!(status().await, 200);
+    assert_eq!(status().await, 429);
+    // Another policy: a count of its own.
+    g.rewrite(&limited(&up, "renamed", 1));
+    g.reload("ok").await;
+    let status = || async {
+        let r = Client::exchange(
+            g.public,
+            &request("GET", "/up/x", &[("Authorization", &auth)], b""),
+        )
+        .await;
+        (r.status, r.head)
+    };
+    let (s, head) = status().await;
+    assert_eq!(s, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("ratelimit: \"renamed\";r=0;t=60"),
+        "{head}"
+    );
+    assert_eq!(status().await.0, 429);
+    assert!(g.alive());
 }
