@@ -388,97 +388,10 @@ fn rfc3339(unix: i64) -> String {
 }
 
 /// A certificate's `notAfter`, in Unix seconds; `None` if it is not the
-/// DER of an X.509 certificate.
-///
-/// A handful of DER reads rather than an X.509 crate: the validity is the
-/// fifth field of `TBSCertificate` (RFC 5280 4.1), after an optional
-/// `[0]` version, the serial, the signature algorithm and the issuer.
+/// DER of an X.509 certificate (read by `x509-parser`).
 fn not_after(der: &[u8]) -> Option<i64> {
-    let (tag, cert, _) = tlv(der)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, tbs, _) = tlv(cert)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let mut rest = tbs;
-    let (tag, _, after) = tlv(rest)?;
-    if tag == 0xa0 {
-        rest = after;
-    }
-    // serialNumber, signature, issuer.
-    for want in [0x02, 0x30, 0x30] {
-        let (tag, _, after) = tlv(rest)?;
-        if tag != want {
-            return None;
-        }
-        rest = after;
-    }
-    let (tag, validity, _) = tlv(rest)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (_, _, after) = tlv(validity)?;
-    let (tag, when, _) = tlv(after)?;
-    der_time(tag, when)
-}
-
-/// One DER tag-length-value: (tag, value, what follows).
-fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, b) = b.split_first()?;
-    let (&first, mut b) = b.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || b.len() < n {
-            return None;
-        }
-        let len = b[..n].iter().fold(0usize, |l, &x| l << 8 | usize::from(x));
-        b = &b[n..];
-        len
-    };
-    if b.len() < len {
-        return None;
-    }
-    Some((tag, &b[..len], &b[len..]))
-}
-
-/// UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime
-/// (`YYYYMMDDHHMMSSZ`, tag 0x18) as Unix seconds.
-fn der_time(tag: u8, v: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
-    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
-        let part = s.get(r)?;
-        if !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    let (year, rest) = match (tag, s.len()) {
-        (0x17, 12) => {
-            let yy = digits(0..2)?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
-        }
-        (0x18, 14) => (digits(0..4)?, 4),
-        _ => return None,
-    };
-    let at = |i: usize| digits(rest + i..rest + i + 2);
-    let month = time::Month::try_from(u8::try_from(at(0)?).ok()?).ok()?;
-    let date = time::Date::from_calendar_date(
-        i32::try_from(year).ok()?,
-        month,
-        u8::try_from(at(2)?).ok()?,
-    )
-    .ok()?;
-    let t = time::Time::from_hms(
-        u8::try_from(at(4)?).ok()?,
-        u8::try_from(at(6)?).ok()?,
-        u8::try_from(at(8)?).ok()?,
-    )
-    .ok()?;
-    Some(date.with_time(t).assume_utc().unix_timestamp())
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 #[cfg(test)]
@@ -504,16 +417,6 @@ mod tests {
         assert_eq!(not_after(c.cert.der()), Some(2_840_140_800));
         assert_eq!(not_after(b"not der"), None);
         assert_eq!(not_after(&[]), None);
-    }
-
-    #[test]
-    fn der_times() {
-        assert_eq!(der_time(0x17, b"700101000000Z"), Some(0));
-        assert_eq!(der_time(0x17, b"491231235959Z"), Some(2_524_607_999));
-        assert_eq!(der_time(0x18, b"19700101000010Z"), Some(10));
-        assert_eq!(der_time(0x17, b"70010100000Z"), None);
-        assert_eq!(der_time(0x17, b"701301000000Z"), None);
-        assert_eq!(der_time(0x18, b"1970010100001+Z"), None);
     }
 
     #[test]

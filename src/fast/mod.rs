@@ -109,12 +109,12 @@ use crate::rules::{
     HeaderNames, Peer,
 };
 use crate::signals::Exchange;
-use crate::upstream::raw::{RawConn, RawPool};
+use crate::upstream::raw::{RawConn, RawPool, UPSTREAM_READ_BUF};
 use crate::upstream::{Failure, UpstreamConfig};
 use wire::{Chunked, Framing, Parsed, RequestHead, ResponseHead};
 
 /// Read buffer size of a client connection.
-const READ_BUF: usize = 8 * 1024;
+const CLIENT_READ_BUF: usize = 8 * 1024;
 
 /// How long a closing connection keeps reading what the client still sends.
 const LINGER: Duration = Duration::from_secs(2);
@@ -194,7 +194,7 @@ pub async fn serve<S: ClientStream>(
         stream,
         gateway,
         peer,
-        buf: BytesMut::with_capacity(READ_BUF),
+        buf: BytesMut::with_capacity(CLIENT_READ_BUF),
         out: Vec::with_capacity(1024),
         resp: Vec::with_capacity(1024),
         accepted,
@@ -323,7 +323,7 @@ fn is_safe(method: &Method) -> bool {
 }
 
 /// Where a response body is up to.
-struct Body {
+struct BodyProgress {
     framing: Framing,
     /// `Length`: bytes still to come.
     left: u64,
@@ -331,7 +331,7 @@ struct Body {
     chunks: Chunked,
 }
 
-impl Body {
+impl BodyProgress {
     /// How many bytes at the start of `avail` belong to the body, and
     /// whether the body ends with them. `Err` for a malformed chunked body.
     fn step(&mut self, avail: &[u8]) -> Result<(usize, bool), wire::BadChunk> {
@@ -392,7 +392,9 @@ impl<S: ClientStream> Client<'_, S> {
                             .unwrap_or_else(|b| BytesMut::from(&b[..]));
                         whole.unsplit(std::mem::take(&mut self.buf));
                         self.buf = whole;
-                        if self.buf.len() as u64 > READ_BUF as u64 * 4 + wire::MAX_BUFFERED_BODY {
+                        if self.buf.len() as u64
+                            > CLIENT_READ_BUF as u64 * 4 + wire::MAX_BUFFERED_BODY
+                        {
                             // A very long head: hyper applies its own limit.
                             return Some((None, self.buf.split().freeze()));
                         }
@@ -404,7 +406,7 @@ impl<S: ClientStream> Client<'_, S> {
             if idle && stopping {
                 return None;
             }
-            self.buf.reserve(READ_BUF);
+            self.buf.reserve(CLIENT_READ_BUF);
             self.header_timer.set(deadline);
             let read = tokio::select! {
                 biased;
@@ -652,7 +654,7 @@ impl<S: ClientStream> Client<'_, S> {
         // Body bytes already read go out with the head; anything after
         // them (a partial chunk line, or bytes past the end) stays with
         // the connection.
-        let mut body = Body {
+        let mut body = BodyProgress {
             framing,
             left: match framing {
                 Framing::Length(n) => n,
@@ -674,7 +676,7 @@ impl<S: ClientStream> Client<'_, S> {
         }
         while !finished {
             // What is left in the buffer is a partial chunk line at most.
-            conn.buf.reserve(READ_BUF);
+            conn.buf.reserve(UPSTREAM_READ_BUF);
             // The upstream must keep the body coming (`response_timeout`
             // between reads), and the exchange ends as soon as the client
             // is gone: a stalled upstream holds nothing for a client that
@@ -682,7 +684,7 @@ impl<S: ClientStream> Client<'_, S> {
             // is kept for later, up to a bound.
             let watch_client = self.buf.len() < MAX_PIPELINED;
             if watch_client {
-                self.buf.reserve(READ_BUF);
+                self.buf.reserve(CLIENT_READ_BUF);
             }
             let read = tokio::select! {
                 biased;
@@ -885,7 +887,7 @@ async fn send(
                 Parsed::Partial => {}
             }
         }
-        conn.buf.reserve(READ_BUF);
+        conn.buf.reserve(UPSTREAM_READ_BUF);
         match conn.stream.read_buf(&mut conn.buf).await {
             Ok(0) if reused && !any => return Err(Failure::Stale),
             Err(_) if reused && !any => return Err(Failure::Stale),

@@ -21,7 +21,7 @@ use super::cap::{Busy, ConnCap};
 use super::idle::{IdleStack, Pooled};
 
 /// Read buffer size of an upstream connection.
-const READ_BUF: usize = 16 * 1024;
+pub const UPSTREAM_READ_BUF: usize = 16 * 1024;
 
 /// One upstream connection and what has been read from it but not used.
 #[derive(Debug)]
@@ -135,7 +135,7 @@ impl RawPool {
             })??;
         Ok(RawConn {
             stream: io.into_inner(),
-            buf: BytesMut::with_capacity(READ_BUF),
+            buf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
             reused: false,
             _permit: permit,
         })
