@@ -54,9 +54,13 @@ admin_listen = "127.0.0.1:$ADM"
 [store]
 url = "sqlite://$DIR/tg.db"
 # Comparable with earlier counts: no access log (ACCESS_LOG=json turns it
-# on, to a file, to count what it adds).
-[log]
-$(if [ "${ACCESS_LOG:-}" = json ]; then echo "format = \"json\""; echo "access_file = \"$DIR/access.log\""; else echo "access = false"; fi)
+# on, to a file, to count what it adds; ACCESS_LOG=none writes no [log]
+# table, for a build from before the access log, which refuses one).
+$(case "${ACCESS_LOG:-}" in
+    json) printf '[log]\nformat = "json"\naccess_file = "%s"\n' "$DIR/access.log" ;;
+    none) ;;
+    *) printf '[log]\naccess = false\n' ;;
+  esac)
 [[upstreams]]
 name = "up"
 url = "http://127.0.0.1:$UP"
