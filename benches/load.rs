@@ -22,6 +22,9 @@
 //! token on a route with a rate limit it never reaches, a policy by token:
 //! what counting and the `RateLimit` fields cost, against `cached`; with
 //! `lat-limited` and `lat-cached2` on one connection, measured in turn),
+//! `limited-redis` (the limited route on a second gateway counting through
+//! a redis-server the bench starts on a free port; `lat-limited-redis` on
+//! one connection; both against `cached`),
 //! `bare` (the same
 //! through a second gateway that sends none of its ten headers upstream,
 //! `headers.omit`, as nginx sends none: a reference for what the upstream
@@ -483,6 +486,48 @@ fn start_nginx_tls(dir: &Path, upstream: SocketAddr, cert: &Path, key: &Path) ->
     )
     .ok()?;
     spawn_nginx(nginx, &conf, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// A redis-server of the bench's own, on a free port, on core 0 (with the
+/// load client and upstream: it is not what is measured).
+struct Redis {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_redis() -> Option<Redis> {
+    let port = free_ports(1)?[0];
+    let child = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            "redis-server",
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Redis { addr, child })
 }
 
 /// Starts nginx with `conf` on core 1 and waits until `addr` answers; its
@@ -1077,7 +1122,21 @@ fn main() {
             _ => "[log]\naccess = false\n".to_string(),
         };
         eprintln!("access log: {}", access_log.replace('\n', " "));
-        let write_config = |name: &str, db: &Path, extra: &str| {
+        // The limited route and its policy only when a limited case runs
+        // (a build from before rate limits refuses the keys); with
+        // `rate_store`, counted through that Redis.
+        let with_limits = want("limited") || want("limited-redis");
+        let limits = |rate_store: Option<&str>| {
+            if !with_limits {
+                return String::new();
+            }
+            let store = rate_store.map(|s| format!("[rate_limits]\nstore = \"{s}\"\n")).unwrap_or_default();
+            format!(
+                "[[routes]]\npath = \"/limited\"\nupstream = \"up\"\nrate_limits = [\"bench\"]\n{store}\
+                 [[rate_limits.policies]]\nname = \"bench\"\nrequests = 1000000000\nwindow_seconds = 60\nby = \"token\"\n"
+            )
+        };
+        let write_config = |name: &str, db: &Path, extra: &str, rate_store: Option<&str>| {
             let config = dir.path().join(name);
             std::fs::write(
                 &config,
@@ -1086,16 +1145,15 @@ fn main() {
                      [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n{access_log}\
                      [[upstreams]]\nname = \"up\"\nurl = \"http://{up}\"\n\
                      [[routes]]\npath = \"/\"\nupstream = \"up\"\n\
-                     [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n\
-                     [[routes]]\npath = \"/limited\"\nupstream = \"up\"\nrate_limits = [\"bench\"]\n\
-                     [[rate_limits.policies]]\nname = \"bench\"\nrequests = 1000000000\nwindow_seconds = 60\nby = \"token\"\n{extra}",
-                    db.display()
+                     [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n{limits}{extra}",
+                    db.display(),
+                    limits = limits(rate_store),
                 ),
             )
             .unwrap();
             config
         };
-        let config = write_config("tokengate.toml", &db, "");
+        let config = write_config("tokengate.toml", &db, "", None);
         // The same gateway sending none of its ten headers upstream, as
         // nginx sends none: what the gateway costs apart from what the
         // upstream spends reading those headers on the shared core.
@@ -1103,7 +1161,17 @@ fn main() {
             "bare.toml",
             &db,
             &format!("[headers]\nomit = {:?}\n", tokengate::config::HEADER_KEYS),
+            None,
         );
+        // limited-redis: a second gateway counting the limited route
+        // through a redis-server of its own on a free port.
+        let redis = want("limited-redis").then(start_redis).flatten();
+        if want("limited-redis") && redis.is_none() {
+            println!("limited-redis: redis-server not installed: skipped");
+        }
+        let redis_config = redis.as_ref().map(|r| {
+            write_config("redis.toml", &db, "", Some(&format!("redis://{}/0", r.addr)))
+        });
 
         // The TLS cases: one ECDSA P-256 certificate for tokengate and nginx.
         let tls_cases = ["tls", "nginx-tls", "tls-close", "nginx-tls-close", "close", "nginx-close"];
@@ -1118,6 +1186,7 @@ fn main() {
                 "tls.toml",
                 &db,
                 &format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", cert.display().to_string(), key.display().to_string()),
+                None,
             )
         });
 
@@ -1151,6 +1220,10 @@ fn main() {
         let admin = gw.admin.unwrap();
         let hot = Tokens::One(tokens[0].clone());
         let bare = want("bare").then(|| start_tokengate(&bare_config));
+        let redis_gw = redis_config.as_ref().map(|c| start_tokengate(c));
+        if let Some(r) = &redis_gw {
+            let _ = drive(r.addr, "/warm", hot.clone(), 1, 0.2).await;
+        }
         if let Some(b) = &bare {
             let _ = drive(b.addr, "/warm", hot.clone(), 1, 0.2).await;
         }
@@ -1212,7 +1285,7 @@ fn main() {
         // measured differently for running second) would otherwise move
         // every round's ratio the same way.
         let order = [
-            "direct", "none", "cached", "limited", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth",
+            "direct", "none", "cached", "limited", "limited-redis", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth",
             "nginx-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "tls", "nginx-tls", "tls-close",
             "nginx-tls-close", "close", "nginx-close",
         ];
@@ -1251,6 +1324,15 @@ fn main() {
                         for (name, path) in pair {
                             let o = drive(gw.addr, path, hot.clone(), 1, secs / 2.0).await;
                             samples.push((name, row(name, &o, None)));
+                        }
+                    }
+                    "limited-redis" => {
+                        if let Some(r) = &redis_gw {
+                            let c = r.mark();
+                            let o = run(r.addr, "/limited/x", hot.clone()).await;
+                            samples.push(("limited-redis", row("limited-redis", &o, Some((r, c)))));
+                            let o = drive(r.addr, "/limited/x", hot.clone(), 1, secs / 2.0).await;
+                            samples.push(("lat-limited-redis", row("lat-limited-redis", &o, None)));
                         }
                     }
                     "bare" => {
@@ -1403,6 +1485,8 @@ fn main() {
         let paired_fa = paired("forward-auth", "nginx-204");
         let paired_auth = paired("nginx-auth-tg", "nginx-auth-static");
         let paired_proc = paired("nginx-auth-tg", "nginx-auth-proc");
+        let paired_limited = [("limited", "the same route with a rate limit (local)"), ("limited-redis", "with the limit counted through Redis")]
+            .map(|(a, what)| (a, what, paired(a, "cached")));
         let paired_tls = [
             ("tls", "nginx-tls", "TLS keep-alive, tokengate cached token / nginx listen ssl no-auth"),
             ("tls-close", "nginx-tls-close", "TLS connection per request (full TLS 1.3 handshake each), tokengate / nginx"),
@@ -1416,7 +1500,8 @@ fn main() {
         let mut nginx_row = None;
         let mut nginx_204_row = None;
         for name in [
-            "none", "cached", "limited", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "lat-cached2", "lat-limited", "nginx",
+            "none", "cached", "limited", "limited-redis", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "lat-cached2", "lat-limited",
+            "lat-limited-redis", "nginx",
             "forward-auth", "nginx-204", "lat-fa", "lat-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "lat-auth-tg",
             "lat-auth-static", "tls", "nginx-tls", "tls-close", "nginx-tls-close", "close", "nginx-close",
         ] {
@@ -1447,7 +1532,7 @@ fn main() {
                 .await
                 .unwrap();
             drop(conn);
-            let small_config = write_config("small.toml", &small_db, "");
+            let small_config = write_config("small.toml", &small_db, "", None);
             let t0 = Instant::now();
             let more = add_tokens(&db, account.id, tenant.id, 990_000).await;
             eprintln!("stored 1M tokens in all ({:.1}s more)", t0.elapsed().as_secs_f64());
@@ -1601,6 +1686,30 @@ fn main() {
             );
             if let Some((tput, cpu)) = paired_proc {
                 println!("  medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");
+            }
+        }
+        for (case, what, ratios) in &paired_limited {
+            if let (Some(l), Some(c)) = (get(case), get("cached")) {
+                println!(
+                    "{case} / cached ({what}): throughput {:.2}x, CPU per request {:.2}x",
+                    l.rps / c.rps,
+                    l.cpu_us.unwrap_or(0.0) / c.cpu_us.unwrap_or(f64::NAN)
+                );
+                if let Some((tput, cpu)) = ratios {
+                    println!("  medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");
+                }
+            }
+        }
+        for lat in ["lat-limited", "lat-limited-redis"] {
+            if let (Some(l), Some(c)) = (get(lat), get("lat-cached2")) {
+                println!(
+                    "{lat}, one connection: p50 {} us, p99 {} us (lat-cached2: p50 {} us, p99 {} us): the limit adds {} us at p99",
+                    l.p50,
+                    l.p99,
+                    c.p50,
+                    c.p99,
+                    l.p99 as i64 - c.p99 as i64
+                );
             }
         }
         if let (Some(t), Some(s)) = (get("lat-auth-tg"), get("lat-auth-static")) {
