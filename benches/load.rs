@@ -77,6 +77,8 @@
 //! `Connection: close`, through the first gateway and nginx).
 //!
 //! Run: `cargo bench --bench load`. Knobs (environment):
+//! `LOAD_SCHEMA_UPTO` (with `LOAD_TOKENGATE_BIN`: the store forgets
+//! migrations after this number, for a build that predates them),
 //! `LOAD_SECONDS` (5), `LOAD_ROUNDS` (3: every case once per round,
 //! medians reported), `LOAD_CONNECTIONS` (32), `LOAD_TOKENGATE_BIN` (another
 //! tokengate build to measure instead), `LOAD_CASES` (comma list,
@@ -875,6 +877,27 @@ fn drive_wrk_as(
 
 /// Adds `n` api tokens to the store directly (multi-row inserts, one
 /// transaction per 10k), returning their `Authorization` values.
+/// `LOAD_SCHEMA_UPTO=N`: for a build that predates a migration
+/// (`LOAD_TOKENGATE_BIN`), the store made here forgets those after `N`
+/// (their columns stay, unread by that build), which it would otherwise
+/// refuse to open.
+async fn forget_newer_migrations(db: &Path) {
+    let Ok(upto) = std::env::var("LOAD_SCHEMA_UPTO") else {
+        return;
+    };
+    let upto: i64 = upto
+        .parse()
+        .expect("LOAD_SCHEMA_UPTO is a migration number");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version > ?")
+        .bind(upto)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
 async fn add_tokens(db: &Path, account: i64, tenant: i64, n: usize) -> Vec<HeaderValue> {
     let format = TokenFormat::default();
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
@@ -1112,6 +1135,7 @@ fn main() {
         let t0 = Instant::now();
         let tokens = Arc::new(add_tokens(&db, account.id, tenant.id, 10_000).await);
         eprintln!("stored 10k tokens in {:.1}s", t0.elapsed().as_secs_f64());
+        forget_newer_migrations(&db).await;
 
         let access_log = match std::env::var("LOAD_ACCESS_LOG").as_deref() {
             Ok("json") => format!(
