@@ -33,7 +33,7 @@
 //! | | `usage` | last-used times batched in memory, flushed periodically |
 //! | | [`signals`] | one record per request feeding the metric series and the access log (its writer thread), `[log]` |
 //! | | [`issuer`] | the issuing service: mint, revoke, block, always cache-coherent |
-//! | | `upstream` | upstream config and connections: the cap, the HTTP/1.1 pool, the fast path's sockets, hyper-util's client |
+//! | | `upstream` | upstream config and connections: the cap, one idle stack and waiter queue for both pools, the HTTP/1.1 pool, the fast path's sockets, hyper-util's client |
 //! | rules | [`rules`] | the request rule book: what is stripped, refused and added, and the gateway's header names |
 //! | | [`config`] | `tokengate.toml -> FileConfig -> Config`, errors that name the key |
 //! | | `body` | the body of every response; a denial as a response |
