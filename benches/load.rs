@@ -335,11 +335,17 @@ fn start_tokengate(config: &Path) -> Proxy {
             break;
         }
     }
+    // `key=value` in a text log line, `"key":"value"` in a JSON one
+    // (`[log] format = "json"`).
     let addr = |key: &str| -> SocketAddr {
-        let rest = &line[line.find(key).unwrap() + key.len()..];
-        rest.split_whitespace().next().unwrap().parse().unwrap()
+        let at = line.find(key).unwrap() + key.len();
+        let rest = line[at..].trim_start_matches(['=', '"', ':']);
+        let end = rest
+            .find(|c: char| c == '"' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        rest[..end].parse().unwrap()
     };
-    let (public, admin) = (addr("public_addr="), addr("admin_addr="));
+    let (public, admin) = (addr("public_addr"), addr("admin_addr"));
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in stderr.lines() {});
     let pid = child.id();
