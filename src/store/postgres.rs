@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::Row;
 
 use super::rows::{
-    account, audit_event, auth_record, tenant, token_row, workspace, ACCOUNT_COLUMNS,
+    account, audit_event, auth_record, changed_token, tenant, token_row, workspace, ACCOUNT_COLUMNS,
 };
 use super::sqlite::random_customer_id;
 use super::DatabaseUrl;
@@ -539,22 +538,11 @@ impl TokenStore for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(r) = r else { return Ok(None) };
-        let hash: Vec<u8> = r.try_get("hash")?;
-        let hash: [u8; 32] = hash
-            .try_into()
-            .map_err(|_| StoreError::Other("bad hash length in store".into()))?;
+        let changed = changed_token(&r)?;
         insert_audit(&mut *tx, audit).await?;
-        notify(
-            &mut *tx,
-            &self.channel,
-            Invalidation::Token(TokenHash(hash)),
-        )
-        .await?;
+        notify(&mut *tx, &self.channel, Invalidation::Token(changed.hash)).await?;
         tx.commit().await?;
-        Ok(Some(Revoked {
-            row: token_row(&r)?,
-            hash: TokenHash(hash),
-        }))
+        Ok(Some(changed))
     }
 
     async fn touch_last_used(&self, batch: &[(String, i64)]) -> Result<(), StoreError> {
@@ -603,22 +591,11 @@ impl TokenStore for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(r) = r else { return Ok(None) };
-        let hash: Vec<u8> = r.try_get("hash")?;
-        let hash: [u8; 32] = hash
-            .try_into()
-            .map_err(|_| StoreError::Other("bad hash length in store".into()))?;
+        let changed = changed_token(&r)?;
         insert_audit(&mut *tx, audit).await?;
-        notify(
-            &mut *tx,
-            &self.channel,
-            Invalidation::Token(TokenHash(hash)),
-        )
-        .await?;
+        notify(&mut *tx, &self.channel, Invalidation::Token(changed.hash)).await?;
         tx.commit().await?;
-        Ok(Some(Revoked {
-            row: token_row(&r)?,
-            hash: TokenHash(hash),
-        }))
+        Ok(Some(changed))
     }
 
     async fn add_quota_counts(

@@ -4,9 +4,11 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{Account, AuditEvent, AuthRecord, Status, StoreError, Tenant, TokenRow, Workspace};
+use super::{
+    Account, AuditEvent, AuthRecord, Revoked, Status, StoreError, Tenant, TokenRow, Workspace,
+};
 use crate::ratelimit::{Period, Quota, TokenLimits, TokenRateLimit};
-use crate::token::TokenKind;
+use crate::token::{TokenHash, TokenKind};
 
 /// Columns every mapper reads: integers and text.
 pub(crate) trait StoreRow<'r>: Row {
@@ -215,5 +217,24 @@ where
         account_status: account_status.as_deref().map(status).transpose()?,
         tenant_status: tenant_status.as_deref().map(status).transpose()?,
         limits: limits(r)?,
+    })
+}
+
+/// A changed token as `UPDATE … RETURNING {TOKEN_COLUMNS}, hash` gives it
+/// back (a revocation, a change of limits): its row and its hash.
+pub(crate) fn changed_token<'r, R>(r: &'r R) -> Result<Revoked, StoreError>
+where
+    R: StoreRow<'r>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let hash: Vec<u8> = r.col("hash")?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Other("bad hash length in store".into()))?;
+    Ok(Revoked {
+        row: token_row(r)?,
+        hash: TokenHash(hash),
     })
 }

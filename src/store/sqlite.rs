@@ -11,10 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 use super::rows::{
-    account, audit_event, auth_record, tenant, token_row, workspace, ACCOUNT_COLUMNS,
+    account, audit_event, auth_record, changed_token, tenant, token_row, workspace, ACCOUNT_COLUMNS,
 };
 use super::DatabaseUrl;
 use super::{
@@ -448,14 +448,7 @@ impl TokenStore for SqliteStore {
         let Some(r) = r else { return Ok(None) };
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
-        let hash: Vec<u8> = r.try_get("hash")?;
-        let hash: [u8; 32] = hash
-            .try_into()
-            .map_err(|_| StoreError::Other("bad hash length in store".into()))?;
-        Ok(Some(Revoked {
-            row: token_row(&r)?,
-            hash: TokenHash(hash),
-        }))
+        changed_token(&r).map(Some)
     }
 
     async fn touch_last_used(&self, batch: &[(String, i64)]) -> Result<(), StoreError> {
@@ -515,16 +508,10 @@ impl TokenStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(r) = r else { return Ok(None) };
-        let hash: Vec<u8> = r.try_get("hash")?;
-        let hash: [u8; 32] = hash
-            .try_into()
-            .map_err(|_| StoreError::Other("bad hash length in store".into()))?;
+        let changed = changed_token(&r)?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
-        Ok(Some(Revoked {
-            row: token_row(&r)?,
-            hash: TokenHash(hash),
-        }))
+        Ok(Some(changed))
     }
 
     async fn add_quota_counts(
