@@ -5,6 +5,10 @@
 #
 #   benches/instructions.sh [SECONDS]      (default 10)
 #
+# KEEP=DIR keeps each case's callgrind profile as DIR/LABEL.cg, to read
+# with `callgrind_annotate --inclusive=yes DIR/cached.cg`. CASES="cached
+# forward" runs only the cases named (default: cached none forward nginx).
+#
 # Needs valgrind, wrk and nginx (Debian: valgrind wrk nginx-light) and a
 # release build (`cargo build --release`, or TOKENGATE_BIN=path). Counts
 # user-space instructions only: the kernel's share (socket reads and
@@ -13,8 +17,10 @@
 # Topology: nginx serves a static 200 on core 0 as the upstream; the proxy
 # under test runs under callgrind on core 1; wrk (8 connections, core 0)
 # drives it over loopback. Cases: tokengate with a valid token (`cached`),
-# tokengate on an `auth = "none"` route (`none`), and nginx itself as a
-# plain keep-alive `proxy_pass` (`nginx`). Everything listens on 127.0.0.1.
+# tokengate on an `auth = "none"` route (`none`), tokengate's forward-auth
+# answer for a valid token (`forward`, nothing forwarded), and nginx itself
+# as a plain keep-alive `proxy_pass` (`nginx`). Everything listens on
+# 127.0.0.1.
 set -euo pipefail
 
 SECONDS_PER_CASE=${1:-10}
@@ -98,12 +104,18 @@ count() {
     if grep -q "Non-2xx" "$DIR/$label.wrk"; then echo "$label: non-2xx answers" >&2; exit 1; fi
     printf '%-8s %9d requests %12d instructions %8d per request\n' \
         "$label" "$req" "$ir" $((ir / req))
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$DIR/$label.cg" "$KEEP/$label.cg"; fi
 }
+CASES=${CASES:-cached none forward nginx}
+wanted() { case " $CASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-count cached "http://127.0.0.1:$PUB/x" "http://127.0.0.1:$ADM/healthz" -- \
+wanted cached && count cached "http://127.0.0.1:$PUB/x" "http://127.0.0.1:$ADM/healthz" -- \
     "$BIN" --config "$DIR/tg.toml" serve
-count none "http://127.0.0.1:$PUB/open/x" "http://127.0.0.1:$ADM/healthz" -- \
+wanted none && count none "http://127.0.0.1:$PUB/open/x" "http://127.0.0.1:$ADM/healthz" -- \
     "$BIN" --config "$DIR/tg.toml" serve
+wanted forward && count forward "http://127.0.0.1:$PUB/_tokengate/auth/x" \
+    "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg.toml" serve
+wanted nginx || exit 0
 
 cat > "$DIR/px/nginx.conf" <<EOF
 worker_processes 1; daemon off; master_process off;

@@ -353,7 +353,7 @@ fn write_lines(
     metrics: &Metrics,
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let mut buf = String::with_capacity(512);
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut clock = Clock::default();
     let mut failed = false;
     // Blocks while idle; once lines come, naps between drains.
@@ -370,8 +370,8 @@ fn write_lines(
                             LogFormat::Json => json_line(&mut buf, &line, labels, &mut clock),
                             LogFormat::Text => text_line(&mut buf, &line, labels, &mut clock),
                         }
-                        buf.push('\n');
-                        if out.write_all(buf.as_bytes()).is_err() {
+                        buf.push(b'\n');
+                        if out.write_all(&buf).is_err() {
                             metrics.access_log_dropped.inc();
                             if !failed {
                                 failed = true;
@@ -405,7 +405,7 @@ struct Clock {
 }
 
 /// RFC 3339 UTC with milliseconds: `2026-12-01T18:00:00.123Z`.
-fn push_ts(buf: &mut String, ts: SystemTime, clock: &mut Clock) {
+fn push_ts(buf: &mut Vec<u8>, ts: SystemTime, clock: &mut Clock) {
     use std::fmt::Write as _;
     let d = ts
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -425,23 +425,23 @@ fn push_ts(buf: &mut String, ts: SystemTime, clock: &mut Clock) {
             t.second(),
         );
     }
-    buf.push_str(&clock.text);
-    buf.push('.');
+    buf.extend_from_slice(clock.text.as_bytes());
+    buf.push(b'.');
     push_padded(buf, u64::from(d.subsec_millis()), 3);
-    buf.push('Z');
+    buf.push(b'Z');
 }
 
 /// Milliseconds with microsecond precision: `0.412`.
-fn push_ms(buf: &mut String, d: Duration) {
+fn push_ms(buf: &mut Vec<u8>, d: Duration) {
     let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     push_u64(buf, us / 1000);
-    buf.push('.');
+    buf.push(b'.');
     push_padded(buf, us % 1000, 3);
 }
 
 /// `n` in decimal: the writer's one number format, without the
 /// formatting machinery (a line has a dozen numbers).
-fn push_u64(buf: &mut String, n: u64) {
+fn push_u64(buf: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;
@@ -453,11 +453,11 @@ fn push_u64(buf: &mut String, n: u64) {
             break;
         }
     }
-    buf.extend(digits[i..].iter().map(|d| char::from(*d)));
+    buf.extend_from_slice(&digits[i..]);
 }
 
 /// `n` in decimal, zero-padded to `width` digits.
-fn push_padded(buf: &mut String, n: u64, width: usize) {
+fn push_padded(buf: &mut Vec<u8>, n: u64, width: usize) {
     let mut len = 1;
     let mut m = n / 10;
     while m > 0 {
@@ -465,43 +465,65 @@ fn push_padded(buf: &mut String, n: u64, width: usize) {
         m /= 10;
     }
     for _ in len..width {
-        buf.push('0');
+        buf.push(b'0');
     }
     push_u64(buf, n);
 }
 
 /// A signed number (ids), in decimal.
-fn push_i64(buf: &mut String, n: i64) {
+fn push_i64(buf: &mut Vec<u8>, n: i64) {
     if n < 0 {
-        buf.push('-');
+        buf.push(b'-');
     }
     push_u64(buf, n.unsigned_abs());
 }
 
+/// An address as `Display` writes it; IPv4 (nearly every line) without
+/// the formatting machinery.
+fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                push_u64(buf, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
+}
+
+/// Whether `v` is printable ASCII with no `"` or `\`: the usual path or
+/// id, copied as it is. One branch-free pass (the compiler vectorises
+/// it), not a test and an early exit per byte.
+fn is_plain(v: &[u8]) -> bool {
+    v.iter().fold(true, |ok, &b| {
+        ok & (b.wrapping_sub(0x20) < 0x5f) & (b != b'"') & (b != b'\\')
+    })
+}
+
 /// A JSON string (quoted, escaped) of bytes that should be text.
-fn push_json_str(buf: &mut String, v: &[u8]) {
-    use std::fmt::Write as _;
-    buf.push('"');
-    // The usual case: printable ASCII with nothing to escape.
-    if let Some(plain) = std::str::from_utf8(v).ok().filter(|s| {
-        s.bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    }) {
-        buf.push_str(plain);
-        buf.push('"');
+fn push_json_str(buf: &mut Vec<u8>, v: &[u8]) {
+    buf.push(b'"');
+    if is_plain(v) {
+        buf.extend_from_slice(v);
+        buf.push(b'"');
         return;
     }
     for ch in String::from_utf8_lossy(v).chars() {
         match ch {
-            '"' => buf.push_str("\\\""),
-            '\\' => buf.push_str("\\\\"),
+            '"' => buf.extend_from_slice(b"\\\""),
+            '\\' => buf.extend_from_slice(b"\\\\"),
             c if (c as u32) < 0x20 || c == '\u{7f}' => {
                 let _ = write!(buf, "\\u{:04x}", c as u32);
             }
-            c => buf.push(c),
+            c => buf.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
         }
     }
-    buf.push('"');
+    buf.push(b'"');
 }
 
 /// The values both formats print, in field order; `None` is absent.
@@ -570,78 +592,77 @@ enum Value<'a> {
     Ip(IpAddr),
 }
 
-fn json_line(buf: &mut String, line: &Line, labels: &Labels, clock: &mut Clock) {
-    use std::fmt::Write as _;
-    buf.push('{');
+fn json_line(buf: &mut Vec<u8>, line: &Line, labels: &Labels, clock: &mut Clock) {
+    buf.push(b'{');
     for (i, (key, value)) in fields(line, labels).into_iter().enumerate() {
         if i > 0 {
-            buf.push(',');
+            buf.push(b',');
         }
-        buf.push('"');
-        buf.push_str(key);
-        buf.push_str("\":");
+        buf.push(b'"');
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(b"\":");
         match value {
-            Value::None => buf.push_str("null"),
+            Value::None => buf.extend_from_slice(b"null"),
             Value::Str(s) => push_json_str(buf, s),
             Value::Int(n) => push_i64(buf, n),
             Value::Ms(d) => push_ms(buf, d),
             Value::Ts(t) => {
-                buf.push('"');
+                buf.push(b'"');
                 push_ts(buf, t, clock);
-                buf.push('"');
+                buf.push(b'"');
             }
             Value::Trace(t) => push_json_str(buf, &t),
             Value::Ip(ip) => {
-                let _ = write!(buf, "\"{ip}\"");
+                buf.push(b'"');
+                push_ip(buf, ip);
+                buf.push(b'"');
             }
         }
     }
-    buf.push('}');
+    buf.push(b'}');
 }
 
 /// `ts method path status duration_ms` first, then `key=value` pairs.
-fn text_line(buf: &mut String, line: &Line, labels: &Labels, clock: &mut Clock) {
-    use std::fmt::Write as _;
-    let mut push = |buf: &mut String, v: Value<'_>| match v {
-        Value::None => buf.push('-'),
+fn text_line(buf: &mut Vec<u8>, line: &Line, labels: &Labels, clock: &mut Clock) {
+    let push = |buf: &mut Vec<u8>, v: Value<'_>, clock: &mut Clock| match v {
+        Value::None => buf.push(b'-'),
         // Paths and ids are visible ASCII already; anything else shows
         // escaped, so a line stays one line.
+        Value::Str(s) if s.iter().all(u8::is_ascii_graphic) => buf.extend_from_slice(s),
         Value::Str(s) => {
             for ch in String::from_utf8_lossy(s).chars() {
                 if ch.is_control() || ch == ' ' {
                     let _ = write!(buf, "\\x{:02x}", ch as u32);
                 } else {
-                    buf.push(ch);
+                    buf.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
                 }
             }
         }
         Value::Int(n) => push_i64(buf, n),
         Value::Ms(d) => push_ms(buf, d),
         Value::Ts(t) => push_ts(buf, t, clock),
-        Value::Trace(t) => buf.push_str(std::str::from_utf8(&t).unwrap_or("-")),
-        Value::Ip(ip) => {
-            let _ = write!(buf, "{ip}");
-        }
+        Value::Trace(t) => buf.extend_from_slice(&t),
+        Value::Ip(ip) => push_ip(buf, ip),
     };
     const LEAD: [&str; 5] = ["ts", "method", "path", "status", "duration_ms"];
     let mut all = fields(line, labels).map(|(k, v)| (k, Some(v)));
     for (i, key) in LEAD.iter().enumerate() {
         if i > 0 {
-            buf.push(' ');
+            buf.push(b' ');
         }
         let v = all
             .iter_mut()
             .find(|(k, _)| k == key)
             .and_then(|(_, v)| v.take());
-        push(buf, v.unwrap_or(Value::None));
+        push(buf, v.unwrap_or(Value::None), clock);
     }
-    buf.push_str("ms");
+    buf.extend_from_slice(b"ms");
     for (key, value) in all {
         if let Some(value) = value {
-            buf.push(' ');
-            buf.push_str(key);
-            buf.push('=');
-            push(buf, value);
+            buf.push(b' ');
+            buf.extend_from_slice(key.as_bytes());
+            buf.push(b'=');
+            push(buf, value, clock);
         }
     }
 }
@@ -750,14 +771,14 @@ mod tests {
 
     #[test]
     fn json_lines_hold_every_field_in_order() {
-        let mut buf = String::new();
+        let mut buf = Vec::new();
         json_line(
             &mut buf,
             &line(RouteSeries::Route(0), Some("ROUTE_NOT_FOUND")),
             &labels(),
             &mut Clock::default(),
         );
-        let v: serde_json::Value = serde_json::from_str(&buf).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = vec![
             "ts",
@@ -822,32 +843,68 @@ mod tests {
     #[test]
     fn numbers_are_written_as_format_would() {
         for n in [0u64, 7, 10, 999, 1000, 123_456_789, u64::MAX] {
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_u64(&mut s, n);
-            assert_eq!(s, n.to_string());
-            let mut s = String::new();
+            assert_eq!(s, n.to_string().as_bytes());
+            let mut s = Vec::new();
             push_padded(&mut s, n % 1000, 3);
-            assert_eq!(s, format!("{:03}", n % 1000));
+            assert_eq!(s, format!("{:03}", n % 1000).as_bytes());
         }
         for n in [0i64, -1, i64::MIN, i64::MAX] {
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_i64(&mut s, n);
-            assert_eq!(s, n.to_string());
+            assert_eq!(s, n.to_string().as_bytes());
         }
-        let mut s = String::new();
+        let mut s = Vec::new();
         push_ms(&mut s, Duration::from_micros(12_005));
-        assert_eq!(s, "12.005");
+        assert_eq!(s, b"12.005");
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut s = Vec::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn json_strings_escape_what_json_needs_and_copy_the_rest() {
+        for v in [
+            "/api/x",
+            "",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "del\u{7f}",
+            "é/ü",
+            "~!",
+        ] {
+            let mut s = Vec::new();
+            push_json_str(&mut s, v.as_bytes());
+            let back: String = serde_json::from_slice(&s).unwrap();
+            assert_eq!(back, v);
+        }
+        assert!(is_plain(b"/api/x~!") && is_plain(b""));
+        for v in ["a\"b", "a\\b", "a\tb", "\u{7f}", "é"] {
+            assert!(!is_plain(v.as_bytes()), "{v}");
+        }
     }
 
     #[test]
     fn text_lines_read_left_to_right() {
-        let mut buf = String::new();
+        let mut buf = Vec::new();
         text_line(
             &mut buf,
             &line(RouteSeries::None, None),
             &labels(),
             &mut Clock::default(),
         );
+        let buf = String::from_utf8(buf).unwrap();
         assert!(
             buf.starts_with(
                 "2027-01-15T08:00:00.123Z GET /api/x\"y 404 2.412ms request_id=rid-1 trace_id="
