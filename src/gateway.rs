@@ -314,7 +314,7 @@ impl Gateway {
     /// A request's id and trace ([`crate::trace::identify`]), worked out
     /// once, first, by both codecs.
     pub fn identify(&self, fields: &(impl RequestFields + ?Sized)) -> (HeaderValue, Trace) {
-        crate::trace::identify(fields, self.config.server.trust_request_id, new_request_id)
+        crate::trace::identify(fields, self.config.server.trust_request_id)
     }
 
     /// A refusal's response in pieces (`Denial::parts`), for both codecs:
@@ -542,35 +542,4 @@ pub fn check_method(method: &http::Method) -> Result<(), Denial> {
         return Err(Denial::BadMethod);
     }
     Ok(())
-}
-
-/// A fresh request id (UUIDv7: sortable by time, unique without
-/// coordination). Its random bits come from `rand`'s thread-local generator
-/// (seeded from the OS), not from `Uuid::now_v7`, which asks the OS for
-/// fresh entropy with a `getrandom` syscall on every call: an id needs to be
-/// unique, not secret.
-pub fn new_request_id() -> HeaderValue {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let random: [u8; 10] = rand::random();
-    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::new_request_id;
-
-    #[test]
-    fn request_ids_are_distinct_v7_uuids() {
-        let ids: std::collections::HashSet<_> = (0..1000).map(|_| new_request_id()).collect();
-        assert_eq!(ids.len(), 1000);
-        for id in ids.iter().take(10) {
-            let u = uuid::Uuid::parse_str(id.to_str().unwrap_or("")).unwrap_or_default();
-            assert_eq!(u.get_version_num(), 7, "{id:?}");
-        }
-    }
 }

@@ -232,6 +232,10 @@ pub struct Lookalikes {
     ours: Vec<(HeaderName, Vec<u8>)>,
     /// The most letters and digits any of ours has.
     longest: usize,
+    /// The first letter or digit of each of ours ([`alnum_bit`]): most
+    /// names a request carries (`host`, `authorization`, `user-agent`)
+    /// start otherwise and are passed after one look.
+    firsts: u64,
 }
 
 impl Lookalikes {
@@ -243,7 +247,15 @@ impl Lookalikes {
             .map(|n| (n.clone(), alnum(n.as_str()).collect()))
             .collect();
         let longest = ours.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
-        Self { ours, longest }
+        let firsts = ours
+            .iter()
+            .filter_map(|(_, l)| l.first())
+            .fold(0, |set, b| set | alnum_bit(*b));
+        Self {
+            ours,
+            longest,
+            firsts,
+        }
     }
 
     /// Refuses (400) any look-alike among `headers`' names. Runs before
@@ -251,6 +263,10 @@ impl Lookalikes {
     pub fn check(&self, headers: &(impl RequestFields + ?Sized)) -> Result<(), Denial> {
         let mut letters = [0u8; 64];
         'names: for (name, _) in headers.fields() {
+            let first = name.iter().find(|b| b.is_ascii_alphanumeric());
+            if first.is_none_or(|b| alnum_bit(*b) & self.firsts == 0) {
+                continue;
+            }
             let mut n = 0;
             for b in name.iter().filter(|b| b.is_ascii_alphanumeric()) {
                 if n == self.longest || n == letters.len() {
@@ -272,6 +288,16 @@ impl Lookalikes {
             }
         }
         Ok(())
+    }
+}
+
+/// A letter (either case) or digit as one bit of a set: letters 0 to 25,
+/// digits 26 to 35; anything else is no bit.
+fn alnum_bit(b: u8) -> u64 {
+    match b.to_ascii_lowercase() {
+        c @ b'a'..=b'z' => 1 << (c - b'a'),
+        c @ b'0'..=b'9' => 1 << (26 + c - b'0'),
+        _ => 0,
     }
 }
 
@@ -586,6 +612,9 @@ mod tests {
             "xtenantid",
             "x-tenant_id",
             "x-forwarded_for",
+            "X_Tenant_Id",
+            "_x-tenant-id",
+            "-x-tenant-id",
         ] {
             assert!(l.check(&map(&[(bad, "1")])).is_err(), "{bad}");
         }

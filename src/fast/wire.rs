@@ -71,6 +71,10 @@ pub struct RequestHead {
     buf: Bytes,
     /// Each field's name and value, as offsets into `buf`.
     fields: Vec<Field>,
+    /// Every field name's [`name_bit`]: most names a request is asked
+    /// about (`token`, `traceparent`, `x-forwarded-uri`, ...) are absent,
+    /// and a clear bit says so without a look at each field.
+    names: u64,
     /// An absolute-form target's authority, when no `Host` was sent: it
     /// reads as the `Host` field, as on the hyper path.
     authority: Option<Bytes>,
@@ -117,10 +121,27 @@ impl RequestFields for RequestHead {
 
     fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
         let name = name.as_str().as_bytes();
-        self.fields()
+        let absent = self.names & name_bit(name) == 0 && self.authority.is_none();
+        let fields: &[Field] = if absent { &[] } else { &self.fields };
+        fields
+            .iter()
+            .map(|f| (self.span(f.name), self.span(f.value)))
+            .chain(self.authority.as_deref().map(|a| (&b"host"[..], a)))
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
+}
+
+/// A field name as one of 64 bits, from its length and its first and last
+/// bytes, case folded: equal names (ignoring case) have equal bits.
+fn name_bit(name: &[u8]) -> u64 {
+    let (Some(first), Some(last)) = (name.first(), name.last()) else {
+        return 1;
+    };
+    let h = (name.len() as u32).wrapping_mul(31)
+        ^ u32::from(first.to_ascii_lowercase()).wrapping_mul(7)
+        ^ u32::from(last.to_ascii_lowercase());
+    1 << (h % 64)
 }
 
 /// Offset of `part` inside `whole`, which it is a slice of.
@@ -193,11 +214,13 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
     let mut body_len = None;
     let mut close = false;
     let mut has_host = false;
+    let mut names = 0;
     for f in req.headers.iter() {
         let name = f.name.as_bytes();
         if name.len() > MAX_NAME_LEN {
             return Parsed::Unsupported;
         }
+        names |= name_bit(name);
         if name.eq_ignore_ascii_case(b"content-length") {
             match (body_len, parse_length(f.value)) {
                 (None, Some(n)) => body_len = Some(n),
@@ -240,6 +263,7 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
         close,
         buf: buf.clone(),
         fields: spans,
+        names,
         authority: authority.filter(|_| !has_host),
     })
 }
@@ -691,6 +715,40 @@ mod tests {
         match parse_response(s.as_bytes(), head, &mut out) {
             Parsed::Complete(h) => (h, String::from_utf8(out).unwrap()),
             other => panic!("{other:?}"),
+        }
+    }
+
+    proptest! {
+        /// A field is found by its name in any case, and every value of
+        /// it in order; a name not sent finds nothing (the name bits are
+        /// a shortcut, never an answer).
+        #[test]
+        fn values_are_found_by_name_whatever_the_case(
+            names in proptest::collection::vec("[a-zA-Z][a-zA-Z0-9_-]{0,20}", 1..12),
+            asked in "[a-z][a-z0-9_-]{0,20}",
+        ) {
+            let mut head = String::from("GET / HTTP/1.1\r\n");
+            for (i, n) in names.iter().enumerate() {
+                head.push_str(&format!("{n}: v{i}\r\n"));
+            }
+            head.push_str("\r\n");
+            let Parsed::Complete(h) = req(&head) else {
+                return Err(TestCaseError::fail("not parsed"));
+            };
+            for n in names.iter().map(|n| n.to_ascii_lowercase()).chain([asked]) {
+                let want: Vec<String> = names
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.eq_ignore_ascii_case(&n))
+                    .map(|(i, _)| format!("v{i}"))
+                    .collect();
+                let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
+                let got: Vec<String> = h
+                    .values(&name)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                prop_assert_eq!(got, want, "{}", n);
+            }
         }
     }
 
