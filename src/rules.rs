@@ -20,8 +20,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::cache::{AuthEntry, ConnectionMemo};
 use crate::error::Denial;
 use crate::fields::{
-    connection_tokens, is_hop_by_hop_bytes, list_has, RequestFields, HOP_BY_HOP, SPOOFABLE,
-    TOKEN_HEADER, TRACEPARENT, X_REQUEST_ID,
+    connection_tokens, is_hop_by_hop_bytes, is_name, list_has, RequestFields, HOP_BY_HOP,
+    SPOOFABLE, TOKEN_HEADER, TRACEPARENT, X_REQUEST_ID,
 };
 use crate::upstream::{UpstreamConfig, UpstreamProtocol};
 
@@ -341,7 +341,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 /// `X-Request-Id` (the gateway states its own). Both codecs strip by it:
 /// [`strip_response`] on a map, the fast path on the bytes.
 pub fn response_drops(name: &[u8]) -> bool {
-    is_hop_by_hop_bytes(name) || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes())
+    is_hop_by_hop_bytes(name) || is_name(name, X_REQUEST_ID.as_str().as_bytes())
 }
 
 /// Removes from a response's headers what [`response_drops`] picks and
@@ -384,9 +384,7 @@ impl StripSet {
 
     /// Whether `name`, in any letter case, is removed.
     pub fn contains(&self, name: &[u8]) -> bool {
-        self.names
-            .iter()
-            .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+        self.names.iter().any(|n| is_name(name, n))
     }
 }
 
@@ -435,9 +433,9 @@ pub fn strip_request<'h, R: RequestFields + ?Sized>(
         if strip.contains(name) || is_listed(name) {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"host") {
+        if is_name(name, b"host") {
             host = host.or(Some(field));
-        } else if h1 && name.eq_ignore_ascii_case(b"cookie") {
+        } else if h1 && is_name(name, b"cookie") {
             match cookie {
                 None => cookie = Some(field),
                 Some(first) => {

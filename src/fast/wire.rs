@@ -16,7 +16,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 
-use crate::fields::{connection_tokens, is_hop_by_hop_bytes, RequestFields};
+use crate::fields::{connection_tokens, is_hop_by_hop_bytes, is_name, RequestFields};
 use crate::rules::{response_drops, RequestSink};
 
 /// Most header fields in a request head the fast path takes; more go to
@@ -127,7 +127,7 @@ impl RequestFields for RequestHead {
             .iter()
             .map(|f| (self.span(f.name), self.span(f.value)))
             .chain(self.authority.as_deref().map(|a| (&b"host"[..], a)))
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| is_name(n, name))
             .map(|(_, v)| v)
     }
 }
@@ -221,24 +221,24 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
             return Parsed::Unsupported;
         }
         names |= name_bit(name);
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if is_name(name, b"content-length") {
             match (body_len, parse_length(f.value)) {
                 (None, Some(n)) => body_len = Some(n),
                 _ => return Parsed::Unsupported,
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
+        } else if is_name(name, b"transfer-encoding")
+            || is_name(name, b"expect")
+            || is_name(name, b"upgrade")
         {
             return Parsed::Unsupported;
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if is_name(name, b"connection") {
             for t in connection_tokens(std::iter::once(f.value)) {
                 if t.eq_ignore_ascii_case(b"upgrade") {
                     return Parsed::Unsupported;
                 }
                 close |= t.eq_ignore_ascii_case(b"close");
             }
-        } else if name.eq_ignore_ascii_case(b"host") {
+        } else if is_name(name, b"host") {
             has_host = true;
         }
         let (n, v) = (offset(buf, name), offset(buf, f.value));
@@ -361,13 +361,13 @@ fn rewrite_response(
     let mut close = version == 0;
     for f in resp.headers.iter() {
         let name = f.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if is_name(name, b"content-length") {
             match (length, parse_length(f.value)) {
                 (None, Some(n)) => length = Some(n),
                 (Some(a), Some(b)) if a == b => {}
                 _ => return Parsed::Unsupported,
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if is_name(name, b"transfer-encoding") {
             transfer_coded = true;
             // Only the final coding decides the framing (RFC 9112 6.3).
             chunked = f
@@ -375,7 +375,7 @@ fn rewrite_response(
                 .rsplit(|b| *b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if is_name(name, b"connection") {
             for t in connection_tokens(std::iter::once(f.value)) {
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -438,9 +438,9 @@ fn rewrite_response(
     let mut dated = false;
     for f in resp.headers.iter() {
         let name = f.name.as_bytes();
-        let keep = if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        let keep = if is_name(name, b"transfer-encoding") {
             keep_coding
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+        } else if is_name(name, b"content-length") {
             !transfer_coded
         } else {
             !response_drops(name) && !is_listed(name)
@@ -448,7 +448,7 @@ fn rewrite_response(
         if keep {
             // Only a `Date` that reaches the client counts (one the
             // upstream listed in `Connection` does not).
-            dated |= name.eq_ignore_ascii_case(b"date");
+            dated |= is_name(name, b"date");
             push_field(out, name, f.value);
         }
     }
@@ -494,7 +494,7 @@ pub struct FieldWriter<'a> {
 
 impl<'h> RequestSink<(&'h [u8], &'h [u8])> for FieldWriter<'_> {
     fn pass(&mut self, (name, value): (&'h [u8], &'h [u8])) {
-        if !(self.drop_length && name.eq_ignore_ascii_case(b"content-length")) {
+        if !(self.drop_length && is_name(name, b"content-length")) {
             push_field(self.out, name, value);
         }
     }
