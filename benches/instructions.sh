@@ -7,7 +7,8 @@
 #
 # KEEP=DIR keeps each case's callgrind profile as DIR/LABEL.cg, to read
 # with `callgrind_annotate --inclusive=yes DIR/cached.cg`. CASES="cached
-# forward" runs only the cases named (default: cached none forward nginx).
+# forward" runs only the cases named (default: cached none limited forward
+# nginx).
 #
 # Needs valgrind, wrk and nginx (Debian: valgrind wrk nginx-light) and a
 # release build (`cargo build --release`, or TOKENGATE_BIN=path). Counts
@@ -17,7 +18,8 @@
 # Topology: nginx serves a static 200 on core 0 as the upstream; the proxy
 # under test runs under callgrind on core 1; wrk (8 connections, core 0)
 # drives it over loopback. Cases: tokengate with a valid token (`cached`),
-# tokengate on an `auth = "none"` route (`none`), tokengate's forward-auth
+# tokengate on an `auth = "none"` route (`none`), the same token on a
+# route with a rate limit it never reaches (`limited`), tokengate's forward-auth
 # answer for a valid token (`forward`, nothing forwarded), and nginx itself
 # as a plain keep-alive `proxy_pass` (`nginx`). Everything listens on
 # 127.0.0.1.
@@ -77,6 +79,15 @@ upstream = "up"
 path = "/open"
 upstream = "up"
 auth = "none"
+[[routes]]
+path = "/limited"
+upstream = "up"
+rate_limits = ["bench"]
+[[rate_limits.policies]]
+name = "bench"
+requests = 1000000000
+window_seconds = 60
+by = "token"
 EOF
 "$BIN" --config "$DIR/tg.toml" init >/dev/null 2>&1
 "$BIN" --config "$DIR/tg.toml" tenant create --name Bench >/dev/null
@@ -106,13 +117,15 @@ count() {
         "$label" "$req" "$ir" $((ir / req))
     if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$DIR/$label.cg" "$KEEP/$label.cg"; fi
 }
-CASES=${CASES:-cached none forward nginx}
+CASES=${CASES:-cached none limited forward nginx}
 wanted() { case " $CASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 wanted cached && count cached "http://127.0.0.1:$PUB/x" "http://127.0.0.1:$ADM/healthz" -- \
     "$BIN" --config "$DIR/tg.toml" serve
 wanted none && count none "http://127.0.0.1:$PUB/open/x" "http://127.0.0.1:$ADM/healthz" -- \
     "$BIN" --config "$DIR/tg.toml" serve
+wanted limited && count limited "http://127.0.0.1:$PUB/limited/x" \
+    "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg.toml" serve
 wanted forward && count forward "http://127.0.0.1:$PUB/_tokengate/auth/x" \
     "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg.toml" serve
 wanted nginx || exit 0

@@ -104,6 +104,13 @@ impl Key {
     }
 }
 
+/// Every key's window. Hashed by foldhash, randomly seeded per process:
+/// each request hashes its keys, and SipHash (the standard map's) cost
+/// about a thousand instructions of a limited request; a seeded hash
+/// still gives a client choosing its keys (`client_ip`) no collisions to
+/// aim at.
+type Windows = DashMap<(Slot, Key), Entry, foldhash::quality::RandomState>;
+
 /// One key's counts: its window here, and (with a shared store) its
 /// allowance.
 #[derive(Debug)]
@@ -213,7 +220,7 @@ pub struct QuotaDelta {
 #[derive(Debug)]
 pub struct Limiter {
     config: RateLimitConfig,
-    windows: Arc<DashMap<(Slot, Key), Entry>>,
+    windows: Arc<Windows>,
     quotas: DashMap<Arc<str>, QuotaCount>,
     metrics: Arc<Metrics>,
     shared: Option<Arc<Shared>>,
@@ -247,7 +254,7 @@ impl Limiter {
         }
         Self {
             config,
-            windows: Arc::new(DashMap::new()),
+            windows: Arc::new(Windows::default()),
             quotas: DashMap::new(),
             metrics,
             shared,
@@ -712,7 +719,7 @@ fn apply_grant(e: &mut Entry, ask: &Ask, g: Granted, now: i64) -> Option<(i64, u
 /// Redis lost its counts: every use this instance made within each window
 /// is forced into the new count with the key's next grant, and allowances
 /// granted by the old one are dropped.
-fn readd_after_reset(windows: &DashMap<(Slot, Key), Entry>, now: i64) {
+fn readd_after_reset(windows: &Windows, now: i64) {
     for mut e in windows.iter_mut() {
         let used = e.window.used_at(now);
         e.lease.unbacked = u32::try_from(used).unwrap_or(u32::MAX);

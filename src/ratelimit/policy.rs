@@ -25,7 +25,7 @@ pub const QUOTA_POLICY: &str = "quota";
 /// A policy name, kept inline so that a refusal carrying it stays `Copy`.
 /// Letters, digits, `-`, `_` and `.`: nothing that needs escaping inside a
 /// structured-field string.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PolicyName {
     len: u8,
     bytes: [u8; MAX_NAME_LEN],
@@ -73,6 +73,15 @@ impl PolicyName {
             len: 0,
             bytes: [0; MAX_NAME_LEN],
         })
+    }
+}
+
+/// The name's own bytes, not the whole array: every request hashes the
+/// policy's key, and the unused tail is always zero (so names equal as
+/// arrays hash equal).
+impl std::hash::Hash for PolicyName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.bytes[..usize::from(self.len)]);
     }
 }
 

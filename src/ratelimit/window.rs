@@ -25,6 +25,9 @@ pub struct Window {
     newest: i64,
     /// Counts, by bucket index modulo the length.
     counts: Box<[u32]>,
+    /// The sum of `counts`: what [`Self::used`] starts from, so a request
+    /// reads the one or two buckets held past the window, not all sixty.
+    total: u64,
 }
 
 /// A request admitted: what is left.
@@ -48,6 +51,7 @@ impl Window {
             window,
             newest: i64::MIN,
             counts: vec![0; n as usize].into_boxed_slice(),
+            total: 0,
         }
     }
 
@@ -62,10 +66,12 @@ impl Window {
         let b = self.index(now);
         if self.newest == i64::MIN || b - self.newest >= self.counts.len() as i64 {
             self.counts.iter_mut().for_each(|c| *c = 0);
+            self.total = 0;
             self.newest = b;
         } else if b > self.newest {
             for i in self.newest + 1..=b {
                 let slot = self.slot(i);
+                self.total -= u64::from(self.counts[slot]);
                 self.counts[slot] = 0;
             }
             self.newest = b;
@@ -83,11 +89,23 @@ impl Window {
         lo..=self.newest
     }
 
-    /// Requests counted in the window at `now`.
+    /// Requests counted in the window at `now`: every bucket held, less
+    /// those held that are older than the window's (one or two).
     fn used(&self, now: i64) -> u64 {
-        self.span(now)
+        let held_oldest = self.newest - self.counts.len() as i64 + 1;
+        let outside: u64 = (held_oldest..*self.span(now).start())
             .map(|i| u64::from(self.counts[self.slot(i)]))
-            .sum()
+            .sum();
+        self.total - outside
+    }
+
+    /// Adds one to the newest bucket.
+    fn add_one(&mut self) {
+        let slot = self.slot(self.newest);
+        if self.counts[slot] < u32::MAX {
+            self.counts[slot] += 1;
+            self.total += 1;
+        }
     }
 
     /// Seconds from `now` until bucket `i` leaves the window.
@@ -96,12 +114,28 @@ impl Window {
         u32::try_from((at - now).max(1)).unwrap_or(u32::MAX)
     }
 
+    /// The window's buckets at `now`, oldest first: (bucket index, count).
+    /// Steps through the slots instead of dividing for each.
+    fn counted(&self, now: i64) -> impl Iterator<Item = (i64, u32)> + '_ {
+        let span = self.span(now);
+        let mut slot = self.slot(*span.start());
+        span.map(move |i| {
+            let c = self.counts.get(slot).copied().unwrap_or(0);
+            slot = if slot + 1 == self.counts.len() {
+                0
+            } else {
+                slot + 1
+            };
+            (i, c)
+        })
+    }
+
     /// Seconds until the used count drops below `limit` (at least 1).
     fn wait_below(&self, limit: u32, now: i64) -> u32 {
         let used = self.used(now);
         let mut freed = 0u64;
-        for i in self.span(now) {
-            freed += u64::from(self.counts[self.slot(i)]);
+        for (i, c) in self.counted(now) {
+            freed += u64::from(c);
             if used - freed < u64::from(limit) {
                 return self.leaves(i, now);
             }
@@ -117,9 +151,9 @@ impl Window {
         let reset = match remaining {
             0 => self.wait_below(limit, now),
             _ => self
-                .span(now)
-                .find(|i| self.counts[self.slot(*i)] > 0)
-                .map_or(self.window, |i| self.leaves(i, now)),
+                .counted(now)
+                .find(|(_, c)| *c > 0)
+                .map_or(self.window, |(i, _)| self.leaves(i, now)),
         };
         Left { remaining, reset }
     }
@@ -131,8 +165,7 @@ impl Window {
         if self.used(now) >= u64::from(limit) {
             return Err(self.wait_below(limit, now));
         }
-        let slot = self.slot(self.newest);
-        self.counts[slot] = self.counts[slot].saturating_add(1);
+        self.add_one();
         Ok(self.peek(limit, now))
     }
 
@@ -140,7 +173,10 @@ impl Window {
     pub fn give_back(&mut self, now: i64) {
         if self.index(now) == self.newest {
             let slot = self.slot(self.newest);
-            self.counts[slot] = self.counts[slot].saturating_sub(1);
+            if self.counts[slot] > 0 {
+                self.counts[slot] -= 1;
+                self.total -= 1;
+            }
         }
     }
 
@@ -162,6 +198,7 @@ impl Window {
         self.advance(now);
         let slot = self.slot(self.newest);
         self.counts[slot] = u32::try_from(used).unwrap_or(u32::MAX);
+        self.total = u64::from(self.counts[slot]);
     }
 
     /// The window length.
@@ -194,8 +231,7 @@ impl Window {
     /// admitted it); what is left against `limit`.
     pub fn count(&mut self, limit: u32, now: i64) -> Left {
         self.advance(now);
-        let slot = self.slot(self.newest);
-        self.counts[slot] = self.counts[slot].saturating_add(1);
+        self.add_one();
         self.peek(limit, now)
     }
 
@@ -273,6 +309,37 @@ mod tests {
     }
 
     proptest! {
+        /// The running total less what is held past the window is the sum
+        /// of the window's buckets, whatever was taken, given back,
+        /// counted or re-windowed, and however the clock moved (back too).
+        #[test]
+        fn used_is_the_sum_of_the_window(
+            window in 1u32..200,
+            steps in proptest::collection::vec((-3i64..90, 0u8..4), 1..200),
+        ) {
+            let mut w = Window::new(window);
+            let mut t = 1_000i64;
+            for (dt, op) in steps {
+                t += dt;
+                match op {
+                    0 => { let _ = w.take(5, t); }
+                    1 => { w.count(5, t); }
+                    2 => w.give_back(t),
+                    _ => w.rewindow(if window % 2 == 0 { window } else { window + 7 }, t),
+                }
+                let used = w.used_at(t);
+                let naive: u64 = w
+                    .span(t)
+                    .map(|i| u64::from(w.counts[w.slot(i)]))
+                    .sum();
+                prop_assert_eq!(used, naive);
+                let stepped: Vec<(i64, u32)> = w.counted(t).collect();
+                let divided: Vec<(i64, u32)> = w.span(t).map(|i| (i, w.counts[w.slot(i)])).collect();
+                prop_assert_eq!(stepped, divided);
+                prop_assert_eq!(w.total, w.counts.iter().map(|c| u64::from(*c)).sum::<u64>());
+            }
+        }
+
         /// Whatever the arrival times, no span of `window` seconds admits
         /// more than the limit; and a key whose every request fits
         /// admits them all.
