@@ -19,7 +19,9 @@
 # under test runs under callgrind on core 1; wrk (8 connections, core 0)
 # drives it over loopback. Cases: tokengate with a valid token (`cached`),
 # tokengate on an `auth = "none"` route (`none`), the same token on a
-# route with a rate limit it never reaches (`limited`), tokengate's forward-auth
+# route with a rate limit it never reaches (`limited`; `limited-redis`
+# counting through a redis-server started on a free port, when CASES names
+# it), tokengate's forward-auth
 # answer for a valid token (`forward`, nothing forwarded), and nginx itself
 # as a plain keep-alive `proxy_pass` (`nginx`). Everything listens on
 # 127.0.0.1.
@@ -126,6 +128,17 @@ wanted none && count none "http://127.0.0.1:$PUB/open/x" "http://127.0.0.1:$ADM/
     "$BIN" --config "$DIR/tg.toml" serve
 wanted limited && count limited "http://127.0.0.1:$PUB/limited/x" \
     "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg.toml" serve
+if wanted limited-redis; then
+    # The limited route again, counting through a redis-server of its own.
+    RPORT=$(free_port)
+    redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize yes --pidfile "$DIR/redis.pid" >/dev/null
+    sed "s|^\[\[rate_limits.policies\]\]|[rate_limits]\nstore = \"redis://127.0.0.1:$RPORT\"\n[[rate_limits.policies]]|" \
+        "$DIR/tg.toml" > "$DIR/tg-redis.toml"
+    count limited-redis "http://127.0.0.1:$PUB/limited/x" \
+        "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg-redis.toml" serve
+    kill "$(cat "$DIR/redis.pid")"
+fi
 wanted forward && count forward "http://127.0.0.1:$PUB/_tokengate/auth/x" \
     "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg.toml" serve
 wanted nginx || exit 0

@@ -203,8 +203,13 @@ pub async fn serve<S: ClientStream>(
         response_timer: Deadline::new(),
         head_request: false,
     };
+    // One wait for shutdown for the connection's life, not one per request
+    // (each registered with the watch, then dropped, as the next request
+    // came in first).
+    let mut stop_rx = shutdown.clone();
+    let mut stop = std::pin::pin!(stop_rx.changed());
     loop {
-        let Some((head, request)) = c.read_request(shutdown).await else {
+        let Some((head, request)) = c.read_request(shutdown, stop.as_mut()).await else {
             return Ended::Closed;
         };
         let Some(head) = head else {
@@ -354,9 +359,12 @@ impl BodyProgress {
 impl<S: ClientStream> Client<'_, S> {
     /// Reads the next request: `None` when the connection ends first;
     /// `Some((None, bytes))` when it is not for the fast path.
+    /// `stop` completes at shutdown; it is polled only while idle, and
+    /// never again once complete (this returns at once).
     async fn read_request(
         &mut self,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &watch::Receiver<bool>,
+        mut stop: Pin<&mut impl std::future::Future<Output = Result<(), watch::error::RecvError>>>,
     ) -> Option<(Option<RequestHead>, Bytes)> {
         // The first request's head must come within the header read
         // timeout of the accept; a later one may be awaited for the idle
@@ -421,7 +429,7 @@ impl<S: ClientStream> Client<'_, S> {
                     // timeout, as any body.
                     return Some((None, self.buf.split().freeze()));
                 }
-                _ = shutdown.changed(), if idle => return None,
+                _ = stop.as_mut(), if idle => return None,
             };
             match read {
                 Ok(0) | Err(_) => return None,
