@@ -264,7 +264,12 @@ async fn accept_loop<H, F>(
                     Some(Some(config)) => Some(config),
                     Some(None) => continue,
                 };
-                tokio::spawn(async move {
+                // Boxed before it is spawned: a future is copied whole
+                // each time it moves (into its task, and each time the
+                // task changes stage), and a connection's is several
+                // kilobytes (the fast path's state, hyper's, TLS's),
+                // copied per connection. A box moves as a pointer.
+                let connection = Box::pin(async move {
                     let _held = held;
                     let Some(tls) = tls else {
                         let peer = Peer::new(addr);
@@ -281,6 +286,7 @@ async fn accept_loop<H, F>(
                         Err(e) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed; closing"),
                     }
                 });
+                tokio::spawn(connection);
             }
             _ = shutdown.changed() => break,
         }
