@@ -199,8 +199,8 @@ pub async fn serve<S: ClientStream>(
         resp: Vec::with_capacity(1024),
         accepted,
         answered: false,
-        header_timer: Deadline::new(),
-        response_timer: Deadline::new(),
+        header_timer: Deadline::new(accepted),
+        response_timer: Deadline::new(accepted),
         head_request: false,
     };
     loop {
@@ -233,35 +233,45 @@ pub async fn serve<S: ClientStream>(
 /// timer underneath is re-armed only when it goes off before the deadline
 /// (at most once per timeout period) or must go off sooner. Re-arming a
 /// tokio timer on every request was a measurable share of the fast path.
+/// The timer is made when the deadline is first waited on, for the
+/// deadline then in force: one never waited on (a request that was in when
+/// the connection was first read, a connection closed before its response
+/// head was awaited) costs no timer at all, and none is ever registered
+/// already expired (that woke the runtime's driver, then the connection's
+/// task, for nothing, once per timer).
 struct Deadline {
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
     at: Instant,
 }
 
 impl Deadline {
-    fn new() -> Self {
-        let sleep = Box::pin(tokio::time::sleep(Duration::ZERO));
-        let at = sleep.deadline();
-        Self { sleep, at }
+    /// Not yet armed: [`Self::set`] before the first [`Self::expired`].
+    fn new(at: Instant) -> Self {
+        Self { sleep: None, at }
     }
 
     /// Moves the deadline.
     fn set(&mut self, at: Instant) {
-        if at < self.sleep.deadline() {
-            self.sleep.as_mut().reset(at);
+        if let Some(sleep) = &mut self.sleep {
+            if at < sleep.deadline() {
+                sleep.as_mut().reset(at);
+            }
         }
         self.at = at;
     }
 
     /// Completes once the deadline has passed.
     async fn expired(&mut self) {
+        let at = self.at;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
         loop {
-            self.sleep.as_mut().await;
+            sleep.as_mut().await;
             if Instant::now() >= self.at {
                 return;
             }
-            let at = self.at;
-            self.sleep.as_mut().reset(at);
+            sleep.as_mut().reset(self.at);
         }
     }
 }
