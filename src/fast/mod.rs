@@ -749,11 +749,14 @@ impl<S: ClientStream> Client<'_, S> {
         if self.stream.shutdown().await.is_err() {
             return;
         }
-        let mut sink = [0u8; 4096];
         let mut total = 0;
         let drain = async {
             loop {
-                match self.stream.read(&mut sink).await {
+                // Into the connection's own buffer, whose bytes will never
+                // be answered now: no sink to zero, none in this future.
+                self.buf.clear();
+                self.buf.reserve(CLIENT_READ_BUF);
+                match self.stream.read_buf(&mut self.buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
                         total += n;
