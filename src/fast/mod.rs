@@ -81,7 +81,9 @@
 //!   to hyper then is served its request and closed. Closing, the fast
 //!   path lingers (FIN, then reads and drops for up to two seconds), so
 //!   requests pipelined behind the last answer do not provoke a reset
-//!   that could cut its end off.
+//!   that could cut its end off; it closes at once only when the client
+//!   said `Connection: close` (it sends no more requests) and nothing it
+//!   sent is unread, as far as the runtime has seen, as nginx does.
 
 pub mod wire;
 
@@ -150,9 +152,27 @@ enum Next {
 /// What a client connection is: a TCP socket, or a TLS stream over one
 /// (`crate::tls`). The fast path is the same code over either, so TLS
 /// costs the crypto and nothing else.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Whether the client has sent nothing that is not yet read, as far as
+    /// the runtime has seen (no read readiness since a read last came up
+    /// short): nothing a close could answer with a reset. `false` when it
+    /// cannot tell, and then a closing connection lingers.
+    fn nothing_unread(&self) -> bool {
+        false
+    }
+}
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for S {}
+impl ClientStream for tokio::net::TcpStream {
+    fn nothing_unread(&self) -> bool {
+        // Readiness as the reactor last saw it: no syscall. The waker is
+        // never woken; the connection is closing.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        self.poll_read_ready(&mut cx).is_pending()
+    }
+}
+
+/// Always lingers: a close there also owes the client a `close_notify`.
+impl ClientStream for crate::tls::TlsStream {}
 
 /// One client connection's state.
 struct Client<'a, S> {
@@ -212,10 +232,12 @@ pub async fn serve<S: ClientStream>(
         };
         let shutting_down = *shutdown.borrow();
         c.answered = true;
+        // The client said it sends no more requests (RFC 9112 9.6).
+        let client_done = head.close;
         match c.respond(head, &request, shutting_down).await {
             Next::KeepAlive => {}
             Next::Close => {
-                c.linger().await;
+                c.close(client_done).await;
                 return Ended::Closed;
             }
             Next::Handoff => {
@@ -737,6 +759,20 @@ impl<S: ClientStream> Client<'_, S> {
         } else {
             Next::KeepAlive
         }
+    }
+
+    /// Gets the connection ready to close after its last answer (the
+    /// caller then drops it): at once when the client said it sends no
+    /// more (`client_done`) and nothing it sent is unread (none buffered,
+    /// none ready on the socket), as nginx closes when it has no reason to
+    /// think the client is still sending; else [`Self::linger`]. A client
+    /// that sends anyway after its `Connection: close`, in the moment
+    /// between the check and the close, may get a reset, as from nginx.
+    async fn close(&mut self, client_done: bool) {
+        if client_done && self.buf.is_empty() && self.stream.nothing_unread() {
+            return;
+        }
+        self.linger().await;
     }
 
     /// Closes as nginx's lingering close does: the FIN first, then what the
