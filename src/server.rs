@@ -24,7 +24,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,7 +36,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -249,7 +252,6 @@ async fn accept_loop<H, F>(
                     }
                 };
                 let accepted = tokio::time::Instant::now();
-                let _ = stream.set_nodelay(true);
                 // Held for the connection's whole life, fast path included,
                 // so shutdown waits for it.
                 let held = graceful.watcher();
@@ -273,9 +275,12 @@ async fn accept_loop<H, F>(
                     let _held = held;
                     let Some(tls) = tls else {
                         let peer = Peer::new(addr);
+                        let stream = NoDelayLater::new(stream);
                         serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
                         return;
                     };
+                    // A handshake is several writes each way.
+                    let _ = stream.set_nodelay(true);
                     let by = accepted + deadlines.header;
                     match crate::tls::accept(tls, stream, by).await {
                         Ok((stream, h2)) => {
@@ -392,6 +397,100 @@ async fn serve_connection<S, H, F>(
     };
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// A plain client connection, which turns Nagle's algorithm off
+/// (`TCP_NODELAY`, as every client connection is served) just before its
+/// second write. Nagle holds a small segment back only while data sent
+/// earlier is unacknowledged, so a connection's first write goes out at
+/// once either way; one answered in a single write (`Connection: close`,
+/// the usual case) is spared the `setsockopt`, as nginx spares it.
+#[derive(Debug)]
+struct NoDelayLater {
+    stream: TcpStream,
+    /// Something has been written.
+    wrote: bool,
+    /// `TCP_NODELAY` has been set.
+    nodelay: bool,
+}
+
+impl NoDelayLater {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            wrote: false,
+            nodelay: false,
+        }
+    }
+
+    /// Before a write: from the second on, with `TCP_NODELAY`.
+    fn before_write(&mut self) {
+        if self.wrote && !self.nodelay {
+            self.nodelay = true;
+            let _ = self.stream.set_nodelay(true);
+        }
+    }
+
+    /// After a write: whether it wrote anything.
+    fn after_write(&mut self, polled: &Poll<std::io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.wrote = true;
+        }
+    }
+}
+
+impl ClientStream for NoDelayLater {
+    fn nothing_unread(&self) -> bool {
+        self.stream.nothing_unread()
+    }
+}
+
+impl AsyncRead for NoDelayLater {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NoDelayLater {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        this.before_write();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.after_write(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        this.before_write();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
