@@ -281,15 +281,20 @@ async fn accept_loop<H, F>(
                     };
                     // A handshake is several writes each way.
                     let _ = stream.set_nodelay(true);
-                    let by = accepted + deadlines.header;
-                    match crate::tls::accept(tls, stream, by).await {
-                        Ok((stream, h2)) => {
-                            let peer = Peer::new(addr).over_tls(true);
-                            let fast = fast.filter(|_| !h2);
-                            serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
+                    // Boxed apart: the TLS state (kilobytes) is no part
+                    // of a plain connection's future, nor copied with it.
+                    let tls = async move {
+                        let by = accepted + deadlines.header;
+                        match crate::tls::accept(tls, stream, by).await {
+                            Ok((stream, h2)) => {
+                                let peer = Peer::new(addr).over_tls(true);
+                                let fast = fast.filter(|_| !h2);
+                                serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
+                            }
+                            Err(e) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed; closing"),
                         }
-                        Err(e) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed; closing"),
-                    }
+                    };
+                    Box::pin(tls).await;
                 });
                 tokio::spawn(connection);
             }
@@ -339,7 +344,33 @@ async fn serve_connection<S, H, F>(
             deadlines.header.saturating_sub(accepted.elapsed()),
         ),
     };
-    // From here hyper serves it.
+    // From here hyper serves it: boxed, so that its state (hyper's HTTP/1.1
+    // and h2 servers) is no part of the future of a connection the fast
+    // path serves to its end, nor copied with it.
+    Box::pin(serve_hyper(
+        stream, prefix, header, peer, addr, handler, builders, stop, deadlines,
+    ))
+    .await;
+}
+
+/// Serves a connection with hyper (`prefix`: bytes already read from it),
+/// its first request head due within `header`.
+#[allow(clippy::too_many_arguments)]
+async fn serve_hyper<S, H, F>(
+    stream: S,
+    prefix: Bytes,
+    header: Duration,
+    peer: Arc<Peer>,
+    addr: SocketAddr,
+    handler: H,
+    builders: Arc<(auto::Builder<TokioExecutor>, auto::Builder<TokioExecutor>)>,
+    mut stop: watch::Receiver<bool>,
+    deadlines: Deadlines,
+) where
+    S: ClientStream + 'static,
+    H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let activity = Activity::new(header);
     let svc = {
         let activity = Arc::clone(&activity);
