@@ -653,3 +653,58 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A connected pair over loopback: (client, server).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn nagle_is_turned_off_before_the_second_write() {
+        let (mut client, server) = pair().await;
+        let mut s = NoDelayLater::new(server);
+        assert!(!s.stream.nodelay().unwrap());
+        s.write_all(b"first").await.unwrap();
+        assert!(!s.stream.nodelay().unwrap());
+        s.write_all(b"second").await.unwrap();
+        assert!(s.stream.nodelay().unwrap());
+        let mut got = [0u8; 11];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"firstsecond");
+    }
+
+    #[tokio::test]
+    async fn a_client_socket_tells_whether_anything_it_sent_is_unread() {
+        let (mut client, server) = pair().await;
+        let mut s = NoDelayLater::new(server);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        s.stream.readable().await.unwrap();
+        assert!(!s.nothing_unread());
+        // A read that comes up short has taken everything there was.
+        let mut buf = BytesMut::with_capacity(1024);
+        s.read_buf(&mut buf).await.unwrap();
+        assert!(s.nothing_unread());
+        // More bytes, once the runtime has seen them.
+        client.write_all(b"\r\n").await.unwrap();
+        s.stream.readable().await.unwrap();
+        assert!(!s.nothing_unread());
+        // The client's FIN too: its read is still to be taken.
+        s.read_buf(&mut buf).await.unwrap();
+        assert!(s.nothing_unread());
+        drop(client);
+        s.stream.readable().await.unwrap();
+        assert!(!s.nothing_unread());
+    }
+}
