@@ -24,7 +24,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,7 +36,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -249,7 +252,6 @@ async fn accept_loop<H, F>(
                     }
                 };
                 let accepted = tokio::time::Instant::now();
-                let _ = stream.set_nodelay(true);
                 // Held for the connection's whole life, fast path included,
                 // so shutdown waits for it.
                 let held = graceful.watcher();
@@ -264,23 +266,37 @@ async fn accept_loop<H, F>(
                     Some(Some(config)) => Some(config),
                     Some(None) => continue,
                 };
-                tokio::spawn(async move {
+                // Boxed before it is spawned: a future is copied whole
+                // each time it moves (into its task, and each time the
+                // task changes stage), and a connection's is several
+                // kilobytes (the fast path's state, hyper's, TLS's),
+                // copied per connection. A box moves as a pointer.
+                let connection = Box::pin(async move {
                     let _held = held;
                     let Some(tls) = tls else {
                         let peer = Peer::new(addr);
+                        let stream = NoDelayLater::new(stream);
                         serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
                         return;
                     };
-                    let by = accepted + deadlines.header;
-                    match crate::tls::accept(tls, stream, by).await {
-                        Ok((stream, h2)) => {
-                            let peer = Peer::new(addr).over_tls(true);
-                            let fast = fast.filter(|_| !h2);
-                            serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
+                    // A handshake is several writes each way.
+                    let _ = stream.set_nodelay(true);
+                    // Boxed apart: the TLS state (kilobytes) is no part
+                    // of a plain connection's future, nor copied with it.
+                    let tls = async move {
+                        let by = accepted + deadlines.header;
+                        match crate::tls::accept(tls, stream, by).await {
+                            Ok((stream, h2)) => {
+                                let peer = Peer::new(addr).over_tls(true);
+                                let fast = fast.filter(|_| !h2);
+                                serve_connection(stream, peer, accepted, fast, h, builders, stop, deadlines).await;
+                            }
+                            Err(e) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed; closing"),
                         }
-                        Err(e) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed; closing"),
-                    }
+                    };
+                    Box::pin(tls).await;
                 });
+                tokio::spawn(connection);
             }
             _ = shutdown.changed() => break,
         }
@@ -328,7 +344,33 @@ async fn serve_connection<S, H, F>(
             deadlines.header.saturating_sub(accepted.elapsed()),
         ),
     };
-    // From here hyper serves it.
+    // From here hyper serves it: boxed, so that its state (hyper's HTTP/1.1
+    // and h2 servers) is no part of the future of a connection the fast
+    // path serves to its end, nor copied with it.
+    Box::pin(serve_hyper(
+        stream, prefix, header, peer, addr, handler, builders, stop, deadlines,
+    ))
+    .await;
+}
+
+/// Serves a connection with hyper (`prefix`: bytes already read from it),
+/// its first request head due within `header`.
+#[allow(clippy::too_many_arguments)]
+async fn serve_hyper<S, H, F>(
+    stream: S,
+    prefix: Bytes,
+    header: Duration,
+    peer: Arc<Peer>,
+    addr: SocketAddr,
+    handler: H,
+    builders: Arc<(auto::Builder<TokioExecutor>, auto::Builder<TokioExecutor>)>,
+    mut stop: watch::Receiver<bool>,
+    deadlines: Deadlines,
+) where
+    S: ClientStream + 'static,
+    H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let activity = Activity::new(header);
     let svc = {
         let activity = Arc::clone(&activity);
@@ -386,6 +428,100 @@ async fn serve_connection<S, H, F>(
     };
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// A plain client connection, which turns Nagle's algorithm off
+/// (`TCP_NODELAY`, as every client connection is served) just before its
+/// second write. Nagle holds a small segment back only while data sent
+/// earlier is unacknowledged, so a connection's first write goes out at
+/// once either way; one answered in a single write (`Connection: close`,
+/// the usual case) is spared the `setsockopt`, as nginx spares it.
+#[derive(Debug)]
+struct NoDelayLater {
+    stream: TcpStream,
+    /// Something has been written.
+    wrote: bool,
+    /// `TCP_NODELAY` has been set.
+    nodelay: bool,
+}
+
+impl NoDelayLater {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            wrote: false,
+            nodelay: false,
+        }
+    }
+
+    /// Before a write: from the second on, with `TCP_NODELAY`.
+    fn before_write(&mut self) {
+        if self.wrote && !self.nodelay {
+            self.nodelay = true;
+            let _ = self.stream.set_nodelay(true);
+        }
+    }
+
+    /// After a write: whether it wrote anything.
+    fn after_write(&mut self, polled: &Poll<std::io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.wrote = true;
+        }
+    }
+}
+
+impl ClientStream for NoDelayLater {
+    fn nothing_unread(&self) -> bool {
+        self.stream.nothing_unread()
+    }
+}
+
+impl AsyncRead for NoDelayLater {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NoDelayLater {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        this.before_write();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.after_write(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        this.before_write();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -515,5 +651,60 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             _ = ctrl_c => {},
             _ = term => {},
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A connected pair over loopback: (client, server).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn nagle_is_turned_off_before_the_second_write() {
+        let (mut client, server) = pair().await;
+        let mut s = NoDelayLater::new(server);
+        assert!(!s.stream.nodelay().unwrap());
+        s.write_all(b"first").await.unwrap();
+        assert!(!s.stream.nodelay().unwrap());
+        s.write_all(b"second").await.unwrap();
+        assert!(s.stream.nodelay().unwrap());
+        let mut got = [0u8; 11];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"firstsecond");
+    }
+
+    #[tokio::test]
+    async fn a_client_socket_tells_whether_anything_it_sent_is_unread() {
+        let (mut client, server) = pair().await;
+        let mut s = NoDelayLater::new(server);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        s.stream.readable().await.unwrap();
+        assert!(!s.nothing_unread());
+        // A read that comes up short has taken everything there was.
+        let mut buf = BytesMut::with_capacity(1024);
+        s.read_buf(&mut buf).await.unwrap();
+        assert!(s.nothing_unread());
+        // More bytes, once the runtime has seen them.
+        client.write_all(b"\r\n").await.unwrap();
+        s.stream.readable().await.unwrap();
+        assert!(!s.nothing_unread());
+        // The client's FIN too: its read is still to be taken.
+        s.read_buf(&mut buf).await.unwrap();
+        assert!(s.nothing_unread());
+        drop(client);
+        s.stream.readable().await.unwrap();
+        assert!(!s.nothing_unread());
     }
 }

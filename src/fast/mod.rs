@@ -81,7 +81,9 @@
 //!   to hyper then is served its request and closed. Closing, the fast
 //!   path lingers (FIN, then reads and drops for up to two seconds), so
 //!   requests pipelined behind the last answer do not provoke a reset
-//!   that could cut its end off.
+//!   that could cut its end off; it closes at once only when the client
+//!   said `Connection: close` (it sends no more requests) and nothing it
+//!   sent is unread, as far as the runtime has seen, as nginx does.
 
 pub mod wire;
 
@@ -150,9 +152,27 @@ enum Next {
 /// What a client connection is: a TCP socket, or a TLS stream over one
 /// (`crate::tls`). The fast path is the same code over either, so TLS
 /// costs the crypto and nothing else.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Whether the client has sent nothing that is not yet read, as far as
+    /// the runtime has seen (no read readiness since a read last came up
+    /// short): nothing a close could answer with a reset. `false` when it
+    /// cannot tell, and then a closing connection lingers.
+    fn nothing_unread(&self) -> bool {
+        false
+    }
+}
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for S {}
+impl ClientStream for tokio::net::TcpStream {
+    fn nothing_unread(&self) -> bool {
+        // Readiness as the reactor last saw it: no syscall. The waker is
+        // never woken; the connection is closing.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        self.poll_read_ready(&mut cx).is_pending()
+    }
+}
+
+/// Always lingers: a close there also owes the client a `close_notify`.
+impl ClientStream for crate::tls::TlsStream {}
 
 /// One client connection's state.
 struct Client<'a, S> {
@@ -199,8 +219,8 @@ pub async fn serve<S: ClientStream>(
         resp: Vec::with_capacity(1024),
         accepted,
         answered: false,
-        header_timer: Deadline::new(),
-        response_timer: Deadline::new(),
+        header_timer: Deadline::new(accepted),
+        response_timer: Deadline::new(accepted),
         head_request: false,
     };
     // One wait for shutdown for the connection's life, not one per request
@@ -217,10 +237,12 @@ pub async fn serve<S: ClientStream>(
         };
         let shutting_down = *shutdown.borrow();
         c.answered = true;
+        // The client said it sends no more requests (RFC 9112 9.6).
+        let client_done = head.close;
         match c.respond(head, &request, shutting_down).await {
             Next::KeepAlive => {}
             Next::Close => {
-                c.linger().await;
+                c.close(client_done).await;
                 return Ended::Closed;
             }
             Next::Handoff => {
@@ -238,35 +260,45 @@ pub async fn serve<S: ClientStream>(
 /// timer underneath is re-armed only when it goes off before the deadline
 /// (at most once per timeout period) or must go off sooner. Re-arming a
 /// tokio timer on every request was a measurable share of the fast path.
+/// The timer is made when the deadline is first waited on, for the
+/// deadline then in force: one never waited on (a request that was in when
+/// the connection was first read, a connection closed before its response
+/// head was awaited) costs no timer at all, and none is ever registered
+/// already expired (that woke the runtime's driver, then the connection's
+/// task, for nothing, once per timer).
 struct Deadline {
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
     at: Instant,
 }
 
 impl Deadline {
-    fn new() -> Self {
-        let sleep = Box::pin(tokio::time::sleep(Duration::ZERO));
-        let at = sleep.deadline();
-        Self { sleep, at }
+    /// Not yet armed: [`Self::set`] before the first [`Self::expired`].
+    fn new(at: Instant) -> Self {
+        Self { sleep: None, at }
     }
 
     /// Moves the deadline.
     fn set(&mut self, at: Instant) {
-        if at < self.sleep.deadline() {
-            self.sleep.as_mut().reset(at);
+        if let Some(sleep) = &mut self.sleep {
+            if at < sleep.deadline() {
+                sleep.as_mut().reset(at);
+            }
         }
         self.at = at;
     }
 
     /// Completes once the deadline has passed.
     async fn expired(&mut self) {
+        let at = self.at;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
         loop {
-            self.sleep.as_mut().await;
+            sleep.as_mut().await;
             if Instant::now() >= self.at {
                 return;
             }
-            let at = self.at;
-            self.sleep.as_mut().reset(at);
+            sleep.as_mut().reset(self.at);
         }
     }
 }
@@ -737,6 +769,20 @@ impl<S: ClientStream> Client<'_, S> {
         }
     }
 
+    /// Gets the connection ready to close after its last answer (the
+    /// caller then drops it): at once when the client said it sends no
+    /// more (`client_done`) and nothing it sent is unread (none buffered,
+    /// none ready on the socket), as nginx closes when it has no reason to
+    /// think the client is still sending; else [`Self::linger`]. A client
+    /// that sends anyway after its `Connection: close`, in the moment
+    /// between the check and the close, may get a reset, as from nginx.
+    async fn close(&mut self, client_done: bool) {
+        if client_done && self.buf.is_empty() && self.stream.nothing_unread() {
+            return;
+        }
+        self.linger().await;
+    }
+
     /// Closes as nginx's lingering close does: the FIN first, then what the
     /// client still sends (requests pipelined behind the last one answered)
     /// is read and dropped for a moment. Closing with unread bytes would
@@ -747,11 +793,14 @@ impl<S: ClientStream> Client<'_, S> {
         if self.stream.shutdown().await.is_err() {
             return;
         }
-        let mut sink = [0u8; 4096];
         let mut total = 0;
         let drain = async {
             loop {
-                match self.stream.read(&mut sink).await {
+                // Into the connection's own buffer, whose bytes will never
+                // be answered now: no sink to zero, none in this future.
+                self.buf.clear();
+                self.buf.reserve(CLIENT_READ_BUF);
+                match self.stream.read_buf(&mut self.buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
                         total += n;
