@@ -56,6 +56,26 @@ pub fn is_visible_ascii(v: &[u8]) -> bool {
     })
 }
 
+/// Appends an address as `Display` writes it; IPv4 (nearly every client)
+/// without the formatting machinery: per connection (`X-Forwarded-For`)
+/// and per access line.
+pub fn push_ip(buf: &mut Vec<u8>, ip: std::net::IpAddr) {
+    use std::io::Write as _;
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                buf.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
+}
+
 /// Whether field name `name` is `lower` (lower-case, as `HeaderName`s
 /// and our constants are), ignoring `name`'s case: one branch-free pass
 /// after the length check (which rejects most names), where

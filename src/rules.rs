@@ -20,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::cache::{AuthEntry, ConnectionMemo};
 use crate::error::Denial;
 use crate::fields::{
-    connection_tokens, is_hop_by_hop_bytes, is_name, list_has, RequestFields, HOP_BY_HOP,
+    connection_tokens, is_hop_by_hop_bytes, is_name, list_has, push_ip, RequestFields, HOP_BY_HOP,
     SPOOFABLE, TOKEN_HEADER, TRACEPARENT, X_REQUEST_ID,
 };
 use crate::upstream::{UpstreamConfig, UpstreamProtocol};
@@ -188,7 +188,9 @@ pub struct Peer {
 impl Peer {
     /// The peer of a newly accepted plain TCP connection.
     pub fn new(addr: SocketAddr) -> Self {
-        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+        let mut ip = Vec::with_capacity(15);
+        push_ip(&mut ip, addr.ip());
+        let ip_header = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip))
             // An IP address is always a valid header value.
             .unwrap_or(HeaderValue::from_static("unknown"));
         Self {

@@ -48,6 +48,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 
 use crate::cache::AuthEntry;
+use crate::fields::push_ip;
 use crate::metrics::{Metrics, RouteSeries};
 use crate::trace::Trace;
 
@@ -458,24 +459,6 @@ fn push_padded3(buf: &mut Vec<u8>, n: u64) {
 /// A signed number (ids), in decimal.
 fn push_i64(buf: &mut Vec<u8>, n: i64) {
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-/// An address as `Display` writes it; IPv4 (nearly every line) without
-/// the formatting machinery.
-fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf.push(b'.');
-                }
-                push_u64(buf, u64::from(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(buf, "{v6}");
-        }
-    }
 }
 
 /// Whether `v` is printable ASCII with no `"` or `\`: the usual path or
