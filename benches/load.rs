@@ -90,10 +90,12 @@
 //! connect to the end of the response. Their rows are followed by how many
 //! handshakes were resumed (`handshake_kind`), in all and round by round,
 //! flagged when under 90%: a case whose server sent no usable ticket is
-//! then a full-handshake figure, not a resumption one. The wrk and the
-//! built-in TLS clients differ (OpenSSL and rustls, what each costs core
-//! 0), so `tls-resume` is compared with `nginx-tls-resume`, not with
-//! `tls-close`.
+//! then a full-handshake figure, not a resumption one; and by the bench
+//! process's own CPU per request (the TLS client and the upstream: how
+//! much of core 0's busy share is theirs, not another process's). The wrk
+//! and the built-in TLS clients differ (OpenSSL and rustls, what each
+//! costs core 0), so `tls-resume` is compared with `nginx-tls-resume`, not
+//! with `tls-close`.
 //!
 //! Run: `cargo bench --bench load`. Knobs (environment):
 //! `LOAD_SCHEMA_UPTO` (with `LOAD_TOKENGATE_BIN`: the store forgets
@@ -653,9 +655,38 @@ struct Outcome {
     hist: Histogram<u64>,
     /// How busy core 0 (load client and upstream) was over the window.
     load_core: f64,
-    /// TLS handshakes resumed and made in all, when the built-in TLS
-    /// client drove the case ([`drive_tls`]).
-    handshakes: Option<(u64, u64)>,
+    /// What the built-in TLS client counted, when it drove the case
+    /// ([`drive_tls`]).
+    handshakes: Option<TlsCounts>,
+}
+
+/// What [`drive_tls`] counts, summed over rounds in a median row.
+#[derive(Clone, Copy)]
+struct TlsCounts {
+    /// Handshakes resumed.
+    resumed: u64,
+    /// Handshakes made.
+    handshakes: u64,
+    /// This process's CPU seconds over the window: the TLS client and the
+    /// upstream, all of core 0's share of the case.
+    client_cpu: f64,
+    /// Requests answered.
+    requests: u64,
+}
+
+impl TlsCounts {
+    fn add(self, o: Self) -> Self {
+        Self {
+            resumed: self.resumed + o.resumed,
+            handshakes: self.handshakes + o.handshakes,
+            client_cpu: self.client_cpu + o.client_cpu,
+            requests: self.requests + o.requests,
+        }
+    }
+
+    fn resumed_share(&self) -> f64 {
+        self.resumed as f64 / self.handshakes.max(1) as f64
+    }
 }
 
 /// Core 0's busy and total time so far (`/proc/stat`, in ticks).
@@ -950,6 +981,7 @@ async fn drive_tls(
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
     let core0 = core0_ticks();
+    let own_cpu = cpu_seconds(std::process::id());
     let mut tasks = Vec::new();
     for _ in 0..conns {
         // A worker's own session store: a clone shares the store's Arc,
@@ -1014,7 +1046,12 @@ async fn drive_tls(
         elapsed: start.elapsed(),
         hist: total,
         load_core: busy_between(core0, core0_ticks()),
-        handshakes: Some((resumed, handshakes)),
+        handshakes: Some(TlsCounts {
+            resumed,
+            handshakes,
+            client_cpu: cpu_seconds(std::process::id()) - own_cpu,
+            requests,
+        }),
     }
 }
 
@@ -1133,8 +1170,8 @@ struct Row {
     /// Core 0's busy share: at 100% the load client and upstream, not the
     /// proxy, set the pace.
     load_core: f64,
-    /// TLS handshakes resumed and made in all (built-in TLS client only).
-    handshakes: Option<(u64, u64)>,
+    /// What the built-in TLS client counted (its cases only).
+    handshakes: Option<TlsCounts>,
 }
 
 fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, Mark)>) -> Row {
@@ -1203,7 +1240,7 @@ fn median_row(name: &str, of: &[&Row]) -> Option<Row> {
         handshakes: of
             .iter()
             .filter_map(|r| r.handshakes)
-            .reduce(|a, b| (a.0 + b.0, a.1 + b.1)),
+            .reduce(TlsCounts::add),
     })
 }
 
@@ -1756,18 +1793,24 @@ fn main() {
         ] {
             if let Some(r) = median(name) {
                 print_row(&r, Some(&direct));
-                if let Some((resumed, all)) = r.handshakes {
+                if let Some(t) = r.handshakes {
                     let per_round: Vec<String> = of(name)
                         .iter()
                         .filter_map(|r| r.handshakes)
-                        .map(|(r, a)| format!("{:.1}%", 100.0 * r as f64 / a.max(1) as f64))
+                        .map(|t| format!("{:.1}%", 100.0 * t.resumed_share()))
                         .collect();
-                    let share = resumed as f64 / all.max(1) as f64;
+                    let share = t.resumed_share();
                     println!(
-                        "           handshakes resumed: {resumed} of {all} ({:.1}%; round by round {}){}",
+                        "           handshakes resumed: {} of {} ({:.1}%; round by round {}){}",
+                        t.resumed,
+                        t.handshakes,
                         share * 100.0,
                         per_round.join(" "),
                         if share < 0.9 { ": RESUMPTION DID NOT HAPPEN for most handshakes, not a resumption figure" } else { "" }
+                    );
+                    println!(
+                        "           the bench process (TLS client and upstream, core 0): {:.1} us CPU per request",
+                        t.client_cpu * 1e6 / t.requests.max(1) as f64
                     );
                 }
                 if name == "garbage" {
