@@ -67,14 +67,35 @@
 //! print the last-used rows each window wrote. Every other round runs its
 //! cases in reverse order.
 //!
-//! TLS cases (DESIGN section 9; driven by wrk, as the built-in client
-//! speaks no TLS, and skipped without it): `tls` (the cached token through
-//! a second gateway with `[tls]`, keep-alive) against `nginx-tls` (nginx
+//! TLS cases (DESIGN section 9; driven by wrk, as the built-in plain
+//! client speaks no TLS, and skipped without it): `tls` (the cached token
+//! through a second gateway with `[tls]`, keep-alive) against `nginx-tls` (nginx
 //! `listen ... ssl`, one worker on core 1, no auth, the same ECDSA P-256
 //! certificate); `tls-close` and `nginx-tls-close` (the same with
 //! `Connection: close`: a full TLS 1.3 handshake for every request, wrk
 //! resuming no session); and `close` and `nginx-close` (plain HTTP,
-//! `Connection: close`, through the first gateway and nginx).
+//! `Connection: close`, through the first gateway and nginx). And
+//! `tls-resume` and `nginx-tls-resume`: connection per request against the
+//! same two TLS servers, each handshake TLS 1.3 resuming a session by a
+//! ticket the server sent on an earlier connection. wrk resumes none, so
+//! these are driven by a built-in TLS client whatever `LOAD_TOOL` says
+//! (tokio-rustls, ring, on core 0 with the upstream as the built-in plain
+//! client is): `LOAD_CONNECTIONS` workers, each connecting, handshaking,
+//! sending one `GET` with `Connection: close` (the token to tokengate,
+//! none to nginx, as the wrk cases), reading the whole response and
+//! dropping the connection, each worker a client of its own whose rustls
+//! default in-memory session store keeps the tickets (a new one per
+//! window, so each worker's first handshake is a full one; see
+//! `drive_tls` on why not one store for all). Latency there is from
+//! connect to the end of the response. Their rows are followed by how many
+//! handshakes were resumed (`handshake_kind`), in all and round by round,
+//! flagged when under 90%: a case whose server sent no usable ticket is
+//! then a full-handshake figure, not a resumption one; and by the bench
+//! process's own CPU per request (the TLS client and the upstream: how
+//! much of core 0's busy share is theirs, not another process's). The wrk
+//! and the built-in TLS clients differ (OpenSSL and rustls, what each
+//! costs core 0), so `tls-resume` is compared with `nginx-tls-resume`, not
+//! with `tls-close`.
 //!
 //! Run: `cargo bench --bench load`. Knobs (environment):
 //! `LOAD_SCHEMA_UPTO` (with `LOAD_TOKENGATE_BIN`: the store forgets
@@ -106,7 +127,7 @@ use tokengate::config::DatabaseUrl;
 use tokengate::store::sqlite::SqliteStore;
 use tokengate::store::{NewAccount, TokenStore};
 use tokengate::token::{TokenFormat, TokenKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const WORKING_SET_1M: usize = 100_000;
@@ -634,6 +655,38 @@ struct Outcome {
     hist: Histogram<u64>,
     /// How busy core 0 (load client and upstream) was over the window.
     load_core: f64,
+    /// What the built-in TLS client counted, when it drove the case
+    /// ([`drive_tls`]).
+    handshakes: Option<TlsCounts>,
+}
+
+/// What [`drive_tls`] counts, summed over rounds in a median row.
+#[derive(Clone, Copy)]
+struct TlsCounts {
+    /// Handshakes resumed.
+    resumed: u64,
+    /// Handshakes made.
+    handshakes: u64,
+    /// This process's CPU seconds over the window: the TLS client and the
+    /// upstream, all of core 0's share of the case.
+    client_cpu: f64,
+    /// Requests answered.
+    requests: u64,
+}
+
+impl TlsCounts {
+    fn add(self, o: Self) -> Self {
+        Self {
+            resumed: self.resumed + o.resumed,
+            handshakes: self.handshakes + o.handshakes,
+            client_cpu: self.client_cpu + o.client_cpu,
+            requests: self.requests + o.requests,
+        }
+    }
+
+    fn resumed_share(&self) -> f64 {
+        self.resumed as f64 / self.handshakes.max(1) as f64
+    }
 }
 
 /// Core 0's busy and total time so far (`/proc/stat`, in ticks).
@@ -666,7 +719,10 @@ fn busy_between(before: (u64, u64), after: (u64, u64)) -> f64 {
 /// bytes after it): its status and whether the server will close the
 /// connection. `None` on EOF, a malformed head, or a body framed other than
 /// by `Content-Length` (neither proxy nor the upstream sends one here).
-async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<(u16, bool)> {
+async fn read_response<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Option<(u16, bool)> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
@@ -787,6 +843,7 @@ async fn drive(addr: SocketAddr, path: &str, tokens: Tokens, conns: usize, secs:
         elapsed: start.elapsed(),
         hist: total,
         load_core: busy_between(core0, core0_ticks()),
+        handshakes: None,
     }
 }
 
@@ -876,7 +933,155 @@ fn drive_wrk_as(
         elapsed: Duration::from_secs_f64(secs.ceil()),
         hist,
         load_core,
+        handshakes: None,
     })
+}
+
+/// The built-in TLS load client, for connection per request with session
+/// resumption (wrk resumes no session): `conns` workers, each in a loop
+/// connecting, making a TLS 1.3 handshake, sending one request with
+/// `Connection: close` (and `token`, if any), reading the whole response
+/// and dropping the connection. Each worker is one client reconnecting:
+/// its own rustls `ClientConfig`, new for each call (so no ticket of
+/// another server or an earlier window is offered), with rustls' default
+/// resumption store (`Resumption::in_memory_sessions`), which keeps the
+/// TLS 1.3 tickets the server sends after each handshake: a worker's first
+/// handshake is a full one, the later ones resume. Not one store for all
+/// workers: it keeps at most 8 tickets per server and hands each out once,
+/// so 32 workers drawing from it in bursts find it empty often (about 40%
+/// of handshakes were full ones, more against nginx, which sends one
+/// ticket after a resumed handshake where rustls sends two). Counts how
+/// many handshakes were resumed (`ClientConnection::handshake_kind`). Latency is from connect to the
+/// end of the response: the whole handshake is in it. Runs on this
+/// process's runtime, on core 0, as [`drive`] does.
+async fn drive_tls(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&HeaderValue>,
+    roots: Arc<rustls::RootCertStore>,
+    conns: usize,
+    secs: f64,
+) -> Outcome {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n").into_bytes();
+    if let Some(v) = token {
+        request.extend_from_slice(b"authorization: ");
+        request.extend_from_slice(v.as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    let request: Arc<[u8]> = request.into();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let core0 = core0_ticks();
+    let own_cpu = cpu_seconds(std::process::id());
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        // A worker's own session store: a clone shares the store's Arc,
+        // so the default (in memory, 256 sessions, up to 8 TLS 1.3 tickets
+        // per server) is set anew.
+        let mut own = config.clone();
+        own.resumption = rustls::client::Resumption::default();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(own));
+        let (name, request) = (name.clone(), Arc::clone(&request));
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut buf = BytesMut::with_capacity(4 * 1024);
+            let (mut n, mut bad, mut resumed, mut handshakes) = (0u64, 0u64, 0u64, 0u64);
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let Ok(tcp) = TcpStream::connect(addr).await else {
+                    bad += 1;
+                    break;
+                };
+                tcp.set_nodelay(true).unwrap();
+                let Ok(mut tls) = connector.connect(name.clone(), tcp).await else {
+                    bad += 1;
+                    continue;
+                };
+                handshakes += 1;
+                let kind = tls.get_ref().1.handshake_kind();
+                resumed += u64::from(kind == Some(rustls::HandshakeKind::Resumed));
+                if tls.write_all(&request).await.is_err() || tls.flush().await.is_err() {
+                    bad += 1;
+                    continue;
+                }
+                buf.clear();
+                let Some((status, _)) = read_response(&mut tls, &mut buf).await else {
+                    bad += 1;
+                    continue;
+                };
+                hist.record(t0.elapsed().as_micros().max(1) as u64).unwrap();
+                n += 1;
+                if status != 200 {
+                    bad += 1;
+                }
+                // Dropped without close_notify: the server has closed
+                // its side already (`Connection: close`).
+            }
+            (n, bad, resumed, handshakes, hist)
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut requests, mut non_200, mut resumed, mut handshakes) = (0, 0, 0, 0);
+    for t in tasks {
+        let (n, bad, r, h, hist) = t.await.unwrap();
+        requests += n;
+        non_200 += bad;
+        resumed += r;
+        handshakes += h;
+        total.add(hist).unwrap();
+    }
+    Outcome {
+        requests,
+        non_2xx: non_200,
+        reopened: 0,
+        elapsed: start.elapsed(),
+        hist: total,
+        load_core: busy_between(core0, core0_ticks()),
+        handshakes: Some(TlsCounts {
+            resumed,
+            handshakes,
+            client_cpu: cpu_seconds(std::process::id()) - own_cpu,
+            requests,
+        }),
+    }
+}
+
+/// What a TLS 1.3 handshake with `addr` settles on (cipher suite and key
+/// exchange group), as the built-in TLS client offers them: one
+/// connection, nothing sent. Both servers of the resumption pair should
+/// show the same.
+async fn tls_negotiated(addr: SocketAddr, roots: Arc<rustls::RootCertStore>) -> String {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let Ok(tcp) = TcpStream::connect(addr).await else {
+        return "no connection".into();
+    };
+    match connector.connect(name, tcp).await {
+        Ok(tls) => {
+            let c = tls.get_ref().1;
+            format!(
+                "{:?}, {:?}",
+                c.negotiated_cipher_suite().map(|s| s.suite()),
+                c.negotiated_key_exchange_group().map(|g| g.name())
+            )
+        }
+        Err(e) => format!("handshake failed: {e}"),
+    }
 }
 
 // ------------------------------------------------------------------ store
@@ -965,6 +1170,8 @@ struct Row {
     /// Core 0's busy share: at 100% the load client and upstream, not the
     /// proxy, set the pace.
     load_core: f64,
+    /// What the built-in TLS client counted (its cases only).
+    handshakes: Option<TlsCounts>,
 }
 
 fn row(name: &str, o: &Outcome, proxy: Option<(&Proxy, Mark)>) -> Row {
@@ -1007,6 +1214,7 @@ fn row_of(name: &str, o: &Outcome, procs: &[(&Proxy, Mark)]) -> Row {
         non_2xx: o.non_2xx,
         reopened: o.reopened,
         load_core: o.load_core,
+        handshakes: o.handshakes,
     }
 }
 
@@ -1029,6 +1237,10 @@ fn median_row(name: &str, of: &[&Row]) -> Option<Row> {
         non_2xx: of.iter().map(|r| r.non_2xx).sum(),
         reopened: of.iter().map(|r| r.reopened).sum(),
         load_core: median_of(of.iter().map(|r| r.load_core).collect()),
+        handshakes: of
+            .iter()
+            .filter_map(|r| r.handshakes)
+            .reduce(TlsCounts::add),
     })
 }
 
@@ -1204,14 +1416,22 @@ fn main() {
         });
 
         // The TLS cases: one ECDSA P-256 certificate for tokengate and nginx.
+        // The wrk-driven ones need wrk; `tls-resume` and `nginx-tls-resume`
+        // (the built-in TLS client) do not.
         let tls_cases = ["tls", "nginx-tls", "tls-close", "nginx-tls-close", "close", "nginx-close"];
-        let with_tls = tls_cases.iter().any(|c| want(c))
+        let resume_cases = ["tls-resume", "nginx-tls-resume"];
+        let with_wrk_tls = tls_cases.iter().any(|c| want(c))
             && Command::new("wrk").arg("-v").output().is_ok();
+        let with_resume = resume_cases.iter().any(|c| want(c));
+        let with_tls = with_wrk_tls || with_resume;
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        // What the built-in TLS client trusts: that one certificate.
+        let mut roots = rustls::RootCertStore::empty();
         let tls_config = with_tls.then(|| {
             let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
             std::fs::write(&cert, c.cert.pem()).unwrap();
             std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+            roots.add(c.cert.der().clone()).unwrap();
             write_config(
                 "tls.toml",
                 &db,
@@ -1282,11 +1502,28 @@ fn main() {
         };
         let gw_tls = tls_config.as_ref().map(|c| start_tokengate(c));
         let nginx_tls = with_tls.then(|| start_nginx_tls(dir.path(), up, &cert, &key)).flatten();
-        if tls_cases.iter().any(|c| want(c)) && !with_tls {
-            println!("tls cases    need wrk (apt-get install wrk): skipped");
+        if tls_cases.iter().any(|c| want(c)) && !with_wrk_tls {
+            println!("tls cases    (but tls-resume, nginx-tls-resume) need wrk (apt-get install wrk): skipped");
         }
         if let Some(g) = &gw_tls {
             let _ = drive_wrk_as(Wrk::Tls, g.addr, "/api/x", Some(&tokens[0]), 1, 1.0);
+        }
+        let roots = Arc::new(roots);
+        if with_resume {
+            // Warms the TLS gateway's token cache without wrk, and says at
+            // once if a TLS proxy does not answer the built-in client.
+            for (name, proxy, path, token) in [
+                ("tls-resume", gw_tls.as_ref(), "/api/x", Some(&tokens[0])),
+                ("nginx-tls-resume", nginx_tls.as_ref(), "/nginx", None),
+            ] {
+                if let Some(p) = proxy {
+                    println!("{name:<17} negotiates {}", tls_negotiated(p.addr, Arc::clone(&roots)).await);
+                    let o = drive_tls(p.addr, path, token, Arc::clone(&roots), 1, 0.5).await;
+                    if o.non_2xx > 0 || o.requests == 0 {
+                        println!("{name}: warm-up got {} failed or non-200 of {} requests", o.non_2xx, o.requests);
+                    }
+                }
+            }
         }
         if with_nginx && nginx.is_none() {
             println!("nginx        not installed (apt-get install nginx-light): skipped");
@@ -1317,7 +1554,7 @@ fn main() {
         let order = [
             "direct", "none", "cached", "limited", "limited-redis", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth",
             "nginx-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "tls", "nginx-tls", "tls-close",
-            "nginx-tls-close", "close", "nginx-close",
+            "nginx-tls-close", "tls-resume", "nginx-tls-resume", "close", "nginx-close",
         ];
         for round in 0..rounds {
             let mut cases = order;
@@ -1470,7 +1707,7 @@ fn main() {
                         let (how, proxy) = match case {
                             "tls" => (Wrk::Tls, gw_tls.as_ref()),
                             "tls-close" => (Wrk::TlsClose, gw_tls.as_ref()),
-                            _ => (Wrk::Close, with_tls.then_some(&gw)),
+                            _ => (Wrk::Close, with_wrk_tls.then_some(&gw)),
                         };
                         if let Some(p) = proxy {
                             let c = p.mark();
@@ -1483,13 +1720,26 @@ fn main() {
                         let (how, proxy) = match case {
                             "nginx-tls" => (Wrk::Tls, nginx_tls.as_ref()),
                             "nginx-tls-close" => (Wrk::TlsClose, nginx_tls.as_ref()),
-                            _ => (Wrk::Close, nginx.as_ref().filter(|_| with_tls)),
+                            _ => (Wrk::Close, nginx.as_ref().filter(|_| with_wrk_tls)),
                         };
                         if let Some(p) = proxy {
                             let c = p.mark();
                             if let Some(o) = drive_wrk_as(how, p.addr, "/nginx", None, conns, secs) {
                                 samples.push((case, row(case, &o, Some((p, c)))));
                             }
+                        }
+                    }
+                    "tls-resume" | "nginx-tls-resume" if want(case) => {
+                        // The built-in TLS client, whatever LOAD_TOOL says:
+                        // wrk resumes no session.
+                        let (proxy, path, token) = match case {
+                            "tls-resume" => (gw_tls.as_ref(), "/api/x", Some(&tokens[0])),
+                            _ => (nginx_tls.as_ref(), "/nginx", None),
+                        };
+                        if let Some(p) = proxy {
+                            let c = p.mark();
+                            let o = drive_tls(p.addr, path, token, Arc::clone(&roots), conns, secs).await;
+                            samples.push((case, row(case, &o, Some((p, c)))));
                         }
                     }
                     _ => {}
@@ -1520,6 +1770,11 @@ fn main() {
         let paired_tls = [
             ("tls", "nginx-tls", "TLS keep-alive, tokengate cached token / nginx listen ssl no-auth"),
             ("tls-close", "nginx-tls-close", "TLS connection per request (full TLS 1.3 handshake each), tokengate / nginx"),
+            (
+                "tls-resume",
+                "nginx-tls-resume",
+                "TLS connection per request resuming the session (TLS 1.3 ticket each, built-in client), tokengate / nginx",
+            ),
             ("close", "nginx-close", "plain connection per request (Connection: close), tokengate / nginx"),
         ]
         .map(|(a, b, what)| (a, b, what, paired(a, b)));
@@ -1533,10 +1788,31 @@ fn main() {
             "none", "cached", "limited", "limited-redis", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "lat-cached2", "lat-limited",
             "lat-limited-redis", "nginx",
             "forward-auth", "nginx-204", "lat-fa", "lat-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "lat-auth-tg",
-            "lat-auth-static", "tls", "nginx-tls", "tls-close", "nginx-tls-close", "close", "nginx-close",
+            "lat-auth-static", "tls", "nginx-tls", "tls-close", "nginx-tls-close", "tls-resume", "nginx-tls-resume", "close",
+            "nginx-close",
         ] {
             if let Some(r) = median(name) {
                 print_row(&r, Some(&direct));
+                if let Some(t) = r.handshakes {
+                    let per_round: Vec<String> = of(name)
+                        .iter()
+                        .filter_map(|r| r.handshakes)
+                        .map(|t| format!("{:.1}%", 100.0 * t.resumed_share()))
+                        .collect();
+                    let share = t.resumed_share();
+                    println!(
+                        "           handshakes resumed: {} of {} ({:.1}%; round by round {}){}",
+                        t.resumed,
+                        t.handshakes,
+                        share * 100.0,
+                        per_round.join(" "),
+                        if share < 0.9 { ": RESUMPTION DID NOT HAPPEN for most handshakes, not a resumption figure" } else { "" }
+                    );
+                    println!(
+                        "           the bench process (TLS client and upstream, core 0): {:.1} us CPU per request",
+                        t.client_cpu * 1e6 / t.requests.max(1) as f64
+                    );
+                }
                 if name == "garbage" {
                     println!("           garbage requests that reached the store: {garbage_reached} (all {} were refused)", r.non_2xx);
                 }
