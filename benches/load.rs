@@ -25,6 +25,9 @@
 //! `limited-redis` (the limited route on a second gateway counting through
 //! a redis-server the bench starts on a free port; `lat-limited-redis` on
 //! one connection; both against `cached`),
+//! `logged` (the cached token through a second gateway with the access
+//! log on, JSON lines to a file in the bench's temp dir, against `cached`
+//! round by round: what the access log costs, paired),
 //! `bare` (the same
 //! through a second gateway that sends none of its ten headers upstream,
 //! `headers.omit`, as nginx sends none: a reference for what the upstream
@@ -1378,13 +1381,13 @@ fn main() {
                  [[rate_limits.policies]]\nname = \"bench\"\nrequests = 1000000000\nwindow_seconds = 60\nby = \"token\"\n"
             )
         };
-        let write_config = |name: &str, db: &Path, extra: &str, rate_store: Option<&str>| {
+        let write_config_logged = |name: &str, db: &Path, extra: &str, rate_store: Option<&str>, log: &str| {
             let config = dir.path().join(name);
             std::fs::write(
                 &config,
                 format!(
                     "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-                     [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n{access_log}\
+                     [store]\nurl = \"sqlite://{}\"\n[cache]\nttl_seconds = 600\nmax_entries = 1000000\n{log}\
                      [[upstreams]]\nname = \"up\"\nurl = \"http://{up}\"\n\
                      [[routes]]\npath = \"/\"\nupstream = \"up\"\n\
                      [[routes]]\npath = \"/none\"\nupstream = \"up\"\nauth = \"none\"\n{limits}{extra}",
@@ -1395,7 +1398,19 @@ fn main() {
             .unwrap();
             config
         };
+        let write_config = |name: &str, db: &Path, extra: &str, rate_store: Option<&str>| {
+            write_config_logged(name, db, extra, rate_store, &access_log)
+        };
         let config = write_config("tokengate.toml", &db, "", None);
+        // logged: a second gateway with the access log on (JSON lines to a
+        // file), paired round by round with `cached` on the first.
+        let logged_config = want("logged").then(|| {
+            let log = format!(
+                "[log]\nformat = \"json\"\naccess_file = {:?}\n",
+                dir.path().join("logged-access.log").display().to_string()
+            );
+            write_config_logged("logged.toml", &db, "", None, &log)
+        });
         // The same gateway sending none of its ten headers upstream, as
         // nginx sends none: what the gateway costs apart from what the
         // upstream spends reading those headers on the shared core.
@@ -1473,6 +1488,10 @@ fn main() {
         let redis_gw = redis_config.as_ref().map(|c| start_tokengate(c));
         if let Some(r) = &redis_gw {
             let _ = drive(r.addr, "/warm", hot.clone(), 1, 0.2).await;
+        }
+        let logged_gw = logged_config.as_ref().map(|c| start_tokengate(c));
+        if let Some(l) = &logged_gw {
+            let _ = drive(l.addr, "/warm", hot.clone(), 1, 0.2).await;
         }
         if let Some(b) = &bare {
             let _ = drive(b.addr, "/warm", hot.clone(), 1, 0.2).await;
@@ -1552,7 +1571,7 @@ fn main() {
         // measured differently for running second) would otherwise move
         // every round's ratio the same way.
         let order = [
-            "direct", "none", "cached", "limited", "limited-redis", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth",
+            "direct", "none", "cached", "logged", "limited", "limited-redis", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth",
             "nginx-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "tls", "nginx-tls", "tls-close",
             "nginx-tls-close", "tls-resume", "nginx-tls-resume", "close", "nginx-close",
         ];
@@ -1600,6 +1619,13 @@ fn main() {
                             samples.push(("limited-redis", row("limited-redis", &o, Some((r, c)))));
                             let o = drive(r.addr, "/limited/x", hot.clone(), 1, secs / 2.0).await;
                             samples.push(("lat-limited-redis", row("lat-limited-redis", &o, None)));
+                        }
+                    }
+                    "logged" => {
+                        if let Some(l) = &logged_gw {
+                            let c = l.mark();
+                            let o = run(l.addr, "/api/x", hot.clone()).await;
+                            samples.push(("logged", row("logged", &o, Some((l, c)))));
                         }
                     }
                     "bare" => {
@@ -1765,7 +1791,11 @@ fn main() {
         let paired_fa = paired("forward-auth", "nginx-204");
         let paired_auth = paired("nginx-auth-tg", "nginx-auth-static");
         let paired_proc = paired("nginx-auth-tg", "nginx-auth-proc");
-        let paired_limited = [("limited", "the same route with a rate limit (local)"), ("limited-redis", "with the limit counted through Redis")]
+        let paired_limited = [
+            ("limited", "the same route with a rate limit (local)"),
+            ("limited-redis", "with the limit counted through Redis"),
+            ("logged", "the access log on, JSON lines to a file, against off"),
+        ]
             .map(|(a, what)| (a, what, paired(a, "cached")));
         let paired_tls = [
             ("tls", "nginx-tls", "TLS keep-alive, tokengate cached token / nginx listen ssl no-auth"),
@@ -1785,7 +1815,7 @@ fn main() {
         let mut nginx_row = None;
         let mut nginx_204_row = None;
         for name in [
-            "none", "cached", "limited", "limited-redis", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "lat-cached2", "lat-limited",
+            "none", "cached", "logged", "limited", "limited-redis", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "lat-cached2", "lat-limited",
             "lat-limited-redis", "nginx",
             "forward-auth", "nginx-204", "lat-fa", "lat-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "lat-auth-tg",
             "lat-auth-static", "tls", "nginx-tls", "tls-close", "nginx-tls-close", "tls-resume", "nginx-tls-resume", "close",
@@ -2005,6 +2035,15 @@ fn main() {
                     println!("  medians of the per-round ratios: throughput {tput:.2}x, CPU per request {cpu:.2}x");
                 }
             }
+        }
+        if logged_gw.is_some() {
+            // The lines the logged gateway wrote, against the requests it
+            // answered (its warm-up's too): a case that logged nothing
+            // would measure nothing.
+            let lines = std::fs::read(dir.path().join("logged-access.log"))
+                .map_or(0, |b| b.iter().filter(|c| **c == b'\n').count());
+            let answered: f64 = of("logged").iter().map(|r| r.rps * secs).sum();
+            println!("logged: {lines} access lines written for about {answered:.0} requests answered");
         }
         for lat in ["lat-limited", "lat-limited-redis"] {
             if let (Some(l), Some(c)) = (get(lat), get("lat-cached2")) {
