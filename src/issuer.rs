@@ -16,8 +16,8 @@ use crate::ability::Ability;
 use crate::cache::TokenCache;
 use crate::clock::Clock;
 use crate::store::{
-    Account, LimitsChange, NewAccount, NewAuditEvent, NewToken, Status, StoreError, Tenant,
-    TokenRow, TokenStore, Workspace,
+    Account, LimitsChange, NewAccount, NewAuditEvent, NewToken, Revoked, Status, StoreError,
+    Tenant, TokenRow, TokenStore, Workspace,
 };
 use crate::token::{Secret, TokenFormat, TokenHash, TokenKind};
 
@@ -466,35 +466,13 @@ impl Issuer {
     /// Revokes a token; from the moment this returns, this instance refuses it.
     pub async fn revoke(&self, token_id: &str, actor: &Actor) -> Result<TokenRow, IssueError> {
         let now = self.clock.now();
-        let existing = self
-            .store
-            .get_token(token_id)
-            .await?
-            .ok_or(IssueError::NotFound("token"))?;
-        let audit = NewAuditEvent {
-            at: now,
-            action: "token.revoked".into(),
-            actor_token_id: actor.token_id.clone(),
-            tenant_id: existing.tenant_id,
-            target_token_id: Some(token_id.to_string()),
-            outcome: "ok".into(),
-            detail: None,
-        };
-        let (store, cache, id) = (
-            Arc::clone(&self.store),
-            self.cache.clone(),
-            token_id.to_string(),
-        );
-        detached(async move {
-            let revoked = store
-                .revoke_token(&id, now, &audit)
-                .await?
-                .ok_or(IssueError::NotFound("token"))?;
-            if let Some(cache) = cache {
-                cache.invalidate_token(revoked.hash).await;
-            }
-            Ok(revoked.row)
-        })
+        self.change_token(
+            token_id,
+            "token.revoked",
+            now,
+            actor,
+            move |store, id, audit| async move { store.revoke_token(&id, now, &audit).await },
+        )
         .await
     }
 
@@ -507,14 +485,38 @@ impl Issuer {
         change: LimitsChange,
         actor: &Actor,
     ) -> Result<TokenRow, IssueError> {
+        let now = self.clock.now();
+        self.change_token(token_id, "token.limits_changed", now, actor, move |store, id, audit| async move {
+            store.set_token_limits(&id, &change, &audit).await
+        })
+        .await
+    }
+
+    /// One change to a token: `write` makes it in the store with its audit
+    /// event (`action`, at `at`) in one transaction, off the caller's task
+    /// so that a client going away cannot cut it short; then this
+    /// instance's cached record is evicted. The others hear of it through
+    /// the store's feed.
+    async fn change_token<F, Fut>(
+        &self,
+        token_id: &str,
+        action: &str,
+        at: i64,
+        actor: &Actor,
+        write: F,
+    ) -> Result<TokenRow, IssueError>
+    where
+        F: FnOnce(Arc<dyn TokenStore>, String, NewAuditEvent) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Option<Revoked>, StoreError>> + Send + 'static,
+    {
         let existing = self
             .store
             .get_token(token_id)
             .await?
             .ok_or(IssueError::NotFound("token"))?;
         let audit = NewAuditEvent {
-            at: self.clock.now(),
-            action: "token.limits_changed".into(),
+            at,
+            action: action.into(),
             actor_token_id: actor.token_id.clone(),
             tenant_id: existing.tenant_id,
             target_token_id: Some(token_id.to_string()),
@@ -527,8 +529,7 @@ impl Issuer {
             token_id.to_string(),
         );
         detached(async move {
-            let changed = store
-                .set_token_limits(&id, &change, &audit)
+            let changed = write(store, id, audit)
                 .await?
                 .ok_or(IssueError::NotFound("token"))?;
             if let Some(cache) = cache {

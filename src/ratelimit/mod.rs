@@ -746,20 +746,8 @@ mod tests {
     use super::*;
 
     fn limiter(policies: &[(&str, u64, u64, &str)]) -> Limiter {
-        let f = FileRateLimits {
-            policies: policies
-                .iter()
-                .map(|(n, r, w, b)| FilePolicy {
-                    name: n.to_string(),
-                    requests: *r,
-                    window_seconds: *w,
-                    by: b.to_string(),
-                })
-                .collect(),
-            ..FileRateLimits::default()
-        };
         Limiter::new(
-            RateLimitConfig::validate(&f).unwrap(),
+            RateLimitConfig::validate(&policy::tests::file(policies)).unwrap(),
             Arc::new(Metrics::default()),
             Clock::system(),
         )

@@ -417,11 +417,13 @@ pub struct TokenLimits {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn file(policies: &[(&str, u64, u64, &str)]) -> FileRateLimits {
+    /// `[rate_limits]` as read from a file, with these policies
+    /// `(name, requests, window_seconds, by)`.
+    pub(crate) fn file(policies: &[(&str, u64, u64, &str)]) -> FileRateLimits {
         FileRateLimits {
             policies: policies
                 .iter()
