@@ -121,8 +121,9 @@ impl RequestFields for RequestHead {
 
     fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
         let name = name.as_str().as_bytes();
-        let absent = self.names & name_bit(name) == 0 && self.authority.is_none();
-        let fields: &[Field] = if absent { &[] } else { &self.fields };
+        // The authority (read as `Host`) is chained whatever the bits say.
+        let sent = self.names & name_bit(name) != 0;
+        let fields: &[Field] = if sent { &self.fields } else { &[] };
         fields
             .iter()
             .map(|f| (self.span(f.name), self.span(f.value)))
