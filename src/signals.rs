@@ -435,14 +435,14 @@ fn push_ts(buf: &mut Vec<u8>, ts: SystemTime, clock: &mut Clock) {
 /// Milliseconds with microsecond precision: `0.412`.
 fn push_ms(buf: &mut Vec<u8>, d: Duration) {
     let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    push_u64(buf, us / 1000);
+    push_int(buf, us / 1000);
     buf.push(b'.');
     push_padded3(buf, us % 1000);
 }
 
 /// `n` in decimal (`itoa`: two digits a step, no formatting machinery;
-/// a line has a dozen numbers).
-fn push_u64(buf: &mut Vec<u8>, n: u64) {
+/// a line has a dozen numbers, ids signed, sizes unsigned).
+fn push_int(buf: &mut Vec<u8>, n: impl itoa::Integer) {
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
@@ -454,11 +454,6 @@ fn push_padded3(buf: &mut Vec<u8>, n: u64) {
         b'0' + (n / 10 % 10) as u8,
         b'0' + (n % 10) as u8,
     ]);
-}
-
-/// A signed number (ids), in decimal.
-fn push_i64(buf: &mut Vec<u8>, n: i64) {
-    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Whether `v` is printable ASCII with no `"` or `\`: the usual path or
@@ -585,7 +580,7 @@ fn json_line(buf: &mut Vec<u8>, line: &Line, labels: &Labels, clock: &mut Clock)
         match value {
             Value::None => buf.extend_from_slice(b"null"),
             Value::Str(s) => push_json_str(buf, s),
-            Value::Int(n) => push_i64(buf, n),
+            Value::Int(n) => push_int(buf, n),
             Value::Ms(d) => push_ms(buf, d),
             Value::Ts(t) => {
                 buf.push(b'"');
@@ -619,7 +614,7 @@ fn text_line(buf: &mut Vec<u8>, line: &Line, labels: &Labels, clock: &mut Clock)
                 }
             }
         }
-        Value::Int(n) => push_i64(buf, n),
+        Value::Int(n) => push_int(buf, n),
         Value::Ms(d) => push_ms(buf, d),
         Value::Ts(t) => push_ts(buf, t, clock),
         Value::Trace(t) => buf.extend_from_slice(&t),
@@ -835,7 +830,7 @@ mod tests {
     fn numbers_are_written_as_format_would() {
         for n in [0u64, 7, 10, 999, 1000, 123_456_789, u64::MAX] {
             let mut s = Vec::new();
-            push_u64(&mut s, n);
+            push_int(&mut s, n);
             assert_eq!(s, n.to_string().as_bytes());
             let mut s = Vec::new();
             push_padded3(&mut s, n % 1000);
@@ -843,7 +838,7 @@ mod tests {
         }
         for n in [0i64, -1, i64::MIN, i64::MAX] {
             let mut s = Vec::new();
-            push_i64(&mut s, n);
+            push_int(&mut s, n);
             assert_eq!(s, n.to_string().as_bytes());
         }
         let mut s = Vec::new();
