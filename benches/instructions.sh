@@ -23,7 +23,8 @@
 # counting through a redis-server started on a free port, when CASES names
 # it), tokengate's forward-auth
 # answer for a valid token (`forward`, nothing forwarded), and nginx itself
-# as a plain keep-alive `proxy_pass` (`nginx`). Everything listens on
+# as a plain keep-alive `proxy_pass` (`nginx`) and answering `return 204`
+# itself (`nginx-204`, when CASES names it). Everything listens on
 # 127.0.0.1.
 set -euo pipefail
 
@@ -141,7 +142,7 @@ if wanted limited-redis; then
 fi
 wanted forward && count forward "http://127.0.0.1:$PUB/_tokengate/auth/x" \
     "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg.toml" serve
-wanted nginx || exit 0
+{ wanted nginx || wanted nginx-204; } || exit 0
 
 cat > "$DIR/px/nginx.conf" <<EOF
 worker_processes 1; daemon off; master_process off;
@@ -152,4 +153,13 @@ http { access_log off; client_body_temp_path $DIR/px; proxy_temp_path $DIR/px;
   server { listen 127.0.0.1:$NGX;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOF
-count nginx "http://127.0.0.1:$NGX/x" "http://127.0.0.1:$NGX/x" -- nginx -c "$DIR/px/nginx.conf"
+wanted nginx && count nginx "http://127.0.0.1:$NGX/x" "http://127.0.0.1:$NGX/x" -- \
+    nginx -c "$DIR/px/nginx.conf"
+if wanted nginx-204; then
+    # nginx answering `return 204` itself: what the forward-auth answer
+    # (`forward`) is held to.
+    sed "s|location / {.*} } }|location / { return 204; } } }|" "$DIR/px/nginx.conf" \
+        > "$DIR/px/nginx-204.conf"
+    count nginx-204 "http://127.0.0.1:$NGX/x" "http://127.0.0.1:$NGX/x" -- \
+        nginx -c "$DIR/px/nginx-204.conf"
+fi

@@ -24,13 +24,19 @@ pub use crate::ability::{grants, grants_all, Ability, AbilityError, MAX_ABILITY_
 /// (400), several `Authorization` or `token` headers that disagree (400), or
 /// an `Authorization` header in another scheme or with no token (401).
 pub fn extract_credential(headers: &(impl RequestFields + ?Sized)) -> Result<Option<&str>, Denial> {
+    // Read as bytes (every value is checked visible ASCII first), made
+    // text once, for the credential chosen.
     let bearer = single(headers.values(&AUTHORIZATION))?
         .map(|v| {
-            let (scheme, rest) = v.split_once(' ').ok_or(Denial::MalformedToken)?;
-            if !scheme.eq_ignore_ascii_case("bearer") {
+            let space = v
+                .iter()
+                .position(|&b| b == b' ')
+                .ok_or(Denial::MalformedToken)?;
+            let (scheme, rest) = v.split_at(space);
+            if !scheme.eq_ignore_ascii_case(b"bearer") {
                 return Err(Denial::MalformedToken);
             }
-            let t = rest.trim_matches(' ');
+            let t = trim_spaces(rest);
             if t.is_empty() {
                 Err(Denial::MalformedToken)
             } else {
@@ -39,30 +45,38 @@ pub fn extract_credential(headers: &(impl RequestFields + ?Sized)) -> Result<Opt
         })
         .transpose()?;
     let token = single(headers.values(&TOKEN_HEADER))?
-        .map(|v| v.trim_matches(' '))
+        .map(trim_spaces)
         .filter(|t| !t.is_empty());
-    match (bearer, token) {
-        (Some(a), Some(b)) if a != b => Err(Denial::ConflictingCredentials),
-        (Some(a), _) => Ok(Some(a)),
-        (None, b) => Ok(b),
-    }
+    let chosen = match (bearer, token) {
+        (Some(a), Some(b)) if a != b => return Err(Denial::ConflictingCredentials),
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    };
+    chosen
+        .map(|t| std::str::from_utf8(t).map_err(|_| Denial::MalformedToken))
+        .transpose()
 }
 
 /// The one value of a header; repeated identical values count as one.
-fn single<'h>(mut values: impl Iterator<Item = &'h [u8]>) -> Result<Option<&'h str>, Denial> {
+/// Non-ASCII can never be one of our tokens.
+fn single<'h>(mut values: impl Iterator<Item = &'h [u8]>) -> Result<Option<&'h [u8]>, Denial> {
     let Some(first) = values.next() else {
         return Ok(None);
     };
     if values.any(|v| v != first) {
         return Err(Denial::ConflictingCredentials);
     }
-    // Non-ASCII can never be one of our tokens.
     if !is_visible_ascii(first) {
         return Err(Denial::MalformedToken);
     }
-    std::str::from_utf8(first)
-        .map(Some)
-        .map_err(|_| Denial::MalformedToken)
+    Ok(Some(first))
+}
+
+/// `v` without the spaces around it.
+fn trim_spaces(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| b != b' ').unwrap_or(v.len());
+    let end = v.iter().rposition(|&b| b != b' ').map_or(start, |i| i + 1);
+    v.get(start..end).unwrap_or_default()
 }
 
 /// Token kinds that may call upstream APIs through the proxy. Root and

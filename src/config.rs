@@ -815,7 +815,8 @@ fn validate_routes(
             return Err(c.invalid(&key("path"), format!("{:?} must start with /", r.path)));
         }
         let mut path = normalize_path(&r.path)
-            .map_err(|e| c.invalid(&key("path"), format!("{:?}: {e}", r.path)))?;
+            .map_err(|e| c.invalid(&key("path"), format!("{:?}: {e}", r.path)))?
+            .into_owned();
         if path != r.path.trim_end_matches('/') && path != r.path {
             return Err(c.invalid(
                 &key("path"),
@@ -1018,7 +1019,9 @@ fn validate_token_api(path: &Path, t: &FileTokenApi) -> Result<TokenApiPaths, Co
             key: format!("token_api.{key}"),
             message,
         };
-        let n = normalize_path(v).map_err(|e| invalid(format!("{v:?}: {e}")))?;
+        let n = normalize_path(v)
+            .map_err(|e| invalid(format!("{v:?}: {e}")))?
+            .into_owned();
         if n != v {
             return Err(invalid(format!("{v:?} is not normalised; write {n:?}")));
         }

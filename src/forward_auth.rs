@@ -20,6 +20,7 @@
 //! Refused: the proxy path's own denial, status and JSON body alike.
 //! Nothing is forwarded.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -91,12 +92,13 @@ pub async fn decide(
     Ok(admission)
 }
 
-/// The original request's method and normalised path.
-fn original(
+/// The original request's method and normalised path (borrowed from the
+/// request when it is already normal, as it usually is).
+fn original<'a>(
     own_method: &Method,
-    suffix: &str,
-    fields: &(impl RequestFields + ?Sized),
-) -> Result<(Method, String), Denial> {
+    suffix: &'a str,
+    fields: &'a (impl RequestFields + ?Sized),
+) -> Result<(Method, Cow<'a, str>), Denial> {
     let method = match first_of(fields, [&X_FORWARDED_METHOD, &X_ORIGINAL_METHOD]) {
         Err(Conflict) => return Err(Denial::BadMethod),
         Ok(Some(m)) => Method::from_bytes(m).map_err(|_| Denial::BadMethod)?,
@@ -104,8 +106,10 @@ fn original(
     };
     let path = match first_of(fields, [&X_FORWARDED_URI, &X_ORIGINAL_URI]) {
         Err(Conflict) => return Err(Denial::BadPath(PathError::BadEscape)),
-        Ok(Some(target)) => normalize_path(target_path(target)?.path()),
-        Ok(None) if suffix.is_empty() => Ok("/".to_owned()),
+        Ok(Some(target)) => {
+            normalize_path(target_path(target)?.path()).map(|p| Cow::Owned(p.into_owned()))
+        }
+        Ok(None) if suffix.is_empty() => Ok(Cow::Borrowed("/")),
         Ok(None) => normalize_path(suffix),
     }
     .map_err(Denial::BadPath)?;
@@ -223,7 +227,7 @@ mod tests {
 
     fn orig(own: &str, suffix: &str, h: &[(&str, &str)]) -> Result<(String, String), Denial> {
         let own = Method::from_bytes(own.as_bytes()).unwrap();
-        original(&own, suffix, &map(h)).map(|(m, p)| (m.to_string(), p))
+        original(&own, suffix, &map(h)).map(|(m, p)| (m.to_string(), p.into_owned()))
     }
 
     fn ok(m: &str, p: &str) -> Result<(String, String), Denial> {

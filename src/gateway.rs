@@ -387,7 +387,11 @@ impl Gateway {
                     () = tokio::time::sleep(wait) => {}
                 }
                 let memo = ConnectionMemo::default();
-                match gateway.authenticate(Some(&credential), &route, &memo).await {
+                let now = gateway.clock.now();
+                match gateway
+                    .authenticate(Some(&credential), &route, &memo, now)
+                    .await
+                {
                     Ok(entry) => expires_at = entry.and_then(|e| e.record.expires_at),
                     Err(
                         d @ (Denial::MalformedToken
@@ -425,14 +429,15 @@ impl Gateway {
         memo: &ConnectionMemo,
         client_ip: IpAddr,
     ) -> Result<Admission, Denial> {
+        // One reading of the clock for the request's expiry and limits.
+        let now = self.clock.now();
         let entry = match route.auth {
             AuthMode::None => None,
             AuthMode::Required | AuthMode::Optional => {
-                self.authenticate(extract_credential(headers)?, route, memo)
+                self.authenticate(extract_credential(headers)?, route, memo, now)
                     .await?
             }
         };
-        let now = self.clock.now();
         let record = entry.as_deref().map(|e| &e.record);
         let subject = Subject {
             token_id: entry.as_deref().map(|e| &e.last_used_key),
@@ -459,12 +464,14 @@ impl Gateway {
     }
 
     /// Finds and judges the request's token for a route. `Ok(None)`: no
-    /// credential on an `optional` route.
+    /// credential on an `optional` route. `now`: the request's reading of
+    /// the clock, which expiry is judged at.
     async fn authenticate(
         &self,
         credential: Option<&str>,
         route: &RouteConfig,
         memo: &ConnectionMemo,
+        now: i64,
     ) -> Result<Option<Arc<AuthEntry>>, Denial> {
         let Some(token) = credential else {
             return match route.auth {
@@ -487,7 +494,7 @@ impl Gateway {
         };
         decide(
             &entry.record,
-            self.clock.now(),
+            now,
             route.abilities.iter().map(|a| a.as_str()),
         )?;
         if !kind_may_proxy(entry.record.kind) {

@@ -86,7 +86,9 @@ async fn process(
     peer: &Peer,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Denial> {
-    let path = normalize_path(req.uri().path()).map_err(Denial::BadPath)?;
+    let path = normalize_path(req.uri().path())
+        .map_err(Denial::BadPath)?
+        .into_owned();
     // The config this request sees to its end, whatever a reload does.
     let snap = g.snapshot();
     // Forward auth is answered here, never forwarded.

@@ -8,6 +8,8 @@
 //! string never takes part. [`RouteTable::find`] then takes the longest
 //! prefix that ends on a segment boundary and accepts the method.
 
+use std::borrow::Cow;
+
 use http::Method;
 
 use crate::ability::Ability;
@@ -46,38 +48,41 @@ fn hex(b: u8) -> Option<u8> {
 /// - Empty segments (`//`) and `.` are dropped, `..` removes the previous
 ///   segment (never above the root).
 /// - A trailing slash is kept, as is the one a final `.` or `..` implies.
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if is_canonical(raw) {
-        return Ok(raw.to_owned());
+        return Ok(Cow::Borrowed(raw));
     }
-    normalize_slow(raw)
+    normalize_slow(raw).map(Cow::Owned)
 }
 
 /// Whether `raw` is already what [`normalize_path`] would make of it: the
-/// common case, checked in one pass without building segments. Anything
-/// unusual (an escape, a backslash, a control or non-ASCII byte, an empty
-/// or dot segment before the end) takes the full path.
+/// common case, checked in one pass without building segments, and then
+/// borrowed, not copied. Anything unusual (an escape, a backslash, a
+/// control or non-ASCII byte, an empty or dot segment before the end)
+/// takes the full path.
 fn is_canonical(raw: &str) -> bool {
-    let bytes = raw.as_bytes();
-    if bytes.first() != Some(&b'/') {
+    let Some((&b'/', rest)) = raw.as_bytes().split_first() else {
         return false;
-    }
-    // Each segment: the bytes after a '/' up to the next '/' (or the end).
-    let mut segments = bytes[1..].split(|b| *b == b'/').peekable();
-    while let Some(seg) = segments.next() {
-        let last = segments.peek().is_none();
-        // Empty only as the last one (`/a/`, `/`), never `//`.
-        if (seg.is_empty() && !last) || seg == b"." || seg == b".." {
+    };
+    // The segment being read: its length, and how many of it are dots.
+    let (mut len, mut dots) = (0usize, 0usize);
+    // `.` or `..` (a dot segment), or, before a '/', empty (`//`).
+    let dot_segment = |len: usize, dots: usize| len == dots && (1..=2).contains(&len);
+    for &b in rest {
+        if b == b'/' {
+            if len == 0 || dot_segment(len, dots) {
+                return false;
+            }
+            (len, dots) = (0, 0);
+        } else if b == b'%' || b == b'\\' || b.wrapping_sub(0x20) >= 0x5f {
             return false;
-        }
-        if seg
-            .iter()
-            .any(|&b| b == b'%' || b == b'\\' || !(0x20..0x7f).contains(&b))
-        {
-            return false;
+        } else {
+            len += 1;
+            dots += usize::from(b == b'.');
         }
     }
-    true
+    // The last segment may be empty (`/a/`, `/`), never a dot segment.
+    !dot_segment(len, dots)
 }
 
 fn normalize_slow(raw: &str) -> Result<String, PathError> {
@@ -494,7 +499,7 @@ mod tests {
             segs in proptest::collection::vec(prop_oneof![segment(), "[a-z/.%\\\\]{0,4}"], 0..8),
         ) {
             let raw = format!("/{}", segs.join("/"));
-            prop_assert_eq!(normalize_path(&raw), normalize_slow(&raw));
+            prop_assert_eq!(normalize_path(&raw).map(Cow::into_owned), normalize_slow(&raw));
         }
 
         #[test]

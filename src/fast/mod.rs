@@ -198,6 +198,8 @@ struct Client<'a, S> {
     response_timer: Deadline,
     /// The request being answered is a HEAD: its refusals have no body.
     head_request: bool,
+    /// Room for the next request's field spans.
+    room: wire::Spans,
 }
 
 /// Serves a public-listener connection for as long as its requests suit
@@ -222,6 +224,7 @@ pub async fn serve<S: ClientStream>(
         header_timer: Deadline::new(accepted),
         response_timer: Deadline::new(accepted),
         head_request: false,
+        room: wire::Spans::default(),
     };
     // One wait for shutdown for the connection's life, not one per request
     // (each registered with the watch, then dropped, as the next request
@@ -239,7 +242,9 @@ pub async fn serve<S: ClientStream>(
         c.answered = true;
         // The client said it sends no more requests (RFC 9112 9.6).
         let client_done = head.close;
-        match c.respond(head, &request, shutting_down).await {
+        let next = c.respond(&head, &request, shutting_down).await;
+        c.room = head.into_room();
+        match next {
             Next::KeepAlive => {}
             Next::Close => {
                 c.close(client_done).await;
@@ -416,7 +421,7 @@ impl<S: ClientStream> Client<'_, S> {
         loop {
             if !self.buf.is_empty() {
                 let bytes = self.buf.split().freeze();
-                match wire::parse_request(&bytes) {
+                match wire::parse_request_in(&bytes, std::mem::take(&mut self.room)) {
                     Parsed::Complete(h) if bytes.len() as u64 >= h.head_len as u64 + h.body_len => {
                         let total = h.head_len + h.body_len as usize;
                         // Pipelined requests wait their turn.
@@ -476,9 +481,9 @@ impl<S: ClientStream> Client<'_, S> {
 
     /// Answers the request, then hands its record to
     /// [`crate::signals::Signals::finish`] (unless hyper is to answer it).
-    async fn respond(&mut self, head: RequestHead, request: &Bytes, shutting_down: bool) -> Next {
+    async fn respond(&mut self, head: &RequestHead, request: &Bytes, shutting_down: bool) -> Next {
         let g = self.gateway;
-        let (request_id, trace) = g.identify(&head);
+        let (request_id, trace) = g.identify(head);
         let mut ex = Exchange::new(
             request_id,
             trace,
@@ -497,7 +502,7 @@ impl<S: ClientStream> Client<'_, S> {
     /// Runs the policy steps and answers the request.
     async fn answer(
         &mut self,
-        head: RequestHead,
+        head: &RequestHead,
         request: &Bytes,
         shutting_down: bool,
         ex: &mut Exchange,
@@ -514,7 +519,7 @@ impl<S: ClientStream> Client<'_, S> {
             ex.route = RouteSeries::ForwardAuth;
             let close = head.close || shutting_down;
             let (memo, ip) = (&self.peer.memo, self.peer.addr.ip());
-            return match forward_auth::decide(g, &snap, &head.method, suffix, &head, memo, ip).await
+            return match forward_auth::decide(g, &snap, &head.method, suffix, head, memo, ip).await
             {
                 Ok(admission) => {
                     let names = snap.header_names();
@@ -535,7 +540,7 @@ impl<S: ClientStream> Client<'_, S> {
         if crate::flows::match_flow(&snap.config.token_api, &path).is_some() {
             return Next::Handoff;
         }
-        let (route, upstream) = match snap.route(&path, &head.method, &head) {
+        let (route, upstream) = match snap.route(&path, &head.method, head) {
             Ok(x) => x,
             Err(d) => return self.refuse(d, ex, Some(&path), head.close).await,
         };
@@ -544,7 +549,7 @@ impl<S: ClientStream> Client<'_, S> {
         };
         ex.route = RouteSeries::Route(route.series);
         let Admission { entry, limits } = match g
-            .admit(route, &head, &self.peer.memo, self.peer.addr.ip())
+            .admit(route, head, &self.peer.memo, self.peer.addr.ip())
             .await
         {
             Ok(a) => a,
@@ -581,7 +586,7 @@ impl<S: ClientStream> Client<'_, S> {
             out,
             drop_length: true,
         };
-        let host = strip_request(&head, snap.strip_set(), cfg, false, &mut sink).map(|(_, v)| v);
+        let host = strip_request(head, snap.strip_set(), cfg, false, &mut sink).map(|(_, v)| v);
         if head.has_length {
             let n = HeaderValue::from(head.body_len);
             wire::push_field(&mut self.out, b"content-length", n.as_bytes());

@@ -98,6 +98,11 @@ impl RequestHead {
         self.target.query()
     }
 
+    /// The room its field spans took, for the connection's next request.
+    pub fn into_room(self) -> Spans {
+        Spans(self.fields)
+    }
+
     fn span(&self, (start, end): (u32, u32)) -> &[u8] {
         self.buf
             .get(start as usize..end as usize)
@@ -162,6 +167,17 @@ fn offset(whole: &[u8], part: &[u8]) -> usize {
 /// equal), but for `HeaderName`'s length limit, checked here: the fast
 /// path takes no field the hyper path would refuse.
 pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
+    parse_request_in(buf, Spans::default())
+}
+
+/// Room for a head's field spans: a connection hands the last request's
+/// back ([`RequestHead::into_room`]) to [`parse_request_in`], so that a
+/// keep-alive request allocates none.
+#[derive(Debug, Default)]
+pub struct Spans(Vec<Field>);
+
+/// [`parse_request`], with the field spans kept in `room`.
+pub fn parse_request_in(buf: &Bytes, room: Spans) -> Parsed<RequestHead> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
@@ -184,16 +200,17 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
     // A fragment never belongs in a request (hyper's parser drops it, so
     // the two paths would route differently), and a target `http` would
     // not parse is hyper's to refuse.
-    if path.contains('#') {
-        return Parsed::Unsupported;
-    }
     let start = offset(buf, path.as_bytes());
     let (target, authority) = if path.starts_with('/') {
         match PathAndQuery::from_maybe_shared(buf.slice(start..start + path.len())) {
-            Ok(pq) => (pq, None),
-            Err(_) => return Parsed::Unsupported,
+            // Shorter than sent: `PathAndQuery` cut a fragment off.
+            Ok(pq) if pq.as_str().len() == path.len() => (pq, None),
+            _ => return Parsed::Unsupported,
         }
     } else {
+        if path.contains('#') {
+            return Parsed::Unsupported;
+        }
         // Absolute form (RFC 9112 3.2.2), which servers must accept: the
         // path and query are forwarded as for origin form; the authority
         // stands in for a missing `Host`, as on the hyper path.
@@ -211,7 +228,9 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
         let authority = Bytes::copy_from_slice(authority.as_str().as_bytes());
         (pq.clone(), Some(authority))
     };
-    let mut spans = Vec::with_capacity(req.headers.len());
+    let Spans(mut spans) = room;
+    spans.clear();
+    spans.reserve(req.headers.len());
     let mut body_len = None;
     let mut close = false;
     let mut has_host = false;
