@@ -134,9 +134,14 @@ fn new_request_id(random: &[u8; 10]) -> HeaderValue {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let id = uuid::Builder::from_unix_timestamp_millis(millis, random).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
+    // Hyphenated, lower case: 8-4-4-4-12 hex digits.
+    let b = id.as_bytes();
+    let mut text = [b'-'; uuid::fmt::Hyphenated::LENGTH];
+    for (from, to) in [(0..4, 0..8), (4..6, 9..13), (6..8, 14..18), (8..10, 19..23)] {
+        hex_into(&b[from], &mut text[to]);
+    }
+    hex_into(&b[10..], &mut text[24..]);
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
@@ -312,6 +317,7 @@ mod tests {
         for id in ids.iter().take(10) {
             let u = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
             assert_eq!(u.get_version_num(), 7, "{id:?}");
+            assert_eq!(id.to_str().unwrap(), u.hyphenated().to_string());
         }
     }
 
