@@ -212,13 +212,14 @@ pub async fn serve<S: ClientStream>(
     shutdown: &mut watch::Receiver<bool>,
     accepted: Instant,
 ) -> Ended {
+    let Buffers { buf, out, resp } = Buffers::take();
     let mut c = Client {
         stream,
         gateway,
         peer,
-        buf: BytesMut::with_capacity(CLIENT_READ_BUF),
-        out: Vec::with_capacity(1024),
-        resp: Vec::with_capacity(1024),
+        buf,
+        out,
+        resp,
         accepted,
         answered: false,
         header_timer: Deadline::new(accepted),
@@ -258,6 +259,80 @@ pub async fn serve<S: ClientStream>(
                 return Ended::Handoff(bytes.freeze());
             }
         }
+    }
+}
+
+/// Most sets of [`Buffers`] a thread keeps for connections to come.
+const SPARE_BUFFERS: usize = 32;
+
+/// Largest request or response buffer (`out`, `resp`) kept for reuse.
+const SPARE_VEC: usize = 4 * 1024;
+
+/// A client connection's buffers: made for the first connections a thread
+/// serves, then passed on from each closed connection to the next (up to
+/// [`SPARE_BUFFERS`] held), unless they have grown past twice their size
+/// ([`SPARE_VEC`] for `out` and `resp`). Allocating and freeing them cost
+/// about 1,500 of the 27,400 user-space instructions of a connection that
+/// serves one request (`Connection: close`, callgrind): the 8 KB read
+/// buffer is beyond glibc's per-thread cache, and each such allocation had
+/// it sort its free lists. What a reused buffer still holds is never read:
+/// each is empty when it is handed out.
+struct Buffers {
+    buf: BytesMut,
+    out: Vec<u8>,
+    resp: Vec<u8>,
+}
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Buffers {
+    /// A thread's spare set, or a new one.
+    fn take() -> Self {
+        let spare = SPARE
+            .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten();
+        spare.unwrap_or_else(|| Buffers {
+            buf: BytesMut::with_capacity(CLIENT_READ_BUF),
+            out: Vec::with_capacity(1024),
+            resp: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Keeps the set for the thread's next connection, if it is as it was
+    /// made: the read buffer whole again (no bytes of it still held
+    /// elsewhere, as by a hand-over to hyper) and none of them grown.
+    fn give_back(mut self) {
+        self.buf.clear();
+        if !self.buf.try_reclaim(CLIENT_READ_BUF)
+            || self.buf.capacity() > CLIENT_READ_BUF * 2
+            || self.out.capacity() > SPARE_VEC
+            || self.resp.capacity() > SPARE_VEC
+        {
+            return;
+        }
+        self.out.clear();
+        self.resp.clear();
+        let _ = SPARE.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut() {
+                if spare.len() < SPARE_BUFFERS {
+                    spare.push(self);
+                }
+            }
+        });
+    }
+}
+
+impl<S> Drop for Client<'_, S> {
+    fn drop(&mut self) {
+        Buffers {
+            buf: std::mem::take(&mut self.buf),
+            out: std::mem::take(&mut self.out),
+            resp: std::mem::take(&mut self.resp),
+        }
+        .give_back();
     }
 }
 
