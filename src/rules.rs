@@ -190,7 +190,9 @@ impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
         let mut ip = Vec::with_capacity(15);
         push_ip(&mut ip, addr.ip());
-        let ip_header = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip))
+        // Boxed to its length first: a `Bytes` made from a vector with
+        // room to spare allocates a second block to share it by.
+        let ip_header = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.into_boxed_slice()))
             // An IP address is always a valid header value.
             .unwrap_or(HeaderValue::from_static("unknown"));
         Self {

@@ -328,9 +328,9 @@ async fn serve_connection<S, H, F>(
     H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    // Worked out once per connection, not per request.
+    // Worked out once per connection, not per request. Shared (`Arc`) only
+    // once hyper serves it: the fast path borrows it.
     let addr = peer.addr;
-    let peer = Arc::new(peer);
     let (prefix, header) = match &fast {
         Some(g) => match crate::fast::serve(&mut stream, g, &peer, &mut stop, accepted).await {
             Ended::Closed => return,
@@ -347,6 +347,7 @@ async fn serve_connection<S, H, F>(
     // From here hyper serves it: boxed, so that its state (hyper's HTTP/1.1
     // and h2 servers) is no part of the future of a connection the fast
     // path serves to its end, nor copied with it.
+    let peer = Arc::new(peer);
     Box::pin(serve_hyper(
         stream, prefix, header, peer, addr, handler, builders, stop, deadlines,
     ))
