@@ -63,12 +63,26 @@ pub fn push_ip(buf: &mut Vec<u8>, ip: std::net::IpAddr) {
     use std::io::Write as _;
     match ip {
         std::net::IpAddr::V4(v4) => {
+            // At most 15 bytes, written digit by digit and copied once.
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    buf.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                buf.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            buf.extend_from_slice(&text[..n]);
         }
         std::net::IpAddr::V6(v6) => {
             let _ = write!(buf, "{v6}");
