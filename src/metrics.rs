@@ -333,7 +333,7 @@ pub struct Metrics {
     pub config_reloads_ok: Counter,
     /// Config reloads refused (a bad file or certificate; nothing changed).
     pub config_reloads_error: Counter,
-    /// Access-log lines dropped because the writer fell behind (its queue
+    /// Access-log lines dropped because the writer fell behind (its batch
     /// was full) or failed.
     pub access_log_dropped: Counter,
     /// Per-route and per-upstream series.
