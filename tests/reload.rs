@@ -125,6 +125,20 @@ impl Gateway {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The logs once they hold every one of `wanted`, or after 10 s: the
+    /// thread reading the gateway's standard error may trail what
+    /// /metrics already counts.
+    async fn logs_with(&self, wanted: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if wanted.iter().all(|w| logs.contains(w)) || tokio::time::Instant::now() >= deadline {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `tokengate_config_reloads_total{result="<result>"}` on /metrics.
     async fn reloads(&self, result: &str) -> u64 {
         let r = Client::exchange(self.admin, &request("GET", "/metrics", &[], b"")).await;
@@ -232,7 +246,8 @@ async fn a_route_change_reaches_new_requests_while_one_in_flight_finishes() {
     let added = "[[routes]]\npath = \"/added\"\nupstream = \"raw\"\nauth = \"none\"\n";
     g.rewrite(&format!("{}{added}", routes(&up, "\"calls:write\"")));
     g.reload("ok").await;
-    assert!(g.logs().contains("config reloaded"), "{}", g.logs());
+    let logs = g.logs_with(&["config reloaded"]).await;
+    assert!(logs.contains("config reloaded"), "{logs}");
 
     // Every request from now on sees the new abilities: on the old
     // connection, and on a new one.
@@ -259,11 +274,8 @@ async fn a_route_change_reaches_new_requests_while_one_in_flight_finishes() {
         m.body_str().contains(want)
     })
     .await;
-    assert!(
-        g.logs().contains("a route the reload added"),
-        "{}",
-        g.logs()
-    );
+    let logs = g.logs_with(&["a route the reload added"]).await;
+    assert!(logs.contains("a route the reload added"), "{logs}");
     assert!(g.alive());
 }
 
@@ -305,7 +317,9 @@ async fn a_bad_config_or_certificate_changes_nothing() {
     // A config that does not validate: an upstream nobody defined.
     g.rewrite(&open("").replace("upstream = \"raw\"", "upstream = \"nope\""));
     g.reload("error").await;
-    let logs = g.logs();
+    let logs = g
+        .logs_with(&["config reload failed", "routes[0].upstream"])
+        .await;
     assert!(logs.contains("config reload failed"), "{logs}");
     assert!(logs.contains("routes[0].upstream"), "{logs}");
     assert!(logs.contains(&g.config.display().to_string()), "{logs}");
@@ -322,7 +336,9 @@ async fn a_bad_config_or_certificate_changes_nothing() {
     std::fs::write(&cert, &other.cert_pem).unwrap();
     g.rewrite(&open("\"calls:read\""));
     g.reload("error").await;
-    let logs = g.logs();
+    let logs = g
+        .logs_with(&["tls.key_file", "does not match the certificate in"])
+        .await;
     assert!(logs.contains("tls.key_file"), "{logs}");
     assert!(logs.contains("does not match the certificate in"), "{logs}");
     let (resp, leaf) = served(&g).await;
@@ -447,7 +463,9 @@ async fn sighup_without_tls_keeps_serving_and_names_keys_needing_a_restart() {
         .replace("tg.db", "other.db");
     std::fs::write(&g.config, moved).unwrap();
     g.reload("ok").await;
-    let logs = g.logs();
+    let logs = g
+        .logs_with(&["key=server.listen", "key=store.url", "after a restart"])
+        .await;
     assert!(logs.contains("key=server.listen"), "{logs}");
     assert!(logs.contains("key=store.url"), "{logs}");
     assert!(logs.contains("after a restart"), "{logs}");
