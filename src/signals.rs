@@ -53,7 +53,7 @@ use http::{HeaderValue, Method};
 use crate::cache::AuthEntry;
 use crate::fields::push_ip;
 use crate::metrics::{Metrics, RouteSeries};
-use crate::trace::Trace;
+use crate::trace::{hex_into, Trace};
 
 /// Bytes of access lines held between two writes; past it, lines are
 /// dropped. With the writer writing them out every 10 ms, some 100
@@ -709,15 +709,6 @@ fn push_json_str(buf: &mut Vec<u8>, v: &[u8]) {
     buf.push(b'"');
 }
 
-/// `bytes` in lower-case hex, into `out` (twice as long).
-fn hex(bytes: &[u8; 16], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
-    }
-}
-
 /// A text-format value: paths and ids are visible ASCII already; anything
 /// else shows escaped, so a line stays one line.
 fn push_text_str(buf: &mut Vec<u8>, v: &[u8]) {
@@ -839,7 +830,7 @@ impl Fields for Json<'_> {
     fn trace(&mut self, key: &Key, id: &[u8; 16]) {
         self.lead(key, true);
         let mut quoted = [b'"'; 34];
-        hex(id, &mut quoted[1..33]);
+        hex_into(id, &mut quoted[1..33]);
         self.buf.extend_from_slice(&quoted);
     }
     #[inline]
@@ -921,7 +912,7 @@ impl Fields for Text<'_> {
     fn trace(&mut self, key: &Key, id: &[u8; 16]) {
         if self.lead(key, true) {
             let mut text = [0; 32];
-            hex(id, &mut text);
+            hex_into(id, &mut text);
             self.buf.extend_from_slice(&text);
         }
     }

@@ -144,7 +144,8 @@ fn new_request_id(random: &[u8; 10]) -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
 }
 
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
+/// `bytes` in lower-case hex, into `out` (twice as long).
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = HEX[usize::from(b >> 4)];
