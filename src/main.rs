@@ -3,6 +3,13 @@
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: every connection allocates its
+/// task, its I/O registration and (through hyper) its buffers, and glibc
+/// spent a measurable share of a short connection's CPU sorting its bins
+/// (BENCHMARKS.md, twelfth session).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = tokengate::cli::Cli::parse();
     tokengate::signals::init_tracing(tokengate::cli::log_format(&cli));
