@@ -22,6 +22,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -75,7 +76,9 @@ pub fn suffix<'a>(
 /// for a proxied request, by `client_ip`: the front proxy's address).
 /// `own_method` is the request's method and `suffix` what [`suffix`]
 /// found.
-/// `snapshot`: the request's ([`Gateway::snapshot`]).
+/// `snapshot`: the request's ([`Gateway::snapshot`]); `started`: when its
+/// head was read.
+#[allow(clippy::too_many_arguments)]
 pub async fn decide(
     g: &Gateway,
     snapshot: &Snapshot,
@@ -84,10 +87,11 @@ pub async fn decide(
     fields: &(impl RequestFields + ?Sized),
     memo: &ConnectionMemo,
     client_ip: IpAddr,
+    started: Instant,
 ) -> Result<Admission, Denial> {
     let (method, path) = original(own_method, suffix, fields)?;
     let (route, _) = snapshot.route(&path, &method, fields)?;
-    let admission = g.admit(route, fields, memo, client_ip).await?;
+    let admission = g.admit(route, fields, memo, client_ip, started).await?;
     g.metrics.forward_auth_allowed.inc();
     Ok(admission)
 }

@@ -26,7 +26,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -312,9 +312,13 @@ impl Gateway {
     }
 
     /// A request's id and trace ([`crate::trace::identify`]), worked out
-    /// once, first, by both codecs.
-    pub fn identify(&self, fields: &(impl RequestFields + ?Sized)) -> (HeaderValue, Trace) {
-        crate::trace::identify(fields, self.config.server.trust_request_id)
+    /// once, first, by both codecs; `started`: when its head was read.
+    pub fn identify(
+        &self,
+        fields: &(impl RequestFields + ?Sized),
+        started: Instant,
+    ) -> (HeaderValue, Trace) {
+        crate::trace::identify(fields, self.config.server.trust_request_id, started)
     }
 
     /// A refusal's response in pieces (`Denial::parts`), for both codecs:
@@ -422,15 +426,18 @@ impl Gateway {
     /// ([`Limiter::check_waiting`]), and records the token's use. `entry`
     /// is `None` when no token was needed, or none sent on an `optional`
     /// route; `limits` the `RateLimit` fields every answer to it carries.
+    /// `started`: when the request's head was read, the time its expiry
+    /// and limits are judged at.
     pub async fn admit(
         &self,
         route: &RouteConfig,
         headers: &(impl RequestFields + ?Sized),
         memo: &ConnectionMemo,
         client_ip: IpAddr,
+        started: Instant,
     ) -> Result<Admission, Denial> {
-        // One reading of the clock for the request's expiry and limits.
-        let now = self.clock.now();
+        // The request's one reading of the clock, for its expiry and limits.
+        let now = self.clock.at(started);
         let entry = match route.auth {
             AuthMode::None => None,
             AuthMode::Required | AuthMode::Optional => {

@@ -49,8 +49,10 @@ use crate::upstream::{Failure, Upstream, UpstreamBody, UpstreamProtocol};
 /// is a JSON response. Its [`Exchange`] is finished when the response body
 /// ends ([`crate::signals::Logged`]).
 pub async fn handle(g: &Arc<Gateway>, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-    let (request_id, trace) = g.identify(req.headers());
+    let started = Instant::now();
+    let (request_id, trace) = g.identify(req.headers(), started);
     let mut ex = Exchange::new(
+        started,
         request_id,
         trace,
         req.method().clone(),
@@ -103,6 +105,7 @@ async fn process(
             req.headers(),
             &peer.memo,
             client_ip,
+            ex.started,
         )
         .await?;
         ex.auth.clone_from(&admission.entry);
@@ -132,7 +135,7 @@ async fn process(
         .contains_key(http::header::UPGRADE)
         .then(|| g.cache.changes());
     let Admission { entry, limits } = g
-        .admit(route, req.headers(), &peer.memo, peer.addr.ip())
+        .admit(route, req.headers(), &peer.memo, peer.addr.ip(), ex.started)
         .await?;
     ex.auth.clone_from(&entry);
     let tunnel_end = match (&entry, changes) {

@@ -153,8 +153,9 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A request whose head was just read, not yet routed.
+    /// A request whose head was read at `started`, not yet routed.
     pub fn new(
+        started: Instant,
         request_id: HeaderValue,
         trace: Trace,
         method: Method,
@@ -162,7 +163,7 @@ impl Exchange {
         client_ip: IpAddr,
     ) -> Self {
         Self {
-            started: Instant::now(),
+            started,
             request_id,
             trace,
             method,
@@ -453,8 +454,14 @@ impl Signals {
     }
 
     /// Counts and logs a finished request: the one rule for both codecs.
-    pub fn finish(&self, mut exchange: Exchange) {
-        let duration = exchange.started.elapsed();
+    pub fn finish(&self, exchange: Exchange) {
+        self.finish_at(exchange, Instant::now());
+    }
+
+    /// [`Self::finish`] for an exchange that ended at `done` (a codec that
+    /// has just read the clock).
+    pub fn finish_at(&self, mut exchange: Exchange, done: Instant) {
+        let duration = done.saturating_duration_since(exchange.started);
         if let Some(n) = &exchange.bytes_forwarded {
             exchange.bytes_in = n.load(Ordering::Relaxed);
         }
@@ -469,9 +476,7 @@ impl Signals {
         let Some(log) = self.log.get() else {
             return;
         };
-        let ts = SystemTime::now()
-            .checked_sub(duration)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let ts = SystemTime::UNIX_EPOCH + crate::clock::since_epoch(exchange.started);
         let line = Line {
             exchange: &exchange,
             duration,
@@ -1028,6 +1033,7 @@ mod tests {
 
     fn exchange(route: RouteSeries, code: Option<&'static str>) -> Exchange {
         let mut ex = Exchange::new(
+            Instant::now(),
             HeaderValue::from_static("rid-1"),
             Trace::continue_or_start(None),
             Method::GET,

@@ -16,11 +16,13 @@
 //!   most [`MAX_REQUEST_ID`] visible ASCII characters.
 
 use std::cell::RefCell;
+use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 
+use crate::clock::since_epoch;
 use crate::fields::{RequestFields, TRACEPARENT, X_REQUEST_ID};
 
 /// Longest client request id kept when `server.trust_request_id` is on.
@@ -128,11 +130,9 @@ fn nonzero<const N: usize>(bytes: &[u8]) -> [u8; N] {
 }
 
 /// A fresh request id (UUIDv7: sortable by time, unique without
-/// coordination) with the 10 random bytes given.
-fn new_request_id(random: &[u8; 10]) -> HeaderValue {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+/// coordination) for a request that came in `millis` after the Unix
+/// epoch, with the 10 random bytes given.
+fn new_request_id(millis: u64, random: &[u8; 10]) -> HeaderValue {
     let id = uuid::Builder::from_unix_timestamp_millis(millis, random).into_uuid();
     // Hyphenated, lower case: 8-4-4-4-12 hex digits.
     let b = id.as_bytes();
@@ -201,10 +201,11 @@ fn single<'a>(fields: &'a (impl RequestFields + ?Sized), name: &'a HeaderName) -
 
 /// The request id and trace of a request (see the module doc): one draw
 /// of random bytes makes a new trace's ids and, unless a trusted client's
-/// is kept, the request id.
+/// is kept, the request id, timestamped `started` (when its head was read).
 pub fn identify(
     fields: &(impl RequestFields + ?Sized),
     trust_request_id: bool,
+    started: Instant,
 ) -> (HeaderValue, Trace) {
     let mut random = [0u8; 34];
     fill_random(&mut random);
@@ -219,7 +220,8 @@ pub fn identify(
             !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(u8::is_ascii_graphic)
         })
         .and_then(|v| HeaderValue::from_bytes(v).ok());
-    (kept.unwrap_or_else(|| new_request_id(for_id)), trace)
+    let ours = || new_request_id(since_epoch(started).as_millis() as u64, for_id);
+    (kept.unwrap_or_else(ours), trace)
 }
 
 #[cfg(test)]
@@ -287,7 +289,7 @@ mod tests {
             }
             h
         };
-        let id = |h: &http::HeaderMap, trust| identify(h, trust).0;
+        let id = |h: &http::HeaderMap, trust| identify(h, trust, Instant::now()).0;
         // The gateway's own: a UUIDv7.
         let ours = |v: HeaderValue| {
             let u = uuid::Uuid::parse_str(v.to_str().unwrap()).unwrap();
@@ -312,8 +314,9 @@ mod tests {
     #[test]
     fn request_ids_are_distinct_v7_uuids() {
         let none = http::HeaderMap::new();
-        let ids: std::collections::HashSet<_> =
-            (0..1000).map(|_| identify(&none, false).0).collect();
+        let ids: std::collections::HashSet<_> = (0..1000)
+            .map(|_| identify(&none, false, Instant::now()).0)
+            .collect();
         assert_eq!(ids.len(), 1000);
         for id in ids.iter().take(10) {
             let u = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();

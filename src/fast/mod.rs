@@ -191,6 +191,9 @@ struct Client<'a, S> {
     /// Whether a request has been answered on it (later ones may wait
     /// `idle_timeout` before their first byte).
     answered: bool,
+    /// When the last answer was finished (the idle timeout counts from
+    /// it): the clock as its exchange was finished, not read again.
+    done: Instant,
     /// The connection's deadline while it waits for a request: first
     /// head, idle, or a head begun after idle.
     header_timer: Deadline,
@@ -222,6 +225,7 @@ pub async fn serve<S: ClientStream>(
         resp,
         accepted,
         answered: false,
+        done: accepted,
         header_timer: Deadline::new(accepted),
         response_timer: Deadline::new(accepted),
         head_request: false,
@@ -398,19 +402,20 @@ pub fn caller_fields<'a>(names: &HeaderNames, a: &'a AuthEntry) -> &'a [u8] {
 
 /// `forward_auth::allowed` as the fast path writes it, into `out`: the caller's fields
 /// as cached with its entry ([`caller_fields`]), the route's `RateLimit`
-/// fields, dated, with an empty body.
+/// fields, dated `at`, with an empty body.
 pub fn write_forward_auth_allowed(
     out: &mut Vec<u8>,
     names: &HeaderNames,
     admission: &Admission,
     request_id: &HeaderValue,
     close: bool,
+    at: std::time::Instant,
 ) {
     // The fixed parts of the head in as few copies as can be: it is the
     // whole of the answer.
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\ndate: ");
-    wire::with_date(|d| out.extend_from_slice(d));
+    wire::with_date(at, |d| out.extend_from_slice(d));
     out.extend_from_slice(b"\r\n");
     if let Some(a) = admission.entry.as_deref() {
         out.extend_from_slice(caller_fields(names, a));
@@ -487,12 +492,16 @@ impl<S: ClientStream> Client<'_, S> {
         // to). A body not in by then goes to hyper (see the module docs).
         let server = &self.gateway.config.server;
         let mut head_begun = !self.answered || !self.buf.is_empty();
+        // `None`: a head begun after idle, due within the header read
+        // timeout of when it is first waited for (read only then: a head
+        // in whole with its first bytes, as nearly all are, costs no
+        // reading of the clock).
         let mut deadline = if !self.answered {
-            self.accepted + server.header_read_timeout
+            Some(self.accepted + server.header_read_timeout)
         } else if head_begun {
-            Instant::now() + server.header_read_timeout
+            None
         } else {
-            Instant::now() + server.idle_timeout
+            Some(self.done + server.idle_timeout)
         };
         let mut head_in = false;
         loop {
@@ -529,7 +538,8 @@ impl<S: ClientStream> Client<'_, S> {
                 return None;
             }
             self.buf.reserve(CLIENT_READ_BUF);
-            self.header_timer.set(deadline);
+            let at = *deadline.get_or_insert_with(|| Instant::now() + server.header_read_timeout);
+            self.header_timer.set(at);
             let read = tokio::select! {
                 biased;
                 r = self.stream.read_buf(&mut self.buf) => r,
@@ -551,7 +561,7 @@ impl<S: ClientStream> Client<'_, S> {
             }
             if !head_begun {
                 head_begun = true;
-                deadline = Instant::now() + server.header_read_timeout;
+                deadline = None;
             }
         }
     }
@@ -560,8 +570,11 @@ impl<S: ClientStream> Client<'_, S> {
     /// [`crate::signals::Signals::finish`] (unless hyper is to answer it).
     async fn respond(&mut self, head: &RequestHead, request: &Bytes, shutting_down: bool) -> Next {
         let g = self.gateway;
-        let (request_id, trace) = g.identify(head);
+        // The request's one reading of the clock until it is answered.
+        let started = Instant::now();
+        let (request_id, trace) = g.identify(head, started.into_std());
         let mut ex = Exchange::new(
+            started.into_std(),
             request_id,
             trace,
             head.method.clone(),
@@ -571,7 +584,8 @@ impl<S: ClientStream> Client<'_, S> {
         ex.bytes_in = head.body_len;
         let next = self.answer(head, request, shutting_down, &mut ex).await;
         if !matches!(next, Next::Handoff) {
-            g.signals.finish(ex);
+            self.done = Instant::now();
+            g.signals.finish_at(ex, self.done.into_std());
         }
         next
     }
@@ -596,8 +610,9 @@ impl<S: ClientStream> Client<'_, S> {
             ex.route = RouteSeries::ForwardAuth;
             let close = head.close || shutting_down;
             let (memo, ip) = (&self.peer.memo, self.peer.addr.ip());
-            return match forward_auth::decide(g, &snap, &head.method, suffix, head, memo, ip).await
-            {
+            let decided =
+                forward_auth::decide(g, &snap, &head.method, suffix, head, memo, ip, ex.started);
+            return match decided.await {
                 Ok(admission) => {
                     let names = snap.header_names();
                     write_forward_auth_allowed(
@@ -606,6 +621,7 @@ impl<S: ClientStream> Client<'_, S> {
                         &admission,
                         &ex.request_id,
                         close,
+                        ex.started,
                     );
                     ex.auth = admission.entry;
                     ex.status = 200;
@@ -626,7 +642,13 @@ impl<S: ClientStream> Client<'_, S> {
         };
         ex.route = RouteSeries::Route(route.series);
         let Admission { entry, limits } = match g
-            .admit(route, head, &self.peer.memo, self.peer.addr.ip())
+            .admit(
+                route,
+                head,
+                &self.peer.memo,
+                self.peer.addr.ip(),
+                ex.started,
+            )
             .await
         {
             Ok(a) => a,
@@ -760,7 +782,9 @@ impl<S: ClientStream> Client<'_, S> {
         ex.status = status.as_u16();
         let request_id = &ex.request_id;
         if !dated {
-            wire::with_date(|d| wire::push_field(&mut self.resp, b"date", d));
+            // Dated as it is sent on, as an origin dates its response.
+            let now = std::time::Instant::now();
+            wire::with_date(now, |d| wire::push_field(&mut self.resp, b"date", d));
         }
         wire::push_field(
             &mut self.resp,
@@ -932,8 +956,9 @@ impl<S: ClientStream> Client<'_, S> {
             body.len() as u64
         };
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        // As hyper's server dates every response it writes.
-        if let Ok(date) = wire::with_date(HeaderValue::from_bytes) {
+        // As hyper's server dates every response it writes (a refusal is
+        // made as the request comes in: dated by its head's arrival).
+        if let Ok(date) = wire::with_date(ex.started, HeaderValue::from_bytes) {
             headers.insert(header::DATE, date);
         }
         if close {

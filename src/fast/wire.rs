@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
@@ -524,16 +524,17 @@ impl<'h> RequestSink<(&'h [u8], &'h [u8])> for FieldWriter<'_> {
     }
 }
 
-/// Calls `f` with the current time as an HTTP-date (IMF-fixdate, RFC 9110
+/// Calls `f` with the time `at` (a reading of the monotonic clock, see
+/// [`crate::clock::since_epoch`]) as an HTTP-date (IMF-fixdate, RFC 9110
 /// 5.6.7), formatted at most once a second per thread, as hyper's server
 /// caches its own.
-pub fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+pub fn with_date<R>(at: std::time::Instant, f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
     // `httpdate` refuses (panics on) a time before 1970: a clock set that
     // far back dates responses 1970 rather than taking the gateway down.
-    let now = SystemTime::now().max(UNIX_EPOCH);
+    let now = (UNIX_EPOCH + crate::clock::since_epoch(at)).max(UNIX_EPOCH);
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     DATE.with(|cached| match cached.try_borrow_mut() {
         Ok(mut cached) => {
