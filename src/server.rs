@@ -36,8 +36,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::RuntimeFlavor;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -240,6 +241,17 @@ async fn accept_loop<H, F>(
     let mut closing = builder.clone();
     closing.http1().keep_alive(false);
     let builders = Arc::new((builder, closing));
+    // tokio takes an accepted socket as readable, so that its first read is
+    // tried at once; under load the client's first bytes have mostly not
+    // come yet, and that read is an `EAGAIN` syscall per connection (two
+    // in three in the load bench). nginx waits for a new socket's first
+    // read event instead, and so does this on a current-thread runtime:
+    // there the reactor cannot run between the accept and the clearing
+    // below, so what is cleared is only tokio's assumption, never an event
+    // (an edge cleared would never come again). On a multi-thread runtime
+    // the reactor may be running elsewhere, and tokio's way stays.
+    let first_read_waits =
+        tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -251,6 +263,11 @@ async fn accept_loop<H, F>(
                         continue;
                     }
                 };
+                if first_read_waits {
+                    let _ = stream.try_io(Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
+                }
                 let accepted = tokio::time::Instant::now();
                 // Held for the connection's whole life, fast path included,
                 // so shutdown waits for it.
