@@ -324,6 +324,19 @@ impl TokenCache {
         if let Some(hit) = self.indexed(&hash).await {
             return Ok(hit.entry);
         }
+        // Boxed: moka's load and the store's query are kilobytes of
+        // future, which every request's future (and every connection's,
+        // copied whole as its task is made) would otherwise carry for the
+        // rare miss.
+        Box::pin(self.get_or_load(hash, store)).await
+    }
+
+    /// [`Self::get`] past the index: through moka, loading on a miss.
+    async fn get_or_load(
+        &self,
+        hash: TokenHash,
+        store: &dyn TokenLookup,
+    ) -> Result<Option<Arc<AuthEntry>>, StoreError> {
         for _ in 0..MAX_RELOADS {
             let cached = self
                 .records
@@ -353,7 +366,8 @@ impl TokenCache {
             n.get()
         });
         if n.is_multiple_of(POLICY_READ_EVERY) {
-            let _ = self.records.get(hash).await;
+            // Boxed, as the miss in `get` is: a rare step's future.
+            let _ = Box::pin(self.records.get(hash)).await;
         }
         Some(hit)
     }
