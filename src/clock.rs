@@ -127,6 +127,7 @@ pub fn rfc3339(unix: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

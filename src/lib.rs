@@ -19,7 +19,7 @@
 //! | vocabulary | [`fields`] | header names and lists, `Connection` list reading, the field-access trait both codecs give |
 //! | | `ability` | permission strings and which grants which |
 //! | | [`token`] | the token format: prefix, base62 secret, CRC32 checksum, SHA-256 |
-//! | | [`clock`] | the clock expiry is judged by, injectable for tests |
+//! | | [`clock`] | the clock expiry is judged by, injectable for tests; the wall-clock time of a request's one monotonic reading |
 //! | | [`metrics`] | counters, per-route and per-upstream series sharded per thread, process series, Prometheus text |
 //! | | `tunnel` | WebSocket tunnels: bytes both ways, ended by the gateway with close 1008 |
 //! | | `deadline` | the deadlines of connections served by hyper: first head, idle, head after idle |
