@@ -705,9 +705,8 @@ impl<S: ClientStream> Client<'_, S> {
         self.out.extend_from_slice(&request[head.head_len..]);
 
         ex.auth = entry;
-        self.response_timer
-            .set(Instant::now() + cfg.response_timeout);
         let sent_at = Instant::now();
+        self.response_timer.set(sent_at + cfg.response_timeout);
         let safe = is_safe(&head.method);
         let head_request = head.method == Method::HEAD;
         let exchange = async {
