@@ -190,6 +190,23 @@ pub(crate) mod tests {
     use http::{HeaderMap, HeaderValue};
 
     #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut buf = b"for=".to_vec();
+            push_ip(&mut buf, ip);
+            assert_eq!(buf, format!("for={ip}").into_bytes());
+        }
+    }
+
+    #[test]
     fn names_match_in_any_case_and_only_themselves() {
         assert!(is_name(b"Content-Length", b"content-length"));
         assert!(is_name(b"HOST", b"host"));

@@ -571,10 +571,10 @@ impl<S: ClientStream> Client<'_, S> {
     async fn respond(&mut self, head: &RequestHead, request: &Bytes, shutting_down: bool) -> Next {
         let g = self.gateway;
         // The request's one reading of the clock until it is answered.
-        let started = Instant::now();
-        let (request_id, trace) = g.identify(head, started.into_std());
+        let started = Instant::now().into_std();
+        let (request_id, trace) = g.identify(head, started);
         let mut ex = Exchange::new(
-            started.into_std(),
+            started,
             request_id,
             trace,
             head.method.clone(),
