@@ -24,7 +24,8 @@
 # it), tokengate's forward-auth
 # answer for a valid token (`forward`, nothing forwarded), and nginx itself
 # as a plain keep-alive `proxy_pass` (`nginx`) and answering `return 204`
-# itself (`nginx-204`, when CASES names it). Everything listens on
+# itself (`nginx-204`, when CASES names it); `close` and `nginx-close` are
+# the cached and nginx cases with a connection per request. Everything listens on
 # 127.0.0.1.
 set -euo pipefail
 
@@ -106,8 +107,8 @@ count() {
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 200); do curl -s -o /dev/null "$health" && break; sleep 0.1; done
-    taskset -c 0 wrk -t1 -c8 -d"${SECONDS_PER_CASE}s" -H "Authorization: Bearer $TOKEN" "$url" \
-        > "$DIR/$label.wrk"
+    taskset -c 0 wrk -t1 -c8 -d"${SECONDS_PER_CASE}s" -H "Authorization: Bearer $TOKEN" \
+        ${WRK_HEADER:+-H "$WRK_HEADER"} "$url" > "$DIR/$label.wrk"
     # A clean exit writes the profile; give it time under valgrind.
     kill -TERM "$pid"
     for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -140,9 +141,14 @@ if wanted limited-redis; then
         "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg-redis.toml" serve
     kill "$(cat "$DIR/redis.pid")"
 fi
+# A connection per request (`close`, `nginx-close`): the client asks for
+# `Connection: close`, so each request pays an accept, a close and the
+# connection's setup.
+wanted close && WRK_HEADER="Connection: close" count close "http://127.0.0.1:$PUB/x" \
+    "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg.toml" serve
 wanted forward && count forward "http://127.0.0.1:$PUB/_tokengate/auth/x" \
     "http://127.0.0.1:$ADM/healthz" -- "$BIN" --config "$DIR/tg.toml" serve
-{ wanted nginx || wanted nginx-204; } || exit 0
+{ wanted nginx || wanted nginx-204 || wanted nginx-close; } || exit 0
 
 cat > "$DIR/px/nginx.conf" <<EOF
 worker_processes 1; daemon off; master_process off;
@@ -155,6 +161,8 @@ http { access_log off; client_body_temp_path $DIR/px; proxy_temp_path $DIR/px;
 EOF
 wanted nginx && count nginx "http://127.0.0.1:$NGX/x" "http://127.0.0.1:$NGX/x" -- \
     nginx -c "$DIR/px/nginx.conf"
+wanted nginx-close && WRK_HEADER="Connection: close" count nginx-close \
+    "http://127.0.0.1:$NGX/x" "http://127.0.0.1:$NGX/x" -- nginx -c "$DIR/px/nginx.conf"
 if wanted nginx-204; then
     # nginx answering `return 204` itself: what the forward-auth answer
     # (`forward`) is held to.

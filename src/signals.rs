@@ -97,19 +97,35 @@ impl Default for LogConfig {
 }
 
 /// Sets up the diagnostic log (the `tracing` subscriber) on standard
-/// error, filtered by `RUST_LOG` (default `info`), in `format`. Text is
-/// coloured only when standard error is a terminal, so log files and
-/// journals get no escape codes.
+/// error, filtered by `RUST_LOG` as [`log_filter`] reads it, in `format`.
+/// Text is coloured only when standard error is a terminal, so log files
+/// and journals get no escape codes.
 pub fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// The diagnostic log's filter: `RUST_LOG` (`info` when unset or empty),
+/// with rustls held to errors unless `RUST_LOG` names it. rustls warns of
+/// what a client sent in its handshake (an IP address as the server name,
+/// as curl and wrk send when given one): a line per connection, written at
+/// a client's will, that tells the operator nothing to act on. A failed
+/// handshake is logged by the gateway itself, at debug.
+pub fn log_filter(rust_log: Option<&str>) -> String {
+    let spec = rust_log.map(str::trim).filter(|s| !s.is_empty());
+    match spec {
+        Some(spec) if spec.contains("rustls") => spec.to_owned(),
+        Some(spec) => format!("{spec},rustls=error"),
+        None => "info,rustls=error".to_owned(),
     }
 }
 
@@ -1030,6 +1046,22 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_log_filter_holds_rustls_to_errors_unless_named() {
+        assert_eq!(log_filter(None), "info,rustls=error");
+        assert_eq!(log_filter(Some("  ")), "info,rustls=error");
+        assert_eq!(log_filter(Some("debug")), "debug,rustls=error");
+        assert_eq!(
+            log_filter(Some("warn,tokengate=debug")),
+            "warn,tokengate=debug,rustls=error"
+        );
+        assert_eq!(log_filter(Some("rustls=debug")), "rustls=debug");
+        // Each is a filter tracing accepts.
+        for spec in [None, Some("debug"), Some("warn,tokengate=debug")] {
+            assert!(tracing_subscriber::EnvFilter::try_new(log_filter(spec)).is_ok());
+        }
+    }
 
     fn exchange(route: RouteSeries, code: Option<&'static str>) -> Exchange {
         let mut ex = Exchange::new(

@@ -600,15 +600,67 @@ fn start_up_errors_name_the_key_and_the_file() {
     }
 }
 
+/// A client session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
 #[tokio::test]
-async fn tls_13_sessions_resume_by_ticket() {
+async fn tls_13_sessions_resume_by_ticket_one_ticket_a_handshake() {
     let ca = Ca::new("test ca");
     let (g, _dir) = tls_gateway(&ca, Opts::default()).await;
+    let store = std::sync::Arc::new(CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        tickets: Default::default(),
+    });
     let mut config = (*certs::client_config(&ca.pem(), &[H1], None)).clone();
-    config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    config.resumption = rustls::client::Resumption::store(store.clone());
     let config = std::sync::Arc::new(config);
     let mut kinds = Vec::new();
-    for _ in 0..2 {
+    let mut tickets = Vec::new();
+    for _ in 0..3 {
         let mut s = certs::connect(g.addr, "localhost", config.clone())
             .await
             .unwrap();
@@ -623,12 +675,114 @@ async fn tls_13_sessions_resume_by_ticket() {
             .unwrap();
         let (head, _) = raw_response(&mut s, &mut Vec::new()).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tickets.push(store.tickets.load(std::sync::atomic::Ordering::SeqCst));
     }
+    // Each handshake, full or resumed, leaves one ticket (a ticket is used
+    // once), and that one is enough for the next connection to resume.
     assert_eq!(
         kinds,
         [
             Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed),
             Some(rustls::HandshakeKind::Resumed)
         ]
     );
+    assert_eq!(tickets, [1, 2, 3]);
+}
+
+/// A TLS 1.2 ClientHello naming `host` by the server_name extension.
+fn client_hello_naming(host: &str) -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 2, 0xc0, 0x2b]); // ECDHE-ECDSA-AES128-GCM
+    body.extend_from_slice(&[1, 0]); // compression: null
+    let name = host.as_bytes();
+    let mut sni = ((name.len() + 3) as u16).to_be_bytes().to_vec();
+    sni.push(0); // host_name
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    ext.extend_from_slice(&sni);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
+}
+
+/// Runs `tokengate serve` with `[tls]` and `RUST_LOG` as given, sends one
+/// handshake naming the server by an IP address (as curl and wrk do when
+/// given one), stops it, and returns what it wrote to standard error.
+fn stderr_after_an_ip_named_handshake(rust_log: Option<&str>) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test ca");
+    let config = dir.path().join("tokengate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\n\n{}",
+            dir.path().join("tg.db").display(),
+            tls_table(dir.path(), &ca.leaf(&["localhost"]), "")
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env_remove("TOKENGATE_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(spec) = rust_log {
+        cmd.env("RUST_LOG", spec);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let public = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited: {seen}"
+        );
+        seen.push_str(&line);
+        if let Some(at) = line.find("public_addr=") {
+            let rest = &line[at + "public_addr=".len()..];
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let mut s = std::net::TcpStream::connect(&public).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&client_hello_naming("127.0.0.1")).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(child.wait().unwrap().success());
+    stderr.read_to_string(&mut seen).unwrap();
+    seen
+}
+
+#[test]
+fn what_a_client_puts_in_its_handshake_writes_no_log_line() {
+    // rustls warns of an IP address as the server name: by default that
+    // line, one per connection at the client's will, is not written...
+    let quiet = stderr_after_an_ip_named_handshake(None);
+    assert!(quiet.contains("tokengate listening"), "{quiet}");
+    assert!(!quiet.contains("Illegal SNI"), "{quiet}");
+    // ...and it is when RUST_LOG asks for rustls' warnings (so the
+    // handshake above did reach the check).
+    let asked = stderr_after_an_ip_named_handshake(Some("info,rustls=warn"));
+    assert!(asked.contains("Illegal SNI"), "{asked}");
 }
