@@ -786,3 +786,35 @@ fn what_a_client_puts_in_its_handshake_writes_no_log_line() {
     let asked = stderr_after_an_ip_named_handshake(Some("info,rustls=warn"));
     assert!(asked.contains("Illegal SNI"), "{asked}");
 }
+
+#[tokio::test]
+async fn a_client_that_says_close_gets_a_close_notify_then_the_close() {
+    let ca = Ca::new("test ca");
+    let (g, _dir) = tls_gateway(&ca, Opts::default()).await;
+    let mut s = certs::connect(
+        g.addr,
+        "localhost",
+        certs::client_config(&ca.pem(), &[H1], None),
+    )
+    .await
+    .unwrap();
+    s.write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let (head, _) = raw_response(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    // A clean end: rustls reads the gateway's close_notify as the end of
+    // the stream (a bare TCP close would be an `UnexpectedEof` error).
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the gateway kept the connection open")
+        .unwrap();
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
+    assert!(buf.is_empty());
+}

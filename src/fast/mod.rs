@@ -83,7 +83,8 @@
 //!   requests pipelined behind the last answer do not provoke a reset
 //!   that could cut its end off; it closes at once only when the client
 //!   said `Connection: close` (it sends no more requests) and nothing it
-//!   sent is unread, as far as the runtime has seen, as nginx does.
+//!   sent is unread, as far as the runtime has seen, as nginx does (over
+//!   TLS after its `close_notify`, not waiting for the client's).
 
 pub mod wire;
 
@@ -160,6 +161,9 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     fn nothing_unread(&self) -> bool {
         false
     }
+
+    /// Whether a close owes the client a word first (TLS: `close_notify`).
+    const OWES_CLOSE_NOTIFY: bool = false;
 }
 
 impl ClientStream for tokio::net::TcpStream {
@@ -171,8 +175,16 @@ impl ClientStream for tokio::net::TcpStream {
     }
 }
 
-/// Always lingers: a close there also owes the client a `close_notify`.
-impl ClientStream for crate::tls::TlsStream {}
+impl ClientStream for crate::tls::TlsStream {
+    /// Nothing unread by TLS (no plaintext waiting, no `close_notify`
+    /// taken in) nor on the socket below it.
+    fn nothing_unread(&self) -> bool {
+        let (tcp, tls) = self.get_ref();
+        tls.wants_read() && tcp.nothing_unread()
+    }
+
+    const OWES_CLOSE_NOTIFY: bool = true;
+}
 
 /// One client connection's state.
 struct Client<'a, S> {
@@ -883,6 +895,11 @@ impl<S: ClientStream> Client<'_, S> {
     /// between the check and the close, may get a reset, as from nginx.
     async fn close(&mut self, client_done: bool) {
         if client_done && self.buf.is_empty() && self.stream.nothing_unread() {
+            // Over TLS, the close is announced first (as nginx's
+            // `SSL_shutdown` does, without waiting for the client's).
+            if S::OWES_CLOSE_NOTIFY {
+                let _ = self.stream.shutdown().await;
+            }
             return;
         }
         self.linger().await;
