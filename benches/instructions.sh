@@ -5,6 +5,11 @@
 #
 #   benches/instructions.sh [SECONDS]      (default 10)
 #
+# CONNS=N sets wrk's connections (default 8); CONNS=1 takes the load's
+# batching out of the count (more connections, more requests served per
+# wakeup of the event loop, fewer instructions per request), for a
+# before/after of two builds (TOKENGATE_BIN) on a busy machine.
+#
 # KEEP=DIR keeps each case's callgrind profile as DIR/LABEL.cg, to read
 # with `callgrind_annotate --inclusive=yes DIR/cached.cg`. CASES="cached
 # forward" runs only the cases named (default: cached none limited forward
@@ -107,7 +112,7 @@ count() {
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 200); do curl -s -o /dev/null "$health" && break; sleep 0.1; done
-    taskset -c 0 wrk -t1 -c8 -d"${SECONDS_PER_CASE}s" -H "Authorization: Bearer $TOKEN" \
+    taskset -c 0 wrk -t1 -c${CONNS:-8} -d"${SECONDS_PER_CASE}s" -H "Authorization: Bearer $TOKEN" \
         ${WRK_HEADER:+-H "$WRK_HEADER"} "$url" > "$DIR/$label.wrk"
     # A clean exit writes the profile; give it time under valgrind.
     kill -TERM "$pid"

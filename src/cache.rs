@@ -522,11 +522,12 @@ impl std::fmt::Debug for ConnectionMemo {
 
 impl ConnectionMemo {
     /// The memoised entry, if `token` is the memoised token and the entry
-    /// is still current.
-    pub fn get(&self, token: &str, cache: &TokenCache) -> Option<Arc<AuthEntry>> {
+    /// is still current at `at` (the request's arrival).
+    pub fn get(&self, token: &str, cache: &TokenCache, at: Instant) -> Option<Arc<AuthEntry>> {
         let slot = self.0.lock().ok()?;
         let m = slot.as_ref()?;
-        let current = m.epoch == cache.epoch() && m.entry.loaded.elapsed() < cache.expiry.ttl;
+        let current = m.epoch == cache.epoch()
+            && at.saturating_duration_since(m.entry.loaded) < cache.expiry.ttl;
         (current && same_secret(&m.token, token)).then(|| Arc::clone(&m.entry))
     }
 
@@ -543,13 +544,23 @@ impl ConnectionMemo {
     }
 }
 
-/// Equality that takes as long for a near miss as for a far one.
+/// Equality that takes as long for a near miss as for a far one (eight
+/// bytes at a time).
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = wa
+        .remainder()
+        .iter()
+        .zip(wb.remainder())
+        .fold(0u64, |acc, (x, y)| acc | u64::from(x ^ y));
+    let word = |c: &[u8]| c.try_into().map_or(0, u64::from_ne_bytes);
+    wa.zip(wb)
+        .fold(tail, |acc, (x, y)| acc | (word(x) ^ word(y)))
+        == 0
 }
 
 #[cfg(test)]
@@ -561,6 +572,22 @@ mod tests {
     use async_trait::async_trait;
     use std::sync::atomic::AtomicBool;
     use tokio::sync::Notify;
+
+    #[test]
+    fn same_secret_is_equality() {
+        let base = "tgk_rjDDfKGoDUof48AVwM0grSKukjfuVxpR17OQ1uh0mT534Sdc3";
+        for len in [0, 1, 7, 8, 9, 16, 52] {
+            let a = &base[..len];
+            assert!(same_secret(a, a));
+            for i in 0..len {
+                let mut b = a.as_bytes().to_vec();
+                b[i] ^= 0x20;
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same_secret(a, &b), "{len} {i}");
+            }
+            assert!(!same_secret(a, &base[..len + 1]));
+        }
+    }
 
     fn record(revoked: bool) -> AuthRecord {
         AuthRecord {

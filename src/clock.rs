@@ -76,6 +76,9 @@ const PAIRING_SERVES: Duration = Duration::from_secs(1);
 thread_local! {
     /// This thread's last reading of both clocks together.
     static PAIRING: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+    /// This thread's last answer: a request asks for its one instant
+    /// several times (its id, its expiry check, its `Date`).
+    static LAST: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
 }
 
 /// The wall-clock time, since the Unix epoch, that `at` (a reading of the
@@ -83,6 +86,17 @@ thread_local! {
 /// read again once it is a second away from `at`, moved by the monotonic
 /// time between. Never reads the clock otherwise.
 pub fn since_epoch(at: Instant) -> Duration {
+    if let Ok(Some((last, t))) = LAST.try_with(Cell::get) {
+        if last == at {
+            return t;
+        }
+    }
+    let t = pair(at);
+    let _ = LAST.try_with(|l| l.set(Some((at, t))));
+    t
+}
+
+fn pair(at: Instant) -> Duration {
     if let Ok(Some((mono, wall))) = PAIRING.try_with(Cell::get) {
         let near = if at >= mono {
             let d = at - mono;

@@ -393,7 +393,7 @@ impl Gateway {
                 let memo = ConnectionMemo::default();
                 let now = gateway.clock.now();
                 match gateway
-                    .authenticate(Some(&credential), &route, &memo, now)
+                    .authenticate(Some(&credential), &route, &memo, now, Instant::now())
                     .await
                 {
                     Ok(entry) => expires_at = entry.and_then(|e| e.record.expires_at),
@@ -441,7 +441,7 @@ impl Gateway {
         let entry = match route.auth {
             AuthMode::None => None,
             AuthMode::Required | AuthMode::Optional => {
-                self.authenticate(extract_credential(headers)?, route, memo, now)
+                self.authenticate(extract_credential(headers)?, route, memo, now, started)
                     .await?
             }
         };
@@ -472,13 +472,14 @@ impl Gateway {
 
     /// Finds and judges the request's token for a route. `Ok(None)`: no
     /// credential on an `optional` route. `now`: the request's reading of
-    /// the clock, which expiry is judged at.
+    /// the clock, which expiry is judged at (`started`, as an instant).
     async fn authenticate(
         &self,
         credential: Option<&str>,
         route: &RouteConfig,
         memo: &ConnectionMemo,
         now: i64,
+        started: Instant,
     ) -> Result<Option<Arc<AuthEntry>>, Denial> {
         let Some(token) = credential else {
             return match route.auth {
@@ -486,7 +487,7 @@ impl Gateway {
                 _ => Err(Denial::MissingToken),
             };
         };
-        let entry = match memo.get(token, &self.cache) {
+        let entry = match memo.get(token, &self.cache, started) {
             Some(entry) => {
                 self.metrics.cache_lookups.inc();
                 self.metrics.memo_hits.inc();
