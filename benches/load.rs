@@ -75,13 +75,16 @@
 //! through a second gateway with `[tls]`, keep-alive) against `nginx-tls` (nginx
 //! `listen ... ssl`, one worker on core 1, no auth, the same ECDSA P-256
 //! certificate); `tls-close` and `nginx-tls-close` (the same with
-//! `Connection: close`: a full TLS 1.3 handshake for every request, wrk
-//! resuming no session); and `close` and `nginx-close` (plain HTTP,
+//! `Connection: close`: a TLS 1.3 handshake for every request; wrk's
+//! OpenSSL keeps its last session across its reconnects, so nearly all of
+//! them resume it by ticket); and `close` and `nginx-close` (plain HTTP,
 //! `Connection: close`, through the first gateway and nginx). And
 //! `tls-resume` and `nginx-tls-resume`: connection per request against the
 //! same two TLS servers, each handshake TLS 1.3 resuming a session by a
-//! ticket the server sent on an earlier connection. wrk resumes none, so
-//! these are driven by a built-in TLS client whatever `LOAD_TOOL` says
+//! ticket the server sent on an earlier connection, and `tls-full` and
+//! `nginx-tls-full`: the same with resumption off, a full TLS 1.3
+//! handshake (certificate, signature) for every request, which wrk cannot
+//! do. These are driven by a built-in TLS client whatever `LOAD_TOOL` says
 //! (tokio-rustls, ring, on core 0 with the upstream as the built-in plain
 //! client is): `LOAD_CONNECTIONS` workers, each connecting, handshaking,
 //! sending one `GET` with `Connection: close` (the token to tokengate,
@@ -941,7 +944,9 @@ fn drive_wrk_as(
 }
 
 /// The built-in TLS load client, for connection per request with session
-/// resumption (wrk resumes no session): `conns` workers, each in a loop
+/// resumption by rustls' rules, or (`resume` false) with a full handshake
+/// each time (wrk's OpenSSL resumes its last session, so wrk cannot measure
+/// full handshakes): `conns` workers, each in a loop
 /// connecting, making a TLS 1.3 handshake, sending one request with
 /// `Connection: close` (and `token`, if any), reading the whole response
 /// and dropping the connection. Each worker is one client reconnecting:
@@ -962,6 +967,7 @@ async fn drive_tls(
     path: &str,
     token: Option<&HeaderValue>,
     roots: Arc<rustls::RootCertStore>,
+    resume: bool,
     conns: usize,
     secs: f64,
 ) -> Outcome {
@@ -991,7 +997,11 @@ async fn drive_tls(
         // so the default (in memory, 256 sessions, up to 8 TLS 1.3 tickets
         // per server) is set anew.
         let mut own = config.clone();
-        own.resumption = rustls::client::Resumption::default();
+        own.resumption = if resume {
+            rustls::client::Resumption::default()
+        } else {
+            rustls::client::Resumption::disabled()
+        };
         let connector = tokio_rustls::TlsConnector::from(Arc::new(own));
         let (name, request) = (name.clone(), Arc::clone(&request));
         tasks.push(tokio::spawn(async move {
@@ -1434,7 +1444,7 @@ fn main() {
         // The wrk-driven ones need wrk; `tls-resume` and `nginx-tls-resume`
         // (the built-in TLS client) do not.
         let tls_cases = ["tls", "nginx-tls", "tls-close", "nginx-tls-close", "close", "nginx-close"];
-        let resume_cases = ["tls-resume", "nginx-tls-resume"];
+        let resume_cases = ["tls-resume", "nginx-tls-resume", "tls-full", "nginx-tls-full"];
         let with_wrk_tls = tls_cases.iter().any(|c| want(c))
             && Command::new("wrk").arg("-v").output().is_ok();
         let with_resume = resume_cases.iter().any(|c| want(c));
@@ -1522,7 +1532,7 @@ fn main() {
         let gw_tls = tls_config.as_ref().map(|c| start_tokengate(c));
         let nginx_tls = with_tls.then(|| start_nginx_tls(dir.path(), up, &cert, &key)).flatten();
         if tls_cases.iter().any(|c| want(c)) && !with_wrk_tls {
-            println!("tls cases    (but tls-resume, nginx-tls-resume) need wrk (apt-get install wrk): skipped");
+            println!("tls cases    (but tls-resume, tls-full and their nginx cases) need wrk (apt-get install wrk): skipped");
         }
         if let Some(g) = &gw_tls {
             let _ = drive_wrk_as(Wrk::Tls, g.addr, "/api/x", Some(&tokens[0]), 1, 1.0);
@@ -1537,7 +1547,7 @@ fn main() {
             ] {
                 if let Some(p) = proxy {
                     println!("{name:<17} negotiates {}", tls_negotiated(p.addr, Arc::clone(&roots)).await);
-                    let o = drive_tls(p.addr, path, token, Arc::clone(&roots), 1, 0.5).await;
+                    let o = drive_tls(p.addr, path, token, Arc::clone(&roots), true, 1, 0.5).await;
                     if o.non_2xx > 0 || o.requests == 0 {
                         println!("{name}: warm-up got {} failed or non-200 of {} requests", o.non_2xx, o.requests);
                     }
@@ -1573,7 +1583,7 @@ fn main() {
         let order = [
             "direct", "none", "cached", "logged", "limited", "limited-redis", "bare", "garbage", "store-10k", "latency", "nginx", "forward-auth",
             "nginx-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "tls", "nginx-tls", "tls-close",
-            "nginx-tls-close", "tls-resume", "nginx-tls-resume", "close", "nginx-close",
+            "nginx-tls-close", "tls-resume", "nginx-tls-resume", "tls-full", "nginx-tls-full", "close", "nginx-close",
         ];
         for round in 0..rounds {
             let mut cases = order;
@@ -1755,16 +1765,18 @@ fn main() {
                             }
                         }
                     }
-                    "tls-resume" | "nginx-tls-resume" if want(case) => {
+                    "tls-resume" | "nginx-tls-resume" | "tls-full" | "nginx-tls-full" if want(case) => {
                         // The built-in TLS client, whatever LOAD_TOOL says:
-                        // wrk resumes no session.
+                        // resuming by the tickets it is sent (`tls-resume`),
+                        // or never (`tls-full`: a full handshake each).
                         let (proxy, path, token) = match case {
-                            "tls-resume" => (gw_tls.as_ref(), "/api/x", Some(&tokens[0])),
+                            "tls-resume" | "tls-full" => (gw_tls.as_ref(), "/api/x", Some(&tokens[0])),
                             _ => (nginx_tls.as_ref(), "/nginx", None),
                         };
+                        let resume = case.ends_with("resume");
                         if let Some(p) = proxy {
                             let c = p.mark();
-                            let o = drive_tls(p.addr, path, token, Arc::clone(&roots), conns, secs).await;
+                            let o = drive_tls(p.addr, path, token, Arc::clone(&roots), resume, conns, secs).await;
                             samples.push((case, row(case, &o, Some((p, c)))));
                         }
                     }
@@ -1799,11 +1811,20 @@ fn main() {
             .map(|(a, what)| (a, what, paired(a, "cached")));
         let paired_tls = [
             ("tls", "nginx-tls", "TLS keep-alive, tokengate cached token / nginx listen ssl no-auth"),
-            ("tls-close", "nginx-tls-close", "TLS connection per request (full TLS 1.3 handshake each), tokengate / nginx"),
+            (
+                "tls-close",
+                "nginx-tls-close",
+                "TLS connection per request (wrk: TLS 1.3, resuming the session it last had), tokengate / nginx",
+            ),
             (
                 "tls-resume",
                 "nginx-tls-resume",
                 "TLS connection per request resuming the session (TLS 1.3 ticket each, built-in client), tokengate / nginx",
+            ),
+            (
+                "tls-full",
+                "nginx-tls-full",
+                "TLS connection per request, a full TLS 1.3 handshake each (built-in client), tokengate / nginx",
             ),
             ("close", "nginx-close", "plain connection per request (Connection: close), tokengate / nginx"),
         ]
@@ -1818,8 +1839,8 @@ fn main() {
             "none", "cached", "logged", "limited", "limited-redis", "bare", "garbage", "store-10k", "lat-none", "lat-cached", "lat-cached2", "lat-limited",
             "lat-limited-redis", "nginx",
             "forward-auth", "nginx-204", "lat-fa", "lat-204", "nginx-auth-tg", "nginx-auth-static", "nginx-auth-proc", "lat-auth-tg",
-            "lat-auth-static", "tls", "nginx-tls", "tls-close", "nginx-tls-close", "tls-resume", "nginx-tls-resume", "close",
-            "nginx-close",
+            "lat-auth-static", "tls", "nginx-tls", "tls-close", "nginx-tls-close", "tls-resume", "nginx-tls-resume", "tls-full",
+            "nginx-tls-full", "close", "nginx-close",
         ] {
             if let Some(r) = median(name) {
                 print_row(&r, Some(&direct));
@@ -1836,7 +1857,11 @@ fn main() {
                         t.handshakes,
                         share * 100.0,
                         per_round.join(" "),
-                        if share < 0.9 { ": RESUMPTION DID NOT HAPPEN for most handshakes, not a resumption figure" } else { "" }
+                        match (name.ends_with("resume"), share) {
+                            (true, s) if s < 0.9 => ": RESUMPTION DID NOT HAPPEN for most handshakes, not a resumption figure",
+                            (false, s) if s > 0.0 => ": SOME RESUMED, not a full-handshake figure",
+                            _ => "",
+                        }
                     );
                     println!(
                         "           the bench process (TLS client and upstream, core 0): {:.1} us CPU per request",
