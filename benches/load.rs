@@ -981,7 +981,8 @@ fn drive_wrk_as(
 /// workers: it keeps at most 8 tickets per server and hands each out once,
 /// so 32 workers drawing from it in bursts find it empty often (about 40%
 /// of handshakes were full ones, more against nginx, which sends one
-/// ticket after a resumed handshake where rustls sends two). Counts how
+/// ticket after a resumed handshake, where tokengate then sent two; it
+/// sends one now). Counts how
 /// many handshakes were resumed (`ClientConnection::handshake_kind`). Latency is from connect to the
 /// end of the response: the whole handshake is in it. Runs on this
 /// process's runtime, on core 0, as [`drive`] does.
