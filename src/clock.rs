@@ -84,7 +84,8 @@ thread_local! {
 /// The wall-clock time, since the Unix epoch, that `at` (a reading of the
 /// monotonic clock) stands for: the thread's pairing of the two clocks,
 /// read again once it is a second away from `at`, moved by the monotonic
-/// time between. Never reads the clock otherwise.
+/// time between. Never reads the clock otherwise. The same `at` asked
+/// twice in a row on a thread gets the same answer, computed once.
 pub fn since_epoch(at: Instant) -> Duration {
     if let Ok(Some((last, t))) = LAST.try_with(Cell::get) {
         if last == at {

@@ -115,17 +115,35 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 /// The diagnostic log's filter: `RUST_LOG` (`info` when unset or empty),
-/// with rustls held to errors unless `RUST_LOG` names it. rustls warns of
-/// what a client sent in its handshake (an IP address as the server name,
-/// as curl and wrk send when given one): a line per connection, written at
-/// a client's will, that tells the operator nothing to act on. A failed
-/// handshake is logged by the gateway itself, at debug.
+/// with rustls held to errors unless `RUST_LOG` names it or is already that
+/// quiet (`error`, `off`). rustls warns of what a peer sends in its
+/// handshake or alerts (a client naming the server by IP address, as curl
+/// and wrk do when given one): a line per connection, written at a peer's
+/// will, that tells the operator nothing to act on. A failed handshake is
+/// logged by the gateway itself, at debug.
 pub fn log_filter(rust_log: Option<&str>) -> String {
-    let spec = rust_log.map(str::trim).filter(|s| !s.is_empty());
-    match spec {
-        Some(spec) if spec.contains("rustls") => spec.to_owned(),
-        Some(spec) => format!("{spec},rustls=error"),
-        None => "info,rustls=error".to_owned(),
+    let spec = rust_log
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("info");
+    let is_rustls = |target: &str| {
+        let target = target.split('[').next().unwrap_or_default().trim();
+        target == "rustls" || target.starts_with("rustls::")
+    };
+    let leave = spec
+        .split(',')
+        .map(str::trim)
+        .any(|d| match d.split_once('=') {
+            Some((target, _)) => is_rustls(target),
+            // A bare level sets every target's; a bare target enables it.
+            None => {
+                matches!(d.to_ascii_lowercase().as_str(), "off" | "error" | "0" | "1")
+                    || is_rustls(d)
+            }
+        });
+    match leave {
+        true => spec.to_owned(),
+        false => format!("{spec},rustls=error"),
     }
 }
 
@@ -1056,9 +1074,28 @@ mod tests {
             log_filter(Some("warn,tokengate=debug")),
             "warn,tokengate=debug,rustls=error"
         );
+        // Named: as asked.
         assert_eq!(log_filter(Some("rustls=debug")), "rustls=debug");
+        assert_eq!(
+            log_filter(Some("info,rustls::server=warn")),
+            "info,rustls::server=warn"
+        );
+        assert_eq!(log_filter(Some("info,rustls")), "info,rustls");
+        // Another crate whose name holds it is not it.
+        assert_eq!(
+            log_filter(Some("info,tokio_rustls=trace")),
+            "info,tokio_rustls=trace,rustls=error"
+        );
+        // Already that quiet: nothing added (`off` must stay off).
+        assert_eq!(log_filter(Some("off")), "off");
+        assert_eq!(log_filter(Some("error")), "error");
         // Each is a filter tracing accepts.
-        for spec in [None, Some("debug"), Some("warn,tokengate=debug")] {
+        for spec in [
+            None,
+            Some("debug"),
+            Some("warn,tokengate=debug"),
+            Some("off"),
+        ] {
             assert!(tracing_subscriber::EnvFilter::try_new(log_filter(spec)).is_ok());
         }
     }

@@ -744,8 +744,8 @@ fn stderr_after_an_ip_named_handshake(rust_log: Option<&str>) -> String {
     if let Some(spec) = rust_log {
         cmd.env("RUST_LOG", spec);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut child = Reaped(cmd.spawn().unwrap());
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
     let mut seen = String::new();
     let public = loop {
         let mut line = String::new();
@@ -765,13 +765,23 @@ fn stderr_after_an_ip_named_handshake(rust_log: Option<&str>) -> String {
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
     stderr.read_to_string(&mut seen).unwrap();
     seen
+}
+
+/// Kills a started gateway however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -817,4 +827,64 @@ async fn a_client_that_says_close_gets_a_close_notify_then_the_close() {
         .unwrap();
     assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
     assert!(buf.is_empty());
+}
+
+/// What decides whether a TLS connection closing after `Connection: close`
+/// closes at once (nothing unread) or lingers: nothing unread once a read
+/// has taken all the client sent; something, once the runtime has seen
+/// more come, and after the client's `close_notify` (lingering then costs
+/// a read that ends at once).
+#[tokio::test]
+async fn a_tls_connection_tells_whether_anything_its_client_sent_is_unread() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    use tokengate::fast::ClientStream;
+    let ca = Ca::new("test ca");
+    let leaf = ca.leaf(&["localhost"]);
+    let server_config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der.clone()],
+        PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config));
+    let accept = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        acceptor.accept(tcp).await.unwrap()
+    };
+    let connect = certs::connect(
+        addr,
+        "localhost",
+        certs::client_config(&ca.pem(), &[H1], None),
+    );
+    let (mut server, client) = tokio::join!(accept, connect);
+    let mut client = client.unwrap();
+    let mut buf = vec![0u8; 4096];
+
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    client.flush().await.unwrap();
+    let n = server.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+    assert!(server.nothing_unread());
+
+    client.write_all(b"more").await.unwrap();
+    client.flush().await.unwrap();
+    server.get_ref().0.readable().await.unwrap();
+    assert!(!server.nothing_unread());
+    let n = server.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"more");
+    assert!(server.nothing_unread());
+
+    client.shutdown().await.unwrap();
+    server.get_ref().0.readable().await.unwrap();
+    assert!(!server.nothing_unread());
+    assert_eq!(server.read(&mut buf).await.unwrap(), 0);
+    assert!(!server.nothing_unread());
 }

@@ -84,7 +84,12 @@
 //!   that could cut its end off; it closes at once only when the client
 //!   said `Connection: close` (it sends no more requests) and nothing it
 //!   sent is unread, as far as the runtime has seen, as nginx does (over
-//!   TLS after its `close_notify`, not waiting for the client's).
+//!   TLS after its `close_notify`, not waiting for the client's, as
+//!   nginx's `SSL_shutdown`). What the client sends after that check is
+//!   answered with a reset: its own `close_notify`, sent once it has read
+//!   the answer (harmless), or bytes it should not have sent after its
+//!   `Connection: close`, which may then cost it the answer's end, as from
+//!   nginx; TLS bytes rustls holds short of a whole record are not seen.
 
 pub mod wire;
 
