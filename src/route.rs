@@ -69,21 +69,44 @@ fn is_canonical(raw: &str) -> bool {
     // `.` or `..` (a dot segment), or, before a '/', empty (`//`).
     let dot_segment = |len: usize, dots: usize| len == dots && (1..=2).contains(&len);
     for &b in rest {
-        if b == b'/' {
-            if len == 0 || dot_segment(len, dots) {
-                return false;
+        match CLASS[usize::from(b)] {
+            PLAIN => len += 1,
+            DOT => {
+                len += 1;
+                dots += 1;
             }
-            (len, dots) = (0, 0);
-        } else if b == b'%' || b == b'\\' || b.wrapping_sub(0x20) >= 0x5f {
-            return false;
-        } else {
-            len += 1;
-            dots += usize::from(b == b'.');
+            SLASH => {
+                if len == 0 || dot_segment(len, dots) {
+                    return false;
+                }
+                (len, dots) = (0, 0);
+            }
+            _ => return false,
         }
     }
     // The last segment may be empty (`/a/`, `/`), never a dot segment.
     !dot_segment(len, dots)
 }
+
+/// What each byte is to [`is_canonical`]: one table lookup a byte.
+const PLAIN: u8 = 0;
+const DOT: u8 = 1;
+const SLASH: u8 = 2;
+/// An escape, a backslash, a control or non-ASCII byte.
+const UNUSUAL: u8 = 3;
+static CLASS: [u8; 256] = {
+    let mut class = [UNUSUAL; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        class[b] = PLAIN;
+        b += 1;
+    }
+    class[b'.' as usize] = DOT;
+    class[b'/' as usize] = SLASH;
+    class[b'%' as usize] = UNUSUAL;
+    class[b'\\' as usize] = UNUSUAL;
+    class
+};
 
 fn normalize_slow(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
