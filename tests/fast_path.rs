@@ -868,3 +868,22 @@ async fn every_response_carries_one_date_on_both_paths() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_closes_at_once_at_shutdown() {
+    // A grace far past WAIT: only a connection closed by the shutdown
+    // itself lets it finish in time.
+    let up = upstream().await;
+    let mut g = gateway_opts(&up, Opts::default().grace_seconds(60)).await;
+    let mut c = Client::connect(g.addr).await;
+    let r = c.get("/up/plain").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(!r.served_by_hyper(), "{}", r.head);
+    // Idle between requests, waiting on the fast path for the next.
+    let shutdown = tokio::spawn(g.running.take().unwrap().shutdown());
+    c.expect_eof().await;
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown waited for an idle connection")
+        .unwrap();
+}
