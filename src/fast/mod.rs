@@ -113,8 +113,8 @@ use crate::metrics::RouteSeries;
 use crate::ratelimit::LimitFields;
 use crate::route::{normalize_path, PathError};
 use crate::rules::{
-    caller_headers, request_headers, strip_request, upstream_target, ForwardContext, GatewayHeader,
-    HeaderNames, Peer,
+    caller_headers, request_headers, strip_request, upstream_target_parts, ForwardContext,
+    GatewayHeader, HeaderNames, Peer,
 };
 use crate::signals::Exchange;
 use crate::upstream::raw::{RawConn, RawPool, UPSTREAM_READ_BUF};
@@ -721,11 +721,17 @@ impl<S: ClientStream> Client<'_, S> {
         };
         ex.upstream = snap.upstream_series(route.upstream);
         let cfg = &upstream.config;
-        let target = upstream_target(cfg, &path, head.query());
+        // The request line, its target written in place.
+        self.out.clear();
+        let target = wire::push_request_line(
+            &mut self.out,
+            &head.method,
+            upstream_target_parts(cfg, &path, head.query()),
+        );
         // The client's target was checked as it was parsed; only a path
         // normalisation changed, or a base path added, needs a new look.
         let changed = path != head.path() || !cfg.base_path.is_empty();
-        if changed && PathAndQuery::try_from(target.as_str()).is_err() {
+        if changed && PathAndQuery::try_from(&self.out[target]).is_err() {
             let d = Denial::BadPath(PathError::BadEscape);
             return self
                 .refuse_limited(d, ex, None, head.close, limits.as_ref())
@@ -742,8 +748,6 @@ impl<S: ClientStream> Client<'_, S> {
         // The same rewrite as `rewrite_request_headers`, on the fields as
         // they came, written straight out.
         let names = snap.header_names();
-        self.out.clear();
-        wire::push_request_line(&mut self.out, &head.method, &target);
         let out = &mut self.out;
         // The body's length is stated by the gateway, from what it read.
         let mut sink = wire::FieldWriter {

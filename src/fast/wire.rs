@@ -550,11 +550,20 @@ pub fn with_date<R>(at: std::time::Instant, f: impl FnOnce(&[u8]) -> R) -> R {
 
 /// Starts a request head for the upstream: the request line. The caller
 /// adds the fields and the blank line.
-pub fn push_request_line(out: &mut Vec<u8>, method: &Method, target: &str) {
+pub fn push_request_line(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: [&str; 4],
+) -> std::ops::Range<usize> {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    let start = out.len();
+    for piece in target {
+        out.extend_from_slice(piece.as_bytes());
+    }
+    let written = start..out.len();
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    written
 }
 
 /// Writes a response head for the client.
@@ -976,7 +985,8 @@ mod tests {
     #[test]
     fn heads_are_written_back_out() {
         let mut out = Vec::new();
-        push_request_line(&mut out, &Method::DELETE, "/p?q");
+        let target = push_request_line(&mut out, &Method::DELETE, ["/p", "", "?", "q"]);
+        assert_eq!(&out[target], b"/p?q");
         push_field(&mut out, b"host", b"up");
         assert_eq!(out, b"DELETE /p?q HTTP/1.1\r\nhost: up\r\n");
         let mut h = HeaderMap::new();
