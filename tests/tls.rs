@@ -888,3 +888,57 @@ async fn a_tls_connection_tells_whether_anything_its_client_sent_is_unread() {
     assert_eq!(server.read(&mut buf).await.unwrap(), 0);
     assert!(!server.nothing_unread());
 }
+
+#[tokio::test]
+async fn a_body_the_upstream_cuts_short_ends_without_a_close_notify() {
+    // 100 bytes promised, 10 sent, then the upstream hangs up.
+    let up = Upstream::builder()
+        .on("cut", |req| {
+            vec![
+                common::raw::Step::Write(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nX-Conn: {}\r\ncontent-length: 100\r\n\r\n0123456789",
+                        req.conn
+                    )
+                    .into_bytes(),
+                ),
+                common::raw::Step::Drained,
+                common::raw::Step::Close,
+            ]
+        })
+        .spawn()
+        .await;
+    let ca = Ca::new("test ca");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[upstreams]]\nname = \"raw\"\nurl = \"http://{}\"\n\n[[routes]]\npath = \"/up\"\nupstream = \"raw\"\nauth = \"none\"\n\n{}",
+        up.addr,
+        tls_table(dir.path(), &ca.leaf(&["localhost"]), "")
+    );
+    let g = Opts::default().extra(&extra).spawn().await;
+    let mut s = certs::connect(
+        g.addr,
+        "localhost",
+        certs::client_config(&ca.pem(), &[H1], None),
+    )
+    .await
+    .unwrap();
+    s.write_all(b"GET /up/cut HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(WAIT, s.read_to_end(&mut got))
+        .await
+        .expect("the gateway kept the connection open");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\r\nX-Conn: "), "not the fast path: {text}");
+    assert!(text.ends_with("0123456789"), "{text}");
+    // No close_notify: rustls reports the end as unexpected, so the
+    // client knows the body is not whole.
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::UnexpectedEof),
+        "{text}"
+    );
+}

@@ -153,6 +153,11 @@ enum Next {
     KeepAlive,
     Close,
     Handoff,
+    /// The answer was cut short (the upstream failed or stalled
+    /// mid-body): the connection ends without a clean close (over TLS no
+    /// `close_notify`, which would say the body ended whole), so that the
+    /// client can tell, whatever the body's framing.
+    Abort,
 }
 
 /// What a client connection is: a TCP socket, or a TLS stream over one
@@ -272,6 +277,7 @@ pub async fn serve<S: ClientStream>(
         c.room = head.into_room();
         match next {
             Next::KeepAlive => {}
+            Next::Abort => return Ended::Closed,
             Next::Close => {
                 c.close(client_done).await;
                 return Ended::Closed;
@@ -912,19 +918,19 @@ impl<S: ClientStream> Client<'_, S> {
                 }
                 () = self.response_timer.expired() => {
                     tracing::warn!(upstream = %upstream_name, "upstream response body stalled; closing");
-                    return Next::Close;
+                    return Next::Abort;
                 }
             };
             match read {
                 Ok(0) if framing == Framing::UntilClose => break,
                 Ok(0) | Err(_) => {
                     tracing::debug!("upstream closed mid-body");
-                    return Next::Close;
+                    return Next::Abort;
                 }
                 Ok(_) => self.response_timer.set(Instant::now() + idle_body),
             }
             let Ok((n, f)) = body.step(&conn.buf) else {
-                return Next::Close;
+                return Next::Abort;
             };
             finished = f;
             if write_flush(self.stream, &conn.buf[..n]).await.is_err() {
