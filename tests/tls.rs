@@ -45,6 +45,31 @@ async fn tls_gateway(ca: &Ca, opts: Opts) -> (TestGateway, tempfile::TempDir) {
     (opts.extra(&table).spawn().await, dir)
 }
 
+/// A harness gateway with `[tls]`, routing `/up` (no auth) to the
+/// scripted upstream `up`; its certificate is written into `dir`.
+async fn tls_gateway_to(up: &Upstream, ca: &Ca, dir: &Path) -> TestGateway {
+    let extra = format!(
+        "[[upstreams]]\nname = \"raw\"\nurl = \"http://{}\"\n\n[[routes]]\npath = \"/up\"\nupstream = \"raw\"\nauth = \"none\"\n\n{}",
+        up.addr,
+        tls_table(dir, &ca.leaf(&["localhost"]), "")
+    );
+    Opts::default().extra(&extra).spawn().await
+}
+
+/// A finished HTTP/1.1 TLS connection to `addr` as `localhost`, trusting `ca`.
+async fn h1_client(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    certs::connect(
+        addr,
+        "localhost",
+        certs::client_config(&ca.pem(), &[H1], None),
+    )
+    .await
+    .unwrap()
+}
+
 /// A response read through hyper's client.
 struct Got {
     status: StatusCode,
@@ -198,12 +223,7 @@ async fn http1_over_tls_takes_the_fast_path_and_h2_goes_to_hyper() {
     let up = Upstream::spawn().await;
     let ca = Ca::new("test ca");
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[[upstreams]]\nname = \"raw\"\nurl = \"http://{}\"\n\n[[routes]]\npath = \"/up\"\nupstream = \"raw\"\nauth = \"none\"\n\n{}",
-        up.addr,
-        tls_table(dir.path(), &ca.leaf(&["localhost"]), "")
-    );
-    let g = Opts::default().extra(&extra).spawn().await;
+    let g = tls_gateway_to(&up, &ca, dir.path()).await;
 
     let mut s = certs::connect(
         g.addr,
@@ -216,13 +236,7 @@ async fn http1_over_tls_takes_the_fast_path_and_h2_goes_to_hyper() {
     assert_eq!(certs::alpn(&s).as_deref(), Some(H2));
     drop(s);
 
-    s = certs::connect(
-        g.addr,
-        "localhost",
-        certs::client_config(&ca.pem(), &[H1], None),
-    )
-    .await
-    .unwrap();
+    s = h1_client(g.addr, &ca).await;
     let mut buf = Vec::new();
     for i in 0..3 {
         s.write_all(b"GET /up/plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -382,13 +396,7 @@ async fn plain_http_or_silence_on_the_tls_port_is_closed_without_hanging() {
     assert_eq!(g.upstream.count(), 0);
 
     // And a real client is still served.
-    let s = certs::connect(
-        g.addr,
-        "localhost",
-        certs::client_config(&ca.pem(), &[H1], None),
-    )
-    .await
-    .unwrap();
+    let s = h1_client(g.addr, &ca).await;
     assert_eq!(
         get_over(s, false, "/public/x", "localhost").await.status,
         StatusCode::OK
@@ -475,13 +483,7 @@ async fn admin_tls_without_a_client_ca_serves_any_client() {
         ))
         .spawn()
         .await;
-    let s = certs::connect(
-        g.admin_addr,
-        "localhost",
-        certs::client_config(&ca.pem(), &[H1], None),
-    )
-    .await
-    .unwrap();
+    let s = h1_client(g.admin_addr, &ca).await;
     assert_eq!(
         get_over(s, false, "/healthz", "localhost").await.status,
         StatusCode::OK
@@ -801,13 +803,7 @@ fn what_a_client_puts_in_its_handshake_writes_no_log_line() {
 async fn a_client_that_says_close_gets_a_close_notify_then_the_close() {
     let ca = Ca::new("test ca");
     let (g, _dir) = tls_gateway(&ca, Opts::default()).await;
-    let mut s = certs::connect(
-        g.addr,
-        "localhost",
-        certs::client_config(&ca.pem(), &[H1], None),
-    )
-    .await
-    .unwrap();
+    let mut s = h1_client(g.addr, &ca).await;
     s.write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -910,19 +906,8 @@ async fn a_body_the_upstream_cuts_short_ends_without_a_close_notify() {
         .await;
     let ca = Ca::new("test ca");
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[[upstreams]]\nname = \"raw\"\nurl = \"http://{}\"\n\n[[routes]]\npath = \"/up\"\nupstream = \"raw\"\nauth = \"none\"\n\n{}",
-        up.addr,
-        tls_table(dir.path(), &ca.leaf(&["localhost"]), "")
-    );
-    let g = Opts::default().extra(&extra).spawn().await;
-    let mut s = certs::connect(
-        g.addr,
-        "localhost",
-        certs::client_config(&ca.pem(), &[H1], None),
-    )
-    .await
-    .unwrap();
+    let g = tls_gateway_to(&up, &ca, dir.path()).await;
+    let mut s = h1_client(g.addr, &ca).await;
     s.write_all(b"GET /up/cut HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
