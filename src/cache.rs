@@ -321,7 +321,18 @@ impl TokenCache {
         hash: TokenHash,
         store: &dyn TokenLookup,
     ) -> Result<Option<Arc<AuthEntry>>, StoreError> {
-        if let Some(hit) = self.indexed(&hash).await {
+        self.get_at(hash, store, Instant::now()).await
+    }
+
+    /// [`Self::get`] for a request that read the clock at `at`: a cached
+    /// entry's TTL is judged then, with no reading of the clock here.
+    pub async fn get_at(
+        &self,
+        hash: TokenHash,
+        store: &dyn TokenLookup,
+        at: Instant,
+    ) -> Result<Option<Arc<AuthEntry>>, StoreError> {
+        if let Some(hit) = self.indexed(&hash, at).await {
             return Ok(hit.entry);
         }
         // Boxed: moka's load and the store's query are kilobytes of
@@ -355,10 +366,11 @@ impl TokenCache {
 
     /// A current entry from the index: not past its TTL, not stale. Anything
     /// else goes the long way, through moka, which reloads it.
-    async fn indexed(&self, hash: &TokenHash) -> Option<Cached> {
+    async fn indexed(&self, hash: &TokenHash, at: Instant) -> Option<Cached> {
         // Cloned and the shard's lock let go within this statement.
         let hit = self.index.get(hash).map(|c| c.clone())?;
-        if hit.at.elapsed() >= self.expiry.of(&hit) || self.is_stale(hash, &hit) {
+        if at.saturating_duration_since(hit.at) >= self.expiry.of(&hit) || self.is_stale(hash, &hit)
+        {
             return None;
         }
         let n = INDEX_HITS.with(|n| {

@@ -85,7 +85,7 @@ pub async fn decide(
     own_method: &Method,
     suffix: &str,
     fields: &(impl RequestFields + ?Sized),
-    memo: &ConnectionMemo,
+    memo: Option<&ConnectionMemo>,
     client_ip: IpAddr,
     started: Instant,
 ) -> Result<Admission, Denial> {

@@ -390,10 +390,9 @@ impl Gateway {
                     }
                     () = tokio::time::sleep(wait) => {}
                 }
-                let memo = ConnectionMemo::default();
                 let now = gateway.clock.now();
                 match gateway
-                    .authenticate(Some(&credential), &route, &memo, now, Instant::now())
+                    .authenticate(Some(&credential), &route, None, now, Instant::now())
                     .await
                 {
                     Ok(entry) => expires_at = entry.and_then(|e| e.record.expires_at),
@@ -427,12 +426,14 @@ impl Gateway {
     /// is `None` when no token was needed, or none sent on an `optional`
     /// route; `limits` the `RateLimit` fields every answer to it carries.
     /// `started`: when the request's head was read, the time its expiry
-    /// and limits are judged at.
+    /// and limits are judged at. `memo`: the connection's memo of its last
+    /// token, `None` when no request follows on the connection (a memo
+    /// never read again is not worth its making).
     pub async fn admit(
         &self,
         route: &RouteConfig,
         headers: &(impl RequestFields + ?Sized),
-        memo: &ConnectionMemo,
+        memo: Option<&ConnectionMemo>,
         client_ip: IpAddr,
         started: Instant,
     ) -> Result<Admission, Denial> {
@@ -477,7 +478,7 @@ impl Gateway {
         &self,
         credential: Option<&str>,
         route: &RouteConfig,
-        memo: &ConnectionMemo,
+        memo: Option<&ConnectionMemo>,
         now: i64,
         started: Instant,
     ) -> Result<Option<Arc<AuthEntry>>, Denial> {
@@ -487,7 +488,7 @@ impl Gateway {
                 _ => Err(Denial::MissingToken),
             };
         };
-        let entry = match memo.get(token, &self.cache, started) {
+        let entry = match memo.and_then(|m| m.get(token, &self.cache, started)) {
             Some(entry) => {
                 self.metrics.cache_lookups.inc();
                 self.metrics.memo_hits.inc();
@@ -495,8 +496,10 @@ impl Gateway {
             }
             None => {
                 let epoch = self.cache.epoch();
-                let entry = self.lookup(token).await?;
-                memo.put(token, &entry, epoch);
+                let entry = self.lookup_at(token, started).await?;
+                if let Some(memo) = memo {
+                    memo.put(token, &entry, epoch);
+                }
                 entry
             }
         };
@@ -524,6 +527,11 @@ impl Gateway {
     /// Cheap checks, then cache (then store). Used by the proxy path and the
     /// control plane alike.
     pub async fn lookup(&self, token: &str) -> Result<Arc<AuthEntry>, Denial> {
+        self.lookup_at(token, Instant::now()).await
+    }
+
+    /// [`Self::lookup`] for a request that read the clock at `at`.
+    async fn lookup_at(&self, token: &str, at: Instant) -> Result<Arc<AuthEntry>, Denial> {
         let checked = self
             .config
             .tokens
@@ -532,7 +540,7 @@ impl Gateway {
         self.metrics.cache_lookups.inc();
         let entry = self
             .cache
-            .get(TokenHash::of(token), self.store.as_ref())
+            .get_at(TokenHash::of(token), self.store.as_ref(), at)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "token store unavailable; failing closed");

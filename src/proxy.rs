@@ -103,7 +103,7 @@ async fn process(
             req.method(),
             suffix,
             req.headers(),
-            &peer.memo,
+            Some(&peer.memo),
             client_ip,
             ex.started,
         )
@@ -135,7 +135,13 @@ async fn process(
         .contains_key(http::header::UPGRADE)
         .then(|| g.cache.changes());
     let Admission { entry, limits } = g
-        .admit(route, req.headers(), &peer.memo, peer.addr.ip(), ex.started)
+        .admit(
+            route,
+            req.headers(),
+            Some(&peer.memo),
+            peer.addr.ip(),
+            ex.started,
+        )
         .await?;
     ex.auth.clone_from(&entry);
     let tunnel_end = match (&entry, changes) {

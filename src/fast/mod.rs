@@ -216,11 +216,12 @@ struct Client<'a, S> {
     /// When the last answer was finished (the idle timeout counts from
     /// it): the clock as its exchange was finished, not read again.
     done: Instant,
-    /// The connection's deadline while it waits for a request: first
-    /// head, idle, or a head begun after idle.
-    header_timer: Deadline,
-    /// The response head timeout.
-    response_timer: Deadline,
+    /// The connection's one deadline, for the phase it is in: waiting for
+    /// a request (first head, idle, or a head begun after idle), then for
+    /// the upstream's response head, then between its body's reads. The
+    /// phases never overlap, so one timer serves them all: a connection
+    /// registers one timer with the runtime, not one per phase.
+    timer: Deadline,
     /// The request being answered is a HEAD: its refusals have no body.
     head_request: bool,
     /// Room for the next request's field spans.
@@ -248,8 +249,7 @@ pub async fn serve<S: ClientStream>(
         accepted,
         answered: false,
         done: accepted,
-        header_timer: Deadline::new(accepted),
-        response_timer: Deadline::new(accepted),
+        timer: Deadline::new(accepted),
         head_request: false,
         room: wire::Spans::default(),
     };
@@ -369,8 +369,10 @@ impl<S> Drop for Client<'_, S> {
 
 /// A deadline that is cheap to move later, as every request moves it: the
 /// timer underneath is re-armed only when it goes off before the deadline
-/// (at most once per timeout period) or must go off sooner. Re-arming a
-/// tokio timer on every request was a measurable share of the fast path.
+/// (at most once per timeout period) or must go off sooner (a response due
+/// before the idle deadline the timer was last armed for: again at most
+/// once per time it goes off). Re-arming a tokio timer on every request
+/// was a measurable share of the fast path.
 /// The timer is made when the deadline is first waited on, for the
 /// deadline then in force: one never waited on (a request that was in when
 /// the connection was first read, a connection closed before its response
@@ -610,11 +612,11 @@ impl<S: ClientStream> Client<'_, S> {
             }
             self.buf.reserve(CLIENT_READ_BUF);
             let at = *deadline.get_or_insert_with(|| Instant::now() + server.header_read_timeout);
-            self.header_timer.set(at);
+            self.timer.set(at);
             let read = tokio::select! {
                 biased;
                 r = self.stream.read_buf(&mut self.buf) => r,
-                _ = self.header_timer.expired() => {
+                _ = self.timer.expired() => {
                     if !head_in {
                         return None;
                     }
@@ -680,7 +682,10 @@ impl<S: ClientStream> Client<'_, S> {
         if let Some(suffix) = forward_auth::suffix(&snap.config.forward_auth, head.path(), &path) {
             ex.route = RouteSeries::ForwardAuth;
             let close = head.close || shutting_down;
-            let (memo, ip) = (&self.peer.memo, self.peer.addr.ip());
+            let (memo, ip) = (
+                (!head.close).then_some(&self.peer.memo),
+                self.peer.addr.ip(),
+            );
             let decided =
                 forward_auth::decide(g, &snap, &head.method, suffix, head, memo, ip, ex.started);
             return match decided.await {
@@ -716,7 +721,7 @@ impl<S: ClientStream> Client<'_, S> {
             .admit(
                 route,
                 head,
-                &self.peer.memo,
+                (!head.close).then_some(&self.peer.memo),
                 self.peer.addr.ip(),
                 ex.started,
             )
@@ -781,7 +786,7 @@ impl<S: ClientStream> Client<'_, S> {
 
         ex.auth = entry;
         let sent_at = Instant::now();
-        self.response_timer.set(sent_at + cfg.response_timeout);
+        self.timer.set(sent_at + cfg.response_timeout);
         let safe = is_safe(&head.method);
         let head_request = head.method == Method::HEAD;
         let exchange = async {
@@ -790,7 +795,7 @@ impl<S: ClientStream> Client<'_, S> {
                 let mut conn = if fresh_only {
                     raw.connect().await
                 } else {
-                    match checkout(raw) {
+                    match checkout(raw, ex.started) {
                         Ok(c) => Ok(c),
                         Err(waiter) => raw.connect_or_wait(waiter).await,
                     }
@@ -809,7 +814,7 @@ impl<S: ClientStream> Client<'_, S> {
         let sent = tokio::select! {
             biased;
             r = exchange => Some(r),
-            _ = self.response_timer.expired() => None,
+            _ = self.timer.expired() => None,
         };
         ex.upstream_time = Some(sent_at.elapsed());
         let (conn, resp) = match sent {
@@ -892,7 +897,7 @@ impl<S: ClientStream> Client<'_, S> {
             return Next::Close;
         }
         if !finished {
-            self.response_timer.set(Instant::now() + idle_body);
+            self.timer.set(Instant::now() + idle_body);
         }
         while !finished {
             // What is left in the buffer is a partial chunk line at most.
@@ -916,7 +921,7 @@ impl<S: ClientStream> Client<'_, S> {
                     }
                     continue;
                 }
-                () = self.response_timer.expired() => {
+                () = self.timer.expired() => {
                     tracing::warn!(upstream = %upstream_name, "upstream response body stalled; closing");
                     return Next::Abort;
                 }
@@ -927,7 +932,7 @@ impl<S: ClientStream> Client<'_, S> {
                     tracing::debug!("upstream closed mid-body");
                     return Next::Abort;
                 }
-                Ok(_) => self.response_timer.set(Instant::now() + idle_body),
+                Ok(_) => self.timer.set(Instant::now() + idle_body),
             }
             let Ok((n, f)) = body.step(&conn.buf) else {
                 return Next::Abort;
@@ -940,7 +945,9 @@ impl<S: ClientStream> Client<'_, S> {
             let _ = conn.buf.split_to(n);
         }
         if !upstream_close && conn.buf.is_empty() {
-            raw.checkin(conn);
+            // Idle from the request's start, as read once for it: a
+            // little early, so its idle timeout runs out a little sooner.
+            raw.checkin(conn, ex.started);
         }
         if close {
             Next::Close
@@ -1071,7 +1078,8 @@ async fn write_flush<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::
     stream.flush().await
 }
 
-/// An idle connection to reuse: one the upstream has, as far as tokio
+/// An idle connection to reuse (its idle timeout judged at `now`, the
+/// request's reading of the clock): one the upstream has, as far as tokio
 /// knows, neither closed nor written to while idle (a late `408`, say,
 /// which must not pass for the next request's answer). The check costs no
 /// syscall when tokio's readiness says the socket has nothing to read (the
@@ -1079,9 +1087,12 @@ async fn write_flush<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::
 /// clears it). It cannot see what arrived after the reactor last looked:
 /// a close still in flight is caught by the retry of safe methods, and a
 /// stray response in flight is a race no HTTP/1.1 client can rule out.
-fn checkout(raw: &RawPool) -> Result<RawConn, tokio::sync::oneshot::Receiver<RawConn>> {
+fn checkout(
+    raw: &RawPool,
+    now: std::time::Instant,
+) -> Result<RawConn, tokio::sync::oneshot::Receiver<RawConn>> {
     loop {
-        let conn = raw.pop_or_join()?;
+        let conn = raw.pop_or_join(now)?;
         let mut probe = [0u8; 1];
         if let Err(e) = conn.stream.try_read(&mut probe) {
             if e.kind() == std::io::ErrorKind::WouldBlock {

@@ -108,7 +108,11 @@ impl<T: Pooled> IdleStack<T> {
     /// the same lock, so none comes back unseen in between) a place in the
     /// queue. Expired ones are closed on the way.
     pub fn pop_or_join(&self) -> Result<T, oneshot::Receiver<T>> {
-        let now = Instant::now();
+        self.pop_or_join_at(Instant::now())
+    }
+
+    /// [`Self::pop_or_join`], the idle timeout judged at `now`.
+    pub fn pop_or_join_at(&self, now: Instant) -> Result<T, oneshot::Receiver<T>> {
         let mut shared = self.lock();
         while let Some((conn, since)) = shared.idle.pop() {
             if now.duration_since(since) < self.idle_timeout {
@@ -121,7 +125,13 @@ impl<T: Pooled> IdleStack<T> {
     /// Puts a connection back: to the oldest waiting request, else onto
     /// the stack (when there is room), else it is closed. One that cannot
     /// take another request ([`Pooled::settle`]) is closed.
-    pub fn put(&self, mut conn: T) {
+    pub fn put(&self, conn: T) {
+        self.put_at(conn, Instant::now());
+    }
+
+    /// [`Self::put`], idle since `since` (no later than now: an earlier
+    /// instant only makes it time out sooner).
+    pub fn put_at(&self, mut conn: T, since: Instant) {
         if !conn.settle() {
             return;
         }
@@ -130,7 +140,7 @@ impl<T: Pooled> IdleStack<T> {
             return;
         };
         if shared.idle.len() < self.max_idle {
-            shared.idle.push((conn, Instant::now()));
+            shared.idle.push((conn, since));
         }
     }
 

@@ -7,7 +7,7 @@
 //! before use.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use http::Uri;
@@ -83,10 +83,10 @@ impl RawPool {
         }
     }
 
-    /// The newest idle connection that has not timed out, or else a place
-    /// in the queue for the next one to come back.
-    pub fn pop_or_join(&self) -> Result<RawConn, oneshot::Receiver<RawConn>> {
-        self.idle.pop_or_join()
+    /// The newest idle connection that has not timed out (judged at
+    /// `now`), or else a place in the queue for the next one to come back.
+    pub fn pop_or_join(&self, now: Instant) -> Result<RawConn, oneshot::Receiver<RawConn>> {
+        self.idle.pop_or_join_at(now)
     }
 
     /// A connection for a request that found none idle: a new one, or one
@@ -102,10 +102,12 @@ impl RawPool {
     }
 
     /// Puts a connection back after a response: to the oldest waiting
-    /// request, else idle (or closes it, when enough are idle).
-    pub fn checkin(&self, mut conn: RawConn) {
+    /// request, else idle (or closes it, when enough are idle), counted
+    /// idle from `since` (the request's own reading of the clock: its
+    /// idle timeout runs out no later than it would from now).
+    pub fn checkin(&self, mut conn: RawConn, since: Instant) {
         conn.reused = true;
-        self.idle.put(conn);
+        self.idle.put_at(conn, since);
     }
 
     /// Closes idle connections past the idle timeout.
