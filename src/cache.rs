@@ -231,12 +231,18 @@ impl moka::Expiry<TokenHash, Cached> for Expiry {
     }
 }
 
+/// The index of cache hits, hashed by foldhash, randomly seeded per
+/// process: a hit is hashed on every new connection, and SipHash (the
+/// standard hasher) cost several times as much. Seeded, so that what a
+/// client can choose (a token, so its SHA-256) cannot pick the buckets.
+type Index = DashMap<TokenHash, Cached, foldhash::quality::RandomState>;
+
 /// The token-record cache. Cheap to share behind an `Arc`.
 pub struct TokenCache {
     /// What is held: capacity, TTL, single-flight loads, invalidation.
     records: moka::future::Cache<TokenHash, Cached>,
     /// The same entries, for hits (see the module doc).
-    index: Arc<DashMap<TokenHash, Cached>>,
+    index: Arc<Index>,
     epoch: AtomicU64,
     cleared_before: Arc<AtomicU64>,
     dead_tokens: moka::sync::Cache<TokenHash, u64>,
@@ -287,7 +293,7 @@ impl TokenCache {
             ttl: cfg.ttl,
             negative_ttl: cfg.negative_ttl,
         };
-        let index: Arc<DashMap<TokenHash, Cached>> = Arc::new(DashMap::new());
+        let index: Arc<Index> = Arc::new(DashMap::default());
         let unindex = Arc::clone(&index);
         Self {
             records: moka::future::Cache::builder()
