@@ -238,7 +238,12 @@ pub async fn serve<S: ClientStream>(
     shutdown: &mut watch::Receiver<bool>,
     accepted: Instant,
 ) -> Ended {
-    let Buffers { buf, out, resp } = Buffers::take();
+    let Buffers {
+        buf,
+        out,
+        resp,
+        room,
+    } = Buffers::take();
     let mut c = Client {
         stream,
         gateway,
@@ -251,7 +256,7 @@ pub async fn serve<S: ClientStream>(
         done: accepted,
         timer: Deadline::new(accepted),
         head_request: false,
-        room: wire::Spans::default(),
+        room,
     };
     // One wait for shutdown for the connection's life, not one per request
     // (each registered with the watch, then dropped, as the next request
@@ -299,7 +304,8 @@ const SPARE_BUFFERS: usize = 32;
 /// Largest request or response buffer (`out`, `resp`) kept for reuse.
 const SPARE_VEC: usize = 4 * 1024;
 
-/// A client connection's buffers: made for the first connections a thread
+/// A client connection's buffers (and the room for its request heads'
+/// field spans): made for the first connections a thread
 /// serves, then passed on from each closed connection to the next (up to
 /// [`SPARE_BUFFERS`] held), unless they have grown past twice their size
 /// ([`SPARE_VEC`] for `out` and `resp`). Allocating and freeing them cost
@@ -312,6 +318,8 @@ struct Buffers {
     buf: BytesMut,
     out: Vec<u8>,
     resp: Vec<u8>,
+    /// Room for request heads' field spans.
+    room: wire::Spans,
 }
 
 thread_local! {
@@ -329,6 +337,7 @@ impl Buffers {
             buf: BytesMut::with_capacity(CLIENT_READ_BUF),
             out: Vec::with_capacity(1024),
             resp: Vec::with_capacity(1024),
+            room: wire::Spans::default(),
         })
     }
 
@@ -341,6 +350,7 @@ impl Buffers {
             || self.buf.capacity() > CLIENT_READ_BUF * 2
             || self.out.capacity() > SPARE_VEC
             || self.resp.capacity() > SPARE_VEC
+            || !self.room.is_spare()
         {
             return;
         }
@@ -362,6 +372,7 @@ impl<S> Drop for Client<'_, S> {
             buf: std::mem::take(&mut self.buf),
             out: std::mem::take(&mut self.out),
             resp: std::mem::take(&mut self.resp),
+            room: std::mem::take(&mut self.room),
         }
         .give_back();
     }

@@ -176,6 +176,14 @@ pub fn parse_request(buf: &Bytes) -> Parsed<RequestHead> {
 #[derive(Debug, Default)]
 pub struct Spans(Vec<Field>);
 
+impl Spans {
+    /// Whether it is worth keeping for another connection: no larger than
+    /// the most fields a head the fast path takes can have.
+    pub fn is_spare(&self) -> bool {
+        self.0.capacity() <= MAX_HEADERS
+    }
+}
+
 /// [`parse_request`], with the field spans kept in `room`.
 pub fn parse_request_in(buf: &Bytes, room: Spans) -> Parsed<RequestHead> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
