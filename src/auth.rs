@@ -24,8 +24,14 @@ pub use crate::ability::{grants, grants_all, Ability, AbilityError, MAX_ABILITY_
 /// (400), several `Authorization` or `token` headers that disagree (400), or
 /// an `Authorization` header in another scheme or with no token (401).
 pub fn extract_credential(headers: &(impl RequestFields + ?Sized)) -> Result<Option<&str>, Denial> {
-    // Read as bytes (every value is checked visible ASCII first), made
-    // text once, for the credential chosen.
+    credential_bytes(headers)?.map(as_token).transpose()
+}
+
+/// [`extract_credential`], the credential left as bytes: every one of
+/// them visible ASCII (checked), so [`as_token`] takes it as it is. A
+/// request on a connection that presented it before is matched by these
+/// bytes ([`crate::cache::ConnectionMemo`]), never made text.
+pub fn credential_bytes(headers: &(impl RequestFields + ?Sized)) -> Result<Option<&[u8]>, Denial> {
     let bearer = single(headers.values(&AUTHORIZATION))?
         .map(|v| {
             let space = v
@@ -47,14 +53,16 @@ pub fn extract_credential(headers: &(impl RequestFields + ?Sized)) -> Result<Opt
     let token = single(headers.values(&TOKEN_HEADER))?
         .map(trim_spaces)
         .filter(|t| !t.is_empty());
-    let chosen = match (bearer, token) {
+    Ok(match (bearer, token) {
         (Some(a), Some(b)) if a != b => return Err(Denial::ConflictingCredentials),
         (Some(a), _) => Some(a),
         (None, b) => b,
-    };
-    chosen
-        .map(|t| std::str::from_utf8(t).map_err(|_| Denial::MalformedToken))
-        .transpose()
+    })
+}
+
+/// A credential from [`credential_bytes`] as text.
+pub fn as_token(credential: &[u8]) -> Result<&str, Denial> {
+    std::str::from_utf8(credential).map_err(|_| Denial::MalformedToken)
 }
 
 /// The one value of a header; repeated identical values count as one.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-use crate::auth::{decide, extract_credential, kind_may_proxy};
+use crate::auth::{as_token, credential_bytes, decide, extract_credential, kind_may_proxy};
 use crate::cache::{AuthEntry, ConnectionMemo, TokenCache};
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, RouteConfig};
@@ -392,7 +392,13 @@ impl Gateway {
                 }
                 let now = gateway.clock.now();
                 match gateway
-                    .authenticate(Some(&credential), &route, None, now, Instant::now())
+                    .authenticate(
+                        Some(credential.as_bytes()),
+                        &route,
+                        None,
+                        now,
+                        Instant::now(),
+                    )
                     .await
                 {
                     Ok(entry) => expires_at = entry.and_then(|e| e.record.expires_at),
@@ -442,7 +448,7 @@ impl Gateway {
         let entry = match route.auth {
             AuthMode::None => None,
             AuthMode::Required | AuthMode::Optional => {
-                self.authenticate(extract_credential(headers)?, route, memo, now, started)
+                self.authenticate(credential_bytes(headers)?, route, memo, now, started)
                     .await?
             }
         };
@@ -476,7 +482,7 @@ impl Gateway {
     /// the clock, which expiry is judged at (`started`, as an instant).
     async fn authenticate(
         &self,
-        credential: Option<&str>,
+        credential: Option<&[u8]>,
         route: &RouteConfig,
         memo: Option<&ConnectionMemo>,
         now: i64,
@@ -495,6 +501,7 @@ impl Gateway {
                 entry
             }
             None => {
+                let token = as_token(token)?;
                 let epoch = self.cache.epoch();
                 let entry = self.lookup_at(token, started).await?;
                 if let Some(memo) = memo {
