@@ -13,7 +13,7 @@
 //! is refused (400): some servers fold `_` into `-`, and would otherwise see
 //! a forged tenant header. Then the gateway adds its own.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -188,16 +188,9 @@ pub struct Peer {
 impl Peer {
     /// The peer of a newly accepted plain TCP connection.
     pub fn new(addr: SocketAddr) -> Self {
-        let mut ip = Vec::with_capacity(15);
-        push_ip(&mut ip, addr.ip());
-        // Boxed to its length first: a `Bytes` made from a vector with
-        // room to spare allocates a second block to share it by.
-        let ip_header = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.into_boxed_slice()))
-            // An IP address is always a valid header value.
-            .unwrap_or(HeaderValue::from_static("unknown"));
         Self {
             addr,
-            ip_header,
+            ip_header: ip_header(addr.ip()),
             memo: ConnectionMemo::default(),
             tls: false,
         }
@@ -208,6 +201,41 @@ impl Peer {
         self.tls = tls;
         self
     }
+}
+
+thread_local! {
+    /// The client address a thread last wrote as a header value, and the
+    /// value: connections come from few addresses (a load balancer's, a
+    /// front proxy's, a service's), so most connections share it rather
+    /// than format and allocate their own.
+    static LAST_IP: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `ip` as the `X-Forwarded-For` value.
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    let last = LAST_IP.try_with(|last| {
+        let last = last.try_borrow().ok()?;
+        last.as_ref()
+            .filter(|(a, _)| *a == ip)
+            .map(|(_, v)| v.clone())
+    });
+    if let Ok(Some(v)) = last {
+        return v;
+    }
+    let mut text = Vec::with_capacity(15);
+    push_ip(&mut text, ip);
+    // Boxed to its length first: a `Bytes` made from a vector with room
+    // to spare allocates a second block to share it by.
+    let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_boxed_slice()))
+        // An IP address is always a valid header value.
+        .unwrap_or(HeaderValue::from_static("unknown"));
+    let _ = LAST_IP.try_with(|last| {
+        if let Ok(mut last) = last.try_borrow_mut() {
+            *last = Some((ip, v.clone()));
+        }
+    });
+    v
 }
 
 /// What the gateway knows about the request besides its headers.
@@ -624,6 +652,28 @@ mod tests {
         let mut v: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn each_peer_gets_its_own_address_as_its_forwarded_for_value() {
+        let peers = [
+            "10.0.0.1:1000",
+            "10.0.0.1:1001",
+            "192.168.100.200:2000",
+            "10.0.0.1:1002",
+            "[2001:db8::1]:443",
+            "[2001:db8::1]:444",
+            "10.0.0.1:1003",
+        ];
+        for p in peers {
+            let addr: SocketAddr = p.parse().unwrap();
+            let peer = Peer::new(addr);
+            assert_eq!(
+                peer.ip_header.to_str().unwrap(),
+                addr.ip().to_string(),
+                "{p}"
+            );
+        }
     }
 
     #[test]
