@@ -208,7 +208,7 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// request the fast path hands over (at once for TLS with ALPN `h2`).
 async fn accept_loop<H, F>(
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     server: ServerConfig,
     fast: Option<Arc<Gateway>>,
     tls: Option<TlsSource>,
@@ -252,7 +252,12 @@ async fn accept_loop<H, F>(
     // the reactor may be running elsewhere, and tokio's way stays.
     let first_read_waits =
         tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
-    loop {
+    // One wait for shutdown for the loop's life, not one per connection.
+    let mut stop_rx = shutdown.clone();
+    let changed = std::pin::pin!(stop_rx.changed());
+    let mut stop = crate::fast::Stop::new(changed);
+    let mut stopped = stop.arm().await;
+    while !stopped {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, addr) = match accepted {
@@ -315,7 +320,7 @@ async fn accept_loop<H, F>(
                 });
                 tokio::spawn(connection);
             }
-            _ = shutdown.changed() => break,
+            () = std::future::poll_fn(|cx| stop.poll_stopped(&shutdown, cx)) => stopped = true,
         }
     }
     drop(listener);

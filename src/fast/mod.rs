@@ -262,10 +262,8 @@ pub async fn serve<S: ClientStream>(
     // (each registered with the watch, then dropped, as the next request
     // came in first).
     let mut stop_rx = shutdown.clone();
-    let mut stop = Stop {
-        changed: std::pin::pin!(stop_rx.changed()),
-        fired: false,
-    };
+    let changed = std::pin::pin!(stop_rx.changed());
+    let mut stop = Stop::new(changed);
     stop.arm().await;
     loop {
         let Some((head, request)) = c.read_request(shutdown, &mut stop).await else {
@@ -515,34 +513,45 @@ impl BodyProgress {
     }
 }
 
-/// Shutdown, as a connection waits for it between requests: the watch's
-/// `changed()` (for the connection's `shutdown` receiver, as it was when
-/// the connection began), polled once when the connection starts, which
-/// registers the connection's waker with the watch, then only once the
-/// watch has moved (`has_changed`: a version compared, no lock taken).
-/// Polled on every wait, as before, it took the watch's lock each time:
-/// about 170 instructions a keep-alive request (callgrind).
-struct Stop<'a, F> {
+/// Shutdown, as a connection waits for it between requests (and the
+/// accept loop between connections): the watch's `changed()` (for a
+/// clone of the task's `shutdown` receiver, as it was when the task
+/// began), polled once when the task starts, which registers its waker
+/// with the watch, then only once the watch has moved (`has_changed`: a
+/// version compared, no lock taken). Polled on every wait, as before, it
+/// took the watch's lock each time: about 170 instructions a keep-alive
+/// request (callgrind); made anew for each accepted connection, about 230.
+pub(crate) struct Stop<'a, F> {
     changed: Pin<&'a mut F>,
-    /// `changed` is complete (the watch moved before the connection began):
+    /// `changed` is complete (the watch moved before the task began):
     /// never polled again.
     fired: bool,
 }
 
-impl<F: std::future::Future> Stop<'_, F> {
-    /// Polls `changed` once, with the connection's waker.
-    async fn arm(&mut self) {
+impl<'a, F: std::future::Future> Stop<'a, F> {
+    /// A wait on `changed`, not yet armed.
+    pub(crate) fn new(changed: Pin<&'a mut F>) -> Self {
+        Self {
+            changed,
+            fired: false,
+        }
+    }
+
+    /// Polls `changed` once, with the task's waker: `true` when the watch
+    /// had already moved (the caller checks its value itself).
+    pub(crate) async fn arm(&mut self) -> bool {
         let changed = &mut self.changed;
         self.fired =
             std::future::poll_fn(|cx| std::task::Poll::Ready(changed.as_mut().poll(cx).is_ready()))
                 .await;
+        self.fired
     }
 
     /// Ready once the watch has moved (or its sender is gone): `changed`
     /// is polled only then, and never once complete. Checked on every poll
     /// (not as a `select!` precondition, which is read once, when the
     /// `select!` begins, and would miss the wake-up the watch sends).
-    fn poll_stopped(
+    pub(crate) fn poll_stopped(
         &mut self,
         shutdown: &watch::Receiver<bool>,
         cx: &mut std::task::Context<'_>,
