@@ -221,7 +221,7 @@ struct Client<'a, S> {
     /// the upstream's response head, then between its body's reads. The
     /// phases never overlap, so one timer serves them all: a connection
     /// registers one timer with the runtime, not one per phase.
-    timer: Deadline,
+    timer: Deadline<'a>,
     /// The request being answered is a HEAD: its refusals have no body.
     head_request: bool,
     /// Room for the next request's field spans.
@@ -244,6 +244,12 @@ pub async fn serve<S: ClientStream>(
         resp,
         room,
     } = Buffers::take();
+    // The connection's one timer, made for its first request head's
+    // deadline (which `read_request` sets first).
+    let server = &gateway.config.server;
+    let sleep = std::pin::pin!(tokio::time::sleep_until(
+        accepted + server.header_read_timeout
+    ));
     let mut c = Client {
         stream,
         gateway,
@@ -254,7 +260,7 @@ pub async fn serve<S: ClientStream>(
         accepted,
         answered: false,
         done: accepted,
-        timer: Deadline::new(accepted),
+        timer: Deadline::new(sleep),
         head_request: false,
         room,
     };
@@ -382,45 +388,55 @@ impl<S> Drop for Client<'_, S> {
 /// before the idle deadline the timer was last armed for: again at most
 /// once per time it goes off). Re-arming a tokio timer on every request
 /// was a measurable share of the fast path.
-/// The timer is made when the deadline is first waited on, for the
-/// deadline then in force: one never waited on (a request that was in when
-/// the connection was first read, a connection closed before its response
-/// head was awaited) costs no timer at all, and none is ever registered
-/// already expired (that woke the runtime's driver, then the connection's
-/// task, for nothing, once per timer).
-struct Deadline {
-    sleep: Option<Pin<Box<Sleep>>>,
+/// The timer (a `Sleep` in the connection's own future, not boxed apart)
+/// is registered with the runtime when the deadline is first waited on,
+/// for the deadline then in force: one never waited on (a request that was
+/// in when the connection was first read, a connection closed before its
+/// response head was awaited) costs no registration at all, and none is
+/// ever registered already expired (that woke the runtime's driver, then
+/// the connection's task, for nothing, once per timer).
+struct Deadline<'a> {
+    /// Made (not registered) for the first request head's deadline.
+    sleep: Pin<&'a mut Sleep>,
+    /// Whether `sleep` has been waited on, and so registered.
+    armed: bool,
     at: Instant,
 }
 
-impl Deadline {
+impl<'a> Deadline<'a> {
     /// Not yet armed: [`Self::set`] before the first [`Self::expired`].
-    fn new(at: Instant) -> Self {
-        Self { sleep: None, at }
+    fn new(sleep: Pin<&'a mut Sleep>) -> Self {
+        let at = sleep.deadline();
+        Self {
+            sleep,
+            armed: false,
+            at,
+        }
     }
 
     /// Moves the deadline.
     fn set(&mut self, at: Instant) {
-        if let Some(sleep) = &mut self.sleep {
-            if at < sleep.deadline() {
-                sleep.as_mut().reset(at);
-            }
+        if self.armed && at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
         }
         self.at = at;
     }
 
     /// Completes once the deadline has passed.
     async fn expired(&mut self) {
-        let at = self.at;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if !self.armed {
+            // Registered here: by the reset, or by the first poll below.
+            if self.sleep.deadline() != self.at {
+                self.sleep.as_mut().reset(self.at);
+            }
+            self.armed = true;
+        }
         loop {
-            sleep.as_mut().await;
+            self.sleep.as_mut().await;
             if Instant::now() >= self.at {
                 return;
             }
-            sleep.as_mut().reset(self.at);
+            self.sleep.as_mut().reset(self.at);
         }
     }
 }
