@@ -525,6 +525,43 @@ impl TokenCache {
 #[derive(Default)]
 pub struct ConnectionMemo(std::sync::Mutex<Option<Memo>>);
 
+/// How a request uses its connection's [`ConnectionMemo`]: read it, and
+/// remember what it looked up unless no request follows on the connection
+/// (a memo never read again is not worth its making).
+#[derive(Clone, Copy, Default)]
+pub struct MemoUse<'a> {
+    memo: Option<&'a ConnectionMemo>,
+    keep: bool,
+}
+
+impl<'a> MemoUse<'a> {
+    /// No memo (a request with no connection of its own to remember by).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// `memo` read, and written unless the request is its connection's
+    /// `last`.
+    pub fn of(memo: &'a ConnectionMemo, last: bool) -> Self {
+        Self {
+            memo: Some(memo),
+            keep: !last,
+        }
+    }
+
+    /// [`ConnectionMemo::get`], when there is a memo.
+    pub fn get(self, token: &[u8], cache: &TokenCache, at: Instant) -> Option<Arc<AuthEntry>> {
+        self.memo?.get(token, cache, at)
+    }
+
+    /// [`ConnectionMemo::put`], when there is a memo to keep.
+    pub fn put(self, token: &str, entry: &Arc<AuthEntry>, epoch: u64) {
+        if let Some(memo) = self.memo.filter(|_| self.keep) {
+            memo.put(token, entry, epoch);
+        }
+    }
+}
+
 struct Memo {
     token: Box<str>,
     entry: Arc<AuthEntry>,

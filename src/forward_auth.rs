@@ -30,7 +30,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Response};
 
 use crate::body::{full, Body};
-use crate::cache::ConnectionMemo;
+use crate::cache::MemoUse;
 use crate::config::ForwardAuthConfig;
 use crate::error::Denial;
 use crate::fields::{RequestFields, X_REQUEST_ID};
@@ -85,7 +85,7 @@ pub async fn decide(
     own_method: &Method,
     suffix: &str,
     fields: &(impl RequestFields + ?Sized),
-    memo: Option<&ConnectionMemo>,
+    memo: MemoUse<'_>,
     client_ip: IpAddr,
     started: Instant,
 ) -> Result<Admission, Denial> {

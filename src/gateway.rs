@@ -12,7 +12,7 @@
 //! (length, alphabet, prefix, CRC32) sit before the cache so that garbage and
 //! typos never cost a cache slot or a store query. A repeat of the token
 //! the connection's previous request presented skips the hash and the cache
-//! while no invalidation has happened since ([`ConnectionMemo`]). The
+//! while no invalidation has happened since ([`crate::cache::ConnectionMemo`]). The
 //! decision runs on every request, cached or not, against the clock.
 //! Denials become responses in one place
 //! (`crate::error::Denial::parts`).
@@ -32,7 +32,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use crate::auth::{as_token, credential_bytes, decide, extract_credential, kind_may_proxy};
-use crate::cache::{AuthEntry, ConnectionMemo, TokenCache};
+use crate::cache::{AuthEntry, MemoUse, TokenCache};
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, RouteConfig};
 use crate::error::Denial;
@@ -395,7 +395,7 @@ impl Gateway {
                     .authenticate(
                         Some(credential.as_bytes()),
                         &route,
-                        None,
+                        MemoUse::none(),
                         now,
                         Instant::now(),
                     )
@@ -433,13 +433,12 @@ impl Gateway {
     /// route; `limits` the `RateLimit` fields every answer to it carries.
     /// `started`: when the request's head was read, the time its expiry
     /// and limits are judged at. `memo`: the connection's memo of its last
-    /// token, `None` when no request follows on the connection (a memo
-    /// never read again is not worth its making).
+    /// token, as this request may use it.
     pub async fn admit(
         &self,
         route: &RouteConfig,
         headers: &(impl RequestFields + ?Sized),
-        memo: Option<&ConnectionMemo>,
+        memo: MemoUse<'_>,
         client_ip: IpAddr,
         started: Instant,
     ) -> Result<Admission, Denial> {
@@ -484,7 +483,7 @@ impl Gateway {
         &self,
         credential: Option<&[u8]>,
         route: &RouteConfig,
-        memo: Option<&ConnectionMemo>,
+        memo: MemoUse<'_>,
         now: i64,
         started: Instant,
     ) -> Result<Option<Arc<AuthEntry>>, Denial> {
@@ -494,7 +493,7 @@ impl Gateway {
                 _ => Err(Denial::MissingToken),
             };
         };
-        let entry = match memo.and_then(|m| m.get(token, &self.cache, started)) {
+        let entry = match memo.get(token, &self.cache, started) {
             Some(entry) => {
                 self.metrics.cache_lookups.inc();
                 self.metrics.memo_hits.inc();
@@ -504,9 +503,7 @@ impl Gateway {
                 let token = as_token(token)?;
                 let epoch = self.cache.epoch();
                 let entry = self.lookup_at(token, started).await?;
-                if let Some(memo) = memo {
-                    memo.put(token, &entry, epoch);
-                }
+                memo.put(token, &entry, epoch);
                 entry
             }
         };

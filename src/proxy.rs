@@ -32,6 +32,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::auth::extract_credential;
 use crate::body::{parts_response, Body, BoxError, Stalling};
+use crate::cache::MemoUse;
 use crate::error::Denial;
 use crate::fields::{list_has, RequestFields, X_REQUEST_ID};
 use crate::forward_auth;
@@ -103,7 +104,7 @@ async fn process(
             req.method(),
             suffix,
             req.headers(),
-            Some(&peer.memo),
+            MemoUse::of(&peer.memo, false),
             client_ip,
             ex.started,
         )
@@ -138,7 +139,7 @@ async fn process(
         .admit(
             route,
             req.headers(),
-            Some(&peer.memo),
+            MemoUse::of(&peer.memo, false),
             peer.addr.ip(),
             ex.started,
         )

@@ -321,6 +321,23 @@ fn upstream_token_id(g: &TestGateway) -> String {
 }
 
 #[tokio::test]
+async fn a_connections_last_request_still_uses_the_token_it_remembers() {
+    let g = TestGateway::spawn().await;
+    let (t, _) = g.mint(TokenKind::Api, &["*"], None).await;
+    let mut conn = common::KeepAlive::open(g.addr).await;
+    assert_eq!(conn.get("/api/x", &t).await.status, StatusCode::OK);
+    let last = conn.get_last("/api/x", &t).await;
+    assert_eq!(last.status, StatusCode::OK);
+    assert_eq!(last.headers["connection"], "close");
+    assert_eq!(
+        g.gateway.metrics.memo_hits.get(),
+        1,
+        "the last request read the memo"
+    );
+    assert_eq!(g.store_lookups(), 1);
+}
+
+#[tokio::test]
 async fn a_keep_alive_connection_reuses_its_token_but_never_past_a_revoke() {
     let g = TestGateway::spawn().await;
     let (t, id) = g.mint(TokenKind::Api, &["*"], None).await;

@@ -104,7 +104,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use crate::cache::AuthEntry;
+use crate::cache::{AuthEntry, MemoUse};
 use crate::error::Denial;
 use crate::fields::X_REQUEST_ID;
 use crate::forward_auth;
@@ -719,7 +719,7 @@ impl<S: ClientStream> Client<'_, S> {
             ex.route = RouteSeries::ForwardAuth;
             let close = head.close || shutting_down;
             let (memo, ip) = (
-                (!head.close).then_some(&self.peer.memo),
+                MemoUse::of(&self.peer.memo, head.close),
                 self.peer.addr.ip(),
             );
             let decided =
@@ -757,7 +757,7 @@ impl<S: ClientStream> Client<'_, S> {
             .admit(
                 route,
                 head,
-                (!head.close).then_some(&self.peer.memo),
+                MemoUse::of(&self.peer.memo, head.close),
                 self.peer.addr.ip(),
                 ex.started,
             )
@@ -831,7 +831,7 @@ impl<S: ClientStream> Client<'_, S> {
                 let mut conn = if fresh_only {
                     raw.connect().await
                 } else {
-                    match checkout(raw, ex.started) {
+                    match checkout(raw, sent_at.into_std()) {
                         Ok(c) => Ok(c),
                         Err(waiter) => raw.connect_or_wait(waiter).await,
                     }
@@ -981,9 +981,7 @@ impl<S: ClientStream> Client<'_, S> {
             let _ = conn.buf.split_to(n);
         }
         if !upstream_close && conn.buf.is_empty() {
-            // Idle from the request's start, as read once for it: a
-            // little early, so its idle timeout runs out a little sooner.
-            raw.checkin(conn, ex.started);
+            raw.checkin(conn);
         }
         if close {
             Next::Close
@@ -1114,8 +1112,8 @@ async fn write_flush<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::
     stream.flush().await
 }
 
-/// An idle connection to reuse (its idle timeout judged at `now`, the
-/// request's reading of the clock): one the upstream has, as far as tokio
+/// An idle connection to reuse (its idle timeout judged at `now`, read as
+/// the request was sent): one the upstream has, as far as tokio
 /// knows, neither closed nor written to while idle (a late `408`, say,
 /// which must not pass for the next request's answer). The check costs no
 /// syscall when tokio's readiness says the socket has nothing to read (the

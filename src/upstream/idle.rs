@@ -125,13 +125,7 @@ impl<T: Pooled> IdleStack<T> {
     /// Puts a connection back: to the oldest waiting request, else onto
     /// the stack (when there is room), else it is closed. One that cannot
     /// take another request ([`Pooled::settle`]) is closed.
-    pub fn put(&self, conn: T) {
-        self.put_at(conn, Instant::now());
-    }
-
-    /// [`Self::put`], idle since `since` (no later than now: an earlier
-    /// instant only makes it time out sooner).
-    pub fn put_at(&self, mut conn: T, since: Instant) {
+    pub fn put(&self, mut conn: T) {
         if !conn.settle() {
             return;
         }
@@ -140,7 +134,7 @@ impl<T: Pooled> IdleStack<T> {
             return;
         };
         if shared.idle.len() < self.max_idle {
-            shared.idle.push((conn, since));
+            shared.idle.push((conn, Instant::now()));
         }
     }
 

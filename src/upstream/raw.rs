@@ -102,12 +102,10 @@ impl RawPool {
     }
 
     /// Puts a connection back after a response: to the oldest waiting
-    /// request, else idle (or closes it, when enough are idle), counted
-    /// idle from `since` (the request's own reading of the clock: its
-    /// idle timeout runs out no later than it would from now).
-    pub fn checkin(&self, mut conn: RawConn, since: Instant) {
+    /// request, else idle (or closes it, when enough are idle).
+    pub fn checkin(&self, mut conn: RawConn) {
         conn.reused = true;
-        self.idle.put_at(conn, since);
+        self.idle.put(conn);
     }
 
     /// Closes idle connections past the idle timeout.

@@ -805,12 +805,26 @@ impl KeepAlive {
 
     /// GET `path` with `Authorization: Bearer <token>`.
     pub async fn get(&mut self, path: &str, token: &str) -> Reply {
+        self.send(path, token, false).await
+    }
+
+    /// [`Self::get`], saying `Connection: close`: the connection's last.
+    pub async fn get_last(&mut self, path: &str, token: &str) -> Reply {
+        self.send(path, token, true).await
+    }
+
+    async fn send(&mut self, path: &str, token: &str, last: bool) -> Reply {
         self.sender.ready().await.expect("connection still open");
-        let req = Request::get(path)
+        let mut req = Request::get(path)
             .header("host", "gateway")
-            .header("authorization", format!("Bearer {token}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        reply(self.sender.send_request(req)).await
+            .header("authorization", format!("Bearer {token}"));
+        if last {
+            req = req.header("connection", "close");
+        }
+        reply(
+            self.sender
+                .send_request(req.body(Full::new(Bytes::new())).unwrap()),
+        )
+        .await
     }
 }
