@@ -212,30 +212,34 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// `ip` as the `X-Forwarded-For` value.
+/// `ip` as the `X-Forwarded-For` value: the thread's last one when it is
+/// for the same address, else made (and kept as the last).
 fn ip_header(ip: IpAddr) -> HeaderValue {
-    let last = LAST_IP.try_with(|last| {
-        let last = last.try_borrow().ok()?;
-        last.as_ref()
-            .filter(|(a, _)| *a == ip)
-            .map(|(_, v)| v.clone())
+    let shared = LAST_IP.try_with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        match &*last {
+            Some((a, v)) if *a == ip => Some(v.clone()),
+            _ => {
+                let v = format_ip_header(ip);
+                *last = Some((ip, v.clone()));
+                Some(v)
+            }
+        }
     });
-    if let Ok(Some(v)) = last {
-        return v;
-    }
+    shared
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| format_ip_header(ip))
+}
+
+fn format_ip_header(ip: IpAddr) -> HeaderValue {
     let mut text = Vec::with_capacity(15);
     push_ip(&mut text, ip);
     // Boxed to its length first: a `Bytes` made from a vector with room
     // to spare allocates a second block to share it by.
-    let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_boxed_slice()))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_boxed_slice()))
         // An IP address is always a valid header value.
-        .unwrap_or(HeaderValue::from_static("unknown"));
-    let _ = LAST_IP.try_with(|last| {
-        if let Ok(mut last) = last.try_borrow_mut() {
-            *last = Some((ip, v.clone()));
-        }
-    });
-    v
+        .unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// What the gateway knows about the request besides its headers.
