@@ -129,8 +129,9 @@ pub struct FileServer {
     /// Seconds a client gets to send its request headers (slowloris bound). Default 10.
     pub header_read_timeout_seconds: u64,
     /// Seconds a connection with no request in flight is kept open:
-    /// HTTP/1.1 keep-alive between requests, HTTP/2 with no open stream.
-    /// Default 60.
+    /// HTTP/1.1 keep-alive between requests, HTTP/2 with no open stream;
+    /// also how long a write may wait for the client to read before the
+    /// connection is closed. Default 60.
     pub idle_timeout_seconds: u64,
     /// Streams one HTTP/2 client connection may have open at once.
     /// Default 100.

@@ -19,8 +19,14 @@
 //!   `header_read_timeout` of its first byte.
 //!
 //! A request in flight (a slow upstream, a long upload) has no connection
-//! deadline; the upstream's own timeouts bound it. The fast path keeps
-//! the same deadlines on the connections it serves (`crate::fast`).
+//! deadline; the upstream's own timeouts bound it. One exception, in flight
+//! or not: a write to the client that has waited `idle_timeout` for the
+//! client to read (its socket buffer full) closes the connection at once,
+//! as nginx's `send_timeout` does, so a client that asks for a response and
+//! never reads it cannot hold the connection, and the upstream connection
+//! behind it, for ever (a fourth fact: since when a write has waited). The
+//! fast path keeps the same deadlines on the connections it serves
+//! (`crate::fast`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,6 +57,9 @@ pub enum Expired {
     Head,
     /// Idle too long: closed politely (HTTP/2 `GOAWAY`).
     Idle,
+    /// A write to the client waited too long: the client reads nothing,
+    /// and the connection is closed at once (nothing could be sent to it).
+    Stalled,
 }
 
 /// What a connection has been doing, shared by the service (requests),
@@ -72,6 +81,9 @@ pub struct Activity {
     /// HTTP/2: bytes while idle are frames of the connection (PING,
     /// SETTINGS), not a request head.
     h2: AtomicBool,
+    /// Milliseconds from `base`, plus one, to when a write to the client
+    /// began to wait for it to read (0: none is waiting).
+    write_waits_since: AtomicU64,
     /// Wakes [`Activity::expired`] when the deadline moves.
     changed: Notify,
 }
@@ -89,6 +101,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            write_waits_since: AtomicU64::new(0),
             changed: Notify::new(),
         })
     }
@@ -126,8 +139,43 @@ impl Activity {
         }
     }
 
-    /// The deadline in force now; `None` while a request is in flight.
+    /// A write to the client: `waits` when it could not go on (the
+    /// client's socket buffer is full), else it made progress or failed.
+    /// Only the change from moving to waiting moves the deadline sooner
+    /// (and wakes [`Self::expired`]); a write that moves again is seen
+    /// when that deadline comes.
+    fn wrote(&self, waits: bool) {
+        let since = self.write_waits_since.load(Ordering::Relaxed);
+        if waits && since == 0 {
+            self.write_waits_since
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+            self.changed.notify_one();
+        } else if !waits && since != 0 {
+            self.write_waits_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// [`Self::wrote`] for a polled write (or flush, or close), passed on.
+    fn watch_write<R>(&self, polled: Poll<R>) -> Poll<R> {
+        self.wrote(polled.is_pending());
+        polled
+    }
+
+    /// The deadline in force now: the sooner of a waiting write's and the
+    /// connection's own (`None` while a request is in flight).
     fn deadline(&self, d: Deadlines) -> Option<(Instant, Expired)> {
+        let own = self.own_deadline(d);
+        match self.write_waits_since.load(Ordering::Relaxed) {
+            0 => own,
+            since => {
+                let stalled = (self.at(since - 1) + d.idle, Expired::Stalled);
+                Some(own.map_or(stalled, |o| if o.0 < stalled.0 { o } else { stalled }))
+            }
+        }
+    }
+
+    /// The deadline of the connection's state, writes aside.
+    fn own_deadline(&self, d: Deadlines) -> Option<(Instant, Expired)> {
         if !self.started.load(Ordering::Acquire) {
             return Some((self.first_head_by, Expired::Head));
         }
@@ -250,7 +298,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.activity
+            .watch_write(Pin::new(&mut this.io).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -258,7 +308,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.activity
+            .watch_write(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -266,11 +318,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        this.activity
+            .watch_write(Pin::new(&mut this.io).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        this.activity
+            .watch_write(Pin::new(&mut this.io).poll_shutdown(cx))
     }
 }
 
@@ -311,6 +367,47 @@ mod tests {
         let first_byte = Instant::now();
         assert_eq!(a.expired(D).await, Expired::Head);
         assert_eq!(first_byte.elapsed(), D.header);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_waiting_for_the_client_expires_at_the_idle_timeout_even_in_flight() {
+        let a = Activity::new(D.header);
+        let req = a.begin(Version::HTTP_11);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        a.wrote(true);
+        let waiting = Instant::now();
+        // Still waiting, polled again: the deadline does not move.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        a.wrote(true);
+        assert_eq!(a.expired(D).await, Expired::Stalled);
+        assert_eq!(waiting.elapsed(), D.idle);
+        drop(req);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_moves_again_lifts_the_deadline() {
+        let a = Activity::new(D.header);
+        let req = a.begin(Version::HTTP_11);
+        a.wrote(true);
+        tokio::time::sleep(D.idle - Duration::from_secs(1)).await;
+        a.wrote(false);
+        drop(req);
+        let ended = Instant::now();
+        // The response ended: the idle timeout counts from its end.
+        assert_eq!(a.expired(D).await, Expired::Idle);
+        assert_eq!(ended.elapsed(), D.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_write_on_an_idle_connection_ends_it_at_its_own_deadline() {
+        let a = Activity::new(D.header);
+        drop(a.begin(Version::HTTP_2));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        // An h2 frame (a PING's answer) the client does not read.
+        a.wrote(true);
+        let waiting = Instant::now();
+        assert_eq!(a.expired(D).await, Expired::Idle);
+        assert_eq!(waiting.elapsed(), D.idle - Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]

@@ -441,6 +441,10 @@ async fn serve_hyper<S, H, F>(
                     tracing::debug!(peer = %addr, "no complete request head in time; closing");
                     return;
                 }
+                Expired::Stalled => {
+                    tracing::debug!(peer = %addr, "the client read nothing of what it was sent in time; closing");
+                    return;
+                }
                 Expired::Idle => {
                     conn.as_mut().graceful_shutdown();
                     closing_by = Some(Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE));

@@ -642,6 +642,90 @@ async fn an_upstream_body_that_stalls_for_the_response_timeout_ends_the_exchange
     }
 }
 
+/// An upstream whose answer never ends: a chunked body written as fast as
+/// the gateway takes it. `closed` counts the connections on which a write
+/// failed (the gateway closed them).
+async fn endless_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&closed);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let c = Arc::clone(&c);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                let chunk = vec![b'x'; 64 * 1024];
+                loop {
+                    out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    out.extend_from_slice(&chunk);
+                    out.extend_from_slice(b"\r\n");
+                    if s.write_all(&out).await.is_err() {
+                        break;
+                    }
+                    out.clear();
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_of_its_answer_is_closed_after_the_idle_timeout() {
+    for on in [true, false] {
+        let (up, closed) = endless_upstream().await;
+        // Only the idle timeout can end it: the upstream never pauses, and
+        // its own timeout is far away.
+        let gw = Gw::spawn(
+            &format!(
+                "{}\nheader_read_timeout_seconds = 600\nidle_timeout_seconds = 1",
+                fast(on)
+            ),
+            up,
+            "response_timeout_ms = 600000",
+        )
+        .await;
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        // The client reads nothing; once every buffer on the way is full,
+        // the gateway's write waits, and the idle timeout later it gives
+        // up: the upstream connection is closed, not held for ever.
+        TestWait::until(
+            &format!("fast_path = {on}: upstream connection released"),
+            || closed.load(Ordering::SeqCst) == 1,
+        )
+        .await;
+        // And the client's connection is closed too: what was buffered
+        // for it, then the end (or a reset).
+        let mut buf = vec![0u8; 1 << 20];
+        let ended = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "fast_path = {on}: the client's connection was kept open"
+        );
+    }
+}
+
 #[tokio::test]
 async fn case_variants_of_standard_methods_are_refused() {
     let up = ok_upstream().await;

@@ -47,6 +47,9 @@
 //!   still arriving when that time is up goes to hyper with the bytes read
 //!   so far ([`Ended::Handoff`]; no policy has run yet), which streams it
 //!   upstream under the upstream's `response_timeout_ms`, as any body.
+//!   And a write to the client that has waited the idle timeout for it to
+//!   read ends the connection, and the exchange with it (the upstream
+//!   connection closed).
 //! - A response head within the upstream's `response_timeout_ms` (504),
 //!   and no gap longer than that in its body; a client that leaves
 //!   mid-body ends the exchange at once. Either way the upstream
@@ -154,9 +157,10 @@ enum Next {
     Close,
     Handoff,
     /// The answer was cut short (the upstream failed or stalled
-    /// mid-body): the connection ends without a clean close (over TLS no
-    /// `close_notify`, which would say the body ended whole), so that the
-    /// client can tell, whatever the body's framing.
+    /// mid-body), or could not be written (the client is gone, or read
+    /// nothing of it in time): the connection ends without a clean close
+    /// (over TLS no `close_notify`, which would say the body ended whole),
+    /// so that the client can tell, whatever the body's framing.
     Abort,
 }
 
@@ -929,8 +933,12 @@ impl<S: ClientStream> Client<'_, S> {
         self.resp.extend_from_slice(&conn.buf[..n]);
         let _ = conn.buf.split_to(n);
         ex.bytes_out = n as u64;
-        if write_flush(self.stream, &self.resp).await.is_err() {
-            return Next::Close;
+        let within = self.gateway.config.server.idle_timeout;
+        if write_within(self.stream, &self.resp, &mut self.timer, within)
+            .await
+            .is_err()
+        {
+            return Next::Abort;
         }
         if !finished {
             self.timer.set(Instant::now() + idle_body);
@@ -968,17 +976,25 @@ impl<S: ClientStream> Client<'_, S> {
                     tracing::debug!("upstream closed mid-body");
                     return Next::Abort;
                 }
-                Ok(_) => self.timer.set(Instant::now() + idle_body),
+                Ok(_) => {}
             }
             let Ok((n, f)) = body.step(&conn.buf) else {
                 return Next::Abort;
             };
             finished = f;
-            if write_flush(self.stream, &conn.buf[..n]).await.is_err() {
-                return Next::Close;
+            if write_within(self.stream, &conn.buf[..n], &mut self.timer, within)
+                .await
+                .is_err()
+            {
+                return Next::Abort;
             }
             ex.bytes_out += n as u64;
             let _ = conn.buf.split_to(n);
+            // The upstream's next gap counts from here: while a write
+            // waited for the client, the upstream was kept waiting.
+            if !finished {
+                self.timer.set(Instant::now() + idle_body);
+            }
         }
         if !upstream_close && conn.buf.is_empty() {
             raw.checkin(conn);
@@ -1002,7 +1018,8 @@ impl<S: ClientStream> Client<'_, S> {
             // Over TLS, the close is announced first (as nginx's
             // `SSL_shutdown` does, without waiting for the client's).
             if S::OWES_CLOSE_NOTIFY {
-                let _ = self.stream.shutdown().await;
+                let within = self.gateway.config.server.idle_timeout;
+                let _ = finish_within(self.stream.shutdown(), &mut self.timer, within).await;
             }
             return;
         }
@@ -1016,7 +1033,11 @@ impl<S: ClientStream> Client<'_, S> {
     /// of the response before the client has read it, and a response
     /// delimited by the close could not even be told apart from a whole one.
     async fn linger(&mut self) {
-        if self.stream.shutdown().await.is_err() {
+        let within = self.gateway.config.server.idle_timeout;
+        if finish_within(self.stream.shutdown(), &mut self.timer, within)
+            .await
+            .is_err()
+        {
             return;
         }
         let mut total = 0;
@@ -1097,19 +1118,66 @@ impl<S: ClientStream> Client<'_, S> {
     /// Writes the answer made in `self.out`; the connection goes on unless
     /// it says `close` or the write fails.
     async fn send_out(&mut self, close: bool) -> Next {
-        match write_flush(self.stream, &self.out).await {
+        let within = self.gateway.config.server.idle_timeout;
+        match write_within(self.stream, &self.out, &mut self.timer, within).await {
             Ok(()) if !close => Next::KeepAlive,
-            _ => Next::Close,
+            Ok(()) => Next::Close,
+            Err(_) => Next::Abort,
         }
     }
 }
 
-/// Writes to the client and pushes it out: on TCP the flush is nothing;
+/// Writes to the client and pushes it out (on TCP the flush is nothing;
 /// over TLS it sends the records rustls may still hold when the socket
-/// was full (`write_all` alone can leave them there).
-async fn write_flush<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
+/// was full, which writing alone can leave there), each step held to the
+/// deadline [`finish_within`] keeps: the time allowed counts from when a
+/// step first had to wait, so a client that reads slowly but keeps
+/// reading is sent its answer, however long it is.
+async fn write_within<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut bytes: &[u8],
+    timer: &mut Deadline<'_>,
+    within: Duration,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = finish_within(stream.write(bytes), timer, within).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = bytes.get(n..).unwrap_or_default();
+    }
+    finish_within(stream.flush(), timer, within).await
+}
+
+/// A write to the client (or its close, which over TLS writes
+/// `close_notify`) that must finish within `within`
+/// (`server.idle_timeout_seconds`) of when it first had to wait for the
+/// client to read, as `crate::deadline` holds hyper's connections to (and
+/// nginx's `send_timeout` its own): a client that asks for an answer and
+/// reads none of it cannot hold its connection, nor the upstream one
+/// behind it. A write that finishes at once, as nearly all do, reads no
+/// clock and moves no timer; one that waits moves the connection's timer
+/// (`TimedOut` when it goes off first), and the caller sets it again for
+/// whatever it waits for next.
+async fn finish_within<T>(
+    work: impl std::future::Future<Output = std::io::Result<T>>,
+    timer: &mut Deadline<'_>,
+    within: Duration,
+) -> std::io::Result<T> {
+    let mut work = std::pin::pin!(work);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(done) = first {
+        return done;
+    }
+    timer.set(Instant::now() + within);
+    tokio::select! {
+        biased;
+        done = work => done,
+        () = timer.expired() => {
+            tracing::debug!("the client read nothing of what it was sent in time; closing");
+            Err(std::io::ErrorKind::TimedOut.into())
+        }
+    }
 }
 
 /// An idle connection to reuse (its idle timeout judged at `now`, read as
@@ -1254,5 +1322,64 @@ impl<S: AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const WITHIN: Duration = Duration::from_secs(10);
+
+    /// `write_within` through a pipe of `room` bytes, under paused time.
+    async fn write_through(room: usize, bytes: &[u8]) -> std::io::Result<()> {
+        let (mut ours, _theirs) = tokio::io::duplex(room);
+        let sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut timer = Deadline::new(sleep);
+        write_within(&mut ours, bytes, &mut timer, WITHIN).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_fits_needs_no_clock() {
+        let start = Instant::now();
+        write_through(64, &[1; 64]).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_nobody_reads_times_out_when_it_has_waited_that_long() {
+        let start = Instant::now();
+        let e = write_through(64, &[1; 100]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), WITHIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_gets_it_all() {
+        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        let sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut timer = Deadline::new(sleep);
+        // 64 bytes every 9 seconds: each step waits less than WITHIN, the
+        // whole takes far longer.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                tokio::time::sleep(WITHIN - Duration::from_secs(1)).await;
+                match theirs.read(&mut buf).await.unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let start = Instant::now();
+        let bytes: Vec<u8> = (0..640u32).map(|i| i as u8).collect();
+        write_within(&mut ours, &bytes, &mut timer, WITHIN)
+            .await
+            .unwrap();
+        assert!(start.elapsed() > WITHIN * 5);
+        drop(ours);
+        assert_eq!(reader.await.unwrap(), bytes);
     }
 }
