@@ -24,9 +24,15 @@
 //! client to read (its socket buffer full) closes the connection at once,
 //! as nginx's `send_timeout` does, so a client that asks for a response and
 //! never reads it cannot hold the connection, and the upstream connection
-//! behind it, for ever (a fourth fact: since when a write has waited). The
-//! fast path keeps the same deadlines on the connections it serves
-//! (`crate::fast`).
+//! behind it, for ever (a fourth fact: since when a write has waited).
+//! HTTP/2 has a second way to read nothing: a client that grants a stream
+//! no flow-control window leaves hyper holding that stream's next frame,
+//! and the socket idle. So a response frame hyper took and has not yet
+//! sent on (it has not come back for the next) counts as a write that
+//! waits, stream by stream (a fifth fact), and one that has waited
+//! `idle_timeout` closes the connection too (hyper has no way to reset
+//! one stream from outside). The fast path keeps the same deadlines on
+//! the connections it serves (`crate::fast`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -84,6 +90,11 @@ pub struct Activity {
     /// Milliseconds from `base`, plus one, to when a write to the client
     /// began to wait for it to read (0: none is waiting).
     write_waits_since: AtomicU64,
+    /// HTTP/2 response bodies whose last frame hyper took and has not sent
+    /// on yet: (body, milliseconds from `base` to when it took it).
+    frames_held: std::sync::Mutex<Vec<(u64, u64)>>,
+    /// Names the next HTTP/2 response body.
+    next_body: AtomicU64,
     /// Wakes [`Activity::expired`] when the deadline moves.
     changed: Notify,
 }
@@ -102,6 +113,8 @@ impl Activity {
             head_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             write_waits_since: AtomicU64::new(0),
+            frames_held: std::sync::Mutex::new(Vec::new()),
+            next_body: AtomicU64::new(0),
             changed: Notify::new(),
         })
     }
@@ -117,14 +130,46 @@ impl Activity {
     /// A request head is complete: the request is in flight until the
     /// returned guard is dropped (with its response body).
     pub fn begin(self: &Arc<Self>, version: Version) -> InFlight {
-        if version == Version::HTTP_2 {
+        let h2 = version == Version::HTTP_2;
+        if h2 {
             self.h2.store(true, Ordering::Relaxed);
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(0, Ordering::Relaxed);
         self.started.store(true, Ordering::Release);
         self.changed.notify_one();
-        InFlight(Arc::clone(self))
+        InFlight {
+            activity: Arc::clone(self),
+            body: h2.then(|| self.next_body.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Vec<(u64, u64)>> {
+        self.frames_held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// HTTP/2: hyper took a frame of `body`'s, to send when the client's
+    /// window allows. Only the first frame held on the connection moves
+    /// the deadline sooner (and wakes [`Self::expired`]).
+    fn frame_held(&self, body: u64) {
+        let mut held = self.held();
+        let first = held.is_empty();
+        held.push((body, self.now_ms()));
+        drop(held);
+        if first {
+            self.changed.notify_one();
+        }
+    }
+
+    /// HTTP/2: hyper came back to `body` for more (so it sent what it
+    /// held), or dropped it.
+    fn frame_sent(&self, body: u64) {
+        let mut held = self.held();
+        if let Some(i) = held.iter().position(|&(b, _)| b == body) {
+            held.swap_remove(i);
+        }
     }
 
     /// Bytes came in.
@@ -165,13 +210,20 @@ impl Activity {
     /// connection's own (`None` while a request is in flight).
     fn deadline(&self, d: Deadlines) -> Option<(Instant, Expired)> {
         let own = self.own_deadline(d);
-        match self.write_waits_since.load(Ordering::Relaxed) {
-            0 => own,
-            since => {
-                let stalled = (self.at(since - 1) + d.idle, Expired::Stalled);
-                Some(own.map_or(stalled, |o| if o.0 < stalled.0 { o } else { stalled }))
-            }
-        }
+        let write = match self.write_waits_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(since - 1),
+        };
+        let frame = self.held().iter().map(|&(_, since)| since).min();
+        let waits = match (write, frame) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(since) = waits else {
+            return own;
+        };
+        let stalled = (self.at(since) + d.idle, Expired::Stalled);
+        Some(own.map_or(stalled, |o| if o.0 < stalled.0 { o } else { stalled }))
     }
 
     /// The deadline of the connection's state, writes aside.
@@ -213,11 +265,18 @@ impl Activity {
 
 /// A request in flight on a connection; dropped with its response body.
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    /// HTTP/2: the response body's name in [`Activity::frames_held`].
+    body: Option<u64>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let a = &self.0;
+        let a = &self.activity;
+        if let Some(body) = self.body {
+            a.frame_sent(body);
+        }
         a.idle_since.store(a.now_ms(), Ordering::Relaxed);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
         a.changed.notify_one();
@@ -225,11 +284,14 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request in flight until it is dropped
-/// (sent to its end, or abandoned).
+/// (sent to its end, or abandoned); over HTTP/2 it also tells when hyper
+/// holds one of its frames for the client's window.
 #[derive(Debug)]
 pub struct Tracked<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// HTTP/2: hyper holds the last data frame this gave it.
+    held: bool,
 }
 
 impl<B> Tracked<B> {
@@ -237,7 +299,8 @@ impl<B> Tracked<B> {
     pub fn new(inner: B, in_flight: InFlight) -> Self {
         Self {
             inner,
-            _in_flight: in_flight,
+            in_flight,
+            held: false,
         }
     }
 }
@@ -250,7 +313,21 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(body) = this.in_flight.body {
+            // Back for more: what hyper held has gone out.
+            if this.held {
+                this.in_flight.activity.frame_sent(body);
+            }
+            // A data frame waits for the client's window (a trailers
+            // frame does not); hyper holds it until it has gone out.
+            this.held = matches!(&polled, Poll::Ready(Some(Ok(f))) if f.is_data());
+            if this.held {
+                this.in_flight.activity.frame_held(body);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -332,6 +409,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const D: Deadlines = Deadlines {
@@ -408,6 +486,41 @@ mod tests {
         let waiting = Instant::now();
         assert_eq!(a.expired(D).await, Expired::Idle);
         assert_eq!(waiting.elapsed(), D.idle - Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_h2_frame_held_for_the_clients_window_expires_at_the_idle_timeout() {
+        let a = Activity::new(D.header);
+        let moving = a.begin(Version::HTTP_2);
+        let held = a.begin(Version::HTTP_2);
+        let (moving_body, held_body) = (moving.body.unwrap(), held.body.unwrap());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        a.frame_held(held_body);
+        let since = Instant::now();
+        // Another stream's frames keep going out: no help to this one.
+        for _ in 0..10 {
+            a.frame_held(moving_body);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            a.frame_sent(moving_body);
+        }
+        assert_eq!(a.expired(D).await, Expired::Stalled);
+        assert_eq!(since.elapsed(), D.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_h2_frame_sent_on_or_dropped_lifts_the_deadline() {
+        let a = Activity::new(D.header);
+        let req = a.begin(Version::HTTP_2);
+        let body = req.body.unwrap();
+        a.frame_held(body);
+        tokio::time::sleep(D.idle - Duration::from_secs(1)).await;
+        a.frame_sent(body);
+        a.frame_held(body);
+        // Dropped with its request: nothing is held any more.
+        drop(req);
+        let ended = Instant::now();
+        assert_eq!(a.expired(D).await, Expired::Idle);
+        assert_eq!(ended.elapsed(), D.idle);
     }
 
     #[tokio::test(start_paused = true)]

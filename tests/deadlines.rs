@@ -642,48 +642,10 @@ async fn an_upstream_body_that_stalls_for_the_response_timeout_ends_the_exchange
     }
 }
 
-/// An upstream whose answer never ends: a chunked body written as fast as
-/// the gateway takes it. `closed` counts the connections on which a write
-/// failed (the gateway closed them).
-async fn endless_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let closed = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&closed);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let c = Arc::clone(&c);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-                let chunk = vec![b'x'; 64 * 1024];
-                loop {
-                    out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-                    out.extend_from_slice(&chunk);
-                    out.extend_from_slice(b"\r\n");
-                    if s.write_all(&out).await.is_err() {
-                        break;
-                    }
-                    out.clear();
-                }
-                c.fetch_add(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, closed)
-}
-
 #[tokio::test]
 async fn a_client_that_reads_nothing_of_its_answer_is_closed_after_the_idle_timeout() {
     for on in [true, false] {
-        let (up, closed) = endless_upstream().await;
+        let (up, closed) = common::endless::spawn().await;
         // Only the idle timeout can end it: the upstream never pauses, and
         // its own timeout is far away.
         let gw = Gw::spawn(
@@ -724,6 +686,40 @@ async fn a_client_that_reads_nothing_of_its_answer_is_closed_after_the_idle_time
             "fast_path = {on}: the client's connection was kept open"
         );
     }
+}
+
+#[tokio::test]
+async fn an_h2_client_that_grants_its_stream_no_window_is_closed_after_the_idle_timeout() {
+    let (up, closed) = common::endless::spawn().await;
+    let gw = Gw::spawn(
+        "header_read_timeout_seconds = 600\nidle_timeout_seconds = 1",
+        up,
+        "response_timeout_ms = 600000",
+    )
+    .await;
+    let mut send = h2_client(gw.addr).await;
+    let req = Request::get(format!("http://{}/endless", gw.addr))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    // The head comes; the body is never read, so the client's connection
+    // (which keeps running: it answers pings and settings) never opens
+    // the stream's window again once the first 64 KiB are in.
+    let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    TestWait::until("upstream connection released", || {
+        closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The client's connection is gone too: reading the body now ends in
+    // an error, after what had come.
+    let read = tokio::time::timeout(PATIENCE, resp.into_body().collect()).await;
+    assert!(
+        matches!(read, Ok(Err(_))),
+        "the connection was kept open, or the body passed as whole"
+    );
 }
 
 #[tokio::test]

@@ -927,3 +927,36 @@ async fn a_body_the_upstream_cuts_short_ends_without_a_close_notify() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_tls_client_that_reads_nothing_of_its_answer_is_closed_after_the_idle_timeout() {
+    let (up, closed) = common::endless::spawn().await;
+    let ca = Ca::new("test ca");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[upstreams]]\nname = \"endless\"\nurl = \"http://{up}\"\nresponse_timeout_ms = 600000\n\n\
+         [[routes]]\npath = \"/endless\"\nupstream = \"endless\"\nauth = \"none\"\n\n{}",
+        tls_table(dir.path(), &ca.leaf(&["localhost"]), "")
+    );
+    let g = Opts::default()
+        .server("idle_timeout_seconds", 1)
+        .extra(&extra)
+        .spawn()
+        .await;
+    // HTTP/1.1 over TLS: the fast path's writes, and rustls's records.
+    let mut s = h1_client(g.addr, &ca).await;
+    s.write_all(b"GET /endless HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while closed.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream connection was held for a client that reads nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut sink = Vec::new();
+    let end = tokio::time::timeout(WAIT, s.read_to_end(&mut sink)).await;
+    assert!(end.is_ok(), "the client's connection was kept open");
+}
