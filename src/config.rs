@@ -130,7 +130,8 @@ pub struct FileServer {
     pub header_read_timeout_seconds: u64,
     /// Seconds a connection with no request in flight is kept open:
     /// HTTP/1.1 keep-alive between requests, HTTP/2 with no open stream;
-    /// also how long a write may wait for the client to read before the
+    /// also how long a write may wait for the client to read (over
+    /// HTTP/2, a stream's frame for the client's window) before the
     /// connection is closed. Default 60.
     pub idle_timeout_seconds: u64,
     /// Streams one HTTP/2 client connection may have open at once.

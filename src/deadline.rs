@@ -30,9 +30,13 @@
 //! and the socket idle. So a response frame hyper took and has not yet
 //! sent on (it has not come back for the next) counts as a write that
 //! waits, stream by stream (a fifth fact), and one that has waited
-//! `idle_timeout` closes the connection too (hyper has no way to reset
-//! one stream from outside). The fast path keeps the same deadlines on
-//! the connections it serves (`crate::fast`).
+//! `idle_timeout` closes the connection too, politely (`GOAWAY`, then a
+//! short grace: hyper has no way to reset one stream from outside, and
+//! the other streams learn which requests were served). Only the first
+//! wait on a connection wakes the watcher; from then on it looks at least
+//! once per `idle_timeout`, so a healthy download, whose writes wait and
+//! move on with every chunk, wakes nothing. The fast path keeps the same
+//! deadlines on the connections it serves (`crate::fast`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -66,6 +70,11 @@ pub enum Expired {
     /// A write to the client waited too long: the client reads nothing,
     /// and the connection is closed at once (nothing could be sent to it).
     Stalled,
+    /// HTTP/2: a stream's frame waited too long for the client's window.
+    /// The socket still takes writes: the connection is told to close
+    /// (`GOAWAY`, so the client knows which requests were served), then
+    /// dropped after a short grace.
+    StreamStalled,
 }
 
 /// What a connection has been doing, shared by the service (requests),
@@ -95,6 +104,11 @@ pub struct Activity {
     frames_held: std::sync::Mutex<Vec<(u64, u64)>>,
     /// Names the next HTTP/2 response body.
     next_body: AtomicU64,
+    /// A write has waited, or a frame been held, since the connection
+    /// began: from then on [`Self::expired`] looks again at least every
+    /// `idle_timeout`, so later waits need not wake it (in a healthy
+    /// download they begin and end with every chunk).
+    waits_seen: AtomicBool,
     /// Wakes [`Activity::expired`] when the deadline moves.
     changed: Notify,
 }
@@ -115,6 +129,7 @@ impl Activity {
             write_waits_since: AtomicU64::new(0),
             frames_held: std::sync::Mutex::new(Vec::new()),
             next_body: AtomicU64::new(0),
+            waits_seen: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
@@ -151,16 +166,11 @@ impl Activity {
     }
 
     /// HTTP/2: hyper took a frame of `body`'s, to send when the client's
-    /// window allows. Only the first frame held on the connection moves
-    /// the deadline sooner (and wakes [`Self::expired`]).
+    /// window allows.
     fn frame_held(&self, body: u64) {
-        let mut held = self.held();
-        let first = held.is_empty();
-        held.push((body, self.now_ms()));
-        drop(held);
-        if first {
-            self.changed.notify_one();
-        }
+        let now = self.now_ms();
+        self.held().push((body, now));
+        self.first_wait();
     }
 
     /// HTTP/2: hyper came back to `body` for more (so it sent what it
@@ -186,17 +196,24 @@ impl Activity {
 
     /// A write to the client: `waits` when it could not go on (the
     /// client's socket buffer is full), else it made progress or failed.
-    /// Only the change from moving to waiting moves the deadline sooner
-    /// (and wakes [`Self::expired`]); a write that moves again is seen
-    /// when that deadline comes.
+    /// A write that moves again is seen when the deadline it set comes.
     fn wrote(&self, waits: bool) {
         let since = self.write_waits_since.load(Ordering::Relaxed);
         if waits && since == 0 {
             self.write_waits_since
                 .store(self.now_ms() + 1, Ordering::Relaxed);
-            self.changed.notify_one();
+            self.first_wait();
         } else if !waits && since != 0 {
             self.write_waits_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Wakes [`Self::expired`] for the connection's first waiting write or
+    /// held frame only; it looks on its own after that.
+    fn first_wait(&self) {
+        if !self.waits_seen.load(Ordering::Relaxed) {
+            self.waits_seen.store(true, Ordering::Relaxed);
+            self.changed.notify_one();
         }
     }
 
@@ -209,21 +226,16 @@ impl Activity {
     /// The deadline in force now: the sooner of a waiting write's and the
     /// connection's own (`None` while a request is in flight).
     fn deadline(&self, d: Deadlines) -> Option<(Instant, Expired)> {
-        let own = self.own_deadline(d);
         let write = match self.write_waits_since.load(Ordering::Relaxed) {
             0 => None,
-            since => Some(since - 1),
+            since => Some((self.at(since - 1) + d.idle, Expired::Stalled)),
         };
         let frame = self.held().iter().map(|&(_, since)| since).min();
-        let waits = match (write, frame) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let Some(since) = waits else {
-            return own;
-        };
-        let stalled = (self.at(since) + d.idle, Expired::Stalled);
-        Some(own.map_or(stalled, |o| if o.0 < stalled.0 { o } else { stalled }))
+        let frame = frame.map(|since| (self.at(since) + d.idle, Expired::StreamStalled));
+        [self.own_deadline(d), write, frame]
+            .into_iter()
+            .flatten()
+            .min_by_key(|&(at, _)| at)
     }
 
     /// The deadline of the connection's state, writes aside.
@@ -249,10 +261,27 @@ impl Activity {
             // Any change of state (a request begins or ends, a head begins)
             // moves the deadline: it is worked out again then.
             let changed = self.changed.notified();
-            match self.deadline(d) {
+            let now = Instant::now();
+            let deadline = self.deadline(d);
+            if let Some((at, why)) = deadline {
+                if now >= at {
+                    return why;
+                }
+            }
+            // Once writes have waited, a wait that begins later wakes
+            // nothing: it is seen here, within `idle` of its start, which
+            // is in time for its own deadline.
+            let look_again = self
+                .waits_seen
+                .load(Ordering::Relaxed)
+                .then(|| now + d.idle);
+            let wake_at = match (deadline.map(|(at, _)| at), look_again) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match wake_at {
                 None => changed.await,
-                Some((at, why)) if Instant::now() >= at => return why,
-                Some((at, _)) => {
+                Some(at) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(at) => {}
                         () = changed => {}
@@ -503,8 +532,29 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(1)).await;
             a.frame_sent(moving_body);
         }
-        assert_eq!(a.expired(D).await, Expired::Stalled);
+        assert_eq!(a.expired(D).await, Expired::StreamStalled);
         assert_eq!(since.elapsed(), D.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_begins_while_it_is_watched_is_seen_in_time() {
+        let a = Activity::new(D.header);
+        let req = a.begin(Version::HTTP_11);
+        // The first wait wakes the watcher; it is over at once.
+        a.wrote(true);
+        a.wrote(false);
+        let watcher = tokio::spawn({
+            let a = Arc::clone(&a);
+            async move { a.expired(D).await }
+        });
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!watcher.is_finished());
+        // A later wait wakes nothing, and is still caught on time.
+        a.wrote(true);
+        let waiting = Instant::now();
+        assert_eq!(watcher.await.unwrap(), Expired::Stalled);
+        assert_eq!(waiting.elapsed(), D.idle);
+        drop(req);
     }
 
     #[tokio::test(start_paused = true)]

@@ -449,6 +449,11 @@ async fn serve_hyper<S, H, F>(
                     conn.as_mut().graceful_shutdown();
                     closing_by = Some(Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE));
                 }
+                Expired::StreamStalled => {
+                    tracing::debug!(peer = %addr, "an HTTP/2 stream waited too long for the client's window; closing");
+                    conn.as_mut().graceful_shutdown();
+                    closing_by = Some(Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE));
+                }
             },
             () = give_up => return,
         }

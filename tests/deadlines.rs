@@ -703,7 +703,7 @@ async fn an_h2_client_that_grants_its_stream_no_window_is_closed_after_the_idle_
         .unwrap();
     // The head comes; the body is never read, so the client's connection
     // (which keeps running: it answers pings and settings) never opens
-    // the stream's window again once the first 64 KiB are in.
+    // the stream's window again once its first window's worth is in.
     let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
         .await
         .unwrap()

@@ -1332,27 +1332,31 @@ mod tests {
 
     const WITHIN: Duration = Duration::from_secs(10);
 
-    /// `write_within` through a pipe of `room` bytes, under paused time.
-    async fn write_through(room: usize, bytes: &[u8]) -> std::io::Result<()> {
+    /// `write_within` through a pipe of `room` bytes, under paused time;
+    /// whether it armed the timer, and whether it moved its deadline.
+    async fn write_through(room: usize, bytes: &[u8]) -> (std::io::Result<()>, bool, bool) {
         let (mut ours, _theirs) = tokio::io::duplex(room);
         let sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
         let mut timer = Deadline::new(sleep);
-        write_within(&mut ours, bytes, &mut timer, WITHIN).await
+        let before = timer.at;
+        let written = write_within(&mut ours, bytes, &mut timer, WITHIN).await;
+        (written, timer.armed, timer.at != before)
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_write_that_fits_needs_no_clock() {
-        let start = Instant::now();
-        write_through(64, &[1; 64]).await.unwrap();
-        assert_eq!(start.elapsed(), Duration::ZERO);
+    async fn a_write_that_fits_touches_no_timer() {
+        let (written, armed, moved) = write_through(64, &[1; 64]).await;
+        written.unwrap();
+        assert!(!armed && !moved);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_nobody_reads_times_out_when_it_has_waited_that_long() {
         let start = Instant::now();
-        let e = write_through(64, &[1; 100]).await.unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        let (written, armed, _) = write_through(64, &[1; 100]).await;
+        assert_eq!(written.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), WITHIN);
+        assert!(armed);
     }
 
     #[tokio::test(start_paused = true)]
