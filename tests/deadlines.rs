@@ -542,43 +542,6 @@ async fn the_cap_holds_on_the_fast_path_too() {
     assert_eq!(up.most_connections.load(Ordering::SeqCst), 2);
 }
 
-/// An upstream that answers with a chunked body, sends its first chunk,
-/// then stalls; `closed` counts the connections the gateway closed on it.
-async fn stalling_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let closed = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&closed);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let c = Arc::clone(&c);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-                    )
-                    .await;
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-                c.fetch_add(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, closed)
-}
-
 /// Sends a GET and reads until the first chunk (`hello`) has come.
 async fn until_first_chunk(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -602,7 +565,7 @@ async fn until_first_chunk(addr: SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn a_stalled_upstream_body_is_released_when_its_client_leaves() {
     for on in [true, false] {
-        let (up, closed) = stalling_upstream().await;
+        let (up, closed) = common::counted::stalling().await;
         // The upstream's own timeout is far away: only the client leaving
         // can end the exchange.
         let gw = Gw::spawn(&fast(on), up, "response_timeout_ms = 600000").await;
@@ -619,7 +582,7 @@ async fn a_stalled_upstream_body_is_released_when_its_client_leaves() {
 #[tokio::test]
 async fn an_upstream_body_that_stalls_for_the_response_timeout_ends_the_exchange() {
     for on in [true, false] {
-        let (up, closed) = stalling_upstream().await;
+        let (up, closed) = common::counted::stalling().await;
         let gw = Gw::spawn(&fast(on), up, "response_timeout_ms = 300").await;
         let mut s = until_first_chunk(gw.addr).await;
         // The client sees its response cut off (no last chunk), and the
@@ -645,7 +608,7 @@ async fn an_upstream_body_that_stalls_for_the_response_timeout_ends_the_exchange
 #[tokio::test]
 async fn a_client_that_reads_nothing_of_its_answer_is_closed_after_the_idle_timeout() {
     for on in [true, false] {
-        let (up, closed) = common::endless::spawn().await;
+        let (up, closed) = common::counted::endless().await;
         // Only the idle timeout can end it: the upstream never pauses, and
         // its own timeout is far away.
         let gw = Gw::spawn(
@@ -690,7 +653,7 @@ async fn a_client_that_reads_nothing_of_its_answer_is_closed_after_the_idle_time
 
 #[tokio::test]
 async fn an_h2_client_that_grants_its_stream_no_window_is_closed_after_the_idle_timeout() {
-    let (up, closed) = common::endless::spawn().await;
+    let (up, closed) = common::counted::endless().await;
     let gw = Gw::spawn(
         "header_read_timeout_seconds = 600\nidle_timeout_seconds = 1",
         up,

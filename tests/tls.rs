@@ -930,7 +930,7 @@ async fn a_body_the_upstream_cuts_short_ends_without_a_close_notify() {
 
 #[tokio::test]
 async fn a_tls_client_that_reads_nothing_of_its_answer_is_closed_after_the_idle_timeout() {
-    let (up, closed) = common::endless::spawn().await;
+    let (up, closed) = common::counted::endless().await;
     let ca = Ca::new("test ca");
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(

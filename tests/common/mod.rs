@@ -7,13 +7,13 @@
 //! upstream actually saw. [`Opts`] takes keys for the generated `[server]`
 //! and `[store]` tables and extra tables; [`raw`] has a scripted raw
 //! upstream and a raw client for byte-exact tests; [`outage`] a store a
-//! test can take down; [`ws`] WebSocket clients through the gateway; [`endless`] an upstream
-//! whose answer never ends.
+//! test can take down; [`ws`] WebSocket clients through the gateway; [`counted`] upstreams that
+//! stall or never end, counting the connections the gateway closes.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod certs;
+pub mod counted;
 pub mod cut;
-pub mod endless;
 pub mod outage;
 pub mod pg;
 pub mod raw;
