@@ -445,12 +445,10 @@ async fn serve_hyper<S, H, F>(
                     tracing::debug!(peer = %addr, "the client read nothing of what it was sent in time; closing");
                     return;
                 }
-                Expired::Idle => {
-                    conn.as_mut().graceful_shutdown();
-                    closing_by = Some(Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE));
-                }
-                Expired::StreamStalled => {
-                    tracing::debug!(peer = %addr, "an HTTP/2 stream waited too long for the client's window; closing");
+                Expired::Idle | Expired::StreamStalled => {
+                    if why == Expired::StreamStalled {
+                        tracing::debug!(peer = %addr, "an HTTP/2 stream waited too long for the client's window; closing");
+                    }
                     conn.as_mut().graceful_shutdown();
                     closing_by = Some(Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE));
                 }

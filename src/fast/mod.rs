@@ -226,6 +226,9 @@ struct Client<'a, S> {
     /// phases never overlap, so one timer serves them all: a connection
     /// registers one timer with the runtime, not one per phase.
     timer: Deadline<'a>,
+    /// How long a write may wait for the client to read
+    /// (`server.idle_timeout_seconds`; see [`finish_within`]).
+    send_within: Duration,
     /// The request being answered is a HEAD: its refusals have no body.
     head_request: bool,
     /// Room for the next request's field spans.
@@ -265,6 +268,7 @@ pub async fn serve<S: ClientStream>(
         answered: false,
         done: accepted,
         timer: Deadline::new(sleep),
+        send_within: server.idle_timeout,
         head_request: false,
         room,
     };
@@ -933,8 +937,7 @@ impl<S: ClientStream> Client<'_, S> {
         self.resp.extend_from_slice(&conn.buf[..n]);
         let _ = conn.buf.split_to(n);
         ex.bytes_out = n as u64;
-        let within = self.gateway.config.server.idle_timeout;
-        if write_within(self.stream, &self.resp, &mut self.timer, within)
+        if write_within(self.stream, &self.resp, &mut self.timer, self.send_within)
             .await
             .is_err()
         {
@@ -982,9 +985,14 @@ impl<S: ClientStream> Client<'_, S> {
                 return Next::Abort;
             };
             finished = f;
-            if write_within(self.stream, &conn.buf[..n], &mut self.timer, within)
-                .await
-                .is_err()
+            if write_within(
+                self.stream,
+                &conn.buf[..n],
+                &mut self.timer,
+                self.send_within,
+            )
+            .await
+            .is_err()
             {
                 return Next::Abort;
             }
@@ -1018,8 +1026,8 @@ impl<S: ClientStream> Client<'_, S> {
             // Over TLS, the close is announced first (as nginx's
             // `SSL_shutdown` does, without waiting for the client's).
             if S::OWES_CLOSE_NOTIFY {
-                let within = self.gateway.config.server.idle_timeout;
-                let _ = finish_within(self.stream.shutdown(), &mut self.timer, within).await;
+                let _ =
+                    finish_within(self.stream.shutdown(), &mut self.timer, self.send_within).await;
             }
             return;
         }
@@ -1033,8 +1041,7 @@ impl<S: ClientStream> Client<'_, S> {
     /// of the response before the client has read it, and a response
     /// delimited by the close could not even be told apart from a whole one.
     async fn linger(&mut self) {
-        let within = self.gateway.config.server.idle_timeout;
-        if finish_within(self.stream.shutdown(), &mut self.timer, within)
+        if finish_within(self.stream.shutdown(), &mut self.timer, self.send_within)
             .await
             .is_err()
         {
@@ -1118,8 +1125,7 @@ impl<S: ClientStream> Client<'_, S> {
     /// Writes the answer made in `self.out`; the connection goes on unless
     /// it says `close` or the write fails.
     async fn send_out(&mut self, close: bool) -> Next {
-        let within = self.gateway.config.server.idle_timeout;
-        match write_within(self.stream, &self.out, &mut self.timer, within).await {
+        match write_within(self.stream, &self.out, &mut self.timer, self.send_within).await {
             Ok(()) if !close => Next::KeepAlive,
             Ok(()) => Next::Close,
             Err(_) => Next::Abort,
