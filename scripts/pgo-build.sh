@@ -42,7 +42,10 @@ cleanup() {
 trap cleanup EXIT
 
 echo "pgo: building instrumented (target/pgo/gen)" >&2
-RUSTFLAGS="-Cprofile-generate=$WORK/profile" \
+# Every run below names its profile file (LLVM_PROFILE_FILE), so the path
+# built in is never written; it is fixed so that a second run of this
+# script reuses the instrumented build.
+RUSTFLAGS="-Cprofile-generate=$ROOT/target/pgo/unused" \
     cargo build --release --locked --bin tokengate --target-dir target/pgo/gen
 GEN=target/pgo/gen/release/tokengate
 
@@ -98,8 +101,8 @@ config plain "$PUB" "$ADM"
 # Only the gateways' profiles are kept: the upstream's (hyper as a
 # server, as the h2 path) and the set-up commands' would weigh code the
 # request path does not run that way.
-# (Started in the background without a shell function, so that `$!` is
-# the process itself.)
+# (A process started in the background is started directly, not through
+# a shell function, so that `$!` is the process itself.)
 ASIDE="$WORK/aside/%p.profraw" KEPT="$WORK/profile/%p.profraw"
 aside() { LLVM_PROFILE_FILE=$ASIDE "$GEN" "$@"; }
 LLVM_PROFILE_FILE=$ASIDE "$GEN" echo --listen "127.0.0.1:$UP" >/dev/null 2>&1 &
@@ -137,18 +140,38 @@ train() {
     drive "$b/_tokengate/auth/api/calls" 1000
 }
 
+# while_serving NAME ADMIN_PORT COMMAND...: runs COMMAND while gateway NAME
+# serves, then stops it (SIGTERM: it exits and writes its profile).
+while_serving() {
+    local name=$1 admin=$2 gate
+    shift 2
+    LLVM_PROFILE_FILE=$KEPT "$GEN" --config "$WORK/$name.toml" serve >/dev/null 2>&1 &
+    gate=$!
+    PIDS+=("$gate")
+    wait_up "http://127.0.0.1:$admin/readyz"
+    "$@"
+    kill -TERM "$gate"
+    wait "$gate" || true
+}
+# train_tls BASE: the TLS mix.
+train_tls() {
+    local t=$1 auth=(-H "Authorization: Bearer $TOKEN")
+    drive "$t/api/calls" 10000 "${auth[@]}" --http1.1
+    drive "$t/api/calls" 10000 "${auth[@]}" --http2
+    drive "$t/_tokengate/auth/api/calls" 5000 "${auth[@]}" --http1.1
+    # A handshake per request: curl resumes the session where it can.
+    drive "$t/api/calls" 1000 "${auth[@]}" -H "Connection: close" --http1.1
+    for _ in $(seq 200); do
+        curl -sk -o /dev/null --no-sessionid "${auth[@]}" "$t/api/calls" || true
+    done
+}
+
 # Over plain HTTP, with the access log on (the default) and off.
-for log in on off; do
-    echo "pgo: training over plain HTTP, access log $log" >&2
-    [ "$log" = off ] && sed -i 's|^access_file = .*|access = false|' "$WORK/plain.toml"
-    LLVM_PROFILE_FILE=$KEPT "$GEN" --config "$WORK/plain.toml" serve >/dev/null 2>&1 &
-    GATE=$!
-    PIDS+=("$GATE")
-    wait_up "http://127.0.0.1:$ADM/readyz"
-    train "http://127.0.0.1:$PUB"
-    kill -TERM "$GATE"
-    wait "$GATE" || true
-done
+echo "pgo: training over plain HTTP, access log on" >&2
+while_serving plain "$ADM" train "http://127.0.0.1:$PUB"
+echo "pgo: training over plain HTTP, access log off" >&2
+sed -i 's|^access_file = .*|access = false|' "$WORK/plain.toml"
+while_serving plain "$ADM" train "http://127.0.0.1:$PUB"
 
 if command -v openssl >/dev/null; then
     echo "pgo: training over TLS" >&2
@@ -158,21 +181,7 @@ if command -v openssl >/dev/null; then
     config tls "$TPUB" "$TADM" "[tls]
 cert_file = \"$WORK/cert.pem\"
 key_file = \"$WORK/key.pem\""
-    LLVM_PROFILE_FILE=$KEPT "$GEN" --config "$WORK/tls.toml" serve >/dev/null 2>&1 &
-    GATE=$!
-    PIDS+=("$GATE")
-    wait_up "http://127.0.0.1:$TADM/readyz"
-    t="https://127.0.0.1:$TPUB"
-    drive "$t/api/calls" 10000 -H "Authorization: Bearer $TOKEN" --http1.1
-    drive "$t/api/calls" 10000 -H "Authorization: Bearer $TOKEN" --http2
-    drive "$t/_tokengate/auth/api/calls" 5000 -H "Authorization: Bearer $TOKEN" --http1.1
-    # A handshake per request: curl resumes the session where it can.
-    drive "$t/api/calls" 1000 -H "Authorization: Bearer $TOKEN" -H "Connection: close" --http1.1
-    for _ in $(seq 200); do
-        curl -sk -o /dev/null --no-sessionid -H "Authorization: Bearer $TOKEN" "$t/api/calls" || true
-    done
-    kill -TERM "$GATE"
-    wait "$GATE" || true
+    while_serving tls "$TADM" train_tls "https://127.0.0.1:$TPUB"
 else
     echo "pgo: no openssl: the TLS part of the training is skipped" >&2
 fi
