@@ -59,7 +59,9 @@
 //! requests/s, latency p50 / p99 / p99.9, the proxy's CPU time per request
 //! (from `/proc`), how often per request it slept waiting for a socket
 //! (voluntary context switches), how busy core 0 was (at 100% the load
-//! client and upstream, not the proxy, set the pace), its peak RSS, and
+//! client and upstream, not the proxy, set the pace), its peak RSS, the
+//! TCP segments the machine sent per request (every hop counted, from
+//! `/proc/net/snmp`: a count the VM's noise does not move), and
 //! how many connections the server closed and the client opened again
 //! (nginx closes a client connection after 1000 requests by default; the
 //! client reopens it, as wrk does, so every case runs its whole window);
@@ -684,6 +686,9 @@ struct Outcome {
     hist: Histogram<u64>,
     /// How busy core 0 (load client and upstream) was over the window.
     load_core: f64,
+    /// TCP segments the machine sent over the window (all hops: client,
+    /// proxy, upstream), from [`tcp_out_segments`].
+    segments: u64,
     /// What the built-in TLS client counted, when it drove the case
     /// ([`drive_tls`]).
     handshakes: Option<TlsCounts>,
@@ -733,6 +738,24 @@ fn core0_ticks() -> (u64, u64) {
     // idle and iowait are the 4th and 5th.
     let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
     (total - idle, total)
+}
+
+/// TCP segments this machine has sent so far (`OutSegs` in
+/// `/proc/net/snmp`). Over a case's window only its traffic runs, so the
+/// count per request shows how many packets a request takes on every hop
+/// (a count, not a timing: it does not move with the VM's noise).
+fn tcp_out_segments() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Core 0's busy share between two [`core0_ticks`] readings.
@@ -786,6 +809,7 @@ async fn drive(addr: SocketAddr, path: &str, tokens: Tokens, conns: usize, secs:
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
     let core0 = core0_ticks();
+    let segments0 = tcp_out_segments();
     // Origin form, as browsers, curl and wrk send it.
     let head = Arc::new(format!("GET {path} HTTP/1.1\r\nhost: bench\r\n"));
     let mut tasks = Vec::new();
@@ -872,6 +896,7 @@ async fn drive(addr: SocketAddr, path: &str, tokens: Tokens, conns: usize, secs:
         elapsed: start.elapsed(),
         hist: total,
         load_core: busy_between(core0, core0_ticks()),
+        segments: tcp_out_segments().saturating_sub(segments0),
         handshakes: None,
     }
 }
@@ -925,8 +950,10 @@ fn drive_wrk_as(
         "http"
     };
     let core0 = core0_ticks();
+    let segments0 = tcp_out_segments();
     let out = cmd.arg(format!("{scheme}://{addr}{path}")).output().ok()?;
     let load_core = busy_between(core0, core0_ticks());
+    let segments = tcp_out_segments().saturating_sub(segments0);
     let text = String::from_utf8_lossy(&out.stdout);
     let num = |line: &str, i: usize| -> Option<f64> {
         let v = line.split_whitespace().nth(i)?;
@@ -962,6 +989,7 @@ fn drive_wrk_as(
         elapsed: Duration::from_secs_f64(secs.ceil()),
         hist,
         load_core,
+        segments,
         handshakes: None,
     })
 }
@@ -1014,6 +1042,7 @@ async fn drive_tls(
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
     let core0 = core0_ticks();
+    let segments0 = tcp_out_segments();
     let own_cpu = cpu_seconds(std::process::id());
     let mut tasks = Vec::new();
     for _ in 0..conns {
@@ -1083,6 +1112,7 @@ async fn drive_tls(
         elapsed: start.elapsed(),
         hist: total,
         load_core: busy_between(core0, core0_ticks()),
+        segments: tcp_out_segments().saturating_sub(segments0),
         handshakes: Some(TlsCounts {
             resumed,
             handshakes,
@@ -1207,6 +1237,8 @@ struct Row {
     /// Core 0's busy share: at 100% the load client and upstream, not the
     /// proxy, set the pace.
     load_core: f64,
+    /// TCP segments per request, every hop counted.
+    segments: f64,
     /// What the built-in TLS client counted (its cases only).
     handshakes: Option<TlsCounts>,
 }
@@ -1251,6 +1283,7 @@ fn row_of(name: &str, o: &Outcome, procs: &[(&Proxy, Mark)]) -> Row {
         non_2xx: o.non_2xx,
         reopened: o.reopened,
         load_core: o.load_core,
+        segments: o.segments as f64 / n,
         handshakes: o.handshakes,
     }
 }
@@ -1274,6 +1307,7 @@ fn median_row(name: &str, of: &[&Row]) -> Option<Row> {
         non_2xx: of.iter().map(|r| r.non_2xx).sum(),
         reopened: of.iter().map(|r| r.reopened).sum(),
         load_core: median_of(of.iter().map(|r| r.load_core).collect()),
+        segments: median_of(of.iter().map(|r| r.segments).collect()),
         handshakes: of
             .iter()
             .filter_map(|r| r.handshakes)
@@ -1320,7 +1354,7 @@ fn median_of(mut v: Vec<f64>) -> f64 {
 fn print_row(r: &Row, direct: Option<&Row>) {
     let ratio = direct.map_or(String::new(), |d| format!("{:.2}x", r.rps / d.rps));
     println!(
-        "{:<17} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7.0}% {:>9} {:>8} {:>8} {:>7}",
+        "{:<17} {:>10.0} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7.0}% {:>9} {:>8.2} {:>8} {:>8} {:>7}",
         r.name,
         r.rps,
         r.p50,
@@ -1330,6 +1364,7 @@ fn print_row(r: &Row, direct: Option<&Row>) {
         r.sleeps.map_or("-".into(), |c| format!("{c:.3}")),
         r.load_core * 100.0,
         r.rss.map_or("-".into(), |m| format!("{m:.1}")),
+        r.segments,
         r.non_2xx,
         r.reopened,
         ratio
@@ -1509,8 +1544,8 @@ fn main() {
             if use_wrk { "wrk for fixed-token cases" } else { "built-in" }
         );
         println!(
-            "{:<17} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>7}",
-            "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "sleeps/req", "core 0", "rss MiB", "non-2xx", "reopened", "/direct"
+            "{:<17} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>7}",
+            "case", "req/s", "p50 us", "p99 us", "p99.9us", "cpu us/req", "sleeps/req", "core 0", "rss MiB", "segs/req", "non-2xx", "reopened", "/direct"
         );
         // Interleaved rounds: every case once per round, medians reported,
         // so that a noisy moment hurts one sample, not one case.

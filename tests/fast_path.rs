@@ -501,6 +501,57 @@ async fn client_connection_close_is_honoured() {
     c.expect_eof().await;
 }
 
+/// A connection's last answer leaves in one segment with its FIN (the
+/// gateway holds its tail back for the close, `MSG_MORE`), where a FIN of
+/// its own would be one more segment for the client to take in: proxied,
+/// refused, and with a request pipelined behind it (the lingering close's
+/// FIN). Counted by the kernel on the client's socket (`ss -ti`); skipped
+/// without `ss`.
+#[tokio::test]
+async fn a_closing_answer_carries_its_fin() {
+    if std::process::Command::new("ss").arg("-V").output().is_err() {
+        eprintln!("skipped: no `ss` (iproute2) to count segments with");
+        return;
+    }
+    let up = upstream().await;
+    let g = gateway(&up).await;
+    let closing =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    let pipelined = closing("/up/first") + &get("/up/never");
+    for (request, status) in [
+        (closing("/up/closing"), 200),
+        (closing("/nowhere"), 404),
+        (pipelined, 200),
+    ] {
+        let mut c = Client::connect(g.addr).await;
+        c.send(request.as_bytes()).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, status, "{}", r.head);
+        assert!(r.says_close(), "{}", r.head);
+        c.expect_eof().await;
+        // Still open on this side, so the kernel still has its counts.
+        let ours = c.stream.local_addr().unwrap();
+        let out = std::process::Command::new("ss")
+            .args(["-tinH", "src", &ours.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let count = |name: &str| -> u64 {
+            text.split_whitespace()
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix(':')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+        };
+        let (segs, data) = (count("segs_in"), count("data_segs_in"));
+        // The SYN-ACK and the request's ACK carry no data; every other
+        // segment does.
+        assert!(
+            segs <= data + 2,
+            "{request:?}: {segs} segments in, {data} with data: the FIN came on its own"
+        );
+    }
+    assert_eq!(up.count("/up/never"), 0);
+}
+
 #[tokio::test]
 async fn gateway_headers_and_credentials_from_the_client_never_reach_the_upstream() {
     // tests/proxy.rs covers a single `Connection: close` GET; this is a

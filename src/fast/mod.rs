@@ -178,6 +178,11 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
 
     /// Whether a close owes the client a word first (TLS: `close_notify`).
     const OWES_CLOSE_NOTIFY: bool = false;
+
+    /// Says that the writes from here on are the connection's last: its
+    /// close follows them at once, and may carry their tail (a plain TCP
+    /// socket sends the last segment with the FIN). Nothing by default.
+    fn last_writes(&mut self) {}
 }
 
 impl ClientStream for tokio::net::TcpStream {
@@ -937,6 +942,9 @@ impl<S: ClientStream> Client<'_, S> {
         self.resp.extend_from_slice(&conn.buf[..n]);
         let _ = conn.buf.split_to(n);
         ex.bytes_out = n as u64;
+        if close && finished {
+            self.stream.last_writes();
+        }
         if write_within(self.stream, &self.resp, &mut self.timer, self.send_within)
             .await
             .is_err()
@@ -985,6 +993,9 @@ impl<S: ClientStream> Client<'_, S> {
                 return Next::Abort;
             };
             finished = f;
+            if close && finished {
+                self.stream.last_writes();
+            }
             if write_within(
                 self.stream,
                 &conn.buf[..n],
@@ -1125,6 +1136,9 @@ impl<S: ClientStream> Client<'_, S> {
     /// Writes the answer made in `self.out`; the connection goes on unless
     /// it says `close` or the write fails.
     async fn send_out(&mut self, close: bool) -> Next {
+        if close {
+            self.stream.last_writes();
+        }
         match write_within(self.stream, &self.out, &mut self.timer, self.send_within).await {
             Ok(()) if !close => Next::KeepAlive,
             Ok(()) => Next::Close,
