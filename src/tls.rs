@@ -225,19 +225,23 @@ pub fn build(table: &str, f: &FileTls) -> Result<TlsSettings, TlsError> {
     })
 }
 
-/// A finished server-side TLS stream over TCP.
-pub type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+/// A finished server-side TLS stream over a connection (`IO`: the
+/// server's TCP socket).
+pub type TlsStream<IO> = tokio_rustls::server::TlsStream<IO>;
 
 /// Runs the server side of a handshake on an accepted connection, which
 /// must finish by `by` (the connection's first-head deadline: a client
 /// that sends nothing, or plain HTTP, is not waited on for longer, and
 /// anything not a TLS handshake fails it at once). Returns the stream and
 /// whether the client chose HTTP/2 by ALPN.
-pub async fn accept(
+pub async fn accept<IO>(
     config: Arc<ServerConfig>,
-    tcp: tokio::net::TcpStream,
+    tcp: IO,
     by: tokio::time::Instant,
-) -> std::io::Result<(TlsStream, bool)> {
+) -> std::io::Result<(TlsStream<IO>, bool)>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
     let stream = tokio::time::timeout_at(by, handshake).await.map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake in time")

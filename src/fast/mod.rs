@@ -194,7 +194,7 @@ impl ClientStream for tokio::net::TcpStream {
     }
 }
 
-impl ClientStream for crate::tls::TlsStream {
+impl<S: ClientStream> ClientStream for crate::tls::TlsStream<S> {
     /// Nothing unread by TLS (no plaintext waiting, no `close_notify`
     /// taken in) nor on the socket below it.
     fn nothing_unread(&self) -> bool {
@@ -203,6 +203,12 @@ impl ClientStream for crate::tls::TlsStream {
     }
 
     const OWES_CLOSE_NOTIFY: bool = true;
+
+    /// The socket's: the last records, `close_notify` among them, go
+    /// with its FIN.
+    fn last_writes(&mut self) {
+        self.get_mut().0.last_writes();
+    }
 }
 
 /// One client connection's state.
