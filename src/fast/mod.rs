@@ -93,6 +93,9 @@
 //!   the answer (harmless), or bytes it should not have sent after its
 //!   `Connection: close`, which may then cost it the answer's end, as from
 //!   nginx; TLS bytes rustls holds short of a whole record are not seen.
+//!   The last answer's writes say so first ([`ClientStream::last_writes`]):
+//!   the client socket holds their tail back, and the close (or the
+//!   lingering close's FIN) sends it with the FIN in one segment.
 
 pub mod wire;
 
