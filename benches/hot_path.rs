@@ -136,7 +136,11 @@ fn cache(c: &mut Criterion) {
             .await
             .unwrap();
         store.migrate().await.unwrap();
-        let t = store.create_tenant("bench", 0).await.unwrap();
+        let t = store
+            .create_tenant("bench", 0, &NewAuditEvent::default(), None)
+            .await
+            .unwrap()
+            .0;
         let (a, _) = store
             .create_account(
                 &NewAccount {

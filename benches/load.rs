@@ -135,7 +135,7 @@ use http::HeaderValue;
 use sqlx::Connection;
 use tokengate::config::DatabaseUrl;
 use tokengate::store::sqlite::SqliteStore;
-use tokengate::store::{NewAccount, TokenStore};
+use tokengate::store::{NewAccount, NewAuditEvent, TokenStore};
 use tokengate::token::{TokenFormat, TokenKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1406,7 +1406,10 @@ fn main() {
         .await
         .unwrap();
         store.migrate().await.unwrap();
-        let tenant = store.create_tenant("load", 0).await.unwrap();
+        let (tenant, _) = store
+            .create_tenant("load", 0, &NewAuditEvent::default(), None)
+            .await
+            .unwrap();
         let (account, _) = store
             .create_account(
                 &NewAccount {

@@ -507,21 +507,9 @@ async fn create_tenant(
 ) -> Result<Response<Body>, ApiError> {
     require_root(caller)?;
     let name = required_name(f, "name")?;
-    let t = g.issuer.create_tenant(&name, &caller.actor()).await?;
-    let m = g
+    let (t, m) = g
         .issuer
-        .mint(
-            MintRequest {
-                kind: TokenKind::TenantAdmin,
-                tenant_id: Some(t.id),
-                account_id: None,
-                workspace_id: None,
-                name: "admin".into(),
-                abilities: vec![ability("*")?],
-                expires_at: None,
-            },
-            &caller.actor(),
-        )
+        .create_tenant_with_admin(&name, &caller.actor())
         .await?;
     let mut body = tenant_json(&t);
     body["admin_token"] = json!(m.secret.expose());

@@ -362,21 +362,7 @@ async fn tenant(cfg: Config, cmd: TenantCommand) -> Result<(), CliError> {
     let actor = Actor::default();
     match cmd {
         TenantCommand::Create { name } => {
-            let t = issuer.create_tenant(&name, &actor).await?;
-            let m = issuer
-                .mint(
-                    MintRequest {
-                        kind: TokenKind::TenantAdmin,
-                        tenant_id: Some(t.id),
-                        account_id: None,
-                        workspace_id: None,
-                        name: "admin".into(),
-                        abilities: vec![Ability::parse("*")?],
-                        expires_at: None,
-                    },
-                    &actor,
-                )
-                .await?;
+            let (t, m) = issuer.create_tenant_with_admin(&name, &actor).await?;
             let mut v = tenant_json(&t);
             v["admin_token"] = serde_json::json!(m.secret.expose());
             v["admin_token_id"] = serde_json::json!(m.row.id);

@@ -233,14 +233,58 @@ impl Issuer {
         &self.clock
     }
 
-    /// Creates a tenant.
+    /// Creates a tenant (and its `tenant.created` event, in the same
+    /// transaction).
     pub async fn create_tenant(&self, name: &str, actor: &Actor) -> Result<Tenant, IssueError> {
         validate_name("name", name)?;
+        let event = self.event(actor, "tenant.created", None, None);
+        let (store, name) = (Arc::clone(&self.store), name.to_string());
         let now = self.clock.now();
-        let t = self.store.create_tenant(name, now).await?;
-        self.audit(actor, "tenant.created", Some(t.id), None, None)
-            .await?;
-        Ok(t)
+        detached(async move { Ok(store.create_tenant(&name, now, &event, None).await?.0) }).await
+    }
+
+    /// Creates a tenant with its first tenant-admin token (named `admin`,
+    /// every ability): the tenant, the token and both their events are
+    /// committed together or not at all, so a failure (or a caller gone
+    /// midway) never leaves a tenant nobody holds a token for.
+    pub async fn create_tenant_with_admin(
+        &self,
+        name: &str,
+        actor: &Actor,
+    ) -> Result<(Tenant, Minted), IssueError> {
+        validate_name("name", name)?;
+        let now = self.clock.now();
+        let event = self.event(actor, "tenant.created", None, None);
+        let req = MintRequest {
+            kind: TokenKind::TenantAdmin,
+            tenant_id: None,
+            account_id: None,
+            workspace_id: None,
+            name: "admin".into(),
+            abilities: vec![Ability::parse("*").map_err(|e| IssueError::Invalid(e.to_string()))?],
+            expires_at: None,
+        };
+        let (token, token_event, secret) =
+            self.new_token(&req, LimitsChange::default(), actor, now)?;
+        let (store, cache) = (Arc::clone(&self.store), self.cache.clone());
+        let name = name.to_string();
+        let (t, row) = detached(async move {
+            let made = store
+                .create_tenant(&name, now, &event, Some((&token, &token_event)))
+                .await?;
+            // As for any mint: no negative entry may outlive it.
+            if let Some(cache) = cache {
+                cache.invalidate_token(token.hash).await;
+            }
+            Ok(made)
+        })
+        .await?;
+        let row = row.ok_or_else(|| {
+            IssueError::Store(StoreError::Other(
+                "the tenant's token was not written".into(),
+            ))
+        })?;
+        Ok((t, Minted { row, secret }))
     }
 
     /// Creates an account (and its workspace, if named).
@@ -297,16 +341,40 @@ impl Issuer {
         limits: LimitsChange,
         actor: &Actor,
     ) -> Result<Minted, IssueError> {
-        validate_name("name", &req.name)?;
         let now = self.clock.now();
+        let (token, audit, secret) = self.new_token(&req, limits, actor, now)?;
+        self.check_owner(&req).await?;
+        let hash = token.hash;
+        let (store, cache) = (Arc::clone(&self.store), self.cache.clone());
+        let row = detached(async move {
+            let row = store.insert_token(&token, &audit).await?;
+            // A negative entry for this hash (someone guessed it?) must not
+            // outlive the mint.
+            if let Some(cache) = cache {
+                cache.invalidate_token(hash).await;
+            }
+            Ok(row)
+        })
+        .await?;
+        Ok(Minted { row, secret })
+    }
+
+    /// A token to mint and its `token.issued` event, checked (name,
+    /// expiry), with its secret: nothing is written.
+    fn new_token(
+        &self,
+        req: &MintRequest,
+        limits: LimitsChange,
+        actor: &Actor,
+        now: i64,
+    ) -> Result<(NewToken, NewAuditEvent, Secret), IssueError> {
+        validate_name("name", &req.name)?;
         if let Some(exp) = req.expires_at {
             if exp <= now {
                 return Err(IssueError::Invalid("expiry must be in the future".into()));
             }
         }
-        self.check_owner(&req).await?;
         let secret = self.format.generate(req.kind);
-        let hash = secret.hash();
         let id = Uuid::now_v7().to_string();
         let token = NewToken {
             id: id.clone(),
@@ -314,14 +382,14 @@ impl Issuer {
             tenant_id: req.tenant_id,
             account_id: req.account_id,
             workspace_id: req.workspace_id,
-            name: req.name,
+            name: req.name.clone(),
             abilities: req
                 .abilities
                 .iter()
                 .map(|a| a.as_str().to_string())
                 .collect(),
             display_prefix: secret.display_prefix().to_string(),
-            hash,
+            hash: secret.hash(),
             created_at: now,
             expires_at: req.expires_at,
             created_by: actor.token_id.clone(),
@@ -337,18 +405,7 @@ impl Issuer {
             outcome: "ok".into(),
             detail: Some(format!("kind {}", req.kind)),
         };
-        let (store, cache) = (Arc::clone(&self.store), self.cache.clone());
-        let row = detached(async move {
-            let row = store.insert_token(&token, &audit).await?;
-            // A negative entry for this hash (someone guessed it?) must not
-            // outlive the mint.
-            if let Some(cache) = cache {
-                cache.invalidate_token(hash).await;
-            }
-            Ok(row)
-        })
-        .await?;
-        Ok(Minted { row, secret })
+        Ok((token, audit, secret))
     }
 
     /// Registers a token from a legacy system by its SHA-256. The token

@@ -81,8 +81,16 @@ async fn suite(s: Arc<dyn TokenStore>) {
     s.ping().await.unwrap();
 
     // Tenants.
-    let t1 = s.create_tenant("one", 100).await.unwrap();
-    let t2 = s.create_tenant("two", 101).await.unwrap();
+    let t1 = s
+        .create_tenant("one", 100, &NewAuditEvent::default(), None)
+        .await
+        .unwrap()
+        .0;
+    let t2 = s
+        .create_tenant("two", 101, &NewAuditEvent::default(), None)
+        .await
+        .unwrap()
+        .0;
     assert_eq!(t1.status, Status::Active);
     assert_eq!(
         s.list_tenants().await.unwrap(),
@@ -362,6 +370,52 @@ async fn suite(s: Arc<dyn TokenStore>) {
     let t2_events = s.list_audit(Some(t2.id), 100).await.unwrap();
     assert!(t2_events.iter().all(|e| e.tenant_id == Some(t2.id)));
     assert_eq!(s.list_audit(None, 2).await.unwrap().len(), 2);
+
+    // A tenant with its first token: written together, events included,
+    // or not at all.
+    let tenants = s.list_tenants().await.unwrap().len();
+    let events = s.list_audit(None, 1_000).await.unwrap().len();
+    let (first, first_hash) = new_token(TokenKind::TenantAdmin, None, None);
+    let (t3, row) = s
+        .create_tenant(
+            "three",
+            102,
+            &audit("tenant.created", None),
+            Some((&first, &audit("token.issued", None))),
+        )
+        .await
+        .unwrap();
+    let row = row.unwrap();
+    assert_eq!(
+        (row.id.as_str(), row.tenant_id),
+        (first.id.as_str(), Some(t3.id))
+    );
+    let record = s.lookup(&first_hash).await.unwrap().unwrap();
+    assert_eq!(record.tenant_id, Some(t3.id));
+    let mut t3_events: Vec<_> = s
+        .list_audit(Some(t3.id), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    t3_events.sort();
+    assert_eq!(t3_events, ["tenant.created", "token.issued"]);
+    // The same token id again: its insert fails, and with it the tenant
+    // and both events.
+    let (mut clash, _) = new_token(TokenKind::TenantAdmin, None, None);
+    clash.id = first.id.clone();
+    assert!(s
+        .create_tenant(
+            "four",
+            103,
+            &audit("tenant.created", None),
+            Some((&clash, &audit("token.issued", None))),
+        )
+        .await
+        .is_err());
+    assert_eq!(s.list_tenants().await.unwrap().len(), tenants + 1);
+    assert_eq!(s.list_audit(None, 1_000).await.unwrap().len(), events + 2);
 }
 
 #[tokio::test]
@@ -373,7 +427,11 @@ async fn sqlite_passes_the_store_suite() {
 #[tokio::test]
 async fn sqlite_store_survives_reopen() {
     let (s, dir) = sqlite().await;
-    let t = s.create_tenant("kept", 1).await.unwrap();
+    let t = s
+        .create_tenant("kept", 1, &NewAuditEvent::default(), None)
+        .await
+        .unwrap()
+        .0;
     drop(s);
     let url = DatabaseUrl::new(format!("sqlite://{}", dir.path().join("s.db").display()));
     let s = SqliteStore::connect(&url, 1, Duration::from_secs(5))
@@ -398,7 +456,11 @@ async fn pg_postgres_passes_the_store_suite() {
 #[tokio::test]
 async fn sqlite_concurrent_writes_queue_instead_of_failing() {
     let (s, _dir) = sqlite().await;
-    let t = s.create_tenant("busy", 1).await.unwrap();
+    let t = s
+        .create_tenant("busy", 1, &NewAuditEvent::default(), None)
+        .await
+        .unwrap()
+        .0;
     let mut tasks = Vec::new();
     for i in 0..40 {
         let s = Arc::clone(&s);

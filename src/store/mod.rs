@@ -408,8 +408,16 @@ pub trait TokenStore: TokenLookup + 'static {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Creates a tenant.
-    async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant, StoreError>;
+    /// Creates a tenant, its `audit` event and, when given, its first
+    /// token with that token's event, in one transaction: all of them or
+    /// none. The new tenant's id is written into the events and the token.
+    async fn create_tenant(
+        &self,
+        name: &str,
+        now: i64,
+        audit: &NewAuditEvent,
+        first_token: Option<(&NewToken, &NewAuditEvent)>,
+    ) -> Result<(Tenant, Option<TokenRow>), StoreError>;
     /// A tenant by id.
     async fn get_tenant(&self, id: i64) -> Result<Option<Tenant>, StoreError>;
     /// Every tenant, by id.

@@ -186,6 +186,43 @@ const TOKEN_COLUMNS: &str = "id, kind, tenant_id, account_id, workspace_id, name
      display_prefix, created_at, expires_at, revoked_at, last_used_at, created_by, \
      rate_limit_requests, rate_limit_window_seconds, quota_requests, quota_period, quota_used, quota_period_start";
 
+/// Inserts a token's row (its event and notification are the caller's to
+/// write, in the same transaction).
+async fn insert_token_row<'c, E>(exec: E, t: &NewToken) -> Result<TokenRow, StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let abilities = serde_json::to_string(&t.abilities)
+        .map_err(|e| StoreError::Other(format!("abilities: {e}")))?;
+    let r = sqlx::query(&format!(
+        "INSERT INTO tokens (id, kind, tenant_id, account_id, workspace_id, name, abilities, \
+                             display_prefix, hash, created_at, expires_at, created_by, \
+                             rate_limit_requests, rate_limit_window_seconds, quota_requests, \
+                             quota_period) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         RETURNING {TOKEN_COLUMNS}"
+    ))
+    .bind(&t.id)
+    .bind(t.kind.as_str())
+    .bind(t.tenant_id)
+    .bind(t.account_id)
+    .bind(t.workspace_id)
+    .bind(&t.name)
+    .bind(&abilities)
+    .bind(&t.display_prefix)
+    .bind(&t.hash.0[..])
+    .bind(t.created_at)
+    .bind(t.expires_at)
+    .bind(&t.created_by)
+    .bind(t.rate_limit.map(|l| i64::from(l.requests)))
+    .bind(t.rate_limit.map(|l| i64::from(l.window_seconds)))
+    .bind(t.quota.map(|q| i64::from(q.requests)))
+    .bind(t.quota.map(|q| q.period.as_str()))
+    .fetch_one(exec)
+    .await?;
+    token_row(&r)
+}
+
 async fn insert_audit<'c, E>(exec: E, e: &NewAuditEvent) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
@@ -238,16 +275,44 @@ impl TokenStore for PgStore {
         Ok(())
     }
 
-    async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant, StoreError> {
+    async fn create_tenant(
+        &self,
+        name: &str,
+        now: i64,
+        audit: &NewAuditEvent,
+        first_token: Option<(&NewToken, &NewAuditEvent)>,
+    ) -> Result<(Tenant, Option<TokenRow>), StoreError> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO tenants (name, status, created_at) VALUES ($1, 'active', $2) \
              RETURNING id, name, status, created_at",
         )
         .bind(name)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        tenant(&r)
+        let t = tenant(&r)?;
+        let of_tenant = |e: &NewAuditEvent| NewAuditEvent {
+            tenant_id: Some(t.id),
+            ..e.clone()
+        };
+        insert_audit(&mut *tx, &of_tenant(audit)).await?;
+        let token = match first_token {
+            Some((token, event)) => {
+                let token = NewToken {
+                    tenant_id: Some(t.id),
+                    ..token.clone()
+                };
+                let row = insert_token_row(&mut *tx, &token).await?;
+                insert_audit(&mut *tx, &of_tenant(event)).await?;
+                // Other instances may hold a negative entry for this hash.
+                notify(&mut *tx, &self.channel, Invalidation::Token(token.hash)).await?;
+                Some(row)
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok((t, token))
     }
 
     async fn get_tenant(&self, id: i64) -> Result<Option<Tenant>, StoreError> {
@@ -456,40 +521,13 @@ impl TokenStore for PgStore {
         t: &NewToken,
         audit: &NewAuditEvent,
     ) -> Result<TokenRow, StoreError> {
-        let abilities = serde_json::to_string(&t.abilities)
-            .map_err(|e| StoreError::Other(format!("abilities: {e}")))?;
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(&format!(
-            "INSERT INTO tokens (id, kind, tenant_id, account_id, workspace_id, name, abilities, \
-                                 display_prefix, hash, created_at, expires_at, created_by, \
-                                 rate_limit_requests, rate_limit_window_seconds, quota_requests, \
-                                 quota_period) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             RETURNING {TOKEN_COLUMNS}"
-        ))
-        .bind(&t.id)
-        .bind(t.kind.as_str())
-        .bind(t.tenant_id)
-        .bind(t.account_id)
-        .bind(t.workspace_id)
-        .bind(&t.name)
-        .bind(&abilities)
-        .bind(&t.display_prefix)
-        .bind(&t.hash.0[..])
-        .bind(t.created_at)
-        .bind(t.expires_at)
-        .bind(&t.created_by)
-        .bind(t.rate_limit.map(|l| i64::from(l.requests)))
-        .bind(t.rate_limit.map(|l| i64::from(l.window_seconds)))
-        .bind(t.quota.map(|q| i64::from(q.requests)))
-        .bind(t.quota.map(|q| q.period.as_str()))
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = insert_token_row(&mut *tx, t).await?;
         insert_audit(&mut *tx, audit).await?;
         // Other instances may hold a negative entry for this hash.
         notify(&mut *tx, &self.channel, Invalidation::Token(t.hash)).await?;
         tx.commit().await?;
-        token_row(&r)
+        Ok(row)
     }
 
     async fn get_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {

@@ -111,6 +111,42 @@ where
     Ok(())
 }
 
+/// Inserts a token's row (its event is the caller's to write, in the same
+/// transaction).
+async fn insert_token_row<'c, E>(exec: E, t: &NewToken) -> Result<TokenRow, StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    let abilities = serde_json::to_string(&t.abilities)
+        .map_err(|e| StoreError::Other(format!("abilities: {e}")))?;
+    let r = sqlx::query(&format!(
+        "INSERT INTO tokens (id, kind, tenant_id, account_id, workspace_id, name, abilities, \
+                             display_prefix, hash, created_at, expires_at, created_by, \
+                             rate_limit_requests, rate_limit_window_seconds, quota_requests, \
+                             quota_period) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {TOKEN_COLUMNS}"
+    ))
+    .bind(&t.id)
+    .bind(t.kind.as_str())
+    .bind(t.tenant_id)
+    .bind(t.account_id)
+    .bind(t.workspace_id)
+    .bind(&t.name)
+    .bind(&abilities)
+    .bind(&t.display_prefix)
+    .bind(&t.hash.0[..])
+    .bind(t.created_at)
+    .bind(t.expires_at)
+    .bind(&t.created_by)
+    .bind(t.rate_limit.map(|l| i64::from(l.requests)))
+    .bind(t.rate_limit.map(|l| i64::from(l.window_seconds)))
+    .bind(t.quota.map(|q| i64::from(q.requests)))
+    .bind(t.quota.map(|q| q.period.as_str()))
+    .fetch_one(exec)
+    .await?;
+    token_row(&r)
+}
+
 /// A random 12-digit customer id (leading zeros allowed, as documented).
 pub(crate) fn random_customer_id() -> String {
     format!(
@@ -151,16 +187,42 @@ impl TokenStore for SqliteStore {
         Ok(())
     }
 
-    async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant, StoreError> {
+    async fn create_tenant(
+        &self,
+        name: &str,
+        now: i64,
+        audit: &NewAuditEvent,
+        first_token: Option<(&NewToken, &NewAuditEvent)>,
+    ) -> Result<(Tenant, Option<TokenRow>), StoreError> {
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query(
             "INSERT INTO tenants (name, status, created_at) VALUES (?, 'active', ?) \
              RETURNING id, name, status, created_at",
         )
         .bind(name)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        tenant(&r)
+        let t = tenant(&r)?;
+        let of_tenant = |e: &NewAuditEvent| NewAuditEvent {
+            tenant_id: Some(t.id),
+            ..e.clone()
+        };
+        insert_audit(&mut *tx, &of_tenant(audit)).await?;
+        let token = match first_token {
+            Some((token, event)) => {
+                let token = NewToken {
+                    tenant_id: Some(t.id),
+                    ..token.clone()
+                };
+                let row = insert_token_row(&mut *tx, &token).await?;
+                insert_audit(&mut *tx, &of_tenant(event)).await?;
+                Some(row)
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok((t, token))
     }
 
     async fn get_tenant(&self, id: i64) -> Result<Option<Tenant>, StoreError> {
@@ -367,37 +429,11 @@ impl TokenStore for SqliteStore {
         t: &NewToken,
         audit: &NewAuditEvent,
     ) -> Result<TokenRow, StoreError> {
-        let abilities = serde_json::to_string(&t.abilities)
-            .map_err(|e| StoreError::Other(format!("abilities: {e}")))?;
         let mut tx = self.write_tx().await?;
-        let r = sqlx::query(&format!(
-            "INSERT INTO tokens (id, kind, tenant_id, account_id, workspace_id, name, abilities, \
-                                 display_prefix, hash, created_at, expires_at, created_by, \
-                                 rate_limit_requests, rate_limit_window_seconds, quota_requests, \
-                                 quota_period) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {TOKEN_COLUMNS}"
-        ))
-        .bind(&t.id)
-        .bind(t.kind.as_str())
-        .bind(t.tenant_id)
-        .bind(t.account_id)
-        .bind(t.workspace_id)
-        .bind(&t.name)
-        .bind(&abilities)
-        .bind(&t.display_prefix)
-        .bind(&t.hash.0[..])
-        .bind(t.created_at)
-        .bind(t.expires_at)
-        .bind(&t.created_by)
-        .bind(t.rate_limit.map(|l| i64::from(l.requests)))
-        .bind(t.rate_limit.map(|l| i64::from(l.window_seconds)))
-        .bind(t.quota.map(|q| i64::from(q.requests)))
-        .bind(t.quota.map(|q| q.period.as_str()))
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = insert_token_row(&mut *tx, t).await?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
-        token_row(&r)
+        Ok(row)
     }
 
     async fn get_token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {

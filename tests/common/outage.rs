@@ -69,9 +69,17 @@ impl TokenStore for Switched {
         self.outage.check()?;
         self.inner.ping().await
     }
-    async fn create_tenant(&self, name: &str, now: i64) -> Result<Tenant, StoreError> {
+    async fn create_tenant(
+        &self,
+        name: &str,
+        now: i64,
+        audit: &NewAuditEvent,
+        first_token: Option<(&NewToken, &NewAuditEvent)>,
+    ) -> Result<(Tenant, Option<TokenRow>), StoreError> {
         self.outage.check()?;
-        self.inner.create_tenant(name, now).await
+        self.inner
+            .create_tenant(name, now, audit, first_token)
+            .await
     }
     async fn get_tenant(&self, id: i64) -> Result<Option<Tenant>, StoreError> {
         self.outage.check()?;
