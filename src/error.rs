@@ -89,6 +89,37 @@ pub enum Denial {
     QuotaExceeded(Refusal),
 }
 
+/// A refusal on its way to its response: the [`Denial`] and, for a 405
+/// about a path other than the request's own (forward auth asks about the
+/// original request's), the normalised path whose routes its `Allow`
+/// lists.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub denial: Denial,
+    /// The path a 405's `Allow` is for, when not the request's own.
+    pub allow_for: Option<String>,
+}
+
+impl Refused {
+    /// A refusal from routing `path`: a 405 keeps the path for its `Allow`.
+    pub fn routing(denial: Denial, path: &str) -> Self {
+        Self {
+            denial,
+            allow_for: (denial == Denial::MethodNotAllowed).then(|| path.to_owned()),
+        }
+    }
+}
+
+impl From<Denial> for Refused {
+    fn from(denial: Denial) -> Self {
+        Self {
+            denial,
+            allow_for: None,
+        }
+    }
+}
+
 impl Denial {
     /// The HTTP status for this denial.
     pub fn status(self) -> StatusCode {

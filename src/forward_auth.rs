@@ -32,7 +32,7 @@ use http::{Method, Response};
 use crate::body::{full, Body};
 use crate::cache::MemoUse;
 use crate::config::ForwardAuthConfig;
-use crate::error::Denial;
+use crate::error::{Denial, Refused};
 use crate::fields::{RequestFields, X_REQUEST_ID};
 use crate::gateway::{Admission, Gateway, Snapshot};
 use crate::route::{normalize_path, PathError};
@@ -77,7 +77,7 @@ pub fn suffix<'a>(
 /// `own_method` is the request's method and `suffix` what [`suffix`]
 /// found.
 /// `snapshot`: the request's ([`Gateway::snapshot`]); `started`: when its
-/// head was read.
+/// head was read. A 405 names the original path, for its `Allow`.
 #[allow(clippy::too_many_arguments)]
 pub async fn decide(
     g: &Gateway,
@@ -88,9 +88,11 @@ pub async fn decide(
     memo: MemoUse<'_>,
     client_ip: IpAddr,
     started: Instant,
-) -> Result<Admission, Denial> {
+) -> Result<Admission, Refused> {
     let (method, path) = original(own_method, suffix, fields)?;
-    let (route, _) = snapshot.route(&path, &method, fields)?;
+    let (route, _) = snapshot
+        .route(&path, &method, fields)
+        .map_err(|d| Refused::routing(d, &path))?;
     let admission = g.admit(route, fields, memo, client_ip, started).await?;
     g.metrics.forward_auth_allowed.inc();
     Ok(admission)

@@ -20,6 +20,7 @@
 //! request whose reused connection closed before answering; no request with
 //! side effects reaches an upstream twice.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use crate::auth::extract_credential;
 use crate::body::{parts_response, Body, BoxError, Stalling};
 use crate::cache::MemoUse;
-use crate::error::Denial;
+use crate::error::{Denial, Refused};
 use crate::fields::{list_has, RequestFields, X_REQUEST_ID};
 use crate::forward_auth;
 use crate::gateway::{check_method, Admission, Gateway, Snapshot, TunnelEnd};
@@ -69,10 +70,12 @@ pub async fn handle(g: &Arc<Gateway>, req: Request<Incoming>, peer: &Peer) -> Re
     let uri = req.uri().clone();
     let resp = match process(g, req, peer, &mut ex).await {
         Ok(resp) => resp,
-        Err(denial) => {
+        Err(Refused { denial, allow_for }) => {
             ex.code = Some(denial.code());
             let path = match denial {
-                Denial::MethodNotAllowed => normalize_path(uri.path()).ok(),
+                Denial::MethodNotAllowed => allow_for
+                    .map(Cow::Owned)
+                    .or_else(|| normalize_path(uri.path()).ok()),
                 _ => None,
             };
             parts_response(g.refusal(denial, &ex.request_id, path.as_deref()))
@@ -88,7 +91,7 @@ async fn process(
     req: Request<Incoming>,
     peer: &Peer,
     ex: &mut Exchange,
-) -> Result<Response<Body>, Denial> {
+) -> Result<Response<Body>, Refused> {
     let path = normalize_path(req.uri().path())
         .map_err(Denial::BadPath)?
         .into_owned();
@@ -171,7 +174,7 @@ async fn process(
             g.metrics.forwarded.inc();
             resp
         }
-        (Err(d), None) => return Err(d),
+        (Err(d), None) => return Err(d.into()),
         // After admission on a limited route the answer carries the
         // route's fields, a failure's too.
         (Err(d), Some(_)) => {

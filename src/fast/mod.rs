@@ -761,7 +761,10 @@ impl<S: ClientStream> Client<'_, S> {
                     ex.status = 200;
                     self.send_out(close).await
                 }
-                Err(d) => self.refuse(d, ex, None, close).await,
+                Err(r) => {
+                    self.refuse(r.denial, ex, r.allow_for.as_deref(), close)
+                        .await
+                }
             };
         }
         if crate::flows::match_flow(&snap.config.token_api, &path).is_some() {
