@@ -152,6 +152,7 @@ fn cache(c: &mut Criterion) {
                     workspace: None,
                 },
                 0,
+                &NewAuditEvent::default(),
             )
             .await
             .unwrap();

@@ -1421,6 +1421,7 @@ fn main() {
                     workspace: None,
                 },
                 0,
+                &NewAuditEvent::default(),
             )
             .await
             .unwrap();

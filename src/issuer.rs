@@ -305,24 +305,25 @@ impl Issuer {
             .get_tenant(new.tenant_id)
             .await?
             .ok_or(IssueError::NotFound("tenant"))?;
-        let created = match self.store.create_account(new, self.clock.now()).await {
-            Err(StoreError::Conflict(_)) => {
-                return Err(IssueError::Conflict(format!(
-                    "an account with email {:?} already exists in this tenant",
-                    new.email
-                )))
-            }
-            Err(StoreError::NotFound(_)) => return Err(IssueError::NotFound("parent account")),
-            other => other?,
-        };
-        self.audit(
-            actor,
-            "account.created",
-            Some(new.tenant_id),
-            None,
-            Some(format!("account {}", created.0.id)),
-        )
-        .await?;
+        // The account and its event are written together, and to the end
+        // even if the caller goes away.
+        let event = self.event(actor, "account.created", Some(new.tenant_id), None);
+        let (store, account, now) = (Arc::clone(&self.store), new.clone(), self.clock.now());
+        let created =
+            match detached(async move { Ok(store.create_account(&account, now, &event).await?) })
+                .await
+            {
+                Err(IssueError::Store(StoreError::Conflict(_))) => {
+                    return Err(IssueError::Conflict(format!(
+                        "an account with email {:?} already exists in this tenant",
+                        new.email
+                    )))
+                }
+                Err(IssueError::Store(StoreError::NotFound(_))) => {
+                    return Err(IssueError::NotFound("parent account"))
+                }
+                other => other?,
+            };
         Ok(created)
     }
 
@@ -674,20 +675,6 @@ impl Issuer {
             outcome: "ok".into(),
             detail: None,
         }
-    }
-
-    async fn audit(
-        &self,
-        actor: &Actor,
-        action: &str,
-        tenant_id: Option<i64>,
-        target: Option<String>,
-        detail: Option<String>,
-    ) -> Result<(), IssueError> {
-        let mut e = self.event(actor, action, tenant_id, target);
-        e.detail = detail;
-        self.store.append_audit(&e).await?;
-        Ok(())
     }
 }
 

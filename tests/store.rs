@@ -101,7 +101,11 @@ async fn suite(s: Arc<dyn TokenStore>) {
 
     // Accounts: unique email per tenant, 12-digit unique customer ids.
     let (a1, ws1) = s
-        .create_account(&account(t1.id, "a@x.io"), 100)
+        .create_account(
+            &account(t1.id, "a@x.io"),
+            100,
+            &audit("account.created", Some(t1.id)),
+        )
         .await
         .unwrap();
     let ws1 = ws1.unwrap();
@@ -111,24 +115,47 @@ async fn suite(s: Arc<dyn TokenStore>) {
     assert!(a1.customer_id.bytes().all(|b| b.is_ascii_digit()));
     assert_eq!(a1.external_id.as_deref(), Some("ext-1"));
     assert!(matches!(
-        s.create_account(&account(t1.id, "a@x.io"), 100).await,
+        s.create_account(
+            &account(t1.id, "a@x.io"),
+            100,
+            &audit("account.created", None)
+        )
+        .await,
         Err(StoreError::Conflict(_))
     ));
+    // Its event went in with it; the refused one wrote none.
+    let created: Vec<_> = s
+        .list_audit(Some(t1.id), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "account.created")
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(created, [Some(format!("account {}", a1.id))]);
     let (a2, _) = s
-        .create_account(&account(t2.id, "a@x.io"), 100)
+        .create_account(
+            &account(t2.id, "a@x.io"),
+            100,
+            &audit("account.created", None),
+        )
         .await
         .unwrap();
     assert_ne!(a1.customer_id, a2.customer_id);
     let mut sub = account(t1.id, "sub@x.io");
     sub.parent_account_id = Some(a1.id);
     sub.workspace = None;
-    let (child, none) = s.create_account(&sub, 100).await.unwrap();
+    let (child, none) = s
+        .create_account(&sub, 100, &audit("account.created", None))
+        .await
+        .unwrap();
     assert_eq!(child.parent_account_id, Some(a1.id));
     assert!(none.is_none());
     let mut foreign = account(t2.id, "f@x.io");
     foreign.parent_account_id = Some(a1.id);
     assert!(matches!(
-        s.create_account(&foreign, 100).await,
+        s.create_account(&foreign, 100, &audit("account.created", None))
+            .await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(s.list_accounts(t1.id, None).await.unwrap().len(), 2);
@@ -468,7 +495,8 @@ async fn sqlite_concurrent_writes_queue_instead_of_failing() {
         // the others write.
         let email = format!("u{}@x.io", i / 2);
         tasks.push(tokio::spawn(async move {
-            s.create_account(&account(t.id, &email), 2).await
+            s.create_account(&account(t.id, &email), 2, &audit("account.created", None))
+                .await
         }));
     }
     let (mut ok, mut conflict) = (0, 0);

@@ -432,11 +432,14 @@ pub trait TokenStore: TokenLookup + 'static {
     ) -> Result<Option<Tenant>, StoreError>;
 
     /// Creates an account with a fresh 12-digit customer id (and a
-    /// workspace, when asked), in one transaction.
+    /// workspace, when asked) and writes its `audit` event, the new
+    /// account's id as the event's detail (`account 7`), in one
+    /// transaction.
     async fn create_account(
         &self,
         new: &NewAccount,
         now: i64,
+        audit: &NewAuditEvent,
     ) -> Result<(Account, Option<Workspace>), StoreError>;
     /// An account by id.
     async fn get_account(&self, id: i64) -> Result<Option<Account>, StoreError>;

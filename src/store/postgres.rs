@@ -359,6 +359,7 @@ impl TokenStore for PgStore {
         &self,
         new: &NewAccount,
         now: i64,
+        audit: &NewAuditEvent,
     ) -> Result<(Account, Option<Workspace>), StoreError> {
         let mut tx = self.pool.begin().await?;
         if let Some(parent) = new.parent_account_id {
@@ -416,6 +417,11 @@ impl TokenStore for PgStore {
             None => None,
         };
         acc.workspace_id = ws.as_ref().map(|w| w.id);
+        let event = NewAuditEvent {
+            detail: Some(format!("account {}", acc.id)),
+            ..audit.clone()
+        };
+        insert_audit(&mut *tx, &event).await?;
         tx.commit().await?;
         Ok((acc, ws))
     }

@@ -102,9 +102,10 @@ impl TokenStore for Switched {
         &self,
         new: &NewAccount,
         now: i64,
+        audit: &NewAuditEvent,
     ) -> Result<(Account, Option<Workspace>), StoreError> {
         self.outage.check()?;
-        self.inner.create_account(new, now).await
+        self.inner.create_account(new, now, audit).await
     }
     async fn get_account(&self, id: i64) -> Result<Option<Account>, StoreError> {
         self.outage.check()?;
