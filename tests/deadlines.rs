@@ -542,6 +542,35 @@ async fn the_cap_holds_on_the_fast_path_too() {
     assert_eq!(up.most_connections.load(Ordering::SeqCst), 2);
 }
 
+#[tokio::test]
+async fn an_idle_connection_on_one_path_gives_way_to_a_request_on_the_other() {
+    let up = HoldingUpstream::spawn().await;
+    up.release();
+    let gw = Gw::spawn(
+        "",
+        up.addr,
+        "max_connections = 1\nconnect_timeout_ms = 300\nresponse_timeout_ms = 20000",
+    )
+    .await;
+    let http1 = |i: u32| async move {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(format!("GET /x/{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        read_response(&mut s).await.0
+    };
+    // The fast path's connection stays idle in its pool, holding the cap's
+    // one place; hyper's path (HTTP/2 here) needs one of its own, and then
+    // the fast path again.
+    let head = http1(1).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let send = h2_client(gw.addr).await;
+    let (status, code, _) = h2_burst(&send, gw.addr, 1).remove(0).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{code}");
+    let head = http1(2).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
 /// Sends a GET and reads until the first chunk (`hello`) has come.
 async fn until_first_chunk(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();

@@ -8,11 +8,14 @@
 //! from this instance. A request that needs a new connection waits for a
 //! permit for at most the upstream's connect timeout, and meanwhile takes
 //! any connection that comes back to its pool first; one that gets neither
-//! is answered 503 `UPSTREAM_BUSY` ([`Busy`]).
+//! is answered 503 `UPSTREAM_BUSY` ([`Busy`]). Before it waits, an idle
+//! connection in another pool under the same cap (the other path's) is
+//! closed to make room ([`Reclaim`]): a connection no request is using
+//! never keeps a request out.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,11 +29,30 @@ use tower_service::Service;
 #[error("upstream connection limit reached")]
 pub struct Busy;
 
+/// A pool under a [`ConnCap`] whose idle connections can be closed to
+/// make room for a request that finds the cap full.
+pub trait Reclaim: Send + Sync {
+    /// Closes one idle connection, the longest idle; whether there was one.
+    fn close_idle(&self) -> bool;
+}
+
 /// The connections one upstream may have open at once.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnCap {
     permits: Arc<Semaphore>,
     wait: Duration,
+    /// The pools under this cap, to close an idle connection of when it
+    /// is full.
+    pools: Arc<Mutex<Vec<Weak<dyn Reclaim>>>>,
+}
+
+impl std::fmt::Debug for ConnCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnCap")
+            .field("available", &self.permits.available_permits())
+            .field("wait", &self.wait)
+            .finish()
+    }
 }
 
 impl ConnCap {
@@ -40,19 +62,51 @@ impl ConnCap {
         Self {
             permits: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
             wait,
+            pools: Arc::default(),
         }
     }
 
-    /// A permit for one more connection, held for its life.
+    /// Registers a pool whose idle connections give way when the cap is
+    /// full.
+    pub fn reclaim_from(&self, pool: Weak<dyn Reclaim>) {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pool);
+    }
+
+    /// A permit for one more connection, held for its life. When the cap
+    /// is full, idle connections are closed, one at a time, until a permit
+    /// comes free or none is left; then it waits.
     pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Busy> {
         if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
             return Ok(p);
+        }
+        while self.close_one_idle() {
+            if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+                return Ok(p);
+            }
         }
         match tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
             // Timed out (or closed, which this semaphore never is).
             _ => Err(Busy),
         }
+    }
+}
+
+impl ConnCap {
+    /// Closes one idle connection of some pool under the cap; whether one
+    /// was. (The pools are called outside the lock.)
+    fn close_one_idle(&self) -> bool {
+        let pools: Vec<Arc<dyn Reclaim>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        pools.iter().any(|p| p.close_idle())
     }
 }
 
@@ -195,6 +249,36 @@ mod tests {
         tokio::task::yield_now().await;
         drop(held);
         assert!(waiting.await.unwrap_or(false));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_of_another_pool_gives_way_when_the_cap_is_full() {
+        use crate::upstream::idle::{IdleStack, Pooled};
+        struct Held {
+            _permit: OwnedSemaphorePermit,
+        }
+        impl Pooled for Held {}
+        // No waiting at all: only a permit free at once, or made free, counts.
+        let cap = ConnCap::new(1, Duration::ZERO);
+        let (one, other) = (
+            Arc::new(IdleStack::<Held>::new(4, Duration::from_secs(60))),
+            Arc::new(IdleStack::<Held>::new(4, Duration::from_secs(60))),
+        );
+        for pool in [&one, &other] {
+            cap.reclaim_from(Arc::downgrade(pool) as Weak<dyn Reclaim>);
+        }
+        let busy = cap.acquire().await.unwrap();
+        assert!(matches!(cap.acquire().await, Err(Busy)), "one in use");
+        // Idle in one pool: closed for a connection the other needs.
+        other.put(Held { _permit: busy });
+        let made = cap.acquire().await;
+        assert!(made.is_ok());
+        assert_eq!(other.idle_count(), 0);
+        one.put(Held {
+            _permit: made.unwrap(),
+        });
+        assert!(cap.acquire().await.is_ok());
+        assert_eq!(one.idle_count(), 0);
     }
 
     #[derive(Debug, thiserror::Error)]

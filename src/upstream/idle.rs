@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::cap::Reclaim;
+
 /// A pooled connection.
 pub trait Pooled: Send + 'static {
     /// Whether it can take another request, after settling what it must
@@ -184,6 +186,17 @@ impl<T: Pooled> IdleStack<T> {
                 made.map(|c| (c, false))
             }
         }
+    }
+}
+
+impl<T: Pooled> Reclaim for IdleStack<T> {
+    fn close_idle(&self) -> bool {
+        let oldest = {
+            let mut shared = self.lock();
+            (!shared.idle.is_empty()).then(|| shared.idle.remove(0))
+        };
+        // Closed (its permit given back) outside the lock.
+        oldest.is_some()
     }
 }
 

@@ -37,7 +37,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use super::cap::{Busy, ConnCap};
+use super::cap::{Busy, ConnCap, Reclaim};
 use super::idle::{IdleStack, Pooled};
 use super::UpstreamBody;
 
@@ -155,8 +155,10 @@ impl Pool {
         idle_timeout: Duration,
         cap: ConnCap,
     ) -> Arc<Self> {
+        let idle = Arc::new(IdleStack::new(max_idle, idle_timeout));
+        cap.reclaim_from(Arc::downgrade(&idle) as Weak<dyn Reclaim>);
         Arc::new(Self {
-            idle: Arc::new(IdleStack::new(max_idle, idle_timeout)),
+            idle,
             connector,
             connect_timeout,
             cap,
