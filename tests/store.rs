@@ -118,7 +118,7 @@ async fn suite(s: Arc<dyn TokenStore>) {
         s.create_account(
             &account(t1.id, "a@x.io"),
             100,
-            &audit("account.created", None)
+            &audit("account.created", Some(t1.id))
         )
         .await,
         Err(StoreError::Conflict(_))

@@ -8,13 +8,16 @@
 //! from this instance. A request that needs a new connection waits for a
 //! permit for at most the upstream's connect timeout, and meanwhile takes
 //! any connection that comes back to its pool first; one that gets neither
-//! is answered 503 `UPSTREAM_BUSY` ([`Busy`]). Before it waits, an idle
-//! connection in another pool under the same cap (the other path's) is
-//! closed to make room ([`Reclaim`]): a connection no request is using
-//! never keeps a request out.
+//! is answered 503 `UPSTREAM_BUSY` ([`Busy`]). A connection no request is
+//! using never keeps a request out: before one waits, an idle connection
+//! in another pool under the same cap (the other path's) is closed to make
+//! room ([`Reclaim`]), and while one waits, a connection coming back to a
+//! pool none of whose own requests waits is closed rather than kept idle
+//! ([`Pressure`]).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -44,6 +47,39 @@ pub struct ConnCap {
     /// The pools under this cap, to close an idle connection of when it
     /// is full.
     pools: Arc<Mutex<Vec<Weak<dyn Reclaim>>>>,
+    /// Requests waiting for a permit: while there are any, a connection
+    /// that comes back to a pool with no request of its own waiting is
+    /// closed rather than kept idle ([`Pressure`]).
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Whether requests are waiting for a permit of a [`ConnCap`]: what a pool
+/// asks before it keeps a connection idle.
+#[derive(Clone, Debug)]
+pub struct Pressure(Arc<AtomicUsize>);
+
+impl Pressure {
+    /// Some request is waiting for a permit.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// Counts a request as waiting for as long as it waits (or until its
+/// future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for ConnCap {
@@ -63,7 +99,13 @@ impl ConnCap {
             permits: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
             wait,
             pools: Arc::default(),
+            waiting: Arc::default(),
         }
+    }
+
+    /// Whether requests are waiting for a permit, for a pool to ask.
+    pub fn pressure(&self) -> Pressure {
+        Pressure(Arc::clone(&self.waiting))
     }
 
     /// Registers a pool whose idle connections give way when the cap is
@@ -77,11 +119,17 @@ impl ConnCap {
 
     /// A permit for one more connection, held for its life. When the cap
     /// is full, idle connections are closed, one at a time, until a permit
-    /// comes free or none is left; then it waits.
+    /// comes free or none is left; then it waits, and meanwhile every
+    /// connection that comes back idle to a pool is closed for it
+    /// ([`Pressure`]).
     pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Busy> {
         if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
             return Ok(p);
         }
+        // Counted before the idle ones are looked at: a connection put
+        // back after that look sees the count (the pool's lock orders
+        // the two).
+        let _waiting = Waiting::start(&self.waiting);
         while self.close_one_idle() {
             if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
                 return Ok(p);
@@ -96,8 +144,9 @@ impl ConnCap {
 }
 
 impl ConnCap {
-    /// Closes one idle connection of some pool under the cap; whether one
-    /// was. (The pools are called outside the lock.)
+    /// Closes one idle connection (the longest idle of the first pool,
+    /// in registration order, that has one); whether one was. The pools
+    /// are called outside the lock.
     fn close_one_idle(&self) -> bool {
         let pools: Vec<Arc<dyn Reclaim>> = self
             .pools
@@ -251,22 +300,22 @@ mod tests {
         assert!(waiting.await.unwrap_or(false));
     }
 
+    struct Held {
+        _permit: OwnedSemaphorePermit,
+    }
+
+    impl crate::upstream::idle::Pooled for Held {}
+
+    fn two_pools(cap: &ConnCap) -> [Arc<crate::upstream::idle::IdleStack<Held>>; 2] {
+        let pool = || crate::upstream::idle::IdleStack::under(4, Duration::from_secs(60), cap);
+        [pool(), pool()]
+    }
+
     #[tokio::test]
     async fn an_idle_connection_of_another_pool_gives_way_when_the_cap_is_full() {
-        use crate::upstream::idle::{IdleStack, Pooled};
-        struct Held {
-            _permit: OwnedSemaphorePermit,
-        }
-        impl Pooled for Held {}
         // No waiting at all: only a permit free at once, or made free, counts.
         let cap = ConnCap::new(1, Duration::ZERO);
-        let (one, other) = (
-            Arc::new(IdleStack::<Held>::new(4, Duration::from_secs(60))),
-            Arc::new(IdleStack::<Held>::new(4, Duration::from_secs(60))),
-        );
-        for pool in [&one, &other] {
-            cap.reclaim_from(Arc::downgrade(pool) as Weak<dyn Reclaim>);
-        }
+        let [one, other] = two_pools(&cap);
         let busy = cap.acquire().await.unwrap();
         assert!(matches!(cap.acquire().await, Err(Busy)), "one in use");
         // Idle in one pool: closed for a connection the other needs.
@@ -279,6 +328,26 @@ mod tests {
         });
         assert!(cap.acquire().await.is_ok());
         assert_eq!(one.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_coming_back_idle_goes_to_a_request_waiting_at_the_cap() {
+        let cap = ConnCap::new(1, Duration::from_secs(60));
+        let [_, other] = two_pools(&cap);
+        let busy = cap.acquire().await.unwrap();
+        let waiting = tokio::spawn({
+            let cap = cap.clone();
+            async move { cap.acquire().await.is_ok() }
+        });
+        while !cap.pressure().is_on() {
+            tokio::task::yield_now().await;
+        }
+        // The busy connection's response ends: it comes back to its pool,
+        // which no request of its own waits on. It is closed, not kept.
+        other.put(Held { _permit: busy });
+        assert_eq!(other.idle_count(), 0);
+        assert!(waiting.await.unwrap());
+        assert!(!cap.pressure().is_on());
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::cap::Reclaim;
+use super::cap::{ConnCap, Pressure, Reclaim};
 
 /// A pooled connection.
 pub trait Pooled: Send + 'static {
@@ -80,6 +80,9 @@ pub struct IdleStack<T> {
     shared: Mutex<Shared<T>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Requests of other pools waiting at the upstream's cap: a connection
+    /// none of this pool's requests waits for is closed for them, not kept.
+    pressure: Option<Pressure>,
 }
 
 impl<T: Pooled> IdleStack<T> {
@@ -92,7 +95,19 @@ impl<T: Pooled> IdleStack<T> {
             }),
             max_idle,
             idle_timeout,
+            pressure: None,
         }
+    }
+
+    /// [`Self::new`], for a pool under `cap`: its idle connections give
+    /// way to the cap's other pools ([`Reclaim`], [`Pressure`]).
+    pub fn under(max_idle: usize, idle_timeout: Duration, cap: &ConnCap) -> Arc<Self> {
+        let stack = Arc::new(Self {
+            pressure: Some(cap.pressure()),
+            ..Self::new(max_idle, idle_timeout)
+        });
+        cap.reclaim_from(Arc::downgrade(&stack) as std::sync::Weak<dyn Reclaim>);
+        stack
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared<T>> {
@@ -125,19 +140,29 @@ impl<T: Pooled> IdleStack<T> {
     }
 
     /// Puts a connection back: to the oldest waiting request, else onto
-    /// the stack (when there is room), else it is closed. One that cannot
-    /// take another request ([`Pooled::settle`]) is closed.
+    /// the stack (when there is room and no request of another pool
+    /// waits at the cap), else it is closed. One that cannot take another
+    /// request ([`Pooled::settle`]) is closed.
     pub fn put(&self, mut conn: T) {
         if !conn.settle() {
             return;
         }
-        let mut shared = self.lock();
-        let Some(conn) = shared.waiters.hand_over(conn) else {
-            return;
+        let closed = {
+            let mut shared = self.lock();
+            match shared.waiters.hand_over(conn) {
+                None => None,
+                Some(conn)
+                    if shared.idle.len() < self.max_idle
+                        && !self.pressure.as_ref().is_some_and(Pressure::is_on) =>
+                {
+                    shared.idle.push((conn, Instant::now()));
+                    None
+                }
+                Some(conn) => Some(conn),
+            }
         };
-        if shared.idle.len() < self.max_idle {
-            shared.idle.push((conn, Instant::now()));
-        }
+        // Closed (its permit given back) outside the lock.
+        drop(closed);
     }
 
     /// Closes idle connections past the idle timeout (outside the lock),

@@ -37,7 +37,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use super::cap::{Busy, ConnCap, Reclaim};
+use super::cap::{Busy, ConnCap};
 use super::idle::{IdleStack, Pooled};
 use super::UpstreamBody;
 
@@ -155,8 +155,7 @@ impl Pool {
         idle_timeout: Duration,
         cap: ConnCap,
     ) -> Arc<Self> {
-        let idle = Arc::new(IdleStack::new(max_idle, idle_timeout));
-        cap.reclaim_from(Arc::downgrade(&idle) as Weak<dyn Reclaim>);
+        let idle = IdleStack::under(max_idle, idle_timeout, &cap);
         Arc::new(Self {
             idle,
             connector,

@@ -6,7 +6,7 @@
 //! core ([`super::idle`]); the fast path checks a connection taken from it
 //! before use.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use tokio::sync::oneshot;
 
-use super::cap::{Busy, ConnCap, Reclaim};
+use super::cap::{Busy, ConnCap};
 use super::idle::{IdleStack, Pooled};
 
 /// Read buffer size of an upstream connection.
@@ -74,8 +74,7 @@ impl RawPool {
         idle_timeout: Duration,
         cap: ConnCap,
     ) -> Self {
-        let idle = Arc::new(IdleStack::new(max_idle, idle_timeout));
-        cap.reclaim_from(Arc::downgrade(&idle) as Weak<dyn Reclaim>);
+        let idle = IdleStack::under(max_idle, idle_timeout, &cap);
         Self {
             connector,
             target,
