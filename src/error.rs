@@ -89,15 +89,14 @@ pub enum Denial {
     QuotaExceeded(Refusal),
 }
 
-/// A refusal on its way to its response: the [`Denial`] and, for a 405
-/// about a path other than the request's own (forward auth asks about the
-/// original request's), the normalised path whose routes its `Allow`
-/// lists.
+/// A refusal on its way to its response: the [`Denial`] and, for a 405,
+/// the normalised path whose routes its `Allow` lists (the request's own,
+/// or for forward auth the original request's).
 #[derive(Debug)]
 pub struct Refused {
     /// Why.
     pub denial: Denial,
-    /// The path a 405's `Allow` is for, when not the request's own.
+    /// The path a 405's `Allow` is for.
     pub allow_for: Option<String>,
 }
 

@@ -20,7 +20,6 @@
 //! request whose reused connection closed before answering; no request with
 //! side effects reaches an upstream twice.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,19 +65,11 @@ pub async fn handle(g: &Arc<Gateway>, req: Request<Incoming>, peer: &Peer) -> Re
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(0);
-    // For a 405's `Allow` (cheap: the URI's parts are shared).
-    let uri = req.uri().clone();
     let resp = match process(g, req, peer, &mut ex).await {
         Ok(resp) => resp,
         Err(Refused { denial, allow_for }) => {
             ex.code = Some(denial.code());
-            let path = match denial {
-                Denial::MethodNotAllowed => allow_for
-                    .map(Cow::Owned)
-                    .or_else(|| normalize_path(uri.path()).ok()),
-                _ => None,
-            };
-            parts_response(g.refusal(denial, &ex.request_id, path.as_deref()))
+            parts_response(g.refusal(denial, &ex.request_id, allow_for.as_deref()))
         }
     };
     ex.status = resp.status().as_u16();
@@ -129,7 +120,9 @@ async fn process(
         // would otherwise be part of every proxied request's future.
         return Ok(Box::pin(crate::flows::handle(g, flow, req)).await);
     }
-    let (route, upstream) = snap.route(&path, req.method(), req.headers())?;
+    let (route, upstream) = snap
+        .route(&path, req.method(), req.headers())
+        .map_err(|d| Refused::routing(d, &path))?;
     ex.route = RouteSeries::Route(route.series);
     // A tunnel the upstream agrees to outlives this request, so its
     // admission is checked again for as long as it stays open, from
