@@ -187,6 +187,14 @@ where
         .map_err(|e| IssueError::Store(StoreError::Other(format!("write task failed: {e}"))))?
 }
 
+/// Drops whatever this instance's cache holds for `hash` (a negative
+/// entry for a token just minted, a stale one for a token just changed).
+async fn invalidate(cache: Option<Arc<TokenCache>>, hash: TokenHash) {
+    if let Some(cache) = cache {
+        cache.invalidate_token(hash).await;
+    }
+}
+
 /// Checks a display name: 1 to 255 characters, no control characters.
 pub fn validate_name(what: &str, name: &str) -> Result<(), IssueError> {
     let n = name.chars().count();
@@ -273,9 +281,7 @@ impl Issuer {
                 .create_tenant(&name, now, &event, Some((&token, &token_event)))
                 .await?;
             // As for any mint: no negative entry may outlive it.
-            if let Some(cache) = cache {
-                cache.invalidate_token(token.hash).await;
-            }
+            invalidate(cache, token.hash).await;
             Ok(made)
         })
         .await?;
@@ -351,9 +357,7 @@ impl Issuer {
             let row = store.insert_token(&token, &audit).await?;
             // A negative entry for this hash (someone guessed it?) must not
             // outlive the mint.
-            if let Some(cache) = cache {
-                cache.invalidate_token(hash).await;
-            }
+            invalidate(cache, hash).await;
             Ok(row)
         })
         .await?;
@@ -459,9 +463,7 @@ impl Issuer {
                 }
                 other => other?,
             };
-            if let Some(cache) = cache {
-                cache.invalidate_token(hash).await;
-            }
+            invalidate(cache, hash).await;
             Ok(row)
         })
         .await
@@ -590,9 +592,7 @@ impl Issuer {
             let changed = write(store, id, audit)
                 .await?
                 .ok_or(IssueError::NotFound("token"))?;
-            if let Some(cache) = cache {
-                cache.invalidate_token(changed.hash).await;
-            }
+            invalidate(cache, changed.hash).await;
             Ok(changed.row)
         })
         .await

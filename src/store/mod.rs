@@ -237,6 +237,17 @@ pub struct NewToken {
     pub quota: Option<Quota>,
 }
 
+impl NewToken {
+    /// This token, of tenant `id`: for a token made before its tenant had
+    /// an id.
+    pub fn in_tenant(&self, id: i64) -> Self {
+        Self {
+            tenant_id: Some(id),
+            ..self.clone()
+        }
+    }
+}
+
 /// A change to a token's limits: `None` leaves one as it is,
 /// `Some(None)` removes it. Counts are never reset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -297,6 +308,25 @@ pub struct NewAuditEvent {
     pub outcome: String,
     /// Free text for people; never a secret.
     pub detail: Option<String>,
+}
+
+impl NewAuditEvent {
+    /// This event, about tenant `id`: for an event made before the tenant
+    /// it is about had an id.
+    pub fn in_tenant(&self, id: i64) -> Self {
+        Self {
+            tenant_id: Some(id),
+            ..self.clone()
+        }
+    }
+
+    /// This event, naming account `id` in its detail (`account 7`).
+    pub fn naming_account(&self, id: i64) -> Self {
+        Self {
+            detail: Some(format!("account {id}")),
+            ..self.clone()
+        }
+    }
 }
 
 /// A stored audit event.

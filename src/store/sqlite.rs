@@ -204,19 +204,12 @@ impl TokenStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let t = tenant(&r)?;
-        let of_tenant = |e: &NewAuditEvent| NewAuditEvent {
-            tenant_id: Some(t.id),
-            ..e.clone()
-        };
-        insert_audit(&mut *tx, &of_tenant(audit)).await?;
+        insert_audit(&mut *tx, &audit.in_tenant(t.id)).await?;
         let token = match first_token {
             Some((token, event)) => {
-                let token = NewToken {
-                    tenant_id: Some(t.id),
-                    ..token.clone()
-                };
+                let token = token.in_tenant(t.id);
                 let row = insert_token_row(&mut *tx, &token).await?;
-                insert_audit(&mut *tx, &of_tenant(event)).await?;
+                insert_audit(&mut *tx, &event.in_tenant(t.id)).await?;
                 Some(row)
             }
             None => None,
@@ -326,11 +319,7 @@ impl TokenStore for SqliteStore {
             None => None,
         };
         acc.workspace_id = ws.as_ref().map(|w| w.id);
-        let event = NewAuditEvent {
-            detail: Some(format!("account {}", acc.id)),
-            ..audit.clone()
-        };
-        insert_audit(&mut *tx, &event).await?;
+        insert_audit(&mut *tx, &audit.naming_account(acc.id)).await?;
         tx.commit().await?;
         Ok((acc, ws))
     }

@@ -155,9 +155,8 @@ impl Pool {
         idle_timeout: Duration,
         cap: ConnCap,
     ) -> Arc<Self> {
-        let idle = IdleStack::under(max_idle, idle_timeout, &cap);
         Arc::new(Self {
-            idle,
+            idle: IdleStack::under(max_idle, idle_timeout, &cap),
             connector,
             connect_timeout,
             cap,

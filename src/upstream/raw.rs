@@ -74,13 +74,12 @@ impl RawPool {
         idle_timeout: Duration,
         cap: ConnCap,
     ) -> Self {
-        let idle = IdleStack::under(max_idle, idle_timeout, &cap);
         Self {
             connector,
             target,
             connect_timeout,
+            idle: IdleStack::under(max_idle, idle_timeout, &cap),
             cap,
-            idle,
         }
     }
 
