@@ -114,16 +114,29 @@ fn provider() -> Arc<CryptoProvider> {
 /// TLS 1.3 session tickets sent after each handshake.
 const TICKETS_PER_HANDSHAKE: usize = 1;
 
-/// The session-ticket key, one per process: kept across reloads so that
-/// clients resume sessions after a certificate rotation as before (rustls
-/// rotates the key itself every few hours). `None` when the system could
-/// not give it randomness; sessions are then resumed from the per-config
-/// cache only.
-fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
-    static TICKETER: OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> = OnceLock::new();
-    TICKETER
-        .get_or_init(|| rustls::crypto::ring::Ticketer::new().ok())
-        .clone()
+/// The session-ticket key for `table`'s listener.
+///
+/// `[tls]` (the public listener, which never asks for a client
+/// certificate): one key per process, kept across reloads so that clients
+/// resume sessions after a certificate rotation as before (rustls rotates
+/// the key itself every few hours).
+///
+/// `[admin_tls]`: a key of its own, new with each build of its config. A
+/// resumed session skips the client-certificate check, so a ticket the
+/// public listener gave a client without a certificate must not open the
+/// admin listener, and neither may a ticket from before a reload that set
+/// or changed `client_ca_file`. Admin clients make a full handshake after
+/// a reload; that is all it costs.
+///
+/// `None` when the system could not give it randomness; sessions are then
+/// resumed from the per-config cache only (one per build as well).
+fn ticketer(table: &str) -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+    static PUBLIC: OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> = OnceLock::new();
+    let fresh = || rustls::crypto::ring::Ticketer::new().ok();
+    match table {
+        "tls" => PUBLIC.get_or_init(fresh).clone(),
+        _ => fresh(),
+    }
 }
 
 /// Reads and checks `[tls]` (`table` = `"tls"`) or `[admin_tls]`
@@ -208,7 +221,7 @@ pub fn build(table: &str, f: &FileTls) -> Result<TlsSettings, TlsError> {
     }
     .with_cert_resolver(resolver);
     server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    if let Some(t) = ticketer() {
+    if let Some(t) = ticketer(table) {
         server.ticketer = t;
     }
     // One TLS 1.3 ticket per handshake (rustls sends two by default), as
@@ -420,6 +433,42 @@ mod tests {
         let key_pair = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key_pair).unwrap();
         rcgen::CertifiedKey { cert, key_pair }
+    }
+
+    /// A build of `table` from a fresh self-signed pair written into `dir`.
+    fn built(table: &str, dir: &std::path::Path) -> TlsSettings {
+        let c = cert((2090, 1, 1));
+        let (cert_file, key_file) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert_file, c.cert.pem()).unwrap();
+        std::fs::write(&key_file, c.key_pair.serialize_pem()).unwrap();
+        let f = FileTls {
+            cert_file: cert_file.display().to_string(),
+            key_file: key_file.display().to_string(),
+            sni: Vec::new(),
+            client_ca_file: None,
+        };
+        build(table, &f).unwrap()
+    }
+
+    #[test]
+    fn admin_tickets_open_only_the_build_that_made_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let opens = |maker: &TlsSettings, taker: &TlsSettings| {
+            let ticket = maker.server.ticketer.encrypt(b"session").unwrap();
+            taker.server.ticketer.decrypt(&ticket).is_some()
+        };
+        let (public, public_again) = (built("tls", dir.path()), built("tls", dir.path()));
+        let (admin, admin_again) = (
+            built("admin_tls", dir.path()),
+            built("admin_tls", dir.path()),
+        );
+        // The public listener's sessions outlive a reload ...
+        assert!(opens(&public, &public_again));
+        // ... but never open the admin listener, and an admin session does
+        // not outlive a reload (which may have set `client_ca_file`).
+        assert!(!opens(&public, &admin));
+        assert!(!opens(&admin, &admin_again));
+        assert!(opens(&admin, &admin));
     }
 
     #[test]

@@ -470,6 +470,113 @@ async fn admin_mutual_tls_needs_a_client_certificate_from_the_ca() {
     assert_eq!(g.get("/public/x", None).await.status, StatusCode::OK);
 }
 
+/// Whether `config` gets `/healthz` answered on the admin listener.
+async fn admin_answers(
+    addr: std::net::SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> bool {
+    let answered = async {
+        let s = certs::connect(addr, "localhost", config).await.ok()?;
+        let io = TokioIo::new(s);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+        tokio::spawn(conn);
+        let req = Request::get("/healthz")
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        send.send_request(req).await.ok()
+    };
+    tokio::time::timeout(WAIT, answered)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test]
+async fn a_public_listener_session_does_not_resume_past_admin_client_certificates() {
+    let ca = Ca::new("server ca");
+    let ops = Ca::new("ops ca");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.leaf(&["localhost"]).write(dir.path(), "admin");
+    let ops_pem = dir.path().join("ops-ca.pem");
+    std::fs::write(&ops_pem, ops.pem()).unwrap();
+    let tables = tls_table(
+        dir.path(),
+        &ca.leaf(&["localhost"]),
+        &format!(
+            "[admin_tls]\ncert_file = {}\nkey_file = {}\nclient_ca_file = {}\n",
+            certs::p(&cert),
+            certs::p(&key),
+            certs::p(&ops_pem)
+        ),
+    );
+    let g = Opts::default().extra(&tables).spawn().await;
+    // One client, no certificate, one session store for both listeners
+    // (same name, as `openssl s_client -sess_out` / `-sess_in` would).
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(root_store(&ca))
+        .with_no_client_auth();
+        config.alpn_protocols = vec![H1.to_vec()];
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        let config = std::sync::Arc::new(config);
+        // Two connections to the public listener: the second resumes the
+        // first's session. Each reads its answer, which takes in the
+        // ticket that comes after the handshake.
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let mut s = certs::connect(g.addr, "localhost", config.clone())
+                .await
+                .unwrap();
+            kinds.push(s.get_ref().1.handshake_kind());
+            s.write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .unwrap();
+            let (head, _) = raw_response(&mut s, &mut Vec::new()).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ],
+            "{version:?}"
+        );
+        // On the admin listener it buys nothing: no certificate, no answer.
+        assert!(
+            !admin_answers(g.admin_addr, config).await,
+            "{version:?}: a public session opened the admin listener"
+        );
+    }
+    // The right certificate still works.
+    let mine = ops.client("operator");
+    assert!(
+        admin_answers(
+            g.admin_addr,
+            certs::client_config(&ca.pem(), &[H1], Some(&mine))
+        )
+        .await
+    );
+}
+
+/// A root store trusting `ca`.
+fn root_store(ca: &Ca) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            ca.pem().as_bytes(),
+        )
+    {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
+}
+
 #[tokio::test]
 async fn admin_tls_without_a_client_ca_serves_any_client() {
     let ca = Ca::new("server ca");
