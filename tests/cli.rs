@@ -192,8 +192,8 @@ fn bad_config_is_refused_with_the_key_named() {
     let err = String::from_utf8_lossy(&env.run(&["check-config"]).stderr).to_string();
     assert!(err.contains("listen_addr"), "{err}");
 
-    // A TOML error: the file, the line and column, the line itself and a
-    // caret under the fault, on lines of their own.
+    // A TOML error: the file, the line and column, what is wrong; never
+    // the line itself (it may hold a password).
     std::fs::write(
         env.config(),
         "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = 8081\n",
@@ -208,8 +208,7 @@ fn bad_config_is_refused_with_the_key_named() {
         "file first: {err}"
     );
     assert!(err.contains("line 3, column 16"), "{err}");
-    assert!(err.contains("3 | admin_listen = 8081\n"), "{err}");
-    assert!(err.contains("  |                ^^^^\n"), "{err}");
+    assert!(!err.contains("admin_listen = 8081"), "{err}");
     assert!(err.contains("expected a string"), "{err}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
