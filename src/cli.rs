@@ -276,12 +276,23 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let cfg = load(&cli)?;
     match cli.command {
         Command::CheckConfig => {
+            // What each listener will speak, its certificates and keys
+            // read and checked by `load`.
+            let speaks = |t: &Option<crate::tls::TlsSettings>| match t {
+                None => "plain HTTP".to_string(),
+                Some(t) if t.client_auth => {
+                    format!("TLS, {} files, client certificates required", t.files.len())
+                }
+                Some(t) => format!("TLS, {} files", t.files.len()),
+            };
             eprintln!(
-                "{}: ok ({} upstreams, {} routes, store {})",
+                "{}: ok ({} upstreams, {} routes, store {}; public listener {}, admin listener {})",
                 cli.config.display(),
                 cfg.upstreams.len(),
                 cfg.routes.len(),
-                cfg.store.url
+                cfg.store.url,
+                speaks(&cfg.tls),
+                speaks(&cfg.admin_tls),
             );
             Ok(())
         }

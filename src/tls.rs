@@ -5,7 +5,7 @@
 //! ```text
 //!  [tls] / [admin_tls] ─▶ read PEM ─▶ check ─────────────────────▶ rustls ServerConfig
 //!  (FileTls)              (file named  (a chain, a key that matches   (TLS 1.2 + 1.3, ring,
-//!                          in errors)   its certificate, none expired)  ALPN h2 + http/1.1,
+//!                          in errors)   its certificate, all in date)   ALPN h2 + http/1.1,
 //!                                                                        SNI choice, mTLS)
 //! ```
 //!
@@ -163,6 +163,16 @@ pub fn build(table: &str, f: &FileTls) -> Result<TlsSettings, TlsError> {
             &key("key_file"),
             &s.key_file,
         )?;
+        if !covers(&certified, &name) {
+            return Err(TlsError {
+                key: key("cert_file"),
+                message: format!(
+                    "{}: the certificate is not for {name} (server_name): a client asking for it \
+                     would refuse the handshake",
+                    s.cert_file
+                ),
+            });
+        }
         let map = match name.strip_prefix("*.") {
             Some(_) => &mut wildcard,
             None => &mut exact,
@@ -278,7 +288,8 @@ fn sni_name(key: &str, name: &str) -> Result<String, TlsError> {
 
 /// Reads a chain and its key, and checks them: a certificate in the chain
 /// file, a key in the key file that ring can sign with and that matches
-/// the leaf, no certificate of the chain past its expiry.
+/// the leaf, every certificate of the chain in date (not expired, and
+/// valid from now, give or take [`CLOCK_SKEW`]), and a key not encrypted.
 fn certified_key(
     cert_key: &str,
     cert_file: &str,
@@ -295,20 +306,36 @@ fn certified_key(
         } else {
             format!("certificate {} of the chain", i + 1)
         };
-        let Some(not_after) = not_after(c) else {
+        let Some((not_before, not_after)) = validity(c) else {
             return Err(TlsError {
                 key: cert_key.to_string(),
                 message: format!("{cert_file}: {which} is not an X.509 certificate"),
             });
         };
-        if not_after < now {
+        let refused = if not_after < now {
+            Some(format!("expired at {}", rfc3339(not_after)))
+        } else if not_before > now.saturating_add(CLOCK_SKEW) {
+            Some(format!("is not valid before {}", rfc3339(not_before)))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
             return Err(TlsError {
                 key: cert_key.to_string(),
-                message: format!("{cert_file}: {which} expired at {}", rfc3339(not_after)),
+                message: format!("{cert_file}: {which} {why}"),
             });
         }
     }
     let pem = read(key_key, key_file)?;
+    if is_encrypted_key(&pem) {
+        return Err(TlsError {
+            key: key_key.to_string(),
+            message: format!(
+                "{key_file}: the private key is encrypted; tokengate reads only unencrypted keys \
+                 (decrypt it with `openssl pkey -in {key_file} -out NEW_FILE`)"
+            ),
+        });
+    }
     let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError {
         key: key_key.to_string(),
         message: match e {
@@ -414,11 +441,43 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-/// A certificate's `notAfter`, in Unix seconds; `None` if it is not the
-/// DER of an X.509 certificate (read by `x509-parser`).
-fn not_after(der: &[u8]) -> Option<i64> {
+/// Whether `certified`'s leaf is valid for `name` (a [`sni_name`]), as a
+/// client checking it would judge: for `*.` and a name, valid for every
+/// name one label below it, so only a wildcard certificate covers it.
+fn covers(certified: &CertifiedKey, name: &str) -> bool {
+    let probe = match name.strip_prefix("*.") {
+        Some(stem) => format!("tokengate-sni-check.{stem}"),
+        None => name.to_string(),
+    };
+    let (Some(leaf), Ok(probe)) = (certified.cert.first(), ServerName::try_from(probe)) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(leaf)
+        .is_ok_and(|c| c.verify_is_valid_for_subject_name(&probe).is_ok())
+}
+
+/// How far ahead of this machine's clock a certificate's `notBefore` may
+/// be and the certificate still be taken: a certificate issued a moment
+/// ago by a CA whose clock runs ahead is not refused, one meant for
+/// another day is.
+const CLOCK_SKEW: i64 = 300;
+
+/// A certificate's `notBefore` and `notAfter`, in Unix seconds; `None` if
+/// it is not the DER of an X.509 certificate (read by `x509-parser`).
+fn validity(der: &[u8]) -> Option<(i64, i64)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Whether a key file holds an encrypted private key: PKCS#8's
+/// `ENCRYPTED PRIVATE KEY`, or a traditional PEM key with OpenSSL's
+/// `Proc-Type: 4,ENCRYPTED` header. The PEM reader skips the first as a
+/// section it does not know and cannot read the second, so without this
+/// either would be reported as no key at all.
+fn is_encrypted_key(pem: &[u8]) -> bool {
+    let has = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
+    has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || has(b"Proc-Type: 4,ENCRYPTED")
 }
 
 #[cfg(test)]
@@ -472,14 +531,90 @@ mod tests {
     }
 
     #[test]
-    fn not_after_reads_utc_and_generalized_times() {
+    fn validity_reads_utc_and_generalized_times() {
         // rcgen writes UTCTime before 2050 and GeneralizedTime from it.
         let c = cert((2030, 6, 15));
-        assert_eq!(not_after(c.cert.der()), Some(1_907_712_000));
+        assert_eq!(validity(c.cert.der()), Some((946_684_800, 1_907_712_000)));
         let c = cert((2060, 1, 1));
-        assert_eq!(not_after(c.cert.der()), Some(2_840_140_800));
-        assert_eq!(not_after(b"not der"), None);
-        assert_eq!(not_after(&[]), None);
+        assert_eq!(validity(c.cert.der()).map(|v| v.1), Some(2_840_140_800));
+        assert_eq!(validity(b"not der"), None);
+        assert_eq!(validity(&[]), None);
+    }
+
+    /// `dir`'s c.pem and k.pem: `c`, and `key` as the key file's text.
+    fn files(dir: &Path, c: &rcgen::CertifiedKey, key: &str) -> (String, String) {
+        let (cert_file, key_file) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert_file, c.cert.pem()).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        (
+            cert_file.display().to_string(),
+            key_file.display().to_string(),
+        )
+    }
+
+    #[test]
+    fn a_certificate_not_yet_valid_is_refused_with_its_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let c = rcgen::CertifiedKey {
+            cert: params.self_signed(&key_pair).unwrap(),
+            key_pair,
+        };
+        let (cert_file, key_file) = files(dir.path(), &c, &c.key_pair.serialize_pem());
+        let e = certified_key("tls.cert_file", &cert_file, "tls.key_file", &key_file)
+            .err()
+            .unwrap();
+        assert_eq!(e.key, "tls.cert_file");
+        assert!(
+            e.message
+                .ends_with("the certificate is not valid before 2090-01-01T00:00:00Z"),
+            "{}",
+            e.message
+        );
+        // One valid since a moment ago, or a moment from now (a clock
+        // behind its CA's), is taken.
+        let now = time::OffsetDateTime::now_utc();
+        for ahead in [-60, 60] {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            params.not_before = now + time::Duration::seconds(ahead);
+            params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+            let key_pair = rcgen::KeyPair::generate().unwrap();
+            let c = rcgen::CertifiedKey {
+                cert: params.self_signed(&key_pair).unwrap(),
+                key_pair,
+            };
+            let (cert_file, key_file) = files(dir.path(), &c, &c.key_pair.serialize_pem());
+            assert!(
+                certified_key("k", &cert_file, "k", &key_file).is_ok(),
+                "{ahead}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_encrypted_key_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cert((2090, 1, 1));
+        // Only the markers matter: the key is refused before it is read.
+        for key in [
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nMIIB\n-----END RSA PRIVATE KEY-----\n",
+        ] {
+            let (cert_file, key_file) = files(dir.path(), &c, key);
+            let e = certified_key("tls.cert_file", &cert_file, "tls.key_file", &key_file)
+                .err()
+                .unwrap();
+            assert_eq!(e.key, "tls.key_file");
+            assert!(e.message.contains("the private key is encrypted"), "{}", e.message);
+        }
+        let (cert_file, key_file) = files(dir.path(), &c, "nothing here\n");
+        let e = certified_key("k", &cert_file, "k", &key_file)
+            .err()
+            .unwrap();
+        assert!(e.message.contains("no PEM private key"), "{}", e.message);
     }
 
     #[test]
@@ -489,6 +624,34 @@ mod tests {
         assert!(sni_name("k", "a.*.example.com").is_err());
         assert!(sni_name("k", "127.0.0.1").is_err());
         assert!(sni_name("k", "").is_err());
+    }
+
+    #[test]
+    fn an_sni_certificate_must_be_for_its_name() {
+        let certified = |names: &[&str]| {
+            let params = rcgen::CertificateParams::new(
+                names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let key_pair = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key_pair).unwrap();
+            let der = PrivateKeyDer::from_pem_slice(key_pair.serialize_pem().as_bytes()).unwrap();
+            CertifiedKey::new(
+                vec![cert.der().clone()],
+                provider().key_provider.load_private_key(der).unwrap(),
+            )
+        };
+        let api = certified(&["api.example.com", "www.example.com"]);
+        assert!(covers(&api, "api.example.com"));
+        assert!(covers(&api, "www.example.com"));
+        assert!(!covers(&api, "example.com"));
+        assert!(!covers(&api, "*.example.com"), "one name is not every name");
+        let wild = certified(&["*.example.com"]);
+        assert!(covers(&wild, "*.example.com"));
+        assert!(covers(&wild, "api.example.com"));
+        assert!(!covers(&wild, "a.b.example.com"));
+        assert!(!covers(&wild, "*.other.example"));
+        assert!(!covers(&certified(&["localhost"]), "api.example.com"));
     }
 
     #[test]

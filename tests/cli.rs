@@ -51,7 +51,12 @@ impl Env {
 #[test]
 fn operator_workflow() {
     let env = Env::new();
-    env.ok(&["check-config"]);
+    let (_, said) = env.ok(&["check-config"]);
+    assert!(
+        said.contains(": ok (")
+            && said.contains("public listener plain HTTP, admin listener plain HTTP)"),
+        "{said}"
+    );
     env.ok(&["migrate"]);
     assert!(
         env.dir.path().join("data/tg.db").exists(),

@@ -586,9 +586,9 @@ async fn admin_tls_without_a_client_ca_serves_any_client() {
 // ---------------------------------------------------------------------------
 // Start-up errors: the binary, with bad files.
 
-/// Runs `tokengate serve` on a config with `tables`; it must fail at once.
-/// Returns its stderr.
-fn serve_fails(dir: &Path, tables: &str) -> String {
+/// Runs `tokengate COMMAND` on a config with `tables`: whether it
+/// succeeded, and its stderr.
+fn run_with(dir: &Path, tables: &str, command: &str) -> (bool, String) {
     let config = dir.join("tokengate.toml");
     std::fs::write(
         &config,
@@ -601,13 +601,44 @@ fn serve_fails(dir: &Path, tables: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
         .arg("--config")
         .arg(&config)
-        .arg("serve")
+        .arg(command)
         .env_remove("TOKENGATE_CONFIG")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "served with {tables}:\n{stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Runs `tokengate serve` on a config with `tables`; it must fail at once.
+/// Returns its stderr.
+fn serve_fails(dir: &Path, tables: &str) -> String {
+    let (served, stderr) = run_with(dir, tables, "serve");
+    assert!(!served, "served with {tables}:\n{stderr}");
     stderr
+}
+
+#[test]
+fn check_config_says_what_each_listener_speaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = Ca::new("test ca");
+    let (cert, key) = ca.leaf(&["localhost"]).write(d, "good");
+    let ca_file = d.join("ops-ca.pem");
+    std::fs::write(&ca_file, Ca::new("ops ca").pem()).unwrap();
+    let tables = format!(
+        "[tls]\ncert_file = {c}\nkey_file = {k}\n\n[admin_tls]\ncert_file = {c}\nkey_file = {k}\nclient_ca_file = {ca}\n",
+        c = certs::p(&cert),
+        k = certs::p(&key),
+        ca = certs::p(&ca_file),
+    );
+    let (ok, said) = run_with(d, &tables, "check-config");
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("public listener TLS, 2 files, admin listener TLS, 3 files, client certificates required)"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -683,6 +714,18 @@ fn start_up_errors_name_the_key_and_the_file() {
             ),
             "tls.sni[0].server_name",
             vec!["not a DNS name".into()],
+        ),
+        (
+            // A certificate for localhost given for another name: every
+            // client asking for that name would refuse it.
+            format!(
+                "{}[[tls.sni]]\nserver_name = \"api.example.test\"\ncert_file = {}\nkey_file = {}\n",
+                table("tls", &cert, &key),
+                certs::p(&cert),
+                certs::p(&key)
+            ),
+            "tls.sni[0].cert_file",
+            vec![d_(&cert), "is not for api.example.test".into()],
         ),
     ] {
         let stderr = serve_fails(d, &tables);
