@@ -118,7 +118,15 @@
 //! instead of the built-in client, `LOAD_ACCESS_LOG` (`off`, the default:
 //! `[log] access = false`; `json`: the access log on, JSON, appended to a
 //! file in the bench's temp dir, to compare against `off`; `none`: no
-//! `[log]` table, for a `LOAD_TOKENGATE_BIN` built before it existed).
+//! `[log]` table, for a `LOAD_TOKENGATE_BIN` built before it existed),
+//! `LOAD_POOL=FILE` (each paired ratio's rounds appended to `FILE`, and
+//! the median over every run written there reported with its interval).
+//!
+//! Each paired ratio is reported with the median of its per-round ratios
+//! and a 95% bootstrap interval of that median. One run's interval covers
+//! the luck of its rounds, not of its processes: runs started apart
+//! differ by more (BENCHMARKS.md, twentieth session), so a ratio near 1.0
+//! is judged on several runs pooled (`LOAD_POOL`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -1338,7 +1346,74 @@ fn paired_ratios(a: &str, a_rounds: &[&Row], b: &str, b_rounds: &[&Row]) -> Opti
         list(&tput),
         list(&cpu)
     );
+    let (low, high) = median_interval(&tput);
+    println!(
+        "  {a} / {b}: median throughput ratio {:.3}, 95% interval {low:.3}-{high:.3} over the {} rounds",
+        median_of(tput.clone()),
+        tput.len()
+    );
+    if let Ok(file) = std::env::var("LOAD_POOL") {
+        pool_rounds(Path::new(&file), &format!("{a}/{b}"), &tput);
+    }
     Some((median_of(tput), median_of(cpu)))
+}
+
+/// `LOAD_POOL=FILE`: appends this run's per-round throughput ratios of a
+/// pair to `FILE` (a line `a/b r1 r2 ...`) and prints the median and its
+/// interval over every run's rounds written there: runs started apart,
+/// each with processes of its own, pooled.
+fn pool_rounds(file: &Path, key: &str, ratios: &[f64]) {
+    use std::io::Write;
+    let line = ratios
+        .iter()
+        .fold(key.to_string(), |l, r| format!("{l} {r:.4}"));
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = appended {
+        eprintln!("LOAD_POOL {}: {e}", file.display());
+        return;
+    }
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let runs: Vec<Vec<f64>> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .map(|rest| rest.split(' ').filter_map(|r| r.parse().ok()).collect())
+        .collect();
+    let all: Vec<f64> = runs.iter().flatten().copied().collect();
+    let (low, high) = median_interval(&all);
+    println!(
+        "  pooled ({}): {} runs, {} rounds: median throughput ratio {:.3}, 95% interval {low:.3}-{high:.3}; the runs' own medians {}",
+        file.display(),
+        runs.len(),
+        all.len(),
+        median_of(all.clone()),
+        runs.iter()
+            .map(|r| format!("{:.3}", median_of(r.clone())))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
+/// A 95% interval for the median of `v` (a run's per-round ratios), by
+/// bootstrap: 2,000 resamples of its rounds, seeded, so that a report's
+/// interval can be had again from its ratios. It covers the luck of the
+/// rounds within one run; BENCHMARKS.md (twentieth session) found runs'
+/// medians, each with its own processes, further apart than that, so a
+/// target near 1.0 is judged on several runs' rounds pooled.
+fn median_interval(v: &[f64]) -> (f64, f64) {
+    use rand::{rngs::SmallRng, Rng, SeedableRng};
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut rng = SmallRng::seed_from_u64(1);
+    let mut medians: Vec<f64> = (0..2000)
+        .map(|_| median_of((0..v.len()).map(|_| v[rng.gen_range(0..v.len())]).collect()))
+        .collect();
+    medians.sort_by(|a, b| a.total_cmp(b));
+    (medians[50], medians[1949])
 }
 
 fn refs(rows: &[Row]) -> Vec<&Row> {
