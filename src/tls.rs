@@ -486,9 +486,18 @@ mod tests {
     use super::*;
 
     fn cert(not_after: (i32, u8, u8)) -> rcgen::CertifiedKey {
+        let (y, m, d) = not_after;
+        valid(
+            rcgen::date_time_ymd(2000, 1, 1),
+            rcgen::date_time_ymd(y, m, d),
+        )
+    }
+
+    /// A self-signed certificate for localhost, valid `from` `until`.
+    fn valid(from: time::OffsetDateTime, until: time::OffsetDateTime) -> rcgen::CertifiedKey {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        params.not_before = from;
+        params.not_after = until;
         let key_pair = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key_pair).unwrap();
         rcgen::CertifiedKey { cert, key_pair }
@@ -555,14 +564,8 @@ mod tests {
     #[test]
     fn a_certificate_not_yet_valid_is_refused_with_its_date() {
         let dir = tempfile::tempdir().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        params.not_before = rcgen::date_time_ymd(2090, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2091, 1, 1);
-        let key_pair = rcgen::KeyPair::generate().unwrap();
-        let c = rcgen::CertifiedKey {
-            cert: params.self_signed(&key_pair).unwrap(),
-            key_pair,
-        };
+        let until = rcgen::date_time_ymd(2091, 1, 1);
+        let c = valid(rcgen::date_time_ymd(2090, 1, 1), until);
         let (cert_file, key_file) = files(dir.path(), &c, &c.key_pair.serialize_pem());
         let e = certified_key("tls.cert_file", &cert_file, "tls.key_file", &key_file)
             .err()
@@ -578,14 +581,7 @@ mod tests {
         // behind its CA's), is taken.
         let now = time::OffsetDateTime::now_utc();
         for ahead in [-60, 60] {
-            let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-            params.not_before = now + time::Duration::seconds(ahead);
-            params.not_after = rcgen::date_time_ymd(2091, 1, 1);
-            let key_pair = rcgen::KeyPair::generate().unwrap();
-            let c = rcgen::CertifiedKey {
-                cert: params.self_signed(&key_pair).unwrap(),
-                key_pair,
-            };
+            let c = valid(now + time::Duration::seconds(ahead), until);
             let (cert_file, key_file) = files(dir.path(), &c, &c.key_pair.serialize_pem());
             assert!(
                 certified_key("k", &cert_file, "k", &key_file).is_ok(),

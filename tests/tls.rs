@@ -662,18 +662,55 @@ fn start_up_errors_name_the_key_and_the_file() {
         )
     };
     let d_ = |p: &Path| p.display().to_string();
+    // `[tls]` with the good pair and one `[[tls.sni]]` entry.
+    let with_sni = |name: &str, c: &Path| {
+        format!(
+            "{}[[tls.sni]]\nserver_name = \"{name}\"\ncert_file = {}\nkey_file = {}\n",
+            table("tls", &cert, &key),
+            certs::p(c),
+            certs::p(&key)
+        )
+    };
     for (tables, key, wants) in [
-        (table("tls", &missing, &key), "tls.cert_file", vec![d_(&missing), "cannot read".into()]),
-        (table("tls", &unreadable, &key), "tls.cert_file", vec![d_(&unreadable), "cannot read".into()]),
-        (table("tls", &junk, &key), "tls.cert_file", vec![d_(&junk), "no PEM certificate".into()]),
-        (table("tls", &cert, &junk), "tls.key_file", vec![d_(&junk), "no PEM private key".into()]),
-        (table("tls", &cert, &missing), "tls.key_file", vec![d_(&missing), "cannot read".into()]),
+        (
+            table("tls", &missing, &key),
+            "tls.cert_file",
+            vec![d_(&missing), "cannot read".into()],
+        ),
+        (
+            table("tls", &unreadable, &key),
+            "tls.cert_file",
+            vec![d_(&unreadable), "cannot read".into()],
+        ),
+        (
+            table("tls", &junk, &key),
+            "tls.cert_file",
+            vec![d_(&junk), "no PEM certificate".into()],
+        ),
+        (
+            table("tls", &cert, &junk),
+            "tls.key_file",
+            vec![d_(&junk), "no PEM private key".into()],
+        ),
+        (
+            table("tls", &cert, &missing),
+            "tls.key_file",
+            vec![d_(&missing), "cannot read".into()],
+        ),
         // A certificate file given as the key.
-        (table("tls", &cert, &cert), "tls.key_file", vec![d_(&cert), "no PEM private key".into()]),
+        (
+            table("tls", &cert, &cert),
+            "tls.key_file",
+            vec![d_(&cert), "no PEM private key".into()],
+        ),
         (
             table("tls", &cert, &other_key),
             "tls.key_file",
-            vec![d_(&other_key), "does not match the certificate in".into(), d_(&cert)],
+            vec![
+                d_(&other_key),
+                "does not match the certificate in".into(),
+                d_(&cert),
+            ],
         ),
         (
             table("tls", &old_cert, &old_key),
@@ -686,55 +723,54 @@ fn start_up_errors_name_the_key_and_the_file() {
             vec![d_(&other_key), "does not match".into()],
         ),
         (
-            format!("{}client_ca_file = {}\n", table("admin_tls", &cert, &key), certs::p(&junk)),
+            format!(
+                "{}client_ca_file = {}\n",
+                table("admin_tls", &cert, &key),
+                certs::p(&junk)
+            ),
             "admin_tls.client_ca_file",
             vec![d_(&junk), "no PEM certificate".into()],
         ),
         (
-            format!("{}client_ca_file = {}\n", table("tls", &cert, &key), certs::p(&cert)),
+            format!(
+                "{}client_ca_file = {}\n",
+                table("tls", &cert, &key),
+                certs::p(&cert)
+            ),
             "tls.client_ca_file",
             vec!["admin listener only".into()],
         ),
         (
-            format!(
-                "{}[[tls.sni]]\nserver_name = \"api.example.test\"\ncert_file = {}\nkey_file = {}\n",
-                table("tls", &cert, &key),
-                certs::p(&missing),
-                certs::p(&key)
-            ),
+            with_sni("api.example.test", &missing),
             "tls.sni[0].cert_file",
             vec![d_(&missing)],
         ),
         (
-            format!(
-                "{}[[tls.sni]]\nserver_name = \"not a name\"\ncert_file = {}\nkey_file = {}\n",
-                table("tls", &cert, &key),
-                certs::p(&cert),
-                certs::p(&key)
-            ),
+            with_sni("not a name", &cert),
             "tls.sni[0].server_name",
             vec!["not a DNS name".into()],
         ),
         (
             // A certificate for localhost given for another name: every
             // client asking for that name would refuse it.
-            format!(
-                "{}[[tls.sni]]\nserver_name = \"api.example.test\"\ncert_file = {}\nkey_file = {}\n",
-                table("tls", &cert, &key),
-                certs::p(&cert),
-                certs::p(&key)
-            ),
+            with_sni("api.example.test", &cert),
             "tls.sni[0].cert_file",
             vec![d_(&cert), "is not for api.example.test".into()],
         ),
     ] {
         let stderr = serve_fails(d, &tables);
         assert!(stderr.contains("tokengate.toml"), "{stderr}");
-        assert!(stderr.contains(&format!(": {key}: ")), "want {key}:\n{stderr}");
+        assert!(
+            stderr.contains(&format!(": {key}: ")),
+            "want {key}:\n{stderr}"
+        );
         for w in wants {
             assert!(stderr.contains(&w), "want {w:?}:\n{stderr}");
         }
-        assert!(!stderr.contains("PRIVATE KEY"), "a key in the log:\n{stderr}");
+        assert!(
+            !stderr.contains("PRIVATE KEY"),
+            "a key in the log:\n{stderr}"
+        );
     }
 }
 
